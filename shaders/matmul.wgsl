@@ -1,0 +1,226 @@
+// matmul.wgsl: C[z] = act(sum_r opA(A[z,r]) · opB(B[z,r]) + bias) (+ C[z] when ACCUMULATE)
+//
+// opA(A) is M×K (A stored M×K, or K×M when TRANS_A); opB(B) is K×N (B stored K×N, or N×K when
+// TRANS_B). z indexes output batches (grid z); r runs over `reduce_count` batches summed into one
+// output (used by backward when an operand was broadcast over the batch).
+//
+// Bindings: 0 params (uniform), 1 A, 2 B (read), 3 C (read_write), 4 bias[N] (read).
+// Every tensor is bound as array<vec4<Elem>>: rows whose length is a multiple of 4 load 16 bytes at a
+// time (ALIGNED_*), other rows read single components with bounds checks, so any M, N, K works.
+//
+// Tiling: 256 threads (16×16) compute a TILE×TILE block of C, each thread (TILE/16)² outputs in
+// groups of 4×4 spaced 64 apart (conflict-free shared reads, coalesced stores). Per k-step of
+// BK = 1024/TILE, every thread loads one vec4 of A and one of B into registers ahead of use, then
+// stores them into shared memory, k-major, so the inner loop reads vec4s of A and B.
+// Elem is f32, or f16 (wgnn rewrites the alias and adds `enable f16;`); accumulation is always f32.
+
+alias Elem = f32;
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    reduce_count: u32,
+    a_stride_z: u32,
+    a_stride_r: u32,
+    b_stride_z: u32,
+    b_stride_r: u32,
+    c_stride_z: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+override TILE: u32 = 128u;          // 64 or 128
+override TRANS_A: bool = false;
+override TRANS_B: bool = false;
+override ALIGNED_A: bool = false;   // A's stored row length is a multiple of 4
+override ALIGNED_B: bool = false;
+override ALIGNED_C: bool = false;   // N is a multiple of 4
+override HAS_BIAS: bool = false;
+override ACTIVATION: u32 = 0u;      // 0 none, 1 relu, 2 gelu (erf), 3 sigmoid, 4 tanh
+override ACCUMULATE: bool = false;  // C += result instead of C = result
+
+const BK_MAX: u32 = 16u;
+const TILE_MAX: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<vec4<Elem>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<Elem>>;
+@group(0) @binding(3) var<storage, read_write> c: array<vec4<Elem>>;
+@group(0) @binding(4) var<storage, read> bias: array<vec4<Elem>>;
+
+// k-major tiles: as_[k * TILE/4 + m/4] holds opA(A)[m..m+4, k].
+var<workgroup> as_: array<vec4<f32>, BK_MAX * TILE_MAX / 4u>;
+var<workgroup> bs_: array<vec4<f32>, BK_MAX * TILE_MAX / 4u>;
+
+fn erf_approx(x: f32) -> f32 {
+    // Abramowitz & Stegun 7.1.26, |error| < 1.5e-7.
+    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
+        + 0.254829592) * t * exp(-x * x);
+    return select(-y, y, x >= 0.0);
+}
+
+fn activate(x: vec4<f32>) -> vec4<f32> {
+    switch ACTIVATION {
+        case 1u: { return max(x, vec4<f32>(0.0)); }
+        case 2u: {
+            let e = vec4<f32>(erf_approx(x.x * 0.70710678), erf_approx(x.y * 0.70710678),
+                              erf_approx(x.z * 0.70710678), erf_approx(x.w * 0.70710678));
+            return 0.5 * x * (1.0 + e);
+        }
+        case 3u: {
+            // exp of a non-positive number only, so no overflow.
+            let e = exp(-abs(x));
+            return select(e / (1.0 + e), 1.0 / (1.0 + e), x >= vec4<f32>(0.0));
+        }
+        case 4u: { return tanh(clamp(x, vec4<f32>(-15.0), vec4<f32>(15.0))); }
+        default: { return x; }
+    }
+}
+
+// Four consecutive elements (row, col..col+4) of a row-major matrix with `cols` per row, zero past
+// its edges. `base` is the matrix's first element.
+fn fetch_a(base: u32, row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
+    if (row >= rows) { return vec4<f32>(0.0); }
+    let i = base + row * cols + col;
+    if (ALIGNED_A && col + 4u <= cols) { return vec4<f32>(a[i / 4u]); }
+    var v = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) {
+        if (col + e < cols) { v[e] = f32(a[(i + e) / 4u][(i + e) % 4u]); }
+    }
+    return v;
+}
+
+fn fetch_b(base: u32, row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
+    if (row >= rows) { return vec4<f32>(0.0); }
+    let i = base + row * cols + col;
+    if (ALIGNED_B && col + 4u <= cols) { return vec4<f32>(b[i / 4u]); }
+    var v = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) {
+        if (col + e < cols) { v[e] = f32(b[(i + e) / 4u][(i + e) % 4u]); }
+    }
+    return v;
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) l: u32) {
+    let bk = 1024u / TILE;          // k-steps per tile: 8 for 128, 16 for 64
+    let groups = TILE / 64u;        // 4×4 output groups per thread along each axis
+    let tq = TILE / 4u;             // vec4s per tile row
+    let m = params.m;
+    let n = params.n;
+    let kdim = params.k;
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+
+    // Which vec4 this thread loads, for both layouts of a tile:
+    // "k-contiguous" (A plain, B transposed): tile row l / (bk/4), k-quad l % (bk/4);
+    // "k-major" (A transposed, B plain): k l / tq, quad l % tq.
+    let kc_row = l / (bk / 4u);
+    let kc_k = (l % (bk / 4u)) * 4u;
+    let km_k = l / tq;
+    let km_q = l % tq;
+
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) { acc[i] = vec4<f32>(0.0); }
+
+    let tiles = (kdim + bk - 1u) / bk;
+    for (var r = 0u; r < params.reduce_count; r++) {
+        let a_base = wid.z * params.a_stride_z + r * params.a_stride_r;
+        let b_base = wid.z * params.b_stride_z + r * params.b_stride_r;
+
+        var pa: vec4<f32>;
+        var pb: vec4<f32>;
+        // Prefetch tile 0.
+        if (TRANS_A) { pa = fetch_a(a_base, km_k, row0 + km_q * 4u, kdim, m); }
+        else { pa = fetch_a(a_base, row0 + kc_row, kc_k, m, kdim); }
+        if (TRANS_B) { pb = fetch_b(b_base, col0 + kc_row, kc_k, n, kdim); }
+        else { pb = fetch_b(b_base, km_k, col0 + km_q * 4u, kdim, n); }
+
+        for (var t = 0u; t < tiles; t++) {
+            if (TRANS_A) {
+                as_[km_k * tq + km_q] = pa;
+            } else {
+                for (var e = 0u; e < 4u; e++) {
+                    let idx = (kc_k + e) * TILE + kc_row;
+                    as_[idx / 4u][idx % 4u] = pa[e];
+                }
+            }
+            if (TRANS_B) {
+                for (var e = 0u; e < 4u; e++) {
+                    let idx = (kc_k + e) * TILE + kc_row;
+                    bs_[idx / 4u][idx % 4u] = pb[e];
+                }
+            } else {
+                bs_[km_k * tq + km_q] = pb;
+            }
+            workgroupBarrier();
+
+            // Prefetch the next tile while this one is multiplied.
+            if (t + 1u < tiles) {
+                let k1 = (t + 1u) * bk;
+                if (TRANS_A) { pa = fetch_a(a_base, k1 + km_k, row0 + km_q * 4u, kdim, m); }
+                else { pa = fetch_a(a_base, row0 + kc_row, k1 + kc_k, m, kdim); }
+                if (TRANS_B) { pb = fetch_b(b_base, col0 + kc_row, k1 + kc_k, n, kdim); }
+                else { pb = fetch_b(b_base, k1 + km_k, col0 + km_q * 4u, kdim, n); }
+            }
+
+            for (var kk = 0u; kk < bk; kk++) {
+                var fa: array<vec4<f32>, 2>;
+                var fb: array<vec4<f32>, 2>;
+                for (var g = 0u; g < groups; g++) {
+                    fa[g] = as_[kk * tq + g * 16u + lid.y];
+                    fb[g] = bs_[kk * tq + g * 16u + lid.x];
+                }
+                for (var gi = 0u; gi < groups; gi++) {
+                    for (var i = 0u; i < 4u; i++) {
+                        for (var gj = 0u; gj < groups; gj++) {
+                            let slot = (gi * 4u + i) * 2u + gj;
+                            acc[slot] = fma(vec4<f32>(fa[gi][i]), fb[gj], acc[slot]);
+                        }
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+
+    let c_base = wid.z * params.c_stride_z;
+    for (var gi = 0u; gi < groups; gi++) {
+        for (var i = 0u; i < 4u; i++) {
+            let row = row0 + gi * 64u + lid.y * 4u + i;
+            if (row >= m) { continue; }
+            for (var gj = 0u; gj < groups; gj++) {
+                let col = col0 + gj * 64u + lid.x * 4u;
+                if (col >= n) { continue; }
+                var v = acc[(gi * 4u + i) * 2u + gj];
+                let idx = c_base + row * n + col;
+                if (ALIGNED_C) {
+                    // n % 4 == 0 and col % 4 == 0, so all four columns exist.
+                    if (HAS_BIAS) { v += vec4<f32>(bias[col / 4u]); }
+                    v = activate(v);
+                    if (ACCUMULATE) { v += vec4<f32>(c[idx / 4u]); }
+                    c[idx / 4u] = vec4<Elem>(v);
+                } else {
+                    if (HAS_BIAS) {
+                        for (var e = 0u; e < 4u; e++) {
+                            if (col + e < n) { v[e] += f32(bias[(col + e) / 4u][(col + e) % 4u]); }
+                        }
+                    }
+                    v = activate(v);
+                    for (var e = 0u; e < 4u; e++) {
+                        if (col + e < n) {
+                            let j = idx + e;
+                            var x = v[e];
+                            if (ACCUMULATE) { x += f32(c[j / 4u][j % 4u]); }
+                            c[j / 4u][j % 4u] = Elem(x);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

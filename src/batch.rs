@@ -1,0 +1,325 @@
+//! Recording: ops append dispatches to a [`Batch`]; the caller submits it once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Pipeline};
+use crate::pool::PooledBuffer;
+use crate::tensor::Tensor;
+
+/// Bytes of one uniform chunk; each dispatch's parameters take one aligned slot in it.
+const UNIFORM_CHUNK: u64 = 64 * 1024;
+
+struct UniformChunk {
+    buffer: PooledBuffer,
+    data: Vec<u8>,
+}
+
+/// A command batch: ops record into it, nothing runs until [`Batch::submit`].
+///
+/// A batch keeps every buffer its work touches alive until it is submitted, so dropping a tensor
+/// after recording an op on it is safe. One batch per training step or inference request is the
+/// intended use: one submission instead of one per op.
+pub struct Batch {
+    gpu: Gpu,
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    keep_alive: Vec<Arc<PooledBuffer>>,
+    uniforms: Vec<UniformChunk>,
+    dispatches: usize,
+    timer: Option<TimerQueries>,
+    passes: usize,
+}
+
+impl Batch {
+    /// An empty batch on `gpu`.
+    pub fn new(gpu: &Gpu) -> Self {
+        Batch {
+            gpu: gpu.clone(),
+            encoder: None,
+            pass: None,
+            keep_alive: Vec::new(),
+            uniforms: Vec::new(),
+            dispatches: 0,
+            timer: None,
+            passes: 0,
+        }
+    }
+
+    /// The context the batch records for.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Dispatches recorded so far.
+    pub fn dispatches(&self) -> usize {
+        self.dispatches
+    }
+
+    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        let device = &self.gpu.0.device;
+        self.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgnn batch"),
+            })
+        })
+    }
+
+    fn end_pass(&mut self) {
+        self.pass = None;
+    }
+
+    /// Records one dispatch of `pipeline` with `params` at binding 0 and `tensors` at bindings 1...
+    pub(crate) fn dispatch(
+        &mut self,
+        pipeline: &Pipeline,
+        params: &[u8],
+        tensors: &[&Tensor],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        let max = self.gpu.limits().max_compute_workgroups_per_dimension;
+        for (axis, &n) in workgroups.iter().enumerate() {
+            self.gpu.check_limit(
+                &format!("workgroups along axis {axis} (max_compute_workgroups_per_dimension)"),
+                u64::from(n),
+                u64::from(max),
+            )?;
+        }
+        let (chunk, offset) = self.uniform_slot(params);
+        let gpu = self.gpu.clone();
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: self.uniforms[chunk].buffer.buffer(),
+                offset,
+                size: std::num::NonZeroU64::new(params.len() as u64),
+            }),
+        }];
+        for (i, t) in tensors.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: t.binding(),
+            });
+        }
+        let bind_group = gpu.scoped(|| {
+            gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: pipeline.layout(),
+                entries: &entries,
+            })
+        })?;
+        for t in tensors {
+            self.keep_alive.push(t.buffer.clone());
+        }
+        if self.pass.is_none() {
+            let timestamp_writes = match &self.timer {
+                Some(t) if self.passes == 0 => Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &t.query_set,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: None,
+                }),
+                _ => None,
+            };
+            let pass = self
+                .encoder
+                .get_or_insert_with(|| {
+                    gpu.device()
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some("wgnn batch"),
+                        })
+                })
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("wgnn"),
+                    timestamp_writes,
+                })
+                .forget_lifetime();
+            self.pass = Some(pass);
+            self.passes += 1;
+        }
+        if let Some(pass) = self.pass.as_mut() {
+            pass.set_pipeline(pipeline.pipeline());
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        }
+        self.dispatches += 1;
+        Ok(())
+    }
+
+    /// Reserves an aligned slot for `params` in a uniform chunk; the bytes are uploaded at submit.
+    fn uniform_slot(&mut self, params: &[u8]) -> (usize, u64) {
+        let align = u64::from(self.gpu.limits().min_uniform_buffer_offset_alignment).max(16);
+        let need = params.len() as u64;
+        let fits = self
+            .uniforms
+            .last()
+            .is_some_and(|c| (c.data.len() as u64).next_multiple_of(align) + need <= UNIFORM_CHUNK);
+        if !fits {
+            let buffer = self.gpu.0.pool.acquire(
+                &self.gpu.0.device,
+                UNIFORM_CHUNK,
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                self.gpu.limits().max_buffer_size,
+            );
+            self.uniforms.push(UniformChunk {
+                buffer,
+                data: Vec::with_capacity(4096),
+            });
+        }
+        let chunk = self.uniforms.len() - 1;
+        let data = &mut self.uniforms[chunk].data;
+        let offset = (data.len() as u64).next_multiple_of(align);
+        data.resize(offset as usize, 0);
+        data.extend_from_slice(params);
+        (chunk, offset)
+    }
+
+    /// Records a copy of `src` into `dst` (same byte size).
+    pub fn copy(&mut self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        if src.size_bytes() != dst.size_bytes() {
+            return Err(Error::ShapeMismatch {
+                op: "Batch::copy",
+                details: format!("{:?} into {:?}", src.shape(), dst.shape()),
+            });
+        }
+        self.end_pass();
+        let len = src.size_bytes().next_multiple_of(4);
+        self.encoder()
+            .copy_buffer_to_buffer(src.buffer.buffer(), 0, dst.buffer.buffer(), 0, len);
+        self.keep_alive.push(src.buffer.clone());
+        self.keep_alive.push(dst.buffer.clone());
+        Ok(())
+    }
+
+    /// Submits the recorded work without waiting for it. Buffers the batch held go back to the pool;
+    /// later work on them is ordered after this submission.
+    pub fn submit(mut self) -> Result<()> {
+        self.finish_and_submit().map(|_| ())
+    }
+
+    /// Submits and blocks until the GPU has finished the work.
+    pub fn submit_and_wait(self) -> Result<()> {
+        let gpu = self.gpu.clone();
+        self.submit()?;
+        gpu.wait()
+    }
+
+    fn finish_and_submit(&mut self) -> Result<wgpu::SubmissionIndex> {
+        self.end_pass();
+        if let Some(timer) = self.timer.take() {
+            // An empty pass at the end stamps the time after all prior work.
+            let first = (self.passes == 0).then_some(0);
+            let pass = self
+                .encoder()
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("wgnn timer end"),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &timer.query_set,
+                        beginning_of_pass_write_index: first,
+                        end_of_pass_write_index: Some(1),
+                    }),
+                });
+            drop(pass);
+            let encoder = self.encoder();
+            encoder.resolve_query_set(&timer.query_set, 0..2, &timer.resolve, 0);
+            encoder.copy_buffer_to_buffer(&timer.resolve, 0, &timer.readback, 0, 16);
+            self.timer = Some(timer);
+        }
+        let gpu = self.gpu.clone();
+        for chunk in &self.uniforms {
+            gpu.queue()
+                .write_buffer(chunk.buffer.buffer(), 0, &chunk.data);
+        }
+        let encoder = self.encoder.take();
+        let index = gpu.scoped(|| gpu.queue().submit(encoder.map(|e| e.finish())))?;
+        // Let wgpu reclaim finished work without blocking, so memory does not grow.
+        let _ = gpu.device().poll(wgpu::PollType::Poll);
+        self.keep_alive.clear();
+        self.uniforms.clear();
+        gpu.take_uncaptured_error()?;
+        Ok(index)
+    }
+}
+
+struct TimerQueries {
+    query_set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+}
+
+/// Times GPU work: with timestamp queries where the adapter has them, else by the host clock around
+/// a submission that is waited for. Reusable; it allocates its query buffers once.
+pub struct GpuTimer {
+    gpu: Gpu,
+    queries: Option<TimerQueries>,
+}
+
+impl GpuTimer {
+    /// A timer for work on `gpu`.
+    pub fn new(gpu: &Gpu) -> Self {
+        let queries = gpu.supports_timestamps().then(|| TimerQueries {
+            query_set: gpu.device().create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("wgnn timer"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: gpu.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgnn timer resolve"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            readback: gpu.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgnn timer readback"),
+                size: 16,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        });
+        GpuTimer {
+            gpu: gpu.clone(),
+            queries,
+        }
+    }
+
+    /// Whether the timer reads GPU timestamps (else the host clock).
+    pub fn uses_timestamps(&self) -> bool {
+        self.queries.is_some()
+    }
+
+    /// Records what `record` puts into a fresh batch, submits it, waits, and returns how long the
+    /// GPU took.
+    pub fn time(&mut self, record: impl FnOnce(&mut Batch) -> Result<()>) -> Result<Duration> {
+        let mut batch = Batch::new(&self.gpu);
+        batch.timer = self.queries.take();
+        let recorded = record(&mut batch);
+        let start = Instant::now();
+        let submitted = recorded.and_then(|()| batch.finish_and_submit());
+        self.queries = batch.timer.take();
+        submitted?;
+        self.gpu.wait()?;
+        let host = start.elapsed();
+        let Some(q) = &self.queries else {
+            return Ok(host);
+        };
+        let slice = q.readback.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.gpu.wait()?;
+        rx.recv()
+            .map_err(|e| Error::Gpu(e.to_string()))?
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let stamps: [u64; 2] = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            bytemuck::pod_read_unaligned(&view[..16])
+        };
+        q.readback.unmap();
+        let ticks = stamps[1].saturating_sub(stamps[0]);
+        let ns = ticks as f64 * f64::from(self.gpu.queue().get_timestamp_period());
+        Ok(Duration::from_nanos(ns as u64))
+    }
+}

@@ -1,0 +1,101 @@
+//! The one error type every fallible wgnn call returns.
+
+use std::fmt;
+
+/// How to get a Vulkan driver on a Linux machine that has no GPU.
+pub const SOFTWARE_VULKAN_HINT: &str = "no GPU adapter was found. On Linux without a GPU install \
+software Vulkan (lavapipe): `sudo apt-get install mesa-vulkan-drivers`; elsewhere install your GPU's \
+Vulkan, Metal or DX12 driver. WGNN_ADAPTER and WGNN_BACKEND (or WGPU_BACKEND) narrow the choice.";
+
+/// Everything that can go wrong in wgnn, as data the caller can match on.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// No adapter matched; the message says how to install software Vulkan.
+    NoAdapter {
+        /// What was asked for (backend and name filters) and what was found.
+        details: String,
+    },
+    /// The adapter refused to create a device.
+    RequestDevice(String),
+    /// Operand shapes do not fit together.
+    ShapeMismatch {
+        /// The op that rejected its input.
+        op: &'static str,
+        /// What did not fit.
+        details: String,
+    },
+    /// A tensor with no elements (some dimension is zero, or no dimensions given where some are needed).
+    EmptyTensor {
+        /// The op or constructor that rejected it.
+        op: &'static str,
+    },
+    /// Operand data types differ or are not supported by the op.
+    DtypeMismatch {
+        /// The op that rejected its input.
+        op: &'static str,
+        /// What did not fit.
+        details: String,
+    },
+    /// A size is past what the adapter allows.
+    LimitExceeded {
+        /// Which limit.
+        what: String,
+        /// What the call needed.
+        requested: u64,
+        /// What the adapter allows.
+        limit: u64,
+    },
+    /// The op needs a device feature this adapter lacks.
+    UnsupportedFeature {
+        /// The wgpu feature.
+        feature: &'static str,
+        /// The op that needs it.
+        op: &'static str,
+    },
+    /// Host data does not match the tensor it is meant for.
+    DataLength {
+        /// Elements the shape holds.
+        expected: usize,
+        /// Elements given.
+        found: usize,
+    },
+    /// An error reported by wgpu or the driver (validation, out of memory, device lost, mapping).
+    Gpu(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoAdapter { details } => write!(f, "{SOFTWARE_VULKAN_HINT} ({details})"),
+            Error::RequestDevice(e) => write!(f, "the adapter refused to create a device: {e}"),
+            Error::ShapeMismatch { op, details } => write!(f, "{op}: shape mismatch: {details}"),
+            Error::EmptyTensor { op } => write!(f, "{op}: tensors must have at least one element"),
+            Error::DtypeMismatch { op, details } => write!(f, "{op}: dtype mismatch: {details}"),
+            Error::LimitExceeded {
+                what,
+                requested,
+                limit,
+            } => write!(
+                f,
+                "{what}: {requested} is past the adapter's limit of {limit}"
+            ),
+            Error::UnsupportedFeature { feature, op } => {
+                write!(
+                    f,
+                    "{op} needs the adapter feature {feature}, which this adapter lacks"
+                )
+            }
+            Error::DataLength { expected, found } => write!(
+                f,
+                "data has {found} elements but the shape holds {expected}"
+            ),
+            Error::Gpu(e) => write!(f, "GPU error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,353 @@
+//! The GPU context: adapter choice, device, features, limits, the pipeline cache and the buffer pool.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::pool::{BufferPool, PoolStats};
+use crate::shaders::{Kernel, PipelineKey};
+use crate::tensor::DType;
+
+/// The device features wgnn uses when the adapter has them. None is required.
+pub const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::SUBGROUP_BARRIER)
+    .union(wgpu::Features::TIMESTAMP_QUERY);
+
+/// How [`Gpu::with_options`] picks and sets up an adapter.
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Only adapters whose name contains this text (case-insensitive). Env: `WGNN_ADAPTER`.
+    pub adapter_name: Option<String>,
+    /// Only these backends. Env: `WGNN_BACKEND`, else `WGPU_BACKEND` (e.g. `vulkan`, `metal,dx12`).
+    pub backends: Option<wgpu::Backends>,
+    /// Keep naga's bounds clamping in shaders (slower; the kernels guard their own indices).
+    /// Env: `WGNN_SHADER_CHECKS=1`.
+    pub shader_runtime_checks: bool,
+}
+
+impl GpuOptions {
+    /// Options from the environment variables named on each field.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        GpuOptions {
+            adapter_name: var("WGNN_ADAPTER"),
+            backends: var("WGNN_BACKEND")
+                .or_else(|| var("WGPU_BACKEND"))
+                .map(|v| wgpu::Backends::from_comma_list(&v)),
+            shader_runtime_checks: var("WGNN_SHADER_CHECKS").is_some_and(|v| v != "0"),
+        }
+    }
+}
+
+struct CachedPipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// A compiled kernel, ready to dispatch. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Pipeline(Arc<CachedPipeline>);
+
+impl Pipeline {
+    pub(crate) fn pipeline(&self) -> &wgpu::ComputePipeline {
+        &self.0.pipeline
+    }
+    pub(crate) fn layout(&self) -> &wgpu::BindGroupLayout {
+        &self.0.layout
+    }
+}
+
+pub(crate) struct GpuInner {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    features: wgpu::Features,
+    limits: wgpu::Limits,
+    shader_runtime_checks: bool,
+    pub(crate) pool: Arc<BufferPool>,
+    modules: Mutex<HashMap<(Kernel, DType), wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+/// A GPU device and queue with wgnn's caches. Cheap to clone: clones share one device.
+#[derive(Clone)]
+pub struct Gpu(pub(crate) Arc<GpuInner>);
+
+impl fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.0.info.name)
+            .field("backend", &self.0.info.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+fn type_rank(info: &wgpu::AdapterInfo) -> u32 {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    // GL lacks much of what compute needs; prefer any native API over it.
+    let backend = u32::from(info.backend == wgpu::Backend::Gl);
+    backend * 10 + device
+}
+
+impl Gpu {
+    /// The best adapter (discrete, then integrated, then software), narrowed by the environment
+    /// variables of [`GpuOptions::from_env`].
+    pub fn new() -> Result<Self> {
+        Self::with_options(GpuOptions::from_env())
+    }
+
+    /// The best adapter that `options` allow.
+    pub fn with_options(options: GpuOptions) -> Result<Self> {
+        let backends = options.backends.unwrap_or(wgpu::Backends::all());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let found: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        let wanted = options.adapter_name.as_ref().map(|n| n.to_lowercase());
+        let adapter = adapters
+            .into_iter()
+            .filter(|a| {
+                let compute = a
+                    .get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+                let named = wanted
+                    .as_ref()
+                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w));
+                compute && named
+            })
+            .min_by_key(|a| type_rank(&a.get_info()))
+            .ok_or_else(|| Error::NoAdapter {
+                details: format!(
+                    "asked for backends {backends:?}, name {:?}; found [{}]",
+                    options.adapter_name.as_deref().unwrap_or("any"),
+                    found.join(", ")
+                ),
+            })?;
+        let features = adapter.features() & WANTED_FEATURES;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgnn"),
+            required_features: features,
+            required_limits: limits,
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        let gpu = Self::build(device, queue, options.shader_runtime_checks);
+        // wgnn owns this device: keep errors that escape every error scope instead of panicking.
+        let slot = gpu.0.uncaptured.clone();
+        gpu.0
+            .device
+            .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut s) = slot.lock() {
+                    s.get_or_insert_with(|| e.to_string());
+                }
+            }));
+        Ok(gpu)
+    }
+
+    /// Wraps a device and queue that the application already owns (a renderer, a game). wgnn uses
+    /// the features and limits the device was created with, and leaves its error handler alone.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::build(device, queue, GpuOptions::from_env().shader_runtime_checks)
+    }
+
+    fn build(device: wgpu::Device, queue: wgpu::Queue, shader_runtime_checks: bool) -> Self {
+        Gpu(Arc::new(GpuInner {
+            info: device.adapter_info(),
+            features: device.features(),
+            limits: device.limits(),
+            device,
+            queue,
+            shader_runtime_checks,
+            pool: Arc::new(BufferPool::default()),
+            modules: Mutex::default(),
+            pipelines: Mutex::default(),
+            uncaptured: Arc::default(),
+        }))
+    }
+
+    /// The wgpu device, for interop.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.0.device
+    }
+    /// The wgpu queue, for interop.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.0.queue
+    }
+    /// Name, vendor, backend and driver of the adapter.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.0.info
+    }
+    /// The features enabled on the device.
+    pub fn features(&self) -> wgpu::Features {
+        self.0.features
+    }
+    /// The limits in force on the device (the adapter's own, when wgnn made the device).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.0.limits
+    }
+    /// Whether f16 arithmetic and storage in shaders is available.
+    pub fn supports_f16(&self) -> bool {
+        self.0.features.contains(wgpu::Features::SHADER_F16)
+    }
+    /// Whether GPU timestamps can be taken (see [`crate::GpuTimer`]).
+    pub fn supports_timestamps(&self) -> bool {
+        self.0.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+    /// What the buffer pool has done so far.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.0.pool.stats()
+    }
+    /// Frees the buffers idling in the pool.
+    pub fn trim_pool(&self) {
+        self.0.pool.trim()
+    }
+    /// Compiled pipelines in the cache.
+    pub fn cached_pipelines(&self) -> usize {
+        self.0.pipelines.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Blocks until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        self.0
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        self.take_uncaptured_error()
+    }
+
+    /// An error that wgpu reported outside any error scope, if one happened.
+    pub(crate) fn take_uncaptured_error(&self) -> Result<()> {
+        match self.0.uncaptured.lock().ok().and_then(|mut s| s.take()) {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` inside a validation and out-of-memory error scope and returns what they caught.
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self
+            .0
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self
+            .0
+            .device
+            .push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let validation = pollster::block_on(validation.pop());
+        let oom = pollster::block_on(oom.pop());
+        match validation.or(oom) {
+            Some(e) => Err(Error::Gpu(e.to_string())),
+            None => Ok(value),
+        }
+    }
+
+    pub(crate) fn check_limit(&self, what: &str, requested: u64, limit: u64) -> Result<()> {
+        if requested > limit {
+            return Err(Error::LimitExceeded {
+                what: what.to_string(),
+                requested,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The pipeline for `key`, compiled on first use and cached after.
+    pub(crate) fn pipeline(&self, key: PipelineKey) -> Result<Pipeline> {
+        if let Some(p) = self
+            .0
+            .pipelines
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+        {
+            return Ok(p);
+        }
+        if key.dtype == DType::F16 && !self.supports_f16() {
+            return Err(Error::UnsupportedFeature {
+                feature: "SHADER_F16",
+                op: key.kernel.name(),
+            });
+        }
+        let module = self.module(key.kernel, key.dtype)?;
+        let constants: Vec<(&str, f64)> =
+            key.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
+        let pipeline = self.scoped(|| {
+            self.0
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(key.kernel.name()),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(key.entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &constants,
+                        // Every kernel writes its workgroup memory before reading it.
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+        })?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let p = Pipeline(Arc::new(CachedPipeline { pipeline, layout }));
+        if let Ok(mut cache) = self.0.pipelines.lock() {
+            cache.insert(key, p.clone());
+        }
+        Ok(p)
+    }
+
+    fn module(&self, kernel: Kernel, dtype: DType) -> Result<wgpu::ShaderModule> {
+        if let Some(m) = self
+            .0
+            .modules
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&(kernel, dtype)).cloned())
+        {
+            return Ok(m);
+        }
+        let source = crate::shaders::source(kernel, dtype);
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name()),
+            source: wgpu::ShaderSource::Wgsl(source),
+        };
+        let module = self.scoped(|| {
+            if self.0.shader_runtime_checks {
+                self.0.device.create_shader_module(desc)
+            } else {
+                // SAFETY: every wgnn kernel bounds-checks its own indices against the shapes the
+                // host validated; the tests run ragged shapes with guard regions after each output.
+                unsafe {
+                    self.0
+                        .device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            }
+        })?;
+        if let Ok(mut cache) = self.0.modules.lock() {
+            cache.insert((kernel, dtype), module.clone());
+        }
+        Ok(module)
+    }
+}

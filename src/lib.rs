@@ -1,0 +1,43 @@
+//! # wgnn
+//!
+//! GPU compute kernels for neural-network training and inference, written in WGSL on wgpu, so they
+//! run on any Vulkan, Metal or DX12 GPU, and on software Vulkan where there is no GPU.
+//!
+//! ```no_run
+//! use wgnn::{ops, Batch, Gpu, Tensor};
+//! # fn main() -> wgnn::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let a = Tensor::from_slice(&gpu, &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
+//! let b = Tensor::from_slice(&gpu, &[1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2])?;
+//! let mut batch = Batch::new(&gpu);
+//! let c = ops::matmul(&mut batch, &a, &b)?; // recorded, not run
+//! batch.submit()?; // one submission for everything recorded
+//! assert_eq!(c.to_vec::<f32>()?, vec![4.0, 5.0, 10.0, 11.0]);
+//! # Ok(()) }
+//! ```
+//!
+//! Layers: [`Gpu`] (adapter, device, pipeline cache, buffer pool) → [`Tensor`] (a pooled buffer with a
+//! shape and dtype) → [`ops`] (check shapes, record dispatches into a [`Batch`]) → `shaders/`
+//! (one WGSL file per kernel family). [`reference`] holds the same ops on the CPU, the oracle of
+//! every test.
+
+#![warn(missing_docs)]
+
+mod batch;
+mod error;
+mod gpu;
+pub mod ops;
+mod pool;
+pub mod reference;
+pub mod shaders;
+mod tensor;
+
+pub use batch::{Batch, GpuTimer};
+pub use error::{Error, Result, SOFTWARE_VULKAN_HINT};
+pub use gpu::{Gpu, GpuOptions, WANTED_FEATURES};
+pub use ops::Activation;
+pub use pool::PoolStats;
+pub use tensor::{DType, Element, Tensor};
+
+pub use half::f16;
+pub use wgpu;

@@ -1,0 +1,405 @@
+//! Matrix multiply: C = act(op(A)·op(B) + bias), batched, with its backward pass.
+//!
+//! Shapes: A is `[M, K]` (or `[K, M]` with `trans_a`), B is `[K, N]` (or `[N, K]` with `trans_b`),
+//! either may carry a leading batch dimension; a rank-2 operand, or batch 1, is broadcast over the
+//! other's batch. C is `[batch, M, N]` when either operand is batched, else `[M, N]`.
+
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::ops::{same_dtype, same_gpu, Activation};
+use crate::shaders::{Kernel, PipelineKey};
+use crate::tensor::Tensor;
+
+/// How a matmul treats its operands and what its epilogue does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MatmulOptions<'a> {
+    /// Use Aᵀ: A is stored `[K, M]`.
+    pub trans_a: bool,
+    /// Use Bᵀ: B is stored `[N, K]`.
+    pub trans_b: bool,
+    /// Added to every row of the product: shape `[N]`, A's dtype.
+    pub bias: Option<&'a Tensor>,
+    /// Applied after the bias.
+    pub activation: Activation,
+    /// Add the result to C's contents instead of overwriting them (`matmul_into` only).
+    pub accumulate: bool,
+}
+
+/// Gradients of a matmul's operands.
+#[derive(Debug, Clone)]
+pub struct MatmulGrads {
+    /// dL/dA, shaped like A.
+    pub a: Tensor,
+    /// dL/dB, shaped like B.
+    pub b: Tensor,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    reduce_count: u32,
+    a_stride_z: u32,
+    a_stride_r: u32,
+    b_stride_z: u32,
+    b_stride_r: u32,
+    c_stride_z: u32,
+    _pad: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 48);
+
+/// One operand as the kernel sees it.
+#[derive(Clone, Copy)]
+struct Operand<'t> {
+    tensor: &'t Tensor,
+    trans: bool,
+    /// Elements between consecutive output batches, and between reduced batches.
+    stride_z: u32,
+    stride_r: u32,
+}
+
+/// Everything one dispatch needs.
+struct Launch<'t> {
+    a: Operand<'t>,
+    b: Operand<'t>,
+    c: &'t Tensor,
+    bias: Option<&'t Tensor>,
+    activation: Activation,
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    out_batches: usize,
+    reduce_count: usize,
+}
+
+/// Shapes of one matmul, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dims {
+    batch: usize,
+    a_batch: usize,
+    b_batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    batched_out: bool,
+}
+
+fn split(op: &'static str, name: &str, t: &Tensor) -> Result<(usize, usize, usize)> {
+    match *t.shape() {
+        [r, c] => Ok((1, r, c)),
+        [b, r, c] => Ok((b, r, c)),
+        _ => Err(Error::ShapeMismatch {
+            op,
+            details: format!("{name} must have rank 2 or 3, got {:?}", t.shape()),
+        }),
+    }
+}
+
+fn dims(op: &'static str, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Dims> {
+    let (a_batch, ar, ac) = split(op, "A", a)?;
+    let (b_batch, br, bc) = split(op, "B", b)?;
+    let (m, ka) = if trans_a { (ac, ar) } else { (ar, ac) };
+    let (kb, n) = if trans_b { (bc, br) } else { (br, bc) };
+    if ka != kb {
+        return Err(Error::ShapeMismatch {
+            op,
+            details: format!(
+                "inner dimensions differ: A {:?}{} has K = {ka}, B {:?}{} has K = {kb}",
+                a.shape(),
+                if trans_a { "ᵀ" } else { "" },
+                b.shape(),
+                if trans_b { "ᵀ" } else { "" },
+            ),
+        });
+    }
+    if a_batch != b_batch && a_batch != 1 && b_batch != 1 {
+        return Err(Error::ShapeMismatch {
+            op,
+            details: format!("batch sizes {a_batch} and {b_batch} differ (and neither is 1)"),
+        });
+    }
+    Ok(Dims {
+        batch: a_batch.max(b_batch),
+        a_batch,
+        b_batch,
+        m,
+        n,
+        k: ka,
+        batched_out: a.shape().len() == 3 || b.shape().len() == 3,
+    })
+}
+
+impl Dims {
+    fn out_shape(&self) -> Vec<usize> {
+        if self.batched_out {
+            vec![self.batch, self.m, self.n]
+        } else {
+            vec![self.m, self.n]
+        }
+    }
+}
+
+fn to_u32(op: &'static str, what: &str, x: usize) -> Result<u32> {
+    u32::try_from(x).map_err(|_| Error::LimitExceeded {
+        what: format!("{op}: {what}"),
+        requested: x as u64,
+        limit: u64::from(u32::MAX),
+    })
+}
+
+/// C = A·B.
+pub fn matmul(batch: &mut Batch, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_with(batch, a, b, &MatmulOptions::default())
+}
+
+/// C = act(op(A)·op(B) + bias) into a new tensor.
+pub fn matmul_with(
+    batch: &mut Batch,
+    a: &Tensor,
+    b: &Tensor,
+    options: &MatmulOptions,
+) -> Result<Tensor> {
+    let d = dims("matmul", a, b, options.trans_a, options.trans_b)?;
+    if options.accumulate {
+        return Err(Error::ShapeMismatch {
+            op: "matmul",
+            details: "accumulate needs an existing output: use matmul_into".into(),
+        });
+    }
+    let c = Tensor::uninit(batch.gpu(), &d.out_shape(), a.dtype())?;
+    matmul_into(batch, a, b, options, &c)?;
+    Ok(c)
+}
+
+/// C = act(op(A)·op(B) + bias), or C += that with `accumulate`, into an existing tensor.
+pub fn matmul_into(
+    batch: &mut Batch,
+    a: &Tensor,
+    b: &Tensor,
+    options: &MatmulOptions,
+    c: &Tensor,
+) -> Result<()> {
+    const OP: &str = "matmul";
+    let d = dims(OP, a, b, options.trans_a, options.trans_b)?;
+    if c.shape() != d.out_shape().as_slice() {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: format!(
+                "output is {:?}, the product is {:?}",
+                c.shape(),
+                d.out_shape()
+            ),
+        });
+    }
+    let mut all = vec![a, b, c];
+    if let Some(bias) = options.bias {
+        if bias.shape() != [d.n] {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                details: format!("bias must be [{}], got {:?}", d.n, bias.shape()),
+            });
+        }
+        all.push(bias);
+    }
+    same_dtype(OP, &all)?;
+    same_gpu(OP, batch, &all)?;
+    if c.shares_buffer_with(a) || c.shares_buffer_with(b) {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: "the output must not share a buffer with an input".into(),
+        });
+    }
+    let stride = |batches: usize, size: usize| if batches > 1 { size } else { 0 };
+    record(
+        batch,
+        &Launch {
+            a: Operand {
+                tensor: a,
+                trans: options.trans_a,
+                stride_z: to_u32(OP, "A batch stride", stride(d.a_batch, d.m * d.k))?,
+                stride_r: 0,
+            },
+            b: Operand {
+                tensor: b,
+                trans: options.trans_b,
+                stride_z: to_u32(OP, "B batch stride", stride(d.b_batch, d.k * d.n))?,
+                stride_r: 0,
+            },
+            c,
+            bias: options.bias,
+            activation: options.activation,
+            accumulate: options.accumulate,
+            m: d.m,
+            n: d.n,
+            k: d.k,
+            out_batches: d.batch,
+            reduce_count: 1,
+        },
+    )
+}
+
+/// Gradients of C = op(A)·op(B) given dL/dC, through the same kernel with transposed operands (no
+/// transpose is materialized). An operand broadcast over the batch gets the sum over the batch.
+pub fn matmul_backward(
+    batch: &mut Batch,
+    a: &Tensor,
+    b: &Tensor,
+    grad_c: &Tensor,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<MatmulGrads> {
+    const OP: &str = "matmul_backward";
+    let d = dims(OP, a, b, trans_a, trans_b)?;
+    if grad_c.shape() != d.out_shape().as_slice() {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: format!("grad_c is {:?}, C is {:?}", grad_c.shape(), d.out_shape()),
+        });
+    }
+    same_dtype(OP, &[a, b, grad_c])?;
+    same_gpu(OP, batch, &[a, b, grad_c])?;
+    let (m, n, k) = (d.m, d.n, d.k);
+    let da = Tensor::uninit(batch.gpu(), a.shape(), a.dtype())?;
+    let db = Tensor::uninit(batch.gpu(), b.shape(), b.dtype())?;
+    let operand = |tensor, trans, batches: usize, size: usize, reduce: bool| -> Result<Operand> {
+        let s = to_u32(OP, "batch stride", if batches > 1 { size } else { 0 })?;
+        Ok(Operand {
+            tensor,
+            trans,
+            stride_z: if reduce { 0 } else { s },
+            stride_r: if reduce { s } else { 0 },
+        })
+    };
+    // Whether a gradient sums over the batch (its operand was broadcast).
+    let reduce_a = d.a_batch == 1 && d.batch > 1;
+    let reduce_b = d.b_batch == 1 && d.batch > 1;
+    let split_batches = |reduce: bool| if reduce { (1, d.batch) } else { (d.batch, 1) };
+
+    // dA: op(A)=X (M×K), dX = dC·Yᵀ. Stored A = X: dA = dC·op(B)ᵀ; stored A = Xᵀ: dA = op(B)·dCᵀ.
+    let (out_batches, reduce_count) = split_batches(reduce_a);
+    let gc = |trans| operand(grad_c, trans, d.batch, m * n, reduce_a);
+    let bb = |trans| operand(b, trans, d.b_batch, k * n, reduce_a);
+    let (x, y, mm, nn) = if !trans_a {
+        (gc(false)?, bb(!trans_b)?, m, k)
+    } else {
+        (bb(trans_b)?, gc(true)?, k, m)
+    };
+    record(
+        batch,
+        &Launch::plain(x, y, &da, mm, nn, n, out_batches, reduce_count),
+    )?;
+
+    // dB: op(B)=Y (K×N), dY = Xᵀ·dC. Stored B = Y: dB = op(A)ᵀ·dC; stored B = Yᵀ: dB = dCᵀ·op(A).
+    let (out_batches, reduce_count) = split_batches(reduce_b);
+    let gc = |trans| operand(grad_c, trans, d.batch, m * n, reduce_b);
+    let aa = |trans| operand(a, trans, d.a_batch, m * k, reduce_b);
+    let (x, y, mm, nn) = if !trans_b {
+        (aa(!trans_a)?, gc(false)?, k, n)
+    } else {
+        (gc(true)?, aa(trans_a)?, n, k)
+    };
+    record(
+        batch,
+        &Launch::plain(x, y, &db, mm, nn, m, out_batches, reduce_count),
+    )?;
+    Ok(MatmulGrads { a: da, b: db })
+}
+
+impl<'t> Launch<'t> {
+    #[allow(clippy::too_many_arguments)]
+    fn plain(
+        a: Operand<'t>,
+        b: Operand<'t>,
+        c: &'t Tensor,
+        m: usize,
+        n: usize,
+        k: usize,
+        out_batches: usize,
+        reduce_count: usize,
+    ) -> Self {
+        Launch {
+            a,
+            b,
+            c,
+            bias: None,
+            activation: Activation::None,
+            accumulate: false,
+            m,
+            n,
+            k,
+            out_batches,
+            reduce_count,
+        }
+    }
+}
+
+/// Tile edge for a problem: 128 where there are enough 128-tiles to fill a large GPU, else 64.
+fn tile_for(m: usize, n: usize, batches: usize) -> u32 {
+    let tiles128 = m.div_ceil(128) * n.div_ceil(128) * batches;
+    if m >= 128 && n >= 128 && tiles128 >= 96 {
+        128
+    } else {
+        64
+    }
+}
+
+fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
+    const OP: &str = "matmul";
+    let tile = tile_for(l.m, l.n, l.out_batches);
+    // Rows are aligned for 16-byte loads when the stored row length is a multiple of 4.
+    let row_len = |o: &Operand, rows_if_plain: usize, cols_if_plain: usize| {
+        if o.trans {
+            rows_if_plain
+        } else {
+            cols_if_plain
+        }
+    };
+    let aligned_a = row_len(&l.a, l.m, l.k) % 4 == 0;
+    let aligned_b = row_len(&l.b, l.k, l.n) % 4 == 0;
+    let key = PipelineKey {
+        kernel: Kernel::Matmul,
+        dtype: l.c.dtype(),
+        entry: "main",
+        constants: vec![
+            ("TILE", tile),
+            ("TRANS_A", u32::from(l.a.trans)),
+            ("TRANS_B", u32::from(l.b.trans)),
+            ("ALIGNED_A", u32::from(aligned_a)),
+            ("ALIGNED_B", u32::from(aligned_b)),
+            ("ALIGNED_C", u32::from(l.n % 4 == 0)),
+            ("HAS_BIAS", u32::from(l.bias.is_some())),
+            ("ACTIVATION", l.activation.code()),
+            ("ACCUMULATE", u32::from(l.accumulate)),
+        ],
+    };
+    let pipeline = batch.gpu().pipeline(key)?;
+    let params = Params {
+        m: to_u32(OP, "M", l.m)?,
+        n: to_u32(OP, "N", l.n)?,
+        k: to_u32(OP, "K", l.k)?,
+        reduce_count: to_u32(OP, "batch", l.reduce_count)?,
+        a_stride_z: l.a.stride_z,
+        a_stride_r: l.a.stride_r,
+        b_stride_z: l.b.stride_z,
+        b_stride_r: l.b.stride_r,
+        c_stride_z: to_u32(OP, "C batch stride", l.m * l.n)?,
+        _pad: [0; 3],
+    };
+    // Unused bias slot: bind A again (read-only, so no usage conflict).
+    let bias = l.bias.unwrap_or(l.a.tensor);
+    let tile = tile as usize;
+    let groups = [
+        to_u32(OP, "column tiles", l.n.div_ceil(tile))?,
+        to_u32(OP, "row tiles", l.m.div_ceil(tile))?,
+        to_u32(OP, "batch", l.out_batches)?,
+    ];
+    batch.dispatch(
+        &pipeline,
+        bytemuck::bytes_of(&params),
+        &[l.a.tensor, l.b.tensor, l.c, bias],
+        groups,
+    )
+}

@@ -1,0 +1,159 @@
+//! Reuse of GPU buffers, so that a loop which creates the same tensors every iteration allocates
+//! nothing after its first iteration.
+//!
+//! Buffers are grouped by usage and by size class (four classes per power of two, so at most 25%
+//! slack). A buffer returns to the pool when the last handle to it drops; work recorded in a
+//! [`crate::Batch`] holds handles until the batch is submitted, and all later GPU use is ordered after
+//! that submission on the queue, so reuse never races the GPU.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// What the pool has done so far; see [`crate::Gpu::pool_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// GPU buffers created since the context was made.
+    pub buffers_created: u64,
+    /// Bytes in those buffers.
+    pub bytes_created: u64,
+    /// Requests served by a buffer that was already there.
+    pub reuses: u64,
+    /// Buffers waiting in the pool now.
+    pub idle_buffers: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    idle: Mutex<HashMap<(u64, u32), Vec<wgpu::Buffer>>>,
+    buffers_created: AtomicU64,
+    bytes_created: AtomicU64,
+    reuses: AtomicU64,
+}
+
+/// The smallest size class that holds `bytes`: 256-byte minimum, then four steps per power of two.
+pub(crate) fn size_class(bytes: u64) -> u64 {
+    let bytes = bytes.max(256);
+    let pow = 63 - (bytes - 1).leading_zeros() as u64; // floor(log2(bytes - 1))
+    let step = (1u64 << pow) / 4;
+    bytes.div_ceil(step.max(1)) * step.max(1)
+}
+
+impl BufferPool {
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        device: &wgpu::Device,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+        max_buffer_size: u64,
+    ) -> PooledBuffer {
+        let class = size_class(bytes).min(max_buffer_size.max(bytes.next_multiple_of(16)));
+        let key = (class, usage.bits());
+        let reused = self
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.get_mut(&key).and_then(Vec::pop));
+        let buffer = match reused {
+            Some(buffer) => {
+                self.reuses.fetch_add(1, Ordering::Relaxed);
+                buffer
+            }
+            None => {
+                self.buffers_created.fetch_add(1, Ordering::Relaxed);
+                self.bytes_created.fetch_add(class, Ordering::Relaxed);
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgnn pooled buffer"),
+                    size: class,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        PooledBuffer {
+            buffer: Some(buffer),
+            key,
+            pool: Arc::downgrade(self),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let idle_buffers = self
+            .idle
+            .lock()
+            .map(|idle| idle.values().map(|v| v.len() as u64).sum())
+            .unwrap_or(0);
+        PoolStats {
+            buffers_created: self.buffers_created.load(Ordering::Relaxed),
+            bytes_created: self.bytes_created.load(Ordering::Relaxed),
+            reuses: self.reuses.load(Ordering::Relaxed),
+            idle_buffers,
+        }
+    }
+
+    /// Frees every idle buffer.
+    pub(crate) fn trim(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+}
+
+/// A buffer on loan from the pool; goes back when dropped.
+pub(crate) struct PooledBuffer {
+    buffer: Option<wgpu::Buffer>,
+    key: (u64, u32),
+    pool: Weak<BufferPool>,
+}
+
+impl PooledBuffer {
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        self.buffer
+            .as_ref()
+            .expect("a pooled buffer is present until drop")
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.key.0
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let (Some(buffer), Some(pool)) = (self.buffer.take(), self.pool.upgrade()) {
+            if let Ok(mut idle) = pool.idle.lock() {
+                idle.entry(self.key).or_default().push(buffer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_hold_the_request_with_little_slack() {
+        for bytes in [
+            1u64,
+            255,
+            256,
+            257,
+            1000,
+            4096,
+            4097,
+            1 << 20,
+            (1 << 20) + 1,
+            123_456_789,
+        ] {
+            let class = size_class(bytes);
+            assert!(class >= bytes, "{bytes} -> {class}");
+            assert!(
+                class <= (bytes.max(256) * 5).div_ceil(4) + 1,
+                "{bytes} -> {class}"
+            );
+            assert_eq!(class % 4, 0);
+        }
+        assert_eq!(size_class(4096), 4096);
+    }
+}

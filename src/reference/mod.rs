@@ -1,0 +1,46 @@
+//! The ops on the CPU: plain loops with f64 accumulation. The oracle every GPU test compares with;
+//! clarity beats speed here.
+
+pub mod matmul;
+
+pub use matmul::{matmul, matmul_backward};
+
+use crate::ops::Activation;
+
+/// A host array: row-major data with a shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Array {
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// Elements, row-major.
+    pub data: Vec<f32>,
+}
+
+impl Array {
+    /// An array of `shape` holding `data`.
+    ///
+    /// # Panics
+    /// If `data` does not have as many elements as `shape` holds (a bug in the calling test).
+    pub fn new(shape: &[usize], data: Vec<f32>) -> Self {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape {shape:?}"
+        );
+        Array {
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+}
+
+/// The activation on one value, in f64.
+pub fn activate(activation: Activation, x: f64) -> f64 {
+    match activation {
+        Activation::None => x,
+        Activation::Relu => x.max(0.0),
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Activation::Tanh => x.tanh(),
+    }
+}

@@ -1,0 +1,321 @@
+//! Tensors: a GPU buffer from the pool with a shape and a dtype.
+
+use std::fmt;
+use std::sync::Arc;
+
+use half::f16;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::pool::PooledBuffer;
+
+/// Element type of a tensor's storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float storage; kernels accumulate in f32. Needs the adapter's `SHADER_F16`.
+    F16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+}
+
+/// A host element type that can be uploaded to and read from a tensor.
+pub trait Element: bytemuck::Pod {
+    /// The matching storage type.
+    const DTYPE: DType;
+    /// Converts from f32 (rounding to nearest for f16).
+    fn from_f32(x: f32) -> Self;
+    /// Converts to f32.
+    fn to_f32(self) -> f32;
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Element for f16 {
+    const DTYPE: DType = DType::F16;
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// An n-dimensional array on the GPU, row-major and contiguous.
+///
+/// Cloning is cheap and shares the buffer. The buffer comes from the context's pool and returns to it
+/// when the last handle (including any [`crate::Batch`] that recorded work on it) is gone.
+#[derive(Clone)]
+pub struct Tensor {
+    pub(crate) gpu: Gpu,
+    pub(crate) buffer: Arc<PooledBuffer>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tensor")
+            .field("shape", &self.shape)
+            .field("dtype", &self.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+fn numel_of(shape: &[usize], op: &'static str) -> Result<usize> {
+    if shape.is_empty() || shape.contains(&0) {
+        return Err(Error::EmptyTensor { op });
+    }
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| Error::LimitExceeded {
+            what: format!("{op}: element count of shape {shape:?}"),
+            requested: u64::MAX,
+            limit: u64::from(u32::MAX),
+        })
+}
+
+impl Tensor {
+    /// An uninitialized tensor (its buffer may hold an earlier tensor's data). Ops write every element
+    /// of their outputs, so this is the cheap way to make an output for `*_into` calls.
+    pub fn uninit(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
+        let numel = numel_of(shape, "Tensor::uninit")?;
+        gpu.check_limit(
+            "tensor elements (u32 indexing)",
+            numel as u64,
+            u64::from(u32::MAX),
+        )?;
+        let bytes = (numel * dtype.size()) as u64;
+        // Kernels bind tensors as arrays of 4-element vectors: round the binding up to 16 bytes.
+        let binding = bytes.next_multiple_of(16);
+        let limits = gpu.limits();
+        gpu.check_limit(
+            "tensor bytes (max_storage_buffer_binding_size)",
+            binding,
+            limits.max_storage_buffer_binding_size,
+        )?;
+        gpu.check_limit(
+            "tensor bytes (max_buffer_size)",
+            binding,
+            limits.max_buffer_size,
+        )?;
+        let buffer = gpu.scoped(|| {
+            gpu.0.pool.acquire(
+                &gpu.0.device,
+                binding,
+                STORAGE_USAGE,
+                limits.max_buffer_size,
+            )
+        })?;
+        Ok(Tensor {
+            gpu: gpu.clone(),
+            buffer: Arc::new(buffer),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// A tensor whose every element, and the spare capacity past the last one, is `value`. Tests
+    /// use a NaN here to poison outputs, so an element a kernel forgot to write is seen.
+    pub fn full(gpu: &Gpu, shape: &[usize], dtype: DType, value: f32) -> Result<Self> {
+        let t = Self::uninit(gpu, shape, dtype)?;
+        let bytes = t.capacity_bytes() as usize;
+        let data: Vec<u8> = match dtype {
+            DType::F32 => bytemuck::cast_slice(&vec![value; bytes / 4]).to_vec(),
+            DType::F16 => bytemuck::cast_slice(&vec![f16::from_f32(value); bytes / 2]).to_vec(),
+        };
+        gpu.queue().write_buffer(t.buffer.buffer(), 0, &data);
+        Ok(t)
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
+        Self::full(gpu, shape, dtype, 0.0)
+    }
+
+    /// Uploads `data` (row-major) as a tensor of `shape`.
+    pub fn from_slice<T: Element>(gpu: &Gpu, data: &[T], shape: &[usize]) -> Result<Self> {
+        let t = Self::uninit(gpu, shape, T::DTYPE)?;
+        t.write(data)?;
+        Ok(t)
+    }
+
+    /// Uploads f32 data into a tensor of `dtype`, converting on the host.
+    pub fn from_f32(gpu: &Gpu, data: &[f32], shape: &[usize], dtype: DType) -> Result<Self> {
+        match dtype {
+            DType::F32 => Self::from_slice(gpu, data, shape),
+            DType::F16 => {
+                let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+                Self::from_slice(gpu, &h, shape)
+            }
+        }
+    }
+
+    /// Overwrites the tensor's contents, reusing its buffer. The write lands before the next
+    /// submission's work, so do not overwrite a tensor that unsubmitted recorded work still reads.
+    pub fn write<T: Element>(&self, data: &[T]) -> Result<()> {
+        self.expect_dtype(T::DTYPE, "Tensor::write")?;
+        if data.len() != self.numel() {
+            return Err(Error::DataLength {
+                expected: self.numel(),
+                found: data.len(),
+            });
+        }
+        let mut bytes: &[u8] = bytemuck::cast_slice(data);
+        // write_buffer needs a multiple of 4 bytes: pad an odd f16 count.
+        let padded;
+        if bytes.len() % 4 != 0 {
+            padded = [bytes, &[0u8; 2]].concat();
+            bytes = &padded;
+        }
+        self.gpu
+            .queue()
+            .write_buffer(self.buffer.buffer(), 0, bytes);
+        Ok(())
+    }
+
+    /// Copies the tensor back to the host. Submits and waits: call it once results are needed, not
+    /// inside a hot loop.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        self.expect_dtype(T::DTYPE, "Tensor::to_vec")?;
+        let bytes = self.read_bytes(self.size_bytes().next_multiple_of(4))?;
+        let mut out: Vec<T> = bytemuck::pod_collect_to_vec(&bytes);
+        out.truncate(self.numel());
+        Ok(out)
+    }
+
+    /// Copies the tensor back to the host as f32, whatever its dtype.
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        match self.dtype {
+            DType::F32 => self.to_vec::<f32>(),
+            DType::F16 => Ok(self.to_vec::<f16>()?.into_iter().map(f16::to_f32).collect()),
+        }
+    }
+
+    /// The whole buffer behind the tensor, including spare capacity past its last element. Tests use
+    /// it to check that kernels write nothing past a tensor's end.
+    pub fn read_capacity_bytes(&self) -> Result<Vec<u8>> {
+        self.read_bytes(self.capacity_bytes())
+    }
+
+    fn read_bytes(&self, len: u64) -> Result<Vec<u8>> {
+        let gpu = &self.gpu;
+        let staging = gpu.0.pool.acquire(
+            &gpu.0.device,
+            len,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            gpu.limits().max_buffer_size,
+        );
+        let mut encoder = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgnn readback"),
+            });
+        encoder.copy_buffer_to_buffer(self.buffer.buffer(), 0, staging.buffer(), 0, len);
+        gpu.scoped(|| gpu.queue().submit([encoder.finish()]))?;
+        let slice = staging.buffer().slice(0..len);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.wait()?;
+        rx.recv()
+            .map_err(|e| Error::Gpu(format!("readback callback lost: {e}")))?
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?
+            .to_vec();
+        staging.buffer().unmap();
+        Ok(bytes)
+    }
+
+    /// The same buffer seen with another shape of the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        let numel = numel_of(shape, "Tensor::reshape")?;
+        if numel != self.numel() {
+            return Err(Error::ShapeMismatch {
+                op: "Tensor::reshape",
+                details: format!(
+                    "{:?} has {} elements, {shape:?} has {numel}",
+                    self.shape,
+                    self.numel()
+                ),
+            });
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..self.clone()
+        })
+    }
+
+    /// Dimensions, outermost first.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Bytes the elements occupy.
+    pub fn size_bytes(&self) -> u64 {
+        (self.numel() * self.dtype.size()) as u64
+    }
+    /// Bytes of the buffer behind the tensor (at least [`Self::size_bytes`]).
+    pub fn capacity_bytes(&self) -> u64 {
+        self.buffer.capacity()
+    }
+    /// The context the tensor lives on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+    /// Whether two tensors share a buffer.
+    pub fn shares_buffer_with(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.buffer, &other.buffer)
+    }
+
+    pub(crate) fn expect_dtype(&self, dtype: DType, op: &'static str) -> Result<()> {
+        if self.dtype != dtype {
+            return Err(Error::DtypeMismatch {
+                op,
+                details: format!("expected {dtype:?}, found {:?}", self.dtype),
+            });
+        }
+        Ok(())
+    }
+
+    /// The binding covering the elements, rounded up to whole 16-byte vectors.
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.buffer.buffer(),
+            offset: 0,
+            size: std::num::NonZeroU64::new(self.size_bytes().next_multiple_of(16)),
+        })
+    }
+}

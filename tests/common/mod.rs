@@ -1,0 +1,87 @@
+//! Helpers shared by the GPU tests: one context per test binary, fresh seeded randomness, poisoned
+//! outputs with guard checks, and tolerance checks that say where they failed.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use wgnn::{DType, Gpu, Tensor};
+
+/// The poison written into outputs before a run: a NaN no kernel produces by accident.
+pub const POISON: f32 = f32::NAN;
+
+/// One shared context per test binary. Fails, never skips, when there is no adapter.
+pub fn gpu() -> Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::new() {
+        Ok(gpu) => gpu,
+        Err(e) => panic!("GPU tests need an adapter: {e}"),
+    })
+    .clone()
+}
+
+/// A generator with a fresh seed each run (or `WGNN_TEST_SEED`), and the seed, to print on failure.
+pub fn rng() -> (StdRng, u64) {
+    let seed = std::env::var("WGNN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1);
+            t ^ (std::process::id() as u64).rotate_left(32)
+        });
+    (StdRng::seed_from_u64(seed), seed)
+}
+
+/// `n` values uniform in [-1, 1).
+pub fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Rounds through f16, so a CPU reference sees exactly what an f16 tensor holds.
+pub fn round_f16(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| wgnn::f16::from_f32(v).to_f32()).collect()
+}
+
+/// An output tensor filled with [`POISON`], spare capacity included.
+pub fn poisoned(gpu: &Gpu, shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::full(gpu, shape, dtype, POISON).expect("poisoned tensor")
+}
+
+/// Checks that nothing was written past the tensor's last element.
+pub fn assert_guard_intact(t: &Tensor, context: &str) {
+    let bytes = t.read_capacity_bytes().expect("read capacity");
+    let used = t.size_bytes() as usize;
+    let tail = &bytes[used..];
+    let intact = match t.dtype() {
+        DType::F32 => tail
+            .chunks_exact(4)
+            .all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_nan()),
+        DType::F16 => tail
+            .chunks_exact(2)
+            .all(|c| wgnn::f16::from_le_bytes([c[0], c[1]]).is_nan()),
+    };
+    assert!(intact, "{context}: a kernel wrote past the tensor's end");
+}
+
+/// |got - want| <= tol · max(|want|, 1) everywhere, and no NaN where the reference has none.
+pub fn assert_close(got: &[f32], want: &[f32], tol: f32, context: &str) {
+    assert_eq!(got.len(), want.len(), "{context}: length");
+    let mut worst = (0usize, 0.0f32);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs() / w.abs().max(1.0);
+        if err.is_nan() || err > worst.1 {
+            worst = (i, if err.is_nan() { f32::INFINITY } else { err });
+        }
+    }
+    let (i, err) = worst;
+    assert!(
+        err <= tol,
+        "{context}: element {i} is {} but the reference says {} (relative error {err:e} > {tol:e})",
+        got[i],
+        want[i]
+    );
+}
