@@ -224,3 +224,104 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// gemv_*: the same product for M <= 8 rows (batch-1 inference, skinny shapes), where a 64-row tile
+// would waste most of its work. Every thread keeps all M rows of 4 columns (plain B) or of one
+// column (transposed B), splits K with its neighbours, and the workgroup sums the partial results.
+
+const GEMV_MAX_ROWS: u32 = 8u;
+
+var<workgroup> partial: array<vec4<f32>, 256>;
+
+fn a_at(base: u32, i: u32, k: u32) -> f32 {
+    var idx = base + i * params.k + k;
+    if (TRANS_A) { idx = base + k * params.m + i; }
+    return f32(a[idx / 4u][idx % 4u]);
+}
+
+// Bias, activation and accumulation for one output element; `col` < n.
+fn store_one(c_base: u32, row: u32, col: u32, value: f32) {
+    var x = value;
+    if (HAS_BIAS) { x += f32(bias[col / 4u][col % 4u]); }
+    x = activate(vec4<f32>(x)).x;
+    let j = c_base + row * params.n + col;
+    if (ACCUMULATE) { x += f32(c[j / 4u][j % 4u]); }
+    c[j / 4u][j % 4u] = Elem(x);
+}
+
+// B stored K×N: 16 column quads (64 columns) × 16 k-slices per workgroup; grid (ceil(N/64), 1, batch).
+@compute @workgroup_size(256, 1, 1)
+fn gemv_plain_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let quad = l % 16u;
+    let slice = l / 16u;
+    let col = wid.x * 64u + quad * 4u;
+    var acc: array<vec4<f32>, GEMV_MAX_ROWS>;
+    for (var i = 0u; i < GEMV_MAX_ROWS; i++) { acc[i] = vec4<f32>(0.0); }
+    for (var r = 0u; r < params.reduce_count; r++) {
+        let a_base = wid.z * params.a_stride_z + r * params.a_stride_r;
+        let b_base = wid.z * params.b_stride_z + r * params.b_stride_r;
+        if (col < params.n) {
+            for (var k = slice; k < params.k; k += 16u) {
+                let bv = fetch_b(b_base, k, col, params.k, params.n);
+                for (var i = 0u; i < params.m; i++) {
+                    acc[i] = fma(vec4<f32>(a_at(a_base, i, k)), bv, acc[i]);
+                }
+            }
+        }
+    }
+    let c_base = wid.z * params.c_stride_z;
+    for (var i = 0u; i < params.m; i++) {
+        partial[l] = acc[i];
+        workgroupBarrier();
+        if (slice == 0u && col < params.n) {
+            var s = vec4<f32>(0.0);
+            for (var t = 0u; t < 16u; t++) { s += partial[t * 16u + quad]; }
+            for (var e = 0u; e < 4u; e++) {
+                if (col + e < params.n) { store_one(c_base, i, col + e, s[e]); }
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+// B stored N×K (a Linear layer's weight): 8 columns × 32 lanes along K per workgroup, vec4 loads
+// along K; grid (ceil(N/8), 1, batch).
+@compute @workgroup_size(256, 1, 1)
+fn gemv_trans_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let lane = l % 32u;
+    let col = wid.x * 8u + l / 32u;
+    var acc: array<f32, GEMV_MAX_ROWS>;
+    for (var i = 0u; i < GEMV_MAX_ROWS; i++) { acc[i] = 0.0; }
+    for (var r = 0u; r < params.reduce_count; r++) {
+        let a_base = wid.z * params.a_stride_z + r * params.a_stride_r;
+        let b_base = wid.z * params.b_stride_z + r * params.b_stride_r;
+        if (col < params.n) {
+            for (var k = lane * 4u; k < params.k; k += 128u) {
+                let bv = fetch_b(b_base, col, k, params.n, params.k);
+                for (var i = 0u; i < params.m; i++) {
+                    var av: vec4<f32>;
+                    if (TRANS_A) {
+                        for (var e = 0u; e < 4u; e++) {
+                            av[e] = select(0.0, a_at(a_base, i, k + e), k + e < params.k);
+                        }
+                    } else {
+                        av = fetch_a(a_base, i, k, params.m, params.k);
+                    }
+                    acc[i] += dot(av, bv);
+                }
+            }
+        }
+    }
+    let c_base = wid.z * params.c_stride_z;
+    for (var i = 0u; i < params.m; i++) {
+        partial[l] = vec4<f32>(acc[i], 0.0, 0.0, 0.0);
+        workgroupBarrier();
+        for (var stride = 16u; stride > 0u; stride /= 2u) {
+            if (lane < stride) { partial[l].x += partial[l + stride].x; }
+            workgroupBarrier();
+        }
+        if (lane == 0u && col < params.n) { store_one(c_base, i, col, partial[l].x); }
+        workgroupBarrier();
+    }
+}

@@ -15,6 +15,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (130, 67, 256),
     (257, 129, 67),
     (3, 517, 9),
+    (8, 45, 300),
+    (9, 70, 129),
+    (2, 1000, 1029),
 ];
 
 fn stored(rows: usize, cols: usize, trans: bool) -> [usize; 2] {
@@ -314,6 +317,9 @@ fn backward_every_transpose_and_broadcast() {
         check_backward(&[3, sa[0], sa[1]], &sb, ta, tb);
     }
     check_backward(&[1, 1], &[1, 1], false, false);
+    // Small M: the forward-shaped gradient dA goes through the GEMV entry points.
+    check_backward(&[3, 5, 200], &[200, 7], false, false);
+    check_backward(&[200, 2], &[3, 7, 200], true, true);
 }
 
 /// The reference backward agrees with central differences of L = Σ C·G on the reference forward.

@@ -346,9 +346,17 @@ fn tile_for(m: usize, n: usize, batches: usize) -> u32 {
     }
 }
 
+/// Rows up to which the GEMV entry points beat a tile (`GEMV_MAX_ROWS` in the shader).
+const GEMV_MAX_ROWS: usize = 8;
+
 fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
     const OP: &str = "matmul";
-    let tile = tile_for(l.m, l.n, l.out_batches);
+    let gemv = l.m <= GEMV_MAX_ROWS;
+    let tile = if gemv {
+        64
+    } else {
+        tile_for(l.m, l.n, l.out_batches)
+    };
     // Rows are aligned for 16-byte loads when the stored row length is a multiple of 4.
     let row_len = |o: &Operand, rows_if_plain: usize, cols_if_plain: usize| {
         if o.trans {
@@ -362,7 +370,11 @@ fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
     let key = PipelineKey {
         kernel: Kernel::Matmul,
         dtype: l.c.dtype(),
-        entry: "main",
+        entry: match (gemv, l.b.trans) {
+            (false, _) => "main",
+            (true, false) => "gemv_plain_b",
+            (true, true) => "gemv_trans_b",
+        },
         constants: vec![
             ("TILE", tile),
             ("TRANS_A", u32::from(l.a.trans)),
@@ -390,10 +402,15 @@ fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
     };
     // Unused bias slot: bind A again (read-only, so no usage conflict).
     let bias = l.bias.unwrap_or(l.a.tensor);
-    let tile = tile as usize;
+    // Columns per workgroup along x, rows per workgroup along y.
+    let (cols, rows) = match (gemv, l.b.trans) {
+        (false, _) => (tile as usize, tile as usize),
+        (true, false) => (64, GEMV_MAX_ROWS),
+        (true, true) => (8, GEMV_MAX_ROWS),
+    };
     let groups = [
-        to_u32(OP, "column tiles", l.n.div_ceil(tile))?,
-        to_u32(OP, "row tiles", l.m.div_ceil(tile))?,
+        to_u32(OP, "column tiles", l.n.div_ceil(cols))?,
+        to_u32(OP, "row tiles", l.m.div_ceil(rows))?,
         to_u32(OP, "batch", l.out_batches)?,
     ];
     batch.dispatch(

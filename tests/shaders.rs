@@ -1,0 +1,122 @@
+//! Every WGSL file parses and validates with naga as written, and every variant wgnn compiles
+//! (f32 and f16 storage, several override sets) translates to SPIR-V, MSL and HLSL, so portability
+//! is checked without those GPUs.
+
+use naga::back::PipelineConstants;
+use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
+use wgnn::shaders::{source, Kernel};
+
+fn validate(module: &naga::Module, name: &str) -> ModuleInfo {
+    Validator::new(ValidationFlags::all(), Capabilities::all())
+        .validate(module)
+        .unwrap_or_else(|e| panic!("{name}: naga validation failed: {e:?}"))
+}
+
+fn parse(wgsl: &str, name: &str) -> naga::Module {
+    naga::front::wgsl::parse_str(wgsl)
+        .unwrap_or_else(|e| panic!("{name}: WGSL parse error:\n{}", e.emit_to_string(wgsl)))
+}
+
+/// Override sets each kernel is translated with: its defaults and the values its dispatcher uses.
+fn override_sets(kernel: Kernel) -> Vec<Vec<(&'static str, f64)>> {
+    match kernel {
+        Kernel::Matmul => {
+            let mut sets = vec![vec![]];
+            for tile in [64.0, 128.0] {
+                for flags in 0..4u32 {
+                    let on = |bit: u32| f64::from((flags >> bit) & 1);
+                    sets.push(vec![
+                        ("TILE", tile),
+                        ("TRANS_A", on(0)),
+                        ("TRANS_B", on(1)),
+                        ("ALIGNED_A", on(0)),
+                        ("ALIGNED_B", on(1)),
+                        ("ALIGNED_C", on(0)),
+                        ("HAS_BIAS", on(1)),
+                        ("ACTIVATION", f64::from(flags)),
+                        ("ACCUMULATE", on(0)),
+                    ]);
+                }
+            }
+            sets
+        }
+        _ => vec![vec![]],
+    }
+}
+
+#[test]
+fn every_shader_file_is_a_known_kernel() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .expect("shaders/ exists")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".wgsl"))
+        .collect();
+    files.sort();
+    let mut known: Vec<String> = Kernel::ALL
+        .iter()
+        .map(|k| format!("{}.wgsl", k.name()))
+        .collect();
+    known.sort();
+    assert_eq!(
+        files, known,
+        "shaders/ and Kernel::ALL must list the same files"
+    );
+    for file in &files {
+        let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+        let module = parse(&text, file);
+        validate(&module, file);
+    }
+}
+
+#[test]
+fn every_variant_translates_to_spirv_msl_and_hlsl() {
+    for &kernel in Kernel::ALL {
+        for &dtype in kernel.dtypes() {
+            let wgsl = source(kernel, dtype);
+            let name = format!("{} {dtype:?}", kernel.name());
+            let module = parse(&wgsl, &name);
+            let info = validate(&module, &name);
+            for set in override_sets(kernel) {
+                let mut constants = PipelineConstants::default();
+                for (k, v) in &set {
+                    constants.insert(k.to_string(), *v);
+                }
+                let what = format!("{name} with {set:?}");
+                let (module, info) = naga::back::pipeline_constants::process_overrides(
+                    &module, &info, None, &constants,
+                )
+                .unwrap_or_else(|e| panic!("{what}: overrides: {e:?}"));
+                naga::back::spv::write_vec(
+                    &module,
+                    &info,
+                    &naga::back::spv::Options::default(),
+                    None,
+                )
+                .unwrap_or_else(|e| panic!("{what}: SPIR-V: {e:?}"));
+                let msl_options = naga::back::msl::Options {
+                    lang_version: (2, 4),
+                    ..Default::default()
+                };
+                naga::back::msl::write_string(
+                    &module,
+                    &info,
+                    &msl_options,
+                    &naga::back::msl::PipelineOptions::default(),
+                )
+                .unwrap_or_else(|e| panic!("{what}: MSL: {e:?}"));
+                let hlsl_options = naga::back::hlsl::Options {
+                    shader_model: naga::back::hlsl::ShaderModel::V6_2,
+                    ..Default::default()
+                };
+                let hlsl_pipeline = naga::back::hlsl::PipelineOptions::default();
+                let mut hlsl = String::new();
+                naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline)
+                    .write(&module, &info, None)
+                    .unwrap_or_else(|e| panic!("{what}: HLSL: {e:?}"));
+                assert!(!hlsl.is_empty());
+            }
+        }
+    }
+}
