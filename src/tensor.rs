@@ -186,7 +186,7 @@ impl Tensor {
         let mut bytes: &[u8] = bytemuck::cast_slice(data);
         // write_buffer needs a multiple of 4 bytes: pad an odd f16 count.
         let padded;
-        if bytes.len() % 4 != 0 {
+        if !bytes.len().is_multiple_of(4) {
             padded = [bytes, &[0u8; 2]].concat();
             bytes = &padded;
         }

@@ -365,8 +365,8 @@ fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
             cols_if_plain
         }
     };
-    let aligned_a = row_len(&l.a, l.m, l.k) % 4 == 0;
-    let aligned_b = row_len(&l.b, l.k, l.n) % 4 == 0;
+    let aligned_a = row_len(&l.a, l.m, l.k).is_multiple_of(4);
+    let aligned_b = row_len(&l.b, l.k, l.n).is_multiple_of(4);
     let key = PipelineKey {
         kernel: Kernel::Matmul,
         dtype: l.c.dtype(),
@@ -381,7 +381,7 @@ fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
             ("TRANS_B", u32::from(l.b.trans)),
             ("ALIGNED_A", u32::from(aligned_a)),
             ("ALIGNED_B", u32::from(aligned_b)),
-            ("ALIGNED_C", u32::from(l.n % 4 == 0)),
+            ("ALIGNED_C", u32::from(l.n.is_multiple_of(4))),
             ("HAS_BIAS", u32::from(l.bias.is_some())),
             ("ACTIVATION", l.activation.code()),
             ("ACCUMULATE", u32::from(l.accumulate)),
