@@ -1,0 +1,119 @@
+//! The GPU context: adapter choice errors, wrapping an application's device, the pipeline cache,
+//! the timer, and tensor upload/readback.
+
+mod common;
+
+use common::*;
+use wgnn::{ops, Batch, DType, Error, Gpu, GpuOptions, GpuTimer, Tensor};
+
+#[test]
+fn no_matching_adapter_says_how_to_install_software_vulkan() {
+    let options = GpuOptions {
+        adapter_name: Some("no adapter is called this".into()),
+        ..GpuOptions::default()
+    };
+    let err = Gpu::with_options(options).unwrap_err();
+    assert!(matches!(err, Error::NoAdapter { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("mesa-vulkan-drivers"), "{message}");
+}
+
+#[test]
+fn wraps_a_device_the_application_owns() {
+    let instance =
+        wgnn::wgpu::Instance::new(wgnn::wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("GPU tests need an adapter");
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&Default::default())).expect("device");
+    let gpu = Gpu::from_device(device, queue);
+    assert_eq!(
+        gpu.limits().max_storage_buffer_binding_size,
+        wgnn::wgpu::Limits::default().max_storage_buffer_binding_size
+    );
+    let a = Tensor::from_slice(&gpu, &[1.0f32, 2.0], &[1, 2]).unwrap();
+    let b = Tensor::from_slice(&gpu, &[3.0f32, 4.0], &[2, 1]).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let c = ops::matmul(&mut batch, &a, &b).unwrap();
+    batch.submit().unwrap();
+    assert_eq!(c.to_vec::<f32>().unwrap(), [11.0]);
+    // The default device has no SHADER_F16: f16 work is refused with a typed error.
+    if !gpu.supports_f16() {
+        let h = Tensor::zeros(&gpu, &[2, 2], DType::F16).unwrap();
+        let mut batch = Batch::new(&gpu);
+        let r = ops::matmul(&mut batch, &h, &h);
+        assert!(
+            matches!(
+                r,
+                Err(Error::UnsupportedFeature {
+                    feature: "SHADER_F16",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn pipelines_are_compiled_once_per_variant() {
+    let gpu = Gpu::new().expect("GPU tests need an adapter");
+    let a = Tensor::full(&gpu, &[20, 12], DType::F32, 0.5).unwrap();
+    let b = Tensor::full(&gpu, &[12, 16], DType::F32, 0.25).unwrap();
+    let run = || {
+        let mut batch = Batch::new(&gpu);
+        let c = ops::matmul(&mut batch, &a, &b).unwrap();
+        batch.submit().unwrap();
+        c
+    };
+    let c = run();
+    let after_first = gpu.cached_pipelines();
+    assert_eq!(after_first, 1);
+    run();
+    assert_eq!(gpu.cached_pipelines(), after_first);
+    assert!(c.to_vec::<f32>().unwrap().iter().all(|&x| x == 1.5));
+}
+
+#[test]
+fn timer_measures_recorded_work() {
+    let gpu = gpu();
+    let (mut rng, _) = rng();
+    let a = Tensor::from_slice(&gpu, &random(&mut rng, 256 * 256), &[256, 256]).unwrap();
+    let mut timer = GpuTimer::new(&gpu);
+    let t = timer
+        .time(|batch| ops::matmul(batch, &a, &a).map(drop))
+        .unwrap();
+    assert!(t.as_nanos() > 0, "{t:?}");
+    // A failure while recording is returned, and the timer stays usable.
+    let bad = timer
+        .time(|batch| ops::matmul(batch, &a, &Tensor::zeros(&gpu, &[3, 3], DType::F32)?).map(drop));
+    assert!(matches!(bad, Err(Error::ShapeMismatch { .. })));
+    assert!(timer
+        .time(|batch| ops::matmul(batch, &a, &a).map(drop))
+        .is_ok());
+}
+
+#[test]
+fn upload_readback_and_reshape_round_trip() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    let data = random(&mut rng, 7 * 5);
+    let t = Tensor::from_slice(&gpu, &data, &[7, 5]).unwrap();
+    assert_eq!(t.to_vec::<f32>().unwrap(), data, "seed {seed}");
+    let r = t.reshape(&[5, 7]).unwrap();
+    assert!(r.shares_buffer_with(&t));
+    assert!(matches!(
+        t.reshape(&[6, 6]),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        t.to_vec::<wgnn::f16>(),
+        Err(Error::DtypeMismatch { .. })
+    ));
+    if gpu.supports_f16() {
+        // An odd number of f16 elements.
+        let h = round_f16(&data[..7]);
+        let th = Tensor::from_f32(&gpu, &h, &[7], DType::F16).unwrap();
+        assert_eq!(th.to_vec_f32().unwrap(), h);
+    }
+}
