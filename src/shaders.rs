@@ -14,16 +14,19 @@ use crate::tensor::DType;
 pub enum Kernel {
     /// `shaders/matmul.wgsl`
     Matmul,
+    /// `shaders/softmax.wgsl`
+    Softmax,
 }
 
 impl Kernel {
     /// Every kernel family.
-    pub const ALL: &'static [Kernel] = &[Kernel::Matmul];
+    pub const ALL: &'static [Kernel] = &[Kernel::Matmul, Kernel::Softmax];
 
     /// The file's stem in `shaders/`.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Matmul => "matmul",
+            Kernel::Softmax => "softmax",
         }
     }
 
@@ -31,13 +34,14 @@ impl Kernel {
     pub fn wgsl(self) -> &'static str {
         match self {
             Kernel::Matmul => include_str!("../shaders/matmul.wgsl"),
+            Kernel::Softmax => include_str!("../shaders/softmax.wgsl"),
         }
     }
 
     /// Storage types the family has variants for.
     pub fn dtypes(self) -> &'static [DType] {
         match self {
-            Kernel::Matmul => &[DType::F32, DType::F16],
+            Kernel::Matmul | Kernel::Softmax => &[DType::F32, DType::F16],
         }
     }
 }

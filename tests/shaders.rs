@@ -40,6 +40,7 @@ fn override_sets(kernel: Kernel) -> Vec<Vec<(&'static str, f64)>> {
             }
             sets
         }
+        Kernel::Softmax => vec![vec![], vec![("LOG", 1.0)]],
         _ => vec![vec![]],
     }
 }

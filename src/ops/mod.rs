@@ -1,8 +1,10 @@
 //! GPU ops. Each checks shapes, dtypes and limits on the host, then records into a [`crate::Batch`].
 
 pub mod matmul;
+pub mod softmax;
 
 pub use matmul::{matmul, matmul_backward, matmul_into, matmul_with, MatmulGrads, MatmulOptions};
+pub use softmax::{log_softmax, log_softmax_backward, softmax, softmax_backward, softmax_into};
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};

@@ -2,8 +2,10 @@
 //! clarity beats speed here.
 
 pub mod matmul;
+pub mod softmax;
 
 pub use matmul::{matmul, matmul_backward};
+pub use softmax::{log_softmax, log_softmax_backward, softmax, softmax_backward};
 
 use crate::ops::Activation;
 
