@@ -9,24 +9,15 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wgnn::{ops, DType, Gpu, GpuTimer, Tensor};
+mod common;
 
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+use common::{full_size_set, random};
+use wgnn::{ops, DType, Gpu, GpuTimer, Tensor};
 
 fn bench(c: &mut Criterion) {
     let gpu = Gpu::new().expect("benchmarks need a GPU adapter");
     let software = gpu.adapter_info().device_type == wgnn::wgpu::DeviceType::Cpu;
-    let full = !software || std::env::var("WGNN_BENCH_FULL").is_ok_and(|v| v != "0");
+    let full = full_size_set(&gpu);
     let info = gpu.adapter_info();
     eprintln!(
         "matmul bench on {} ({:?}), full size set: {full}",
@@ -59,8 +50,8 @@ fn bench(c: &mut Criterion) {
         group.measurement_time(Duration::from_secs(if software { 3 } else { 2 }));
         for (name, m, n, k) in &shapes {
             let (m, n, k) = (*m, *n, *k);
-            let a = Tensor::from_f32(&gpu, &random(m * k, 1), &[m, k], dtype).unwrap();
-            let b = Tensor::from_f32(&gpu, &random(k * n, 2), &[k, n], dtype).unwrap();
+            let a = Tensor::from_f32(&gpu, &random(m * k, 1, 1.0), &[m, k], dtype).unwrap();
+            let b = Tensor::from_f32(&gpu, &random(k * n, 2, 1.0), &[k, n], dtype).unwrap();
             let out = Tensor::uninit(&gpu, &[m, n], dtype).unwrap();
             group.throughput(Throughput::Elements((2 * m * n * k) as u64));
             group.bench_function(BenchmarkId::from_parameter(name), |bench| {

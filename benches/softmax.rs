@@ -8,24 +8,14 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wgnn::{ops, Gpu, GpuTimer, Tensor};
+mod common;
 
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 8.0
-        })
-        .collect()
-}
+use common::{full_size_set, random};
+use wgnn::{ops, Gpu, GpuTimer, Tensor};
 
 fn bench(c: &mut Criterion) {
     let gpu = Gpu::new().expect("benchmarks need a GPU adapter");
-    let software = gpu.adapter_info().device_type == wgnn::wgpu::DeviceType::Cpu;
-    let full = !software || std::env::var("WGNN_BENCH_FULL").is_ok_and(|v| v != "0");
+    let full = full_size_set(&gpu);
     let shapes: &[(usize, usize)] = if full {
         &[(4096, 4096), (65536, 1024), (1024, 32768), (256, 10)]
     } else {
@@ -38,8 +28,8 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(2));
     for &(rows, cols) in shapes {
         let n = rows * cols;
-        let x = Tensor::from_slice(&gpu, &random(n, 1), &[rows, cols]).unwrap();
-        let dy = Tensor::from_slice(&gpu, &random(n, 2), &[rows, cols]).unwrap();
+        let x = Tensor::from_slice(&gpu, &random(n, 1, 8.0), &[rows, cols]).unwrap();
+        let dy = Tensor::from_slice(&gpu, &random(n, 2, 8.0), &[rows, cols]).unwrap();
         let y = Tensor::uninit(&gpu, &[rows, cols], x.dtype()).unwrap();
         let name = format!("{rows}x{cols}");
         group.throughput(Throughput::Bytes((2 * n * 4) as u64));

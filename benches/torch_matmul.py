@@ -3,9 +3,9 @@ median of 30 runs after warm-up. Run on the GPU machine beside `bash .gpu/run ma
 
     python3 benches/torch_matmul.py
 """
-import statistics
-
 import torch
+
+from torch_timing import median_ms
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -13,20 +13,6 @@ torch.backends.cudnn.allow_tf32 = False
 SHAPES = [(s, s, s) for s in (256, 512, 1024, 2048, 4096)] + [
     (1, 4096, 4096), (64, 4096, 4096), (4097, 4095, 4099)]
 
-
-def median_ms(fn, runs=30):
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")

@@ -3,26 +3,11 @@ timing, median of 30 runs. Bandwidth counts bytes read + written once, as the Ru
 
     python3 benches/torch_softmax.py
 """
-import statistics
-
 import torch
 
+from torch_timing import median_ms
+
 SHAPES = [(4096, 4096), (65536, 1024), (1024, 32768), (256, 10)]
-
-
-def median_ms(fn, runs=30):
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
