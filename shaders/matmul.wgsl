@@ -13,6 +13,7 @@
 // BK = 1024/TILE, every thread loads one vec4 of A and one of B into registers ahead of use, then
 // stores them into shared memory, k-major, so the inner loop reads vec4s of A and B.
 // Elem is f32, or f16 (wgnn rewrites the alias and adds `enable f16;`); accumulation is always f32.
+// Prelude: activation.wgsl (`activate`, `ACTIVATION`).
 
 alias Elem = f32;
 
@@ -38,7 +39,6 @@ override ALIGNED_A: bool = false;   // A's stored row length is a multiple of 4
 override ALIGNED_B: bool = false;
 override ALIGNED_C: bool = false;   // N is a multiple of 4
 override HAS_BIAS: bool = false;
-override ACTIVATION: u32 = 0u;      // 0 none, 1 relu, 2 gelu (erf), 3 sigmoid, 4 tanh
 override ACCUMULATE: bool = false;  // C += result instead of C = result
 
 const BK_MAX: u32 = 16u;
@@ -53,32 +53,6 @@ const TILE_MAX: u32 = 128u;
 // k-major tiles: as_[k * TILE/4 + m/4] holds opA(A)[m..m+4, k].
 var<workgroup> as_: array<vec4<f32>, BK_MAX * TILE_MAX / 4u>;
 var<workgroup> bs_: array<vec4<f32>, BK_MAX * TILE_MAX / 4u>;
-
-fn erf_approx(x: f32) -> f32 {
-    // Abramowitz & Stegun 7.1.26, |error| < 1.5e-7.
-    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
-    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
-        + 0.254829592) * t * exp(-x * x);
-    return select(-y, y, x >= 0.0);
-}
-
-fn activate(x: vec4<f32>) -> vec4<f32> {
-    switch ACTIVATION {
-        case 1u: { return max(x, vec4<f32>(0.0)); }
-        case 2u: {
-            let e = vec4<f32>(erf_approx(x.x * 0.70710678), erf_approx(x.y * 0.70710678),
-                              erf_approx(x.z * 0.70710678), erf_approx(x.w * 0.70710678));
-            return 0.5 * x * (1.0 + e);
-        }
-        case 3u: {
-            // exp of a non-positive number only, so no overflow.
-            let e = exp(-abs(x));
-            return select(e / (1.0 + e), 1.0 / (1.0 + e), x >= vec4<f32>(0.0));
-        }
-        case 4u: { return tanh(clamp(x, vec4<f32>(-15.0), vec4<f32>(15.0))); }
-        default: { return x; }
-    }
-}
 
 // Four consecutive elements (row, col..col+4) of a row-major matrix with `cols` per row, zero past
 // its edges. `base` is the matrix's first element.

@@ -78,6 +78,18 @@ impl Batch {
         tensors: &[&Tensor],
         workgroups: [u32; 3],
     ) -> Result<()> {
+        let bound: Vec<(u32, &Tensor)> = (1..).zip(tensors.iter().copied()).collect();
+        self.dispatch_bound(pipeline, params, &bound, workgroups)
+    }
+
+    /// Records one dispatch with `params` at binding 0 and each tensor at its given binding.
+    pub(crate) fn dispatch_bound(
+        &mut self,
+        pipeline: &Pipeline,
+        params: &[u8],
+        tensors: &[(u32, &Tensor)],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
         let max = self.gpu.limits().max_compute_workgroups_per_dimension;
         for (axis, &n) in workgroups.iter().enumerate() {
             self.gpu.check_limit(
@@ -96,9 +108,9 @@ impl Batch {
                 size: std::num::NonZeroU64::new(params.len() as u64),
             }),
         }];
-        for (i, t) in tensors.iter().enumerate() {
+        for (binding, t) in tensors {
             entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
+                binding: *binding,
                 resource: t.binding(),
             });
         }
@@ -109,7 +121,7 @@ impl Batch {
                 entries: &entries,
             })
         })?;
-        for t in tensors {
+        for (_, t) in tensors {
             self.keep_alive.push(t.buffer.clone());
         }
         if self.pass.is_none() {

@@ -25,6 +25,10 @@ pub struct GpuOptions {
     /// Keep naga's bounds clamping in shaders (slower; the kernels guard their own indices).
     /// Env: `WGNN_SHADER_CHECKS=1`.
     pub shader_runtime_checks: bool,
+    /// Fill every new tensor's buffer with 0xFF bytes (NaN in f32 and f16, u32::MAX in U32), so an
+    /// element a kernel fails to write shows up. For tests; costs an upload per tensor.
+    /// Env: `WGNN_POISON=1`.
+    pub poison_new_tensors: bool,
 }
 
 impl GpuOptions {
@@ -37,6 +41,7 @@ impl GpuOptions {
                 .or_else(|| var("WGPU_BACKEND"))
                 .map(|v| wgpu::Backends::from_comma_list(&v)),
             shader_runtime_checks: var("WGNN_SHADER_CHECKS").is_some_and(|v| v != "0"),
+            poison_new_tensors: var("WGNN_POISON").is_some_and(|v| v != "0"),
         }
     }
 }
@@ -66,6 +71,7 @@ pub(crate) struct GpuInner {
     features: wgpu::Features,
     limits: wgpu::Limits,
     shader_runtime_checks: bool,
+    pub(crate) poison_new_tensors: bool,
     pub(crate) pool: Arc<BufferPool>,
     modules: Mutex<HashMap<(Kernel, DType), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
@@ -151,7 +157,7 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        let gpu = Self::build(device, queue, options.shader_runtime_checks);
+        let gpu = Self::build(device, queue, &options);
         // wgnn owns this device: keep errors that escape every error scope instead of panicking.
         let slot = gpu.0.uncaptured.clone();
         gpu.0
@@ -167,17 +173,18 @@ impl Gpu {
     /// Wraps a device and queue that the application already owns (a renderer, a game). wgnn uses
     /// the features and limits the device was created with, and leaves its error handler alone.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Self::build(device, queue, GpuOptions::from_env().shader_runtime_checks)
+        Self::build(device, queue, &GpuOptions::from_env())
     }
 
-    fn build(device: wgpu::Device, queue: wgpu::Queue, shader_runtime_checks: bool) -> Self {
+    fn build(device: wgpu::Device, queue: wgpu::Queue, options: &GpuOptions) -> Self {
         Gpu(Arc::new(GpuInner {
             info: device.adapter_info(),
             features: device.features(),
             limits: device.limits(),
             device,
             queue,
-            shader_runtime_checks,
+            shader_runtime_checks: options.shader_runtime_checks,
+            poison_new_tensors: options.poison_new_tensors,
             pool: Arc::new(BufferPool::default()),
             modules: Mutex::default(),
             pipelines: Mutex::default(),

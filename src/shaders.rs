@@ -1,8 +1,9 @@
 //! The WGSL sources, named by a typed id, and their f16 variants.
 //!
-//! Each file in `shaders/` is plain WGSL that naga validates as written (the f32 variant). The one
-//! thing WGSL cannot parameterize, the storage element type, is rewritten here: the f16 variant adds
-//! `enable f16;` and turns `alias Elem = f32;` into `alias Elem = f16;`.
+//! Each kernel family is one file in `shaders/`, written as plain WGSL for f32 storage. Two things
+//! WGSL cannot say are supplied here: the storage element type (the f16 variant adds `enable f16;`
+//! and turns `alias Elem = f32;` into `alias Elem = f16;`), and includes (a kernel names prelude
+//! files, such as `activation.wgsl`, that are placed before it).
 
 use std::borrow::Cow;
 
@@ -16,48 +17,81 @@ pub enum Kernel {
     Matmul,
     /// `shaders/softmax.wgsl`
     Softmax,
+    /// `shaders/elementwise.wgsl`
+    Elementwise,
+    /// `shaders/reduce.wgsl`
+    Reduce,
 }
+
+/// Prelude files: WGSL placed before the kernels that name them (name, source).
+pub const PRELUDES: &[(&str, &str)] = &[("activation", ACTIVATION)];
+
+const ACTIVATION: &str = include_str!("../shaders/activation.wgsl");
 
 impl Kernel {
     /// Every kernel family.
-    pub const ALL: &'static [Kernel] = &[Kernel::Matmul, Kernel::Softmax];
+    pub const ALL: &'static [Kernel] = &[
+        Kernel::Matmul,
+        Kernel::Softmax,
+        Kernel::Elementwise,
+        Kernel::Reduce,
+    ];
 
     /// The file's stem in `shaders/`.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Matmul => "matmul",
             Kernel::Softmax => "softmax",
+            Kernel::Elementwise => "elementwise",
+            Kernel::Reduce => "reduce",
         }
     }
 
-    /// The WGSL as written (f32 storage).
+    /// The WGSL as written (f32 storage, without preludes).
     pub fn wgsl(self) -> &'static str {
         match self {
             Kernel::Matmul => include_str!("../shaders/matmul.wgsl"),
             Kernel::Softmax => include_str!("../shaders/softmax.wgsl"),
+            Kernel::Elementwise => include_str!("../shaders/elementwise.wgsl"),
+            Kernel::Reduce => include_str!("../shaders/reduce.wgsl"),
+        }
+    }
+
+    /// Prelude sources placed before the file.
+    pub fn preludes(self) -> &'static [&'static str] {
+        match self {
+            Kernel::Matmul | Kernel::Elementwise => &[ACTIVATION],
+            Kernel::Softmax | Kernel::Reduce => &[],
         }
     }
 
     /// Storage types the family has variants for.
     pub fn dtypes(self) -> &'static [DType] {
-        match self {
-            Kernel::Matmul | Kernel::Softmax => &[DType::F32, DType::F16],
-        }
+        &[DType::F32, DType::F16]
     }
 }
 
 const ELEM_F32: &str = "alias Elem = f32;";
 
-/// The WGSL of `kernel` specialized for `dtype` storage.
+/// The WGSL of `kernel` as compiled for `dtype` storage: preludes, then the file.
 pub fn source(kernel: Kernel, dtype: DType) -> Cow<'static, str> {
     let wgsl = kernel.wgsl();
-    match dtype {
-        DType::F32 => Cow::Borrowed(wgsl),
-        DType::F16 => Cow::Owned(format!(
-            "enable f16;\n{}",
-            wgsl.replacen(ELEM_F32, "alias Elem = f16;", 1)
-        )),
+    if kernel.preludes().is_empty() && dtype == DType::F32 {
+        return Cow::Borrowed(wgsl);
     }
+    let mut out = String::new();
+    let body = if dtype == DType::F16 {
+        out.push_str("enable f16;\n");
+        wgsl.replacen(ELEM_F32, "alias Elem = f16;", 1)
+    } else {
+        wgsl.to_string()
+    };
+    for prelude in kernel.preludes() {
+        out.push_str(prelude);
+        out.push('\n');
+    }
+    out.push_str(&body);
+    Cow::Owned(out)
 }
 
 /// Identifies one compiled pipeline: kernel, storage type, entry point and override values.

@@ -16,13 +16,15 @@ pub enum DType {
     F32,
     /// 16-bit float storage; kernels accumulate in f32. Needs the adapter's `SHADER_F16`.
     F16,
+    /// 32-bit unsigned integer: class labels, argmax indices.
+    U32,
 }
 
 impl DType {
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
-            DType::F32 => 4,
+            DType::F32 | DType::U32 => 4,
             DType::F16 => 2,
         }
     }
@@ -45,6 +47,17 @@ impl Element for f32 {
     }
     fn to_f32(self) -> f32 {
         self
+    }
+}
+
+impl Element for u32 {
+    const DTYPE: DType = DType::U32;
+    /// Truncates toward zero, saturating.
+    fn from_f32(x: f32) -> Self {
+        x as u32
+    }
+    fn to_f32(self) -> f32 {
+        self as f32
     }
 }
 
@@ -129,6 +142,10 @@ impl Tensor {
                 limits.max_buffer_size,
             )
         })?;
+        if gpu.0.poison_new_tensors {
+            let poison = vec![0xffu8; buffer.capacity() as usize];
+            gpu.queue().write_buffer(buffer.buffer(), 0, &poison);
+        }
         Ok(Tensor {
             gpu: gpu.clone(),
             buffer: Arc::new(buffer),
@@ -144,6 +161,7 @@ impl Tensor {
         let bytes = t.capacity_bytes() as usize;
         let data: Vec<u8> = match dtype {
             DType::F32 => bytemuck::cast_slice(&vec![value; bytes / 4]).to_vec(),
+            DType::U32 => bytemuck::cast_slice(&vec![value as u32; bytes / 4]).to_vec(),
             DType::F16 => bytemuck::cast_slice(&vec![f16::from_f32(value); bytes / 2]).to_vec(),
         };
         gpu.queue().write_buffer(t.buffer.buffer(), 0, &data);
@@ -166,6 +184,10 @@ impl Tensor {
     pub fn from_f32(gpu: &Gpu, data: &[f32], shape: &[usize], dtype: DType) -> Result<Self> {
         match dtype {
             DType::F32 => Self::from_slice(gpu, data, shape),
+            DType::U32 => {
+                let u: Vec<u32> = data.iter().map(|&x| u32::from_f32(x)).collect();
+                Self::from_slice(gpu, &u, shape)
+            }
             DType::F16 => {
                 let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
                 Self::from_slice(gpu, &h, shape)
@@ -210,6 +232,11 @@ impl Tensor {
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         match self.dtype {
             DType::F32 => self.to_vec::<f32>(),
+            DType::U32 => Ok(self
+                .to_vec::<u32>()?
+                .into_iter()
+                .map(|x| x as f32)
+                .collect()),
             DType::F16 => Ok(self.to_vec::<f16>()?.into_iter().map(f16::to_f32).collect()),
         }
     }

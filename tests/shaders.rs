@@ -4,7 +4,7 @@
 
 use naga::back::PipelineConstants;
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
-use wgnn::shaders::{source, Kernel};
+use wgnn::shaders::{source, Kernel, PRELUDES};
 
 fn validate(module: &naga::Module, name: &str) -> ModuleInfo {
     Validator::new(ValidationFlags::all(), Capabilities::all())
@@ -41,12 +41,14 @@ fn override_sets(kernel: Kernel) -> Vec<Vec<(&'static str, f64)>> {
             sets
         }
         Kernel::Softmax => vec![vec![], vec![("LOG", 1.0)]],
+        Kernel::Elementwise => (0..5).map(|a| vec![("ACTIVATION", f64::from(a))]).collect(),
+        Kernel::Reduce => vec![vec![], vec![("SQUARES", 1.0)]],
         _ => vec![vec![]],
     }
 }
 
 #[test]
-fn every_shader_file_is_a_known_kernel() {
+fn every_shader_file_is_a_known_kernel_or_prelude() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
     let mut files: Vec<String> = std::fs::read_dir(dir)
         .expect("shaders/ exists")
@@ -57,17 +59,22 @@ fn every_shader_file_is_a_known_kernel() {
     files.sort();
     let mut known: Vec<String> = Kernel::ALL
         .iter()
-        .map(|k| format!("{}.wgsl", k.name()))
+        .map(|k| k.name())
+        .chain(PRELUDES.iter().map(|(name, _)| *name))
+        .map(|n| format!("{n}.wgsl"))
         .collect();
     known.sort();
     assert_eq!(
         files, known,
-        "shaders/ and Kernel::ALL must list the same files"
+        "shaders/ must hold exactly Kernel::ALL and PRELUDES"
     );
-    for file in &files {
-        let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
-        let module = parse(&text, file);
-        validate(&module, file);
+    // Preludes stand alone; kernel files validate as wgnn compiles them (preludes first).
+    for (name, wgsl) in PRELUDES {
+        validate(&parse(wgsl, name), name);
+    }
+    for &kernel in Kernel::ALL {
+        let wgsl = source(kernel, wgnn::DType::F32);
+        validate(&parse(&wgsl, kernel.name()), kernel.name());
     }
 }
 

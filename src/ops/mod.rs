@@ -1,9 +1,13 @@
 //! GPU ops. Each checks shapes, dtypes and limits on the host, then records into a [`crate::Batch`].
 
+pub mod elementwise;
 pub mod matmul;
+pub mod reduce;
 pub mod softmax;
 
+pub use elementwise::{activation, activation_backward, bias_add, scale_add};
 pub use matmul::{matmul, matmul_backward, matmul_into, matmul_with, MatmulGrads, MatmulOptions};
+pub use reduce::{channel_sum, mean, row_max_argmax, sum, sum_squares};
 pub use softmax::{log_softmax, log_softmax_backward, softmax, softmax_backward, softmax_into};
 
 use crate::error::{Error, Result};
@@ -60,4 +64,38 @@ pub(crate) fn same_gpu(op: &'static str, batch: &crate::Batch, tensors: &[&Tenso
         });
     }
     Ok(())
+}
+
+/// A grid of `groups` workgroups, folded into y past the per-dimension limit.
+/// Returns the grid and the x extent the kernel uses to rebuild the flat index.
+pub(crate) fn fold_grid(gpu: &crate::Gpu, groups: usize) -> Result<([u32; 3], u32)> {
+    let max_x = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let x = groups.clamp(1, max_x);
+    let y = groups.div_ceil(x);
+    let y = u32::try_from(y).map_err(|_| Error::LimitExceeded {
+        what: "workgroups".into(),
+        requested: groups as u64,
+        limit: (max_x as u64) * (max_x as u64),
+    })?;
+    Ok(([x as u32, y, 1], x as u32))
+}
+
+pub(crate) fn same_shape(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
+    if let Some(t) = tensors.iter().find(|t| t.shape() != tensors[0].shape()) {
+        return Err(Error::ShapeMismatch {
+            op,
+            details: format!("{:?} beside {:?}", t.shape(), tensors[0].shape()),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn float_dtype(op: &'static str, t: &Tensor) -> Result<DType> {
+    match t.dtype() {
+        DType::U32 => Err(Error::DtypeMismatch {
+            op,
+            details: "expected f32 or f16, found U32".into(),
+        }),
+        d => Ok(d),
+    }
 }

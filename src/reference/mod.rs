@@ -1,7 +1,9 @@
 //! The ops on the CPU: plain loops with f64 accumulation. The oracle every GPU test compares with;
 //! clarity beats speed here.
 
+pub mod elementwise;
 pub mod matmul;
+pub mod reduce;
 pub mod softmax;
 
 pub use matmul::{matmul, matmul_backward};

@@ -11,10 +11,15 @@ use wgnn::{DType, Gpu, Tensor};
 /// The poison written into outputs before a run: a NaN no kernel produces by accident.
 pub const POISON: f32 = f32::NAN;
 
-/// One shared context per test binary. Fails, never skips, when there is no adapter.
+/// One shared context per test binary, poisoning every new tensor. Fails, never skips, when there
+/// is no adapter.
 pub fn gpu() -> Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| match Gpu::new() {
+    let options = wgnn::GpuOptions {
+        poison_new_tensors: true,
+        ..wgnn::GpuOptions::from_env()
+    };
+    GPU.get_or_init(|| match Gpu::with_options(options) {
         Ok(gpu) => gpu,
         Err(e) => panic!("GPU tests need an adapter: {e}"),
     })
@@ -46,12 +51,18 @@ pub fn round_f16(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| wgnn::f16::from_f32(v).to_f32()).collect()
 }
 
-/// An output tensor filled with [`POISON`], spare capacity included.
+/// An output tensor filled with [`POISON`] (u32::MAX for U32), spare capacity included.
 pub fn poisoned(gpu: &Gpu, shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::full(gpu, shape, dtype, POISON).expect("poisoned tensor")
+    let value = if dtype == DType::U32 {
+        f32::MAX
+    } else {
+        POISON
+    };
+    Tensor::full(gpu, shape, dtype, value).expect("poisoned tensor")
 }
 
-/// Checks that nothing was written past the tensor's last element.
+/// Checks that nothing was written past the tensor's last element (of a poisoned tensor: made with
+/// [`poisoned`], or by an op on the [`gpu`] context).
 pub fn assert_guard_intact(t: &Tensor, context: &str) {
     let bytes = t.read_capacity_bytes().expect("read capacity");
     let used = t.size_bytes() as usize;
@@ -63,6 +74,7 @@ pub fn assert_guard_intact(t: &Tensor, context: &str) {
         DType::F16 => tail
             .chunks_exact(2)
             .all(|c| wgnn::f16::from_le_bytes([c[0], c[1]]).is_nan()),
+        DType::U32 => tail.chunks_exact(4).all(|c| c == [0xff; 4]),
     };
     assert!(intact, "{context}: a kernel wrote past the tensor's end");
 }

@@ -1,0 +1,145 @@
+//! Reductions: per-channel sums (bias gradients), totals, means, sums of squares, row max/argmax.
+
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::ops::{float_dtype, fold_grid, same_gpu};
+use crate::shaders::{Kernel, PipelineKey};
+use crate::tensor::{DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+struct Params {
+    outer: u32,
+    channels: u32,
+    inner: u32,
+    groups_x: u32,
+    n: u32,
+    chunk: u32,
+    scale: f32,
+    _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+/// Most partial sums the second stage reads with one workgroup.
+const MAX_PARTIALS: usize = 4096;
+
+fn pipeline(
+    batch: &Batch,
+    dtype: DType,
+    entry: &'static str,
+    squares: bool,
+) -> Result<crate::gpu::Pipeline> {
+    batch.gpu().pipeline(PipelineKey {
+        kernel: Kernel::Reduce,
+        dtype,
+        entry,
+        constants: vec![("SQUARES", u32::from(squares))],
+    })
+}
+
+/// Sums over every axis but `axis`: `[x.shape[axis]]`. The gradient of a bias added along `axis`.
+pub fn channel_sum(batch: &mut Batch, x: &Tensor, axis: usize) -> Result<Tensor> {
+    const OP: &str = "channel_sum";
+    same_gpu(OP, batch, &[x])?;
+    let dtype = float_dtype(OP, x)?;
+    let Some(&channels) = x.shape().get(axis) else {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: format!("axis {axis} out of range for {:?}", x.shape()),
+        });
+    };
+    let out = Tensor::uninit(batch.gpu(), &[channels], dtype)?;
+    let (grid, groups_x) = fold_grid(batch.gpu(), channels)?;
+    let params = Params {
+        outer: x.shape()[..axis].iter().product::<usize>() as u32,
+        channels: channels as u32,
+        inner: x.shape()[axis + 1..].iter().product::<usize>() as u32,
+        groups_x,
+        ..Default::default()
+    };
+    let p = pipeline(batch, dtype, "sum_channels", false)?;
+    batch.dispatch(&p, bytemuck::bytes_of(&params), &[x, &out], grid)?;
+    Ok(out)
+}
+
+/// scale · Σ x (or Σ x² with `squares`) as an f32 `[1]` tensor, in two stages: chunks of x into f32
+/// partials, then one workgroup over the partials.
+fn total(
+    batch: &mut Batch,
+    op: &'static str,
+    x: &Tensor,
+    squares: bool,
+    scale: f32,
+) -> Result<Tensor> {
+    same_gpu(op, batch, &[x])?;
+    let dtype = float_dtype(op, x)?;
+    let n = x.numel();
+    let chunk = n.div_ceil(MAX_PARTIALS).max(2048);
+    let parts = n.div_ceil(chunk);
+    let partial = Tensor::uninit(batch.gpu(), &[parts], DType::F32)?;
+    let out = Tensor::uninit(batch.gpu(), &[1], DType::F32)?;
+    for (input, output, dtype, n, chunk, squares, scale) in [
+        (x, &partial, dtype, n, chunk, squares, 1.0),
+        (&partial, &out, DType::F32, parts, parts, false, scale),
+    ] {
+        let (grid, groups_x) = fold_grid(batch.gpu(), n.div_ceil(chunk))?;
+        let params = Params {
+            groups_x,
+            n: n as u32,
+            chunk: chunk as u32,
+            scale,
+            ..Default::default()
+        };
+        let p = pipeline(batch, dtype, "partial_sums", squares)?;
+        batch.dispatch_bound(
+            &p,
+            bytemuck::bytes_of(&params),
+            &[(1, input), (4, output)],
+            grid,
+        )?;
+    }
+    Ok(out)
+}
+
+/// Σ x over all elements, as an f32 `[1]` tensor.
+pub fn sum(batch: &mut Batch, x: &Tensor) -> Result<Tensor> {
+    total(batch, "sum", x, false, 1.0)
+}
+
+/// The mean of all elements, as an f32 `[1]` tensor.
+pub fn mean(batch: &mut Batch, x: &Tensor) -> Result<Tensor> {
+    total(batch, "mean", x, false, 1.0 / x.numel() as f32)
+}
+
+/// Σ x² over all elements, as an f32 `[1]` tensor.
+pub fn sum_squares(batch: &mut Batch, x: &Tensor) -> Result<Tensor> {
+    total(batch, "sum_squares", x, true, 1.0)
+}
+
+/// Per-row maximum and the first index where it occurs, over the last axis: `(max, argmax)` with
+/// shapes `x.shape[..-1]` (or `[1]` for a vector); argmax is `U32`. NaN counts as the maximum.
+pub fn row_max_argmax(batch: &mut Batch, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "row_max_argmax";
+    same_gpu(OP, batch, &[x])?;
+    let dtype = float_dtype(OP, x)?;
+    let shape = x.shape();
+    let cols = shape[shape.len() - 1];
+    let rows = x.numel() / cols;
+    let out_shape = if shape.len() > 1 {
+        shape[..shape.len() - 1].to_vec()
+    } else {
+        vec![1]
+    };
+    let max = Tensor::uninit(batch.gpu(), &out_shape, dtype)?;
+    let argmax = Tensor::uninit(batch.gpu(), &out_shape, DType::U32)?;
+    let (grid, groups_x) = fold_grid(batch.gpu(), rows)?;
+    let params = Params {
+        outer: rows as u32,
+        inner: cols as u32,
+        groups_x,
+        ..Default::default()
+    };
+    let p = pipeline(batch, dtype, "row_max_argmax", false)?;
+    batch.dispatch(&p, bytemuck::bytes_of(&params), &[x, &max, &argmax], grid)?;
+    Ok((max, argmax))
+}

@@ -1,0 +1,188 @@
+//! Activations, bias add and scale-add on the GPU against the CPU reference.
+
+mod common;
+
+use common::*;
+use wgnn::reference::{self, Array};
+use wgnn::{ops, Activation, Batch, DType, Error, Tensor};
+
+const ACTIVATIONS: [Activation; 5] = [
+    Activation::None,
+    Activation::Relu,
+    Activation::Gelu,
+    Activation::Sigmoid,
+    Activation::Tanh,
+];
+
+fn dtypes() -> Vec<DType> {
+    if gpu().supports_f16() {
+        vec![DType::F32, DType::F16]
+    } else {
+        vec![DType::F32]
+    }
+}
+
+fn tol(dtype: DType) -> f32 {
+    if dtype == DType::F16 {
+        1e-2
+    } else {
+        1e-5
+    }
+}
+
+/// Values in [-6, 6) plus large magnitudes, rounded to what `dtype` holds.
+fn inputs(rng: &mut rand::rngs::StdRng, n: usize, dtype: DType) -> Vec<f32> {
+    let mut x: Vec<f32> = random(rng, n).iter().map(|v| v * 6.0).collect();
+    for (i, big) in [-60000.0f32, -20.0, 20.0, 60000.0].into_iter().enumerate() {
+        if i < n {
+            x[i] = big;
+        }
+    }
+    if dtype == DType::F16 {
+        x = round_f16(&x);
+    }
+    x
+}
+
+#[test]
+fn activations_forward_and_backward() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for dtype in dtypes() {
+        for shape in [&[1usize][..], &[7, 13], &[3, 5, 257], &[70_000]] {
+            let n = shape.iter().product();
+            let x = inputs(&mut rng, n, dtype);
+            let mut g = random(&mut rng, n);
+            if dtype == DType::F16 {
+                g = round_f16(&g);
+            }
+            let (ax, ag) = (Array::new(shape, x.clone()), Array::new(shape, g.clone()));
+            let tx = Tensor::from_f32(&gpu, &x, shape, dtype).unwrap();
+            let tg = Tensor::from_f32(&gpu, &g, shape, dtype).unwrap();
+            for act in ACTIVATIONS {
+                let mut batch = Batch::new(&gpu);
+                let y = ops::activation(&mut batch, &tx, act).unwrap();
+                let dx = ops::activation_backward(&mut batch, &tx, &tg, act).unwrap();
+                batch.submit().unwrap();
+                let context = format!("{act:?} {shape:?} {dtype:?} seed {seed}");
+                let want = reference::elementwise::activation(&ax, act);
+                assert_close(&y.to_vec_f32().unwrap(), &want.data, tol(dtype), &context);
+                let want = reference::elementwise::activation_backward(&ax, &ag, act);
+                assert_close(
+                    &dx.to_vec_f32().unwrap(),
+                    &want.data,
+                    tol(dtype),
+                    &format!("backward {context}"),
+                );
+                assert_guard_intact(&y, &context);
+                assert_guard_intact(&dx, &context);
+            }
+        }
+    }
+}
+
+#[test]
+fn reference_activation_gradients_match_finite_differences() {
+    let (mut rng, seed) = rng();
+    let xs: Vec<f64> = random(&mut rng, 50)
+        .iter()
+        .map(|&v| f64::from(v) * 4.0)
+        .collect();
+    for act in ACTIVATIONS {
+        for &x in &xs {
+            if act == Activation::Relu && x.abs() < 1e-3 {
+                continue; // not differentiable at 0
+            }
+            let h = 1e-5;
+            let fd =
+                (reference::activate(act, x + h) - reference::activate(act, x - h)) / (2.0 * h);
+            let an = reference::elementwise::activate_grad(act, x);
+            assert!(
+                (fd - an).abs() < 1e-6,
+                "{act:?} at {x}: {an} vs {fd} (seed {seed})"
+            );
+        }
+    }
+}
+
+#[test]
+fn bias_add_along_each_axis() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for dtype in dtypes() {
+        for (shape, axis) in [
+            (vec![5usize, 7], 1usize),
+            (vec![3, 4, 5, 6], 1),
+            (vec![2, 9, 1], 1),
+            (vec![11], 0),
+        ] {
+            let n = shape.iter().product();
+            let mut x = random(&mut rng, n);
+            let mut b = random(&mut rng, shape[axis]);
+            if dtype == DType::F16 {
+                (x, b) = (round_f16(&x), round_f16(&b));
+            }
+            let tx = Tensor::from_f32(&gpu, &x, &shape, dtype).unwrap();
+            let tb = Tensor::from_f32(&gpu, &b, &[shape[axis]], dtype).unwrap();
+            let mut batch = Batch::new(&gpu);
+            let y = ops::bias_add(&mut batch, &tx, &tb, axis).unwrap();
+            batch.submit().unwrap();
+            let want = reference::elementwise::bias_add(&Array::new(&shape, x), &b, axis);
+            let context = format!("{shape:?} axis {axis} {dtype:?} seed {seed}");
+            assert_close(&y.to_vec_f32().unwrap(), &want.data, tol(dtype), &context);
+        }
+    }
+}
+
+#[test]
+fn scale_add_matches() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    let shape = [33, 65];
+    let (x, z) = (random(&mut rng, 33 * 65), random(&mut rng, 33 * 65));
+    let tx = Tensor::from_slice(&gpu, &x, &shape).unwrap();
+    let tz = Tensor::from_slice(&gpu, &z, &shape).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let y = ops::scale_add(&mut batch, 0.75, &tx, -1.5, &tz).unwrap();
+    batch.submit().unwrap();
+    let want = reference::elementwise::scale_add(
+        0.75,
+        &Array::new(&shape, x),
+        -1.5,
+        &Array::new(&shape, z),
+    );
+    assert_close(
+        &y.to_vec::<f32>().unwrap(),
+        &want.data,
+        1e-6,
+        &format!("seed {seed}"),
+    );
+    assert_guard_intact(&y, "scale_add");
+}
+
+#[test]
+fn bad_input_gives_typed_errors() {
+    let gpu = gpu();
+    let t = |shape: &[usize]| Tensor::zeros(&gpu, shape, DType::F32).unwrap();
+    let mut batch = Batch::new(&gpu);
+    assert!(matches!(
+        ops::bias_add(&mut batch, &t(&[3, 4]), &t(&[3]), 1),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        ops::bias_add(&mut batch, &t(&[3, 4]), &t(&[4]), 2),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        ops::scale_add(&mut batch, 1.0, &t(&[3]), 1.0, &t(&[4])),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let r = ops::activation_backward(&mut batch, &t(&[3]), &t(&[4]), Activation::Relu);
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+    let labels = Tensor::zeros(&gpu, &[3], DType::U32).unwrap();
+    assert!(matches!(
+        ops::activation(&mut batch, &labels, Activation::Relu),
+        Err(Error::DtypeMismatch { .. })
+    ));
+    assert_eq!(batch.dispatches(), 0);
+}

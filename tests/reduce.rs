@@ -1,0 +1,148 @@
+//! Reductions on the GPU against the CPU reference.
+
+mod common;
+
+use common::*;
+use wgnn::reference::{self, Array};
+use wgnn::{ops, Batch, DType, Error, Tensor};
+
+#[test]
+fn channel_sums_are_bias_gradients() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for (shape, axis) in [
+        (vec![1usize, 1], 1usize),
+        (vec![256, 10], 1),
+        (vec![33, 5, 7, 9], 1),
+        (vec![3, 70_001], 0),
+        (vec![5, 3], 0),
+    ] {
+        let n = shape.iter().product();
+        let x = random(&mut rng, n);
+        let tx = Tensor::from_slice(&gpu, &x, &shape).unwrap();
+        let mut batch = Batch::new(&gpu);
+        let s = ops::channel_sum(&mut batch, &tx, axis).unwrap();
+        batch.submit().unwrap();
+        let want = reference::reduce::channel_sum(&Array::new(&shape, x), axis);
+        assert_close(
+            &s.to_vec::<f32>().unwrap(),
+            &want.data,
+            1e-5,
+            &format!("{shape:?} axis {axis} seed {seed}"),
+        );
+    }
+}
+
+#[test]
+fn totals_means_and_norms() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for n in [1usize, 255, 2049, 100_003, 9_000_001] {
+        let x = random(&mut rng, n);
+        let a = Array::new(&[n], x.clone());
+        for dtype in [DType::F32, DType::F16] {
+            if dtype == DType::F16 && !gpu.supports_f16() {
+                continue;
+            }
+            let a = if dtype == DType::F16 {
+                Array::new(&[n], round_f16(&x))
+            } else {
+                a.clone()
+            };
+            let tx = Tensor::from_f32(&gpu, &a.data, &[n], dtype).unwrap();
+            let mut batch = Batch::new(&gpu);
+            let s = ops::sum(&mut batch, &tx).unwrap();
+            let m = ops::mean(&mut batch, &tx).unwrap();
+            let q = ops::sum_squares(&mut batch, &tx).unwrap();
+            batch.submit().unwrap();
+            let context = format!("n {n} {dtype:?} seed {seed}");
+            // Sums of n random signs: compare on the scale of sqrt(n), the sum's typical size.
+            let scale = (n as f32).sqrt();
+            let got = s.to_vec::<f32>().unwrap()[0];
+            let want = reference::reduce::sum(&a);
+            assert!(
+                (got - want).abs() <= 1e-5 * scale.max(1.0),
+                "sum {got} vs {want}, {context}"
+            );
+            let got = m.to_vec::<f32>().unwrap()[0];
+            let want = reference::reduce::mean(&a);
+            assert!(
+                (got - want).abs() <= 1e-5 * scale.max(1.0) / n as f32 + 1e-7,
+                "mean {got} vs {want}, {context}"
+            );
+            assert_close(
+                &q.to_vec::<f32>().unwrap(),
+                &[reference::reduce::sum_squares(&a)],
+                1e-5,
+                &context,
+            );
+        }
+    }
+}
+
+#[test]
+fn row_max_and_argmax() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for shape in [
+        vec![1usize, 1],
+        vec![7, 10],
+        vec![3, 4, 1000],
+        vec![2, 70_000],
+        vec![70_000, 3],
+    ] {
+        let n = shape.iter().product();
+        // Coarse values so that ties occur: the first index must win.
+        let x: Vec<f32> = random(&mut rng, n)
+            .iter()
+            .map(|v| (v * 4.0).round())
+            .collect();
+        let tx = Tensor::from_slice(&gpu, &x, &shape).unwrap();
+        let mut batch = Batch::new(&gpu);
+        let (max, arg) = ops::row_max_argmax(&mut batch, &tx).unwrap();
+        batch.submit().unwrap();
+        let (want_max, want_arg) = reference::reduce::row_max_argmax(&Array::new(&shape, x));
+        let context = format!("{shape:?} seed {seed}");
+        assert_eq!(max.to_vec::<f32>().unwrap(), want_max, "{context}");
+        assert_eq!(arg.to_vec::<u32>().unwrap(), want_arg, "{context}");
+        assert_eq!(arg.dtype(), DType::U32);
+        assert_guard_intact(&max, &context);
+        assert_guard_intact(&arg, &context);
+    }
+    // NaN counts as the maximum; -inf rows still have a first index.
+    let x = [
+        1.0,
+        f32::NAN,
+        5.0,
+        f32::NAN,
+        f32::NEG_INFINITY,
+        f32::NEG_INFINITY,
+        2.0,
+        3.0,
+        3.0,
+    ];
+    let tx = Tensor::from_slice(&gpu, &x, &[3, 3]).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let (max, arg) = ops::row_max_argmax(&mut batch, &tx).unwrap();
+    batch.submit().unwrap();
+    let m = max.to_vec::<f32>().unwrap();
+    assert!(m[0].is_nan() && m[1].is_nan() && m[2] == 3.0, "{m:?}");
+    assert_eq!(arg.to_vec::<u32>().unwrap(), [1, 0, 1]);
+}
+
+#[test]
+fn bad_input_gives_typed_errors() {
+    let gpu = gpu();
+    let mut batch = Batch::new(&gpu);
+    let x = Tensor::zeros(&gpu, &[3, 4], DType::F32).unwrap();
+    assert!(matches!(
+        ops::channel_sum(&mut batch, &x, 2),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let labels = Tensor::zeros(&gpu, &[3], DType::U32).unwrap();
+    assert!(matches!(
+        ops::sum(&mut batch, &labels),
+        Err(Error::DtypeMismatch { .. })
+    ));
+    assert_eq!(batch.dispatches(), 0);
+}
