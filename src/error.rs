@@ -37,6 +37,13 @@ pub enum Error {
         /// What did not fit.
         details: String,
     },
+    /// A scalar argument is out of its range (a negative learning rate, a smoothing above 1, ...).
+    InvalidArgument {
+        /// The op that rejected it.
+        op: &'static str,
+        /// What is wrong.
+        details: String,
+    },
     /// A size is past what the adapter allows.
     LimitExceeded {
         /// Which limit.
@@ -72,6 +79,9 @@ impl fmt::Display for Error {
             Error::ShapeMismatch { op, details } => write!(f, "{op}: shape mismatch: {details}"),
             Error::EmptyTensor { op } => write!(f, "{op}: tensors must have at least one element"),
             Error::DtypeMismatch { op, details } => write!(f, "{op}: dtype mismatch: {details}"),
+            Error::InvalidArgument { op, details } => {
+                write!(f, "{op}: invalid argument: {details}")
+            }
             Error::LimitExceeded {
                 what,
                 requested,

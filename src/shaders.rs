@@ -21,6 +21,8 @@ pub enum Kernel {
     Elementwise,
     /// `shaders/reduce.wgsl`
     Reduce,
+    /// `shaders/loss.wgsl`
+    Loss,
 }
 
 /// Prelude files: WGSL placed before the kernels that name them (name, source).
@@ -35,6 +37,7 @@ impl Kernel {
         Kernel::Softmax,
         Kernel::Elementwise,
         Kernel::Reduce,
+        Kernel::Loss,
     ];
 
     /// The file's stem in `shaders/`.
@@ -44,6 +47,7 @@ impl Kernel {
             Kernel::Softmax => "softmax",
             Kernel::Elementwise => "elementwise",
             Kernel::Reduce => "reduce",
+            Kernel::Loss => "loss",
         }
     }
 
@@ -54,6 +58,7 @@ impl Kernel {
             Kernel::Softmax => include_str!("../shaders/softmax.wgsl"),
             Kernel::Elementwise => include_str!("../shaders/elementwise.wgsl"),
             Kernel::Reduce => include_str!("../shaders/reduce.wgsl"),
+            Kernel::Loss => include_str!("../shaders/loss.wgsl"),
         }
     }
 
@@ -61,7 +66,7 @@ impl Kernel {
     pub fn preludes(self) -> &'static [&'static str] {
         match self {
             Kernel::Matmul | Kernel::Elementwise => &[ACTIVATION],
-            Kernel::Softmax | Kernel::Reduce => &[],
+            Kernel::Softmax | Kernel::Reduce | Kernel::Loss => &[],
         }
     }
 

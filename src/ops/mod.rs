@@ -1,11 +1,13 @@
 //! GPU ops. Each checks shapes, dtypes and limits on the host, then records into a [`crate::Batch`].
 
 pub mod elementwise;
+pub mod loss;
 pub mod matmul;
 pub mod reduce;
 pub mod softmax;
 
 pub use elementwise::{activation, activation_backward, bias_add, scale_add};
+pub use loss::{cross_entropy, soft_cross_entropy, Loss, IGNORE_INDEX};
 pub use matmul::{matmul, matmul_backward, matmul_into, matmul_with, MatmulGrads, MatmulOptions};
 pub use reduce::{channel_sum, mean, row_max_argmax, sum, sum_squares};
 pub use softmax::{log_softmax, log_softmax_backward, softmax, softmax_backward, softmax_into};

@@ -2,6 +2,7 @@
 //! clarity beats speed here.
 
 pub mod elementwise;
+pub mod loss;
 pub mod matmul;
 pub mod reduce;
 pub mod softmax;

@@ -1,0 +1,174 @@
+//! Losses fused with softmax: the mean loss and the logits' gradient from one read of the logits.
+//!
+//! Logits are `[.., classes]`: every leading index is a row. The loss is the mean over rows (ignored
+//! rows count in the denominator as zero-loss rows, unlike PyTorch's `ignore_index`, so the gradient
+//! is exactly the gradient of the reported loss), returned as an f32 `[1]` tensor; the gradient has
+//! the logits' shape and dtype and is already divided by the number of rows.
+
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::ops::{float_dtype, fold_grid, same_dtype, same_gpu, same_shape};
+use crate::shaders::{Kernel, PipelineKey};
+use crate::tensor::{DType, Tensor};
+
+/// A label that marks its row as ignored: no loss, zero gradient.
+pub const IGNORE_INDEX: u32 = u32::MAX;
+
+/// A loss and the gradient of that loss with respect to the logits.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    /// The mean loss over rows: f32, shape `[1]`.
+    pub loss: Tensor,
+    /// dLoss/dLogits, the logits' shape and dtype.
+    pub grad_logits: Tensor,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    groups_x: u32,
+    _pad: u32,
+    smoothing: f32,
+    temperature: f32,
+    grad_scale: f32,
+    _pad1: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+fn rows_cols(op: &'static str, logits: &Tensor) -> Result<(usize, usize)> {
+    float_dtype(op, logits)?;
+    let shape = logits.shape();
+    if shape.len() < 2 {
+        return Err(Error::ShapeMismatch {
+            op,
+            details: format!("logits must be [rows, classes] (rank >= 2), got {shape:?}"),
+        });
+    }
+    let cols = shape[shape.len() - 1];
+    Ok((logits.numel() / cols, cols))
+}
+
+/// Mean cross-entropy of `logits` against integer `labels` (U32, shape `logits.shape[..-1]`), with
+/// label smoothing `smoothing` in [0, 1] (0: none). A label of [`IGNORE_INDEX`] ignores its row; any
+/// other label past the class count makes its row's loss and gradient NaN.
+pub fn cross_entropy(
+    batch: &mut Batch,
+    logits: &Tensor,
+    labels: &Tensor,
+    smoothing: f32,
+) -> Result<Loss> {
+    const OP: &str = "cross_entropy";
+    same_gpu(OP, batch, &[logits, labels])?;
+    let (rows, cols) = rows_cols(OP, logits)?;
+    if labels.dtype() != DType::U32 {
+        return Err(Error::DtypeMismatch {
+            op: OP,
+            details: format!("labels must be U32, got {:?}", labels.dtype()),
+        });
+    }
+    let label_shape = &logits.shape()[..logits.shape().len() - 1];
+    if labels.shape() != label_shape {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: format!("labels must be {label_shape:?}, got {:?}", labels.shape()),
+        });
+    }
+    if !(0.0..=1.0).contains(&smoothing) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            details: format!("label smoothing must be in [0, 1], got {smoothing}"),
+        });
+    }
+    let params = Params {
+        smoothing,
+        temperature: 1.0,
+        ..Default::default()
+    };
+    record(
+        batch,
+        "cross_entropy",
+        logits,
+        (4, labels),
+        params,
+        rows,
+        cols,
+    )
+}
+
+/// Distillation loss: T² · mean over rows of the cross-entropy between the teacher's softened
+/// distribution softmax(teacher/T) and the student's softmax(student/T), with its gradient with
+/// respect to the student's logits. `temperature` must be finite and positive.
+pub fn soft_cross_entropy(
+    batch: &mut Batch,
+    student_logits: &Tensor,
+    teacher_logits: &Tensor,
+    temperature: f32,
+) -> Result<Loss> {
+    const OP: &str = "soft_cross_entropy";
+    same_gpu(OP, batch, &[student_logits, teacher_logits])?;
+    same_shape(OP, &[student_logits, teacher_logits])?;
+    same_dtype(OP, &[student_logits, teacher_logits])?;
+    let (rows, cols) = rows_cols(OP, student_logits)?;
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            details: format!("temperature must be finite and positive, got {temperature}"),
+        });
+    }
+    let params = Params {
+        temperature,
+        ..Default::default()
+    };
+    record(
+        batch,
+        "soft_cross_entropy",
+        student_logits,
+        (5, teacher_logits),
+        params,
+        rows,
+        cols,
+    )
+}
+
+fn record(
+    batch: &mut Batch,
+    entry: &'static str,
+    logits: &Tensor,
+    (target_binding, target): (u32, &Tensor),
+    mut params: Params,
+    rows: usize,
+    cols: usize,
+) -> Result<Loss> {
+    let gpu = batch.gpu().clone();
+    let grad = Tensor::uninit(&gpu, logits.shape(), logits.dtype())?;
+    let row_loss = Tensor::uninit(&gpu, &[rows], DType::F32)?;
+    let (grid, groups_x) = fold_grid(&gpu, rows)?;
+    params.rows = rows as u32;
+    params.cols = cols as u32;
+    params.groups_x = groups_x;
+    params.grad_scale = 1.0 / rows as f32;
+    let pipeline = gpu.pipeline(PipelineKey {
+        kernel: Kernel::Loss,
+        dtype: logits.dtype(),
+        entry,
+        constants: vec![],
+    })?;
+    batch.dispatch_bound(
+        &pipeline,
+        bytemuck::bytes_of(&params),
+        &[
+            (1, logits),
+            (2, &grad),
+            (3, &row_loss),
+            (target_binding, target),
+        ],
+        grid,
+    )?;
+    let loss = crate::ops::mean(batch, &row_loss)?;
+    Ok(Loss {
+        loss,
+        grad_logits: grad,
+    })
+}

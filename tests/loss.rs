@@ -1,0 +1,231 @@
+//! Cross-entropy (with label smoothing) and soft-target cross-entropy on the GPU against the CPU
+//! reference; the reference gradients against finite differences.
+
+mod common;
+
+use common::*;
+use rand::RngExt;
+use wgnn::reference::{self, Array};
+use wgnn::{ops, Batch, DType, Error, Tensor};
+
+fn labels_for(rng: &mut rand::rngs::StdRng, rows: usize, classes: usize) -> Vec<u32> {
+    (0..rows)
+        .map(|_| rng.random_range(0..classes as u32))
+        .collect()
+}
+
+#[test]
+fn cross_entropy_matches_the_reference() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for &(rows, classes) in &[(1usize, 1usize), (7, 10), (33, 1000), (300, 3), (2, 70_001)] {
+        for dtype in [DType::F32, DType::F16] {
+            if dtype == DType::F16 && !gpu.supports_f16() {
+                continue;
+            }
+            for smoothing in [0.0f32, 0.1] {
+                let mut x: Vec<f32> = random(&mut rng, rows * classes)
+                    .iter()
+                    .map(|v| v * 6.0)
+                    .collect();
+                if dtype == DType::F16 {
+                    x = round_f16(&x);
+                }
+                let mut labels = labels_for(&mut rng, rows, classes);
+                if rows > 2 {
+                    labels[1] = ops::IGNORE_INDEX;
+                }
+                let shape = [rows, classes];
+                let (want_loss, want_grad) = reference::loss::cross_entropy(
+                    &Array::new(&shape, x.clone()),
+                    &labels,
+                    smoothing,
+                );
+                let tx = Tensor::from_f32(&gpu, &x, &shape, dtype).unwrap();
+                let tl = Tensor::from_slice(&gpu, &labels, &[rows]).unwrap();
+                let mut batch = Batch::new(&gpu);
+                let out = ops::cross_entropy(&mut batch, &tx, &tl, smoothing).unwrap();
+                batch.submit().unwrap();
+                let context =
+                    format!("{rows}x{classes} {dtype:?} smoothing {smoothing} seed {seed}");
+                let tol = if dtype == DType::F16 { 1e-2 } else { 1e-5 };
+                assert_eq!(out.loss.shape(), [1]);
+                assert_close(
+                    &out.loss.to_vec::<f32>().unwrap(),
+                    &[want_loss],
+                    1e-5,
+                    &context,
+                );
+                assert_close(
+                    &out.grad_logits.to_vec_f32().unwrap(),
+                    &want_grad.data,
+                    tol,
+                    &context,
+                );
+                assert_guard_intact(&out.grad_logits, &context);
+            }
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_adversarial_logits() {
+    let gpu = gpu();
+    let inf = f32::INFINITY;
+    // Huge logits stay finite; a masked (-inf) non-target class contributes nothing.
+    let x = [1e4, -1e4, 9999.0, 3e38, -3e38, 0.0, -inf, 2.0, 1.0];
+    let labels = [2u32, 0, 1];
+    let tx = Tensor::from_slice(&gpu, &x, &[3, 3]).unwrap();
+    let tl = Tensor::from_slice(&gpu, &labels, &[3]).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let out = ops::cross_entropy(&mut batch, &tx, &tl, 0.0).unwrap();
+    batch.submit().unwrap();
+    let (want_loss, want_grad) =
+        reference::loss::cross_entropy(&Array::new(&[3, 3], x.to_vec()), &labels, 0.0);
+    let loss = out.loss.to_vec::<f32>().unwrap()[0];
+    assert!(loss.is_finite(), "{loss}");
+    assert_close(&[loss], &[want_loss], 1e-5, "adversarial loss");
+    let grad = out.grad_logits.to_vec::<f32>().unwrap();
+    assert!(grad.iter().all(|g| g.is_finite()), "{grad:?}");
+    assert_close(&grad, &want_grad.data, 1e-5, "adversarial grad");
+    assert_eq!(grad[6], 0.0, "a masked class gets exactly zero gradient");
+
+    // A label past the class count poisons its row (loss NaN), never passes silently.
+    let bad = Tensor::from_slice(&gpu, &[2u32, 7, 1], &[3]).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let out = ops::cross_entropy(&mut batch, &tx, &bad, 0.0).unwrap();
+    batch.submit().unwrap();
+    assert!(out.loss.to_vec::<f32>().unwrap()[0].is_nan());
+
+    // With smoothing, mass on a masked class makes the loss +inf: correct, not NaN.
+    let mut batch = Batch::new(&gpu);
+    let out = ops::cross_entropy(&mut batch, &tx, &tl, 0.1).unwrap();
+    batch.submit().unwrap();
+    assert_eq!(out.loss.to_vec::<f32>().unwrap()[0], inf);
+}
+
+#[test]
+fn soft_cross_entropy_matches_the_reference() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for &(rows, classes) in &[(1usize, 1usize), (9, 10), (17, 1001), (2, 40_000)] {
+        for temperature in [1.0f32, 2.5] {
+            let z: Vec<f32> = random(&mut rng, rows * classes)
+                .iter()
+                .map(|v| v * 5.0)
+                .collect();
+            let mut t: Vec<f32> = random(&mut rng, rows * classes)
+                .iter()
+                .map(|v| v * 5.0)
+                .collect();
+            if classes > 3 {
+                t[2] = f32::NEG_INFINITY; // a class the teacher rules out
+            }
+            let shape = [rows, classes];
+            let (want_loss, want_grad) = reference::loss::soft_cross_entropy(
+                &Array::new(&shape, z.clone()),
+                &Array::new(&shape, t.clone()),
+                temperature,
+            );
+            let tz = Tensor::from_slice(&gpu, &z, &shape).unwrap();
+            let tt = Tensor::from_slice(&gpu, &t, &shape).unwrap();
+            let mut batch = Batch::new(&gpu);
+            let out = ops::soft_cross_entropy(&mut batch, &tz, &tt, temperature).unwrap();
+            batch.submit().unwrap();
+            let context = format!("{rows}x{classes} T {temperature} seed {seed}");
+            assert_close(
+                &out.loss.to_vec::<f32>().unwrap(),
+                &[want_loss],
+                1e-5,
+                &context,
+            );
+            assert_close(
+                &out.grad_logits.to_vec::<f32>().unwrap(),
+                &want_grad.data,
+                1e-5,
+                &context,
+            );
+        }
+    }
+}
+
+#[test]
+fn reference_gradients_match_finite_differences() {
+    let (mut rng, seed) = rng();
+    let shape = [4, 6];
+    let x = Array::new(
+        &shape,
+        random(&mut rng, 24).iter().map(|v| v * 3.0).collect(),
+    );
+    let teacher = Array::new(
+        &shape,
+        random(&mut rng, 24).iter().map(|v| v * 3.0).collect(),
+    );
+    let labels = [5u32, 0, ops::IGNORE_INDEX, 3];
+    // The reference returns an f32 loss: h = 1e-2 keeps its rounding (~1e-6) small against 2h.
+    let h = 1e-2f32;
+    let check = |name: &str, f: &dyn Fn(&Array) -> (f32, Array)| {
+        let (_, grad) = f(&x);
+        for i in 0..x.data.len() {
+            let (mut p, mut m) = (x.clone(), x.clone());
+            p.data[i] += h;
+            m.data[i] -= h;
+            let fd = (f64::from(f(&p).0) - f64::from(f(&m).0)) / (2.0 * f64::from(h));
+            let an = f64::from(grad.data[i]);
+            assert!(
+                (fd - an).abs() <= 5e-4 + 1e-3 * an.abs(),
+                "{name} [{i}]: {an} vs {fd} (seed {seed})"
+            );
+        }
+    };
+    check("cross_entropy", &|x| {
+        reference::loss::cross_entropy(x, &labels, 0.0)
+    });
+    check("cross_entropy smoothed", &|x| {
+        reference::loss::cross_entropy(x, &labels, 0.2)
+    });
+    check("soft_cross_entropy", &|x| {
+        reference::loss::soft_cross_entropy(x, &teacher, 2.0)
+    });
+}
+
+#[test]
+fn bad_input_gives_typed_errors() {
+    let gpu = gpu();
+    let logits = Tensor::zeros(&gpu, &[3, 4], DType::F32).unwrap();
+    let labels = Tensor::zeros(&gpu, &[3], DType::U32).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let wrong_labels = Tensor::zeros(&gpu, &[4], DType::U32).unwrap();
+    assert!(matches!(
+        ops::cross_entropy(&mut batch, &logits, &wrong_labels, 0.0),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let float_labels = Tensor::zeros(&gpu, &[3], DType::F32).unwrap();
+    assert!(matches!(
+        ops::cross_entropy(&mut batch, &logits, &float_labels, 0.0),
+        Err(Error::DtypeMismatch { .. })
+    ));
+    assert!(matches!(
+        ops::cross_entropy(&mut batch, &logits, &labels, 1.5),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let vector = Tensor::zeros(&gpu, &[4], DType::F32).unwrap();
+    assert!(matches!(
+        ops::cross_entropy(&mut batch, &vector, &labels, 0.0),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        ops::soft_cross_entropy(&mut batch, &logits, &logits, 0.0),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        ops::soft_cross_entropy(&mut batch, &logits, &logits, f32::NAN),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let other = Tensor::zeros(&gpu, &[3, 5], DType::F32).unwrap();
+    assert!(matches!(
+        ops::soft_cross_entropy(&mut batch, &logits, &other, 1.0),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert_eq!(batch.dispatches(), 0);
+}
