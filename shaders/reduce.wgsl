@@ -20,7 +20,7 @@ struct Params {
     n: u32,
     chunk: u32,
     scale: f32,
-    _pad: u32,
+    offset: u32,         // partial_sums writes sums[offset + w]
 }
 
 override SQUARES: bool = false;
@@ -75,7 +75,7 @@ fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         s += select(v, v * v, SQUARES);
     }
     let total = tree_sum(l, s);
-    if (l == 0u) { sums[w] = total * params.scale; }
+    if (l == 0u) { sums[params.offset + w] = total * params.scale; }
 }
 
 fn is_nan(v: f32) -> bool {

@@ -203,6 +203,23 @@ impl Batch {
         Ok(())
     }
 
+    /// Records a copy of the first `dst.size_bytes()` bytes of `src` into `dst`.
+    pub(crate) fn copy_prefix(&mut self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        if dst.size_bytes() > src.size_bytes() {
+            return Err(Error::ShapeMismatch {
+                op: "Batch::copy_prefix",
+                details: format!("{:?} into {:?}", src.shape(), dst.shape()),
+            });
+        }
+        self.end_pass();
+        let len = dst.size_bytes().next_multiple_of(4);
+        self.encoder()
+            .copy_buffer_to_buffer(src.buffer.buffer(), 0, dst.buffer.buffer(), 0, len);
+        self.keep_alive.push(src.buffer.clone());
+        self.keep_alive.push(dst.buffer.clone());
+        Ok(())
+    }
+
     /// Submits the recorded work without waiting for it. Buffers the batch held go back to the pool;
     /// later work on them is ordered after this submission.
     pub fn submit(mut self) -> Result<()> {

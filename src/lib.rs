@@ -27,6 +27,7 @@ mod batch;
 mod error;
 mod gpu;
 pub mod ops;
+pub mod optim;
 mod pool;
 pub mod reference;
 pub mod shaders;

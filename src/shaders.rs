@@ -23,6 +23,8 @@ pub enum Kernel {
     Reduce,
     /// `shaders/loss.wgsl`
     Loss,
+    /// `shaders/optim.wgsl`
+    Optim,
 }
 
 /// Prelude files: WGSL placed before the kernels that name them (name, source).
@@ -38,6 +40,7 @@ impl Kernel {
         Kernel::Elementwise,
         Kernel::Reduce,
         Kernel::Loss,
+        Kernel::Optim,
     ];
 
     /// The file's stem in `shaders/`.
@@ -48,6 +51,7 @@ impl Kernel {
             Kernel::Elementwise => "elementwise",
             Kernel::Reduce => "reduce",
             Kernel::Loss => "loss",
+            Kernel::Optim => "optim",
         }
     }
 
@@ -59,6 +63,7 @@ impl Kernel {
             Kernel::Elementwise => include_str!("../shaders/elementwise.wgsl"),
             Kernel::Reduce => include_str!("../shaders/reduce.wgsl"),
             Kernel::Loss => include_str!("../shaders/loss.wgsl"),
+            Kernel::Optim => include_str!("../shaders/optim.wgsl"),
         }
     }
 
@@ -66,13 +71,17 @@ impl Kernel {
     pub fn preludes(self) -> &'static [&'static str] {
         match self {
             Kernel::Matmul | Kernel::Elementwise => &[ACTIVATION],
-            Kernel::Softmax | Kernel::Reduce | Kernel::Loss => &[],
+            Kernel::Softmax | Kernel::Reduce | Kernel::Loss | Kernel::Optim => &[],
         }
     }
 
     /// Storage types the family has variants for.
     pub fn dtypes(self) -> &'static [DType] {
-        &[DType::F32, DType::F16]
+        match self {
+            // Optimizers update f32 master weights only.
+            Kernel::Optim => &[DType::F32],
+            _ => &[DType::F32, DType::F16],
+        }
     }
 }
 

@@ -16,7 +16,7 @@ struct Params {
     n: u32,
     chunk: u32,
     scale: f32,
-    _pad: u32,
+    offset: u32,
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
@@ -62,8 +62,7 @@ pub fn channel_sum(batch: &mut Batch, x: &Tensor, axis: usize) -> Result<Tensor>
     Ok(out)
 }
 
-/// scale · Σ x (or Σ x² with `squares`) as an f32 `[1]` tensor, in two stages: chunks of x into f32
-/// partials, then one workgroup over the partials.
+/// scale · Σ x (or Σ x² with `squares`) as an f32 `[1]` tensor.
 fn total(
     batch: &mut Batch,
     op: &'static str,
@@ -71,16 +70,40 @@ fn total(
     squares: bool,
     scale: f32,
 ) -> Result<Tensor> {
-    same_gpu(op, batch, &[x])?;
+    let out = Tensor::uninit(batch.gpu(), &[1], DType::F32)?;
+    total_into(batch, op, x, squares, scale, &out, 0)?;
+    Ok(out)
+}
+
+/// Writes scale · Σ x (or Σ x²) into `out[offset]` (an f32 tensor), in two stages: chunks of x into
+/// f32 partials, then one workgroup over the partials.
+pub(crate) fn total_into(
+    batch: &mut Batch,
+    op: &'static str,
+    x: &Tensor,
+    squares: bool,
+    scale: f32,
+    out: &Tensor,
+    offset: usize,
+) -> Result<()> {
+    same_gpu(op, batch, &[x, out])?;
     let dtype = float_dtype(op, x)?;
     let n = x.numel();
     let chunk = n.div_ceil(MAX_PARTIALS).max(2048);
     let parts = n.div_ceil(chunk);
     let partial = Tensor::uninit(batch.gpu(), &[parts], DType::F32)?;
-    let out = Tensor::uninit(batch.gpu(), &[1], DType::F32)?;
-    for (input, output, dtype, n, chunk, squares, scale) in [
-        (x, &partial, dtype, n, chunk, squares, 1.0),
-        (&partial, &out, DType::F32, parts, parts, false, scale),
+    for (input, output, dtype, n, chunk, squares, scale, offset) in [
+        (x, &partial, dtype, n, chunk, squares, 1.0, 0),
+        (
+            &partial,
+            out,
+            DType::F32,
+            parts,
+            parts,
+            false,
+            scale,
+            offset,
+        ),
     ] {
         let (grid, groups_x) = fold_grid(batch.gpu(), n.div_ceil(chunk))?;
         let params = Params {
@@ -88,6 +111,7 @@ fn total(
             n: n as u32,
             chunk: chunk as u32,
             scale,
+            offset: offset as u32,
             ..Default::default()
         };
         let p = pipeline(batch, dtype, "partial_sums", squares)?;
@@ -98,7 +122,7 @@ fn total(
             grid,
         )?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Σ x over all elements, as an f32 `[1]` tensor.

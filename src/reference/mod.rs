@@ -4,6 +4,7 @@
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
+pub mod optim;
 pub mod reduce;
 pub mod softmax;
 

@@ -1,0 +1,107 @@
+// optim.wgsl: optimizer updates, in place, one parameter element per thread (f32 only: parameters,
+// gradients and optimizer state are f32 master copies).
+//   sgd              PyTorch's SGD: d = g + wd·p; with momentum, buf = μ·buf + (1 - dampening)·d
+//                    (buf = d on the first step); d = d + μ·buf (Nesterov) or buf; p -= lr·d.
+//   adam             Adam, or AdamW when DECOUPLED: p -= lr·wd·p first (AdamW) or g += wd·p (Adam);
+//                    m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²; p -= lr·(m/bc1) / (sqrt(v/bc2) + eps),
+//                    with bc = 1 - β^step computed on the host.
+//   clip_coefficient one workgroup: norm = sqrt(Σ sq[i]) over the per-tensor sums of squares;
+//                    coef[0] = norm, coef[1] = min(1, max_norm / (norm + 1e-6)).
+//   scale_by_coefficient  g *= coef[1], in place.
+// Bindings: 0 params; sgd: 1 p, 2 g, 3 momentum buffer; adam: 1 p, 2 g, 3 m, 4 v;
+// clip_coefficient: 2 sq (read), 5 coef (read_write); scale_by_coefficient: 1 g, 6 coef (read).
+// Grid: 256-thread workgroups, folded into y past 65,535 along x.
+
+struct Params {
+    n: u32,
+    groups_x: u32,
+    flags: u32,          // sgd: bit 0 momentum, bit 1 nesterov, bit 2 first step
+    _pad: u32,
+    lr: f32,
+    weight_decay: f32,
+    momentum: f32,       // sgd μ; adam β1
+    dampening: f32,      // sgd; adam β2
+    eps: f32,
+    bias_correction1: f32,
+    bias_correction2: f32,
+    max_norm: f32,
+}
+
+override DECOUPLED: bool = false;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> p: array<f32>;
+@group(0) @binding(2) var<storage, read> g: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(5) var<storage, read_write> coef_out: array<f32>;
+@group(0) @binding(6) var<storage, read> coef_in: array<f32>;
+
+var<workgroup> red: array<f32, 256>;
+
+fn index(wid: vec3<u32>, l: u32) -> u32 {
+    return (wid.y * params.groups_x + wid.x) * 256u + l;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = index(wid, l);
+    if (i >= params.n) { return; }
+    let w = p[i];
+    var d = g[i] + params.weight_decay * w;
+    if ((params.flags & 1u) != 0u) {
+        var buf = d;
+        if ((params.flags & 4u) == 0u) {
+            buf = params.momentum * m[i] + (1.0 - params.dampening) * d;
+        }
+        m[i] = buf;
+        if ((params.flags & 2u) != 0u) { d = d + params.momentum * buf; } else { d = buf; }
+    }
+    p[i] = w - params.lr * d;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = index(wid, l);
+    if (i >= params.n) { return; }
+    var w = p[i];
+    var grad = g[i];
+    if (DECOUPLED) {
+        w = w * (1.0 - params.lr * params.weight_decay);
+    } else {
+        grad = grad + params.weight_decay * w;
+    }
+    let b1 = params.momentum;
+    let b2 = params.dampening;
+    let m1 = b1 * m[i] + (1.0 - b1) * grad;
+    let v1 = b2 * v[i] + (1.0 - b2) * grad * grad;
+    m[i] = m1;
+    v[i] = v1;
+    let m_hat = m1 / params.bias_correction1;
+    let v_hat = v1 / params.bias_correction2;
+    p[i] = w - params.lr * m_hat / (sqrt(v_hat) + params.eps);
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn clip_coefficient(@builtin(local_invocation_index) l: u32) {
+    var s = 0.0;
+    for (var j = l; j < params.n; j += 256u) { s += g[j]; }
+    red[l] = s;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride /= 2u) {
+        if (l < stride) { red[l] += red[l + stride]; }
+        workgroupBarrier();
+    }
+    if (l == 0u) {
+        let norm = sqrt(red[0]);
+        coef_out[0] = norm;
+        coef_out[1] = min(1.0, params.max_norm / (norm + 1e-6));
+    }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn scale_by_coefficient(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = index(wid, l);
+    if (i >= params.n) { return; }
+    p[i] = p[i] * coef_in[1];
+}

@@ -1,0 +1,343 @@
+//! Optimizer updates as GPU kernels, applied in place: SGD (momentum, dampening, Nesterov, weight
+//! decay), Adam and AdamW, and gradient clipping by global norm. Parameters, gradients and state are
+//! f32. The stateful optimizers that own the state tensors are in [`crate::optim`].
+
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::ops::{fold_grid, same_gpu};
+use crate::shaders::{Kernel, PipelineKey};
+use crate::tensor::{DType, Tensor};
+
+/// SGD hyperparameters, as PyTorch's `torch.optim.SGD`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum factor μ (0: plain SGD).
+    pub momentum: f32,
+    /// Dampening of the momentum's new contribution.
+    pub dampening: f32,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f32,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+}
+
+impl SgdConfig {
+    /// Plain SGD with learning rate `lr`.
+    pub fn new(lr: f32) -> Self {
+        SgdConfig {
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        }
+    }
+}
+
+/// Adam / AdamW hyperparameters, as PyTorch's `torch.optim.Adam` and `AdamW`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Decay of the first moment.
+    pub beta1: f32,
+    /// Decay of the second moment.
+    pub beta2: f32,
+    /// Added to the denominator.
+    pub eps: f32,
+    /// L2 penalty (Adam) or decoupled decay (AdamW).
+    pub weight_decay: f32,
+    /// AdamW: decay the weights directly instead of adding to the gradient.
+    pub decoupled: bool,
+}
+
+impl AdamConfig {
+    /// Adam with PyTorch's defaults (β 0.9/0.999, eps 1e-8, no weight decay).
+    pub fn adam(lr: f32) -> Self {
+        AdamConfig {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+        }
+    }
+
+    /// AdamW with PyTorch's defaults and decoupled weight decay `weight_decay` (PyTorch: 0.01).
+    pub fn adamw(lr: f32, weight_decay: f32) -> Self {
+        AdamConfig {
+            weight_decay,
+            decoupled: true,
+            ..Self::adam(lr)
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+struct Params {
+    n: u32,
+    groups_x: u32,
+    flags: u32,
+    _pad: u32,
+    lr: f32,
+    weight_decay: f32,
+    momentum: f32,
+    dampening: f32,
+    eps: f32,
+    bias_correction1: f32,
+    bias_correction2: f32,
+    max_norm: f32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 48);
+
+fn check_scalar(op: &'static str, name: &str, value: f32, ok: bool) -> Result<()> {
+    if !value.is_finite() || !ok {
+        return Err(Error::InvalidArgument {
+            op,
+            details: format!("{name} = {value} is out of range"),
+        });
+    }
+    Ok(())
+}
+
+/// The parameter, its gradient and its state tensors: same shape, f32, distinct buffers.
+fn check_tensors(
+    op: &'static str,
+    batch: &Batch,
+    param: &Tensor,
+    others: &[&Tensor],
+) -> Result<()> {
+    let mut all = vec![param];
+    all.extend_from_slice(others);
+    same_gpu(op, batch, &all)?;
+    for t in &all {
+        if t.dtype() != DType::F32 {
+            return Err(Error::DtypeMismatch {
+                op,
+                details: format!("optimizers work on f32 tensors, got {:?}", t.dtype()),
+            });
+        }
+        if t.shape() != param.shape() {
+            return Err(Error::ShapeMismatch {
+                op,
+                details: format!("{:?} beside the parameter's {:?}", t.shape(), param.shape()),
+            });
+        }
+    }
+    for (i, a) in all.iter().enumerate() {
+        if all[i + 1..].iter().any(|b| a.shares_buffer_with(b)) {
+            return Err(Error::ShapeMismatch {
+                op,
+                details: "parameter, gradient and state must be distinct tensors".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn record(
+    batch: &mut Batch,
+    entry: &'static str,
+    decoupled: bool,
+    mut params: Params,
+    bound: &[(u32, &Tensor)],
+    n: usize,
+) -> Result<()> {
+    let (grid, groups_x) = fold_grid(batch.gpu(), n.div_ceil(256))?;
+    params.n = n as u32;
+    params.groups_x = groups_x;
+    let pipeline = batch.gpu().pipeline(PipelineKey {
+        kernel: Kernel::Optim,
+        dtype: DType::F32,
+        entry,
+        constants: vec![("DECOUPLED", u32::from(decoupled))],
+    })?;
+    batch.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), bound, grid)
+}
+
+/// One SGD step on `param` in place. `momentum_buffer` is required when `config.momentum > 0`;
+/// `first_step` initializes it from the gradient, as PyTorch does.
+pub fn sgd_step(
+    batch: &mut Batch,
+    param: &Tensor,
+    grad: &Tensor,
+    momentum_buffer: Option<&Tensor>,
+    config: &SgdConfig,
+    first_step: bool,
+) -> Result<()> {
+    const OP: &str = "sgd_step";
+    check_scalar(OP, "lr", config.lr, config.lr >= 0.0)?;
+    check_scalar(OP, "momentum", config.momentum, config.momentum >= 0.0)?;
+    check_scalar(OP, "dampening", config.dampening, true)?;
+    check_scalar(
+        OP,
+        "weight_decay",
+        config.weight_decay,
+        config.weight_decay >= 0.0,
+    )?;
+    if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            details: "Nesterov momentum needs momentum > 0 and zero dampening".into(),
+        });
+    }
+    let uses_momentum = config.momentum > 0.0;
+    let buffer = match (uses_momentum, momentum_buffer) {
+        (true, Some(b)) => b,
+        (true, None) => {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                details: "momentum > 0 needs a momentum buffer".into(),
+            })
+        }
+        (false, _) => {
+            check_tensors(OP, batch, param, &[grad])?;
+            // The kernel leaves the momentum slot alone without momentum, but the layout has it.
+            let unused = Tensor::uninit(batch.gpu(), &[1], DType::F32)?;
+            let params = Params {
+                lr: config.lr,
+                weight_decay: config.weight_decay,
+                ..Default::default()
+            };
+            let bound = [(1, param), (2, grad), (3, &unused)];
+            return record(batch, "sgd", false, params, &bound, param.numel());
+        }
+    };
+    check_tensors(OP, batch, param, &[grad, buffer])?;
+    let flags = 1 | (u32::from(config.nesterov) << 1) | (u32::from(first_step) << 2);
+    let params = Params {
+        flags,
+        lr: config.lr,
+        weight_decay: config.weight_decay,
+        momentum: config.momentum,
+        dampening: config.dampening,
+        ..Default::default()
+    };
+    record(
+        batch,
+        "sgd",
+        false,
+        params,
+        &[(1, param), (2, grad), (3, buffer)],
+        param.numel(),
+    )
+}
+
+/// One Adam (or AdamW) step on `param` in place, with moment estimates `m` and `v` (zeros before the
+/// first step). `step` counts from 1 and sets the bias corrections.
+pub fn adam_step(
+    batch: &mut Batch,
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    config: &AdamConfig,
+    step: u32,
+) -> Result<()> {
+    const OP: &str = "adam_step";
+    check_scalar(OP, "lr", config.lr, config.lr >= 0.0)?;
+    check_scalar(
+        OP,
+        "beta1",
+        config.beta1,
+        (0.0..1.0).contains(&config.beta1),
+    )?;
+    check_scalar(
+        OP,
+        "beta2",
+        config.beta2,
+        (0.0..1.0).contains(&config.beta2),
+    )?;
+    check_scalar(OP, "eps", config.eps, config.eps >= 0.0)?;
+    check_scalar(
+        OP,
+        "weight_decay",
+        config.weight_decay,
+        config.weight_decay >= 0.0,
+    )?;
+    if step == 0 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            details: "step counts from 1".into(),
+        });
+    }
+    check_tensors(OP, batch, param, &[grad, m, v])?;
+    let t = step as i32;
+    let params = Params {
+        lr: config.lr,
+        weight_decay: config.weight_decay,
+        momentum: config.beta1,
+        dampening: config.beta2,
+        eps: config.eps,
+        bias_correction1: 1.0 - config.beta1.powi(t),
+        bias_correction2: 1.0 - config.beta2.powi(t),
+        ..Default::default()
+    };
+    record(
+        batch,
+        "adam",
+        config.decoupled,
+        params,
+        &[(1, param), (2, grad), (3, m), (4, v)],
+        param.numel(),
+    )
+}
+
+/// Scales `grads` in place so that their global L2 norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`), without leaving the GPU. Returns the norm before clipping (f32, `[1]`).
+pub fn clip_grad_norm(batch: &mut Batch, grads: &[&Tensor], max_norm: f32) -> Result<Tensor> {
+    const OP: &str = "clip_grad_norm";
+    check_scalar(OP, "max_norm", max_norm, max_norm > 0.0)?;
+    if grads.is_empty() {
+        return Err(Error::EmptyTensor { op: OP });
+    }
+    same_gpu(OP, batch, grads)?;
+    if let Some(g) = grads.iter().find(|g| g.dtype() != DType::F32) {
+        return Err(Error::DtypeMismatch {
+            op: OP,
+            details: format!("gradients must be f32, got {:?}", g.dtype()),
+        });
+    }
+    let gpu = batch.gpu().clone();
+    let squares = Tensor::uninit(&gpu, &[grads.len()], DType::F32)?;
+    for (i, g) in grads.iter().enumerate() {
+        crate::ops::reduce::total_into(batch, OP, g, true, 1.0, &squares, i)?;
+    }
+    let coef = Tensor::uninit(&gpu, &[2], DType::F32)?;
+    let params = Params {
+        max_norm,
+        ..Default::default()
+    };
+    let mut p = params;
+    p.n = grads.len() as u32;
+    let pipeline = gpu.pipeline(PipelineKey {
+        kernel: Kernel::Optim,
+        dtype: DType::F32,
+        entry: "clip_coefficient",
+        constants: vec![("DECOUPLED", 0)],
+    })?;
+    batch.dispatch_bound(
+        &pipeline,
+        bytemuck::bytes_of(&p),
+        &[(2, &squares), (5, &coef)],
+        [1, 1, 1],
+    )?;
+    for g in grads {
+        record(
+            batch,
+            "scale_by_coefficient",
+            false,
+            params,
+            &[(1, g), (6, &coef)],
+            g.numel(),
+        )?;
+    }
+    // coef holds [norm, coefficient]: hand back the norm.
+    let norm = Tensor::uninit(&gpu, &[1], DType::F32)?;
+    batch.copy_prefix(&coef, &norm)?;
+    Ok(norm)
+}

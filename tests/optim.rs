@@ -1,0 +1,254 @@
+//! Optimizer kernels on the GPU against the CPU reference over several steps.
+
+mod common;
+
+use common::*;
+use wgnn::ops::{AdamConfig, SgdConfig};
+use wgnn::optim::{Adam, Sgd};
+use wgnn::{ops, reference, Batch, DType, Error, Tensor};
+
+/// Parameter sizes: one element, ragged, and more than one grid row of workgroups.
+const SIZES: &[usize] = &[1, 257, 70_001];
+
+fn sgd_configs() -> Vec<SgdConfig> {
+    let base = SgdConfig::new(0.05);
+    vec![
+        base,
+        SgdConfig {
+            weight_decay: 0.01,
+            ..base
+        },
+        SgdConfig {
+            momentum: 0.9,
+            dampening: 0.1,
+            ..base
+        },
+        SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.001,
+            ..base
+        },
+    ]
+}
+
+#[test]
+fn sgd_matches_the_reference_over_steps() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for config in sgd_configs() {
+        let params: Vec<Vec<f32>> = SIZES.iter().map(|&n| random(&mut rng, n)).collect();
+        let tensors: Vec<Tensor> = params
+            .iter()
+            .map(|p| Tensor::from_slice(&gpu, p, &[p.len()]).unwrap())
+            .collect();
+        let mut want = params.clone();
+        let mut momentum: Vec<Vec<f32>> = SIZES.iter().map(|&n| vec![0.0; n]).collect();
+        let mut opt = Sgd::new(config);
+        for step in 0..3 {
+            let grads: Vec<Vec<f32>> = SIZES.iter().map(|&n| random(&mut rng, n)).collect();
+            let tg: Vec<Tensor> = grads
+                .iter()
+                .map(|g| Tensor::from_slice(&gpu, g, &[g.len()]).unwrap())
+                .collect();
+            let mut batch = Batch::new(&gpu);
+            opt.step(
+                &mut batch,
+                &tensors.iter().collect::<Vec<_>>(),
+                &tg.iter().collect::<Vec<_>>(),
+            )
+            .unwrap();
+            batch.submit().unwrap();
+            for i in 0..SIZES.len() {
+                reference::optim::sgd_step(
+                    &mut want[i],
+                    &grads[i],
+                    &mut momentum[i],
+                    &config,
+                    step == 0,
+                );
+            }
+        }
+        for (t, w) in tensors.iter().zip(&want) {
+            assert_close(
+                &t.to_vec::<f32>().unwrap(),
+                w,
+                1e-5,
+                &format!("{config:?} n {} seed {seed}", w.len()),
+            );
+        }
+    }
+}
+
+#[test]
+fn adam_and_adamw_match_the_reference_over_steps() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for config in [
+        AdamConfig::adam(1e-2),
+        AdamConfig {
+            weight_decay: 0.1,
+            ..AdamConfig::adam(1e-2)
+        },
+        AdamConfig::adamw(1e-2, 0.1),
+    ] {
+        let params: Vec<Vec<f32>> = SIZES.iter().map(|&n| random(&mut rng, n)).collect();
+        let tensors: Vec<Tensor> = params
+            .iter()
+            .map(|p| Tensor::from_slice(&gpu, p, &[p.len()]).unwrap())
+            .collect();
+        let mut want = params.clone();
+        let mut m: Vec<Vec<f32>> = SIZES.iter().map(|&n| vec![0.0; n]).collect();
+        let mut v = m.clone();
+        let mut opt = Adam::new(config);
+        for step in 1..=4 {
+            let grads: Vec<Vec<f32>> = SIZES.iter().map(|&n| random(&mut rng, n)).collect();
+            let tg: Vec<Tensor> = grads
+                .iter()
+                .map(|g| Tensor::from_slice(&gpu, g, &[g.len()]).unwrap())
+                .collect();
+            let mut batch = Batch::new(&gpu);
+            opt.step(
+                &mut batch,
+                &tensors.iter().collect::<Vec<_>>(),
+                &tg.iter().collect::<Vec<_>>(),
+            )
+            .unwrap();
+            batch.submit().unwrap();
+            for i in 0..SIZES.len() {
+                reference::optim::adam_step(
+                    &mut want[i],
+                    &grads[i],
+                    &mut m[i],
+                    &mut v[i],
+                    &config,
+                    step,
+                );
+            }
+        }
+        assert_eq!(opt.steps(), 4);
+        for (t, w) in tensors.iter().zip(&want) {
+            assert_close(
+                &t.to_vec::<f32>().unwrap(),
+                w,
+                1e-5,
+                &format!("{config:?} n {} seed {seed}", w.len()),
+            );
+        }
+    }
+}
+
+#[test]
+fn clip_grad_norm_scales_only_when_above_the_limit() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for max_norm in [0.5f32, 1e6] {
+        let mut grads: Vec<Vec<f32>> = SIZES.iter().map(|&n| random(&mut rng, n)).collect();
+        let tensors: Vec<Tensor> = grads
+            .iter()
+            .map(|g| Tensor::from_slice(&gpu, g, &[g.len()]).unwrap())
+            .collect();
+        let mut batch = Batch::new(&gpu);
+        let norm =
+            ops::clip_grad_norm(&mut batch, &tensors.iter().collect::<Vec<_>>(), max_norm).unwrap();
+        batch.submit().unwrap();
+        let want_norm = reference::optim::clip_grad_norm(&mut grads, max_norm);
+        let context = format!("max_norm {max_norm} seed {seed}");
+        assert_close(&norm.to_vec::<f32>().unwrap(), &[want_norm], 1e-5, &context);
+        for (t, w) in tensors.iter().zip(&grads) {
+            assert_close(&t.to_vec::<f32>().unwrap(), w, 1e-5, &context);
+        }
+    }
+}
+
+#[test]
+fn bad_input_gives_typed_errors() {
+    let gpu = gpu();
+    let t = |shape: &[usize]| Tensor::zeros(&gpu, shape, DType::F32).unwrap();
+    let (p, g, m, v) = (t(&[4]), t(&[4]), t(&[4]), t(&[4]));
+    let mut batch = Batch::new(&gpu);
+    let invalid = |r: wgnn::Result<()>| matches!(r, Err(Error::InvalidArgument { .. }));
+    assert!(invalid(ops::sgd_step(
+        &mut batch,
+        &p,
+        &g,
+        None,
+        &SgdConfig::new(-1.0),
+        false
+    )));
+    assert!(invalid(ops::sgd_step(
+        &mut batch,
+        &p,
+        &g,
+        None,
+        &SgdConfig::new(f32::NAN),
+        false
+    )));
+    let momentum = SgdConfig {
+        momentum: 0.9,
+        ..SgdConfig::new(0.1)
+    };
+    assert!(
+        invalid(ops::sgd_step(&mut batch, &p, &g, None, &momentum, false)),
+        "missing buffer"
+    );
+    let nesterov = SgdConfig {
+        nesterov: true,
+        ..SgdConfig::new(0.1)
+    };
+    assert!(invalid(ops::sgd_step(
+        &mut batch,
+        &p,
+        &g,
+        Some(&m),
+        &nesterov,
+        false
+    )));
+    assert!(invalid(ops::adam_step(
+        &mut batch,
+        &p,
+        &g,
+        &m,
+        &v,
+        &AdamConfig::adam(0.1),
+        0
+    )));
+    let bad_beta = AdamConfig {
+        beta1: 1.0,
+        ..AdamConfig::adam(0.1)
+    };
+    assert!(invalid(ops::adam_step(
+        &mut batch, &p, &g, &m, &v, &bad_beta, 1
+    )));
+    let r = ops::adam_step(&mut batch, &p, &t(&[5]), &m, &v, &AdamConfig::adam(0.1), 1);
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+    let r = ops::adam_step(&mut batch, &p, &g, &m, &m, &AdamConfig::adam(0.1), 1);
+    assert!(
+        matches!(r, Err(Error::ShapeMismatch { .. })),
+        "aliased state"
+    );
+    let r = ops::sgd_step(&mut batch, &p, &p, None, &SgdConfig::new(0.1), false);
+    assert!(
+        matches!(r, Err(Error::ShapeMismatch { .. })),
+        "aliased gradient"
+    );
+    if gpu.supports_f16() {
+        let h = Tensor::zeros(&gpu, &[4], DType::F16).unwrap();
+        let r = ops::sgd_step(&mut batch, &h, &g, None, &SgdConfig::new(0.1), false);
+        assert!(matches!(r, Err(Error::DtypeMismatch { .. })));
+    }
+    assert!(matches!(
+        ops::clip_grad_norm(&mut batch, &[], 1.0),
+        Err(Error::EmptyTensor { .. })
+    ));
+    assert!(matches!(
+        ops::clip_grad_norm(&mut batch, &[&g], 0.0),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let mut opt = Sgd::new(SgdConfig::new(0.1));
+    assert!(matches!(
+        opt.step(&mut batch, &[&p], &[]),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert_eq!(batch.dispatches(), 0);
+}
