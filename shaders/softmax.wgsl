@@ -4,11 +4,14 @@
 // Bindings: 0 params (uniform), 1 x or y (read), 2 out (read_write), 3 dy (read; backward only).
 // One workgroup of 256 threads per row; rows past 65,535 fold into the grid's y axis.
 // Forward makes one pass with an online max and sum (each thread keeps (max, Σ exp(x - max)) over
-// its strided elements; pairs merge by rescaling), then a pass that writes the output.
+// its strided elements; pairs merge by rescaling, across the subgroup then the workgroup), then a
+// pass that writes the output.
 // Values: finite logits of any magnitude give finite results; -inf entries give exactly 0
 // (log-softmax: -inf); a row that is all -inf gives all 0 (log-softmax: all -inf); a NaN or +inf in
 // a row makes that row NaN, as in PyTorch.
 // Elem is f32, or f16 (wgnn rewrites the alias); arithmetic is f32.
+// Preludes: numerics.wgsl, then reduce_subgroup.wgsl where the adapter has subgroups, else
+// reduce_shared.wgsl (`workgroup_max_sum`, `workgroup_sum`).
 
 alias Elem = f32;
 
@@ -27,54 +30,6 @@ override LOG: bool = false;         // log-softmax instead of softmax
 @group(0) @binding(3) var<storage, read> dy: array<Elem>;
 
 const WG: u32 = 256u;
-
-fn neg_inf() -> f32 { return bitcast<f32>(0xff800000u); }
-
-// NaN or +inf: either makes the row NaN. (Bit tests, since float compares may assume no NaN.)
-fn poisons_row(v: f32) -> bool {
-    let bits = bitcast<u32>(v);
-    return (bits & 0x7fffffffu) > 0x7f800000u || bits == 0x7f800000u;
-}
-
-var<workgroup> red_max: array<f32, WG>;
-var<workgroup> red_sum: array<f32, WG>;
-
-// exp(a - b), with exp(-inf - -inf) taken as 0 (an empty or fully masked partial sum).
-fn exp_diff(a: f32, b: f32) -> f32 {
-    return select(exp(a - b), 0.0, a == neg_inf() && b == neg_inf());
-}
-
-// Merges (m, s) pairs across the workgroup; every thread gets the row's (max, sum).
-fn reduce_max_sum(l: u32, m_in: f32, s_in: f32) -> vec2<f32> {
-    red_max[l] = m_in;
-    red_sum[l] = s_in;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (l < stride) {
-            let m1 = red_max[l];
-            let m2 = red_max[l + stride];
-            let m = max(m1, m2);
-            red_sum[l] = red_sum[l] * exp_diff(m1, m) + red_sum[l + stride] * exp_diff(m2, m);
-            red_max[l] = m;
-        }
-        workgroupBarrier();
-    }
-    let r = vec2<f32>(red_max[0], red_sum[0]);
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_sum(l: u32, v: f32) -> f32 {
-    red_sum[l] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (l < stride) { red_sum[l] += red_sum[l + stride]; }
-        workgroupBarrier();
-    }
-    let r = red_sum[0];
-    workgroupBarrier();
-    return r;
-}
 
 fn row_index(wid: vec3<u32>) -> u32 {
     return wid.y * params.rows_per_grid_x + wid.x;
@@ -97,7 +52,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         }
         if (poisons_row(v)) { s = bitcast<f32>(0x7fc00000u); }
     }
-    let ms = reduce_max_sum(l, m, s);
+    let ms = workgroup_max_sum(l, vec2<f32>(m, s));
     let row_max = ms.x;
     let sum = ms.y;
     let all_masked = sum == 0.0;
@@ -125,7 +80,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         let g = f32(dy[base + j]);
         if (LOG) { partial += g; } else { partial += g * f32(x[base + j]); }
     }
-    let total = reduce_sum(l, partial);
+    let total = workgroup_sum(l, partial);
     for (var j = l; j < params.cols; j += WG) {
         let y = f32(x[base + j]);
         let g = f32(dy[base + j]);

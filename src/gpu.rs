@@ -29,6 +29,9 @@ pub struct GpuOptions {
     /// element a kernel fails to write shows up. For tests; costs an upload per tensor.
     /// Env: `WGNN_POISON=1`.
     pub poison_new_tensors: bool,
+    /// Use only the portable code paths, even where the adapter has subgroups (tests run both).
+    /// Env: `WGNN_PORTABLE=1`.
+    pub portable_only: bool,
 }
 
 impl GpuOptions {
@@ -42,6 +45,7 @@ impl GpuOptions {
                 .map(|v| wgpu::Backends::from_comma_list(&v)),
             shader_runtime_checks: var("WGNN_SHADER_CHECKS").is_some_and(|v| v != "0"),
             poison_new_tensors: var("WGNN_POISON").is_some_and(|v| v != "0"),
+            portable_only: var("WGNN_PORTABLE").is_some_and(|v| v != "0"),
         }
     }
 }
@@ -72,8 +76,9 @@ pub(crate) struct GpuInner {
     limits: wgpu::Limits,
     shader_runtime_checks: bool,
     pub(crate) poison_new_tensors: bool,
+    portable_only: bool,
     pub(crate) pool: Arc<BufferPool>,
-    modules: Mutex<HashMap<(Kernel, DType), wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(Kernel, DType, bool), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
     uncaptured: Arc<Mutex<Option<String>>>,
 }
@@ -185,6 +190,7 @@ impl Gpu {
             queue,
             shader_runtime_checks: options.shader_runtime_checks,
             poison_new_tensors: options.poison_new_tensors,
+            portable_only: options.portable_only,
             pool: Arc::new(BufferPool::default()),
             modules: Mutex::default(),
             pipelines: Mutex::default(),
@@ -215,6 +221,11 @@ impl Gpu {
     /// Whether f16 arithmetic and storage in shaders is available.
     pub fn supports_f16(&self) -> bool {
         self.0.features.contains(wgpu::Features::SHADER_F16)
+    }
+    /// Whether kernels with a subgroup variant use it (the adapter has subgroups and the portable
+    /// paths were not forced).
+    pub fn uses_subgroups(&self) -> bool {
+        self.0.features.contains(wgpu::Features::SUBGROUP) && !self.0.portable_only
     }
     /// Whether GPU timestamps can be taken (see [`crate::GpuTimer`]).
     pub fn supports_timestamps(&self) -> bool {
@@ -297,7 +308,8 @@ impl Gpu {
                 op: key.kernel.name(),
             });
         }
-        let module = self.module(key.kernel, key.dtype)?;
+        let subgroups = key.kernel.has_subgroup_variant() && self.uses_subgroups();
+        let module = self.module(key.kernel, key.dtype, subgroups)?;
         let constants: Vec<(&str, f64)> =
             key.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
         let pipeline = self.scoped(|| {
@@ -324,17 +336,18 @@ impl Gpu {
         Ok(p)
     }
 
-    fn module(&self, kernel: Kernel, dtype: DType) -> Result<wgpu::ShaderModule> {
+    fn module(&self, kernel: Kernel, dtype: DType, subgroups: bool) -> Result<wgpu::ShaderModule> {
+        let key = (kernel, dtype, subgroups);
         if let Some(m) = self
             .0
             .modules
             .lock()
             .ok()
-            .and_then(|c| c.get(&(kernel, dtype)).cloned())
+            .and_then(|c| c.get(&key).cloned())
         {
             return Ok(m);
         }
-        let source = crate::shaders::source(kernel, dtype);
+        let source = crate::shaders::source(kernel, dtype, subgroups);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(kernel.name()),
             source: wgpu::ShaderSource::Wgsl(source),
@@ -353,7 +366,7 @@ impl Gpu {
             }
         })?;
         if let Ok(mut cache) = self.0.modules.lock() {
-            cache.insert((kernel, dtype), module.clone());
+            cache.insert(key, module.clone());
         }
         Ok(module)
     }

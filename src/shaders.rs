@@ -28,9 +28,17 @@ pub enum Kernel {
 }
 
 /// Prelude files: WGSL placed before the kernels that name them (name, source).
-pub const PRELUDES: &[(&str, &str)] = &[("activation", ACTIVATION)];
+pub const PRELUDES: &[(&str, &str)] = &[
+    ("activation", ACTIVATION),
+    ("numerics", NUMERICS),
+    ("reduce_shared", REDUCE_SHARED),
+    ("reduce_subgroup", REDUCE_SUBGROUP),
+];
 
 const ACTIVATION: &str = include_str!("../shaders/activation.wgsl");
+const NUMERICS: &str = include_str!("../shaders/numerics.wgsl");
+const REDUCE_SHARED: &str = include_str!("../shaders/reduce_shared.wgsl");
+const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
 
 impl Kernel {
     /// Every kernel family.
@@ -67,12 +75,19 @@ impl Kernel {
         }
     }
 
-    /// Prelude sources placed before the file.
-    pub fn preludes(self) -> &'static [&'static str] {
+    /// Prelude sources placed before the file, for the subgroup or the portable variant.
+    pub fn preludes(self, subgroups: bool) -> Vec<&'static str> {
         match self {
-            Kernel::Matmul | Kernel::Elementwise => &[ACTIVATION],
-            Kernel::Softmax | Kernel::Reduce | Kernel::Loss | Kernel::Optim => &[],
+            Kernel::Matmul | Kernel::Elementwise => vec![ACTIVATION],
+            Kernel::Softmax if subgroups => vec![NUMERICS, REDUCE_SUBGROUP],
+            Kernel::Softmax => vec![NUMERICS, REDUCE_SHARED],
+            Kernel::Reduce | Kernel::Loss | Kernel::Optim => vec![],
         }
+    }
+
+    /// Whether the family has a variant that uses subgroup operations.
+    pub fn has_subgroup_variant(self) -> bool {
+        matches!(self, Kernel::Softmax)
     }
 
     /// Storage types the family has variants for.
@@ -87,10 +102,12 @@ impl Kernel {
 
 const ELEM_F32: &str = "alias Elem = f32;";
 
-/// The WGSL of `kernel` as compiled for `dtype` storage: preludes, then the file.
-pub fn source(kernel: Kernel, dtype: DType) -> Cow<'static, str> {
+/// The WGSL of `kernel` as compiled for `dtype` storage, with the subgroup or the portable
+/// preludes: directives, preludes, then the file.
+pub fn source(kernel: Kernel, dtype: DType, subgroups: bool) -> Cow<'static, str> {
     let wgsl = kernel.wgsl();
-    if kernel.preludes().is_empty() && dtype == DType::F32 {
+    let preludes = kernel.preludes(subgroups && kernel.has_subgroup_variant());
+    if preludes.is_empty() && dtype == DType::F32 {
         return Cow::Borrowed(wgsl);
     }
     let mut out = String::new();
@@ -100,7 +117,7 @@ pub fn source(kernel: Kernel, dtype: DType) -> Cow<'static, str> {
     } else {
         wgsl.to_string()
     };
-    for prelude in kernel.preludes() {
+    for prelude in preludes {
         out.push_str(prelude);
         out.push('\n');
     }

@@ -70,22 +70,36 @@ fn every_shader_file_is_a_known_kernel_or_prelude() {
         files, known,
         "shaders/ must hold exactly Kernel::ALL and PRELUDES"
     );
-    // Preludes stand alone; kernel files validate as wgnn compiles them (preludes first).
-    for (name, wgsl) in PRELUDES {
-        validate(&parse(wgsl, name), name);
-    }
+    // Kernel files validate as wgnn compiles them (preludes first), in every variant; every prelude
+    // is part of at least one of them.
+    let mut used = std::collections::HashSet::new();
     for &kernel in Kernel::ALL {
-        let wgsl = source(kernel, wgnn::DType::F32);
-        validate(&parse(&wgsl, kernel.name()), kernel.name());
+        for subgroups in [false, true] {
+            let wgsl = source(kernel, wgnn::DType::F32, subgroups);
+            validate(&parse(&wgsl, kernel.name()), kernel.name());
+            used.extend(kernel.preludes(subgroups));
+        }
+    }
+    for (name, wgsl) in PRELUDES {
+        assert!(used.contains(wgsl), "prelude {name} is used by no kernel");
     }
 }
 
 #[test]
 fn every_variant_translates_to_spirv_msl_and_hlsl() {
     for &kernel in Kernel::ALL {
-        for &dtype in kernel.dtypes() {
-            let wgsl = source(kernel, dtype);
-            let name = format!("{} {dtype:?}", kernel.name());
+        let variants: &[bool] = if kernel.has_subgroup_variant() {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for (&dtype, &subgroups) in kernel
+            .dtypes()
+            .iter()
+            .flat_map(|d| variants.iter().map(move |s| (d, s)))
+        {
+            let wgsl = source(kernel, dtype, subgroups);
+            let name = format!("{} {dtype:?} subgroups {subgroups}", kernel.name());
             let module = parse(&wgsl, &name);
             let info = validate(&module, &name);
             for set in override_sets(kernel) {

@@ -42,8 +42,19 @@ fn run_forward(x: &Tensor, log: bool) -> Tensor {
 
 #[test]
 fn forward_ragged_shapes_f32_and_f16() {
-    let gpu = gpu();
+    for gpu in both_paths() {
+        forward_ragged_shapes_on(&gpu);
+    }
+}
+
+fn forward_ragged_shapes_on(gpu: &wgnn::Gpu) {
+    let gpu = gpu.clone();
     let (mut rng, seed) = rng();
+    let path = if gpu.uses_subgroups() {
+        "subgroups"
+    } else {
+        "portable"
+    };
     for shape in SHAPES {
         let n: usize = shape.iter().product();
         for dtype in [DType::F32, DType::F16] {
@@ -63,7 +74,7 @@ fn forward_ragged_shapes_f32_and_f16() {
                     reference::softmax(&a)
                 };
                 let y = run_forward(&tx, log);
-                let context = format!("{shape:?} {dtype:?} log {log} seed {seed}");
+                let context = format!("{shape:?} {dtype:?} log {log} {path} seed {seed}");
                 let tol = if dtype == DType::F16 { 1e-2 } else { 1e-5 };
                 assert_close(&y.to_vec_f32().unwrap(), &want.data, tol, &context);
                 assert_guard_intact(&y, &context);
@@ -74,7 +85,13 @@ fn forward_ragged_shapes_f32_and_f16() {
 
 #[test]
 fn adversarial_values() {
-    let gpu = gpu();
+    for gpu in both_paths() {
+        adversarial_values_on(&gpu);
+    }
+}
+
+fn adversarial_values_on(gpu: &wgnn::Gpu) {
+    let gpu = gpu.clone();
     let inf = f32::INFINITY;
     let rows: Vec<Vec<f32>> = vec![
         vec![1e4, -1e4, 0.0, 9999.0, 1e4],
@@ -118,7 +135,13 @@ fn adversarial_values() {
 
 #[test]
 fn backward_matches_the_reference() {
-    let gpu = gpu();
+    for gpu in both_paths() {
+        backward_matches_the_reference_on(&gpu);
+    }
+}
+
+fn backward_matches_the_reference_on(gpu: &wgnn::Gpu) {
+    let gpu = gpu.clone();
     let (mut rng, seed) = rng();
     for shape in [&[1usize, 1][..], &[3, 7], &[17, 300], &[2, 5000]] {
         let n: usize = shape.iter().product();

@@ -26,6 +26,28 @@ pub fn gpu() -> Gpu {
     .clone()
 }
 
+/// The shared context, and where it takes the subgroup paths, a second one held to the portable
+/// paths: kernels with both variants are tested on both.
+pub fn both_paths() -> Vec<Gpu> {
+    static PORTABLE: OnceLock<Gpu> = OnceLock::new();
+    let main = gpu();
+    if !main.uses_subgroups() {
+        return vec![main];
+    }
+    let portable = PORTABLE
+        .get_or_init(|| {
+            let options = wgnn::GpuOptions {
+                poison_new_tensors: true,
+                portable_only: true,
+                ..wgnn::GpuOptions::from_env()
+            };
+            Gpu::with_options(options).expect("GPU tests need an adapter")
+        })
+        .clone();
+    assert!(!portable.uses_subgroups());
+    vec![main, portable]
+}
+
 /// A generator with a fresh seed each run (or `WGNN_TEST_SEED`), and the seed, to print on failure.
 pub fn rng() -> (StdRng, u64) {
     let seed = std::env::var("WGNN_TEST_SEED")
