@@ -18,7 +18,7 @@ alias Elem = f32;
 struct Params {
     rows: u32,
     cols: u32,
-    rows_per_grid_x: u32,
+    groups_x: u32,
     _pad: u32,
 }
 
@@ -32,7 +32,7 @@ override LOG: bool = false;         // log-softmax instead of softmax
 const WG: u32 = 256u;
 
 fn row_index(wid: vec3<u32>) -> u32 {
-    return wid.y * params.rows_per_grid_x + wid.x;
+    return wid.y * params.groups_x + wid.x;
 }
 
 @compute @workgroup_size(256, 1, 1)
@@ -50,7 +50,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         } else {
             s += exp_diff(v, m);
         }
-        if (poisons_row(v)) { s = bitcast<f32>(0x7fc00000u); }
+        if (poisons_row(v)) { s = nan(); }
     }
     let ms = workgroup_max_sum(l, vec2<f32>(m, s));
     let row_max = ms.x;
@@ -82,6 +82,104 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     }
     let total = workgroup_sum(l, partial);
     for (var j = l; j < params.cols; j += WG) {
+        let y = f32(x[base + j]);
+        let g = f32(dy[base + j]);
+        var dx: f32;
+        if (LOG) { dx = g - exp(y) * total; } else { dx = y * (g - total); }
+        out[base + j] = Elem(dx);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// *_rows: short rows (up to 512 columns). THREADS_PER_ROW threads (a power of two) share a row, so
+// a workgroup covers 256 / THREADS_PER_ROW rows and short rows do not leave most threads idle.
+// Reductions are segmented trees in shared memory; rows past the end skip their work but still
+// take part in every barrier.
+
+override THREADS_PER_ROW: u32 = 32u;
+
+var<workgroup> seg_pair: array<vec2<f32>, WG>;
+
+fn segment_max_sum(l: u32, lane: u32, ms: vec2<f32>) -> vec2<f32> {
+    seg_pair[l] = ms;
+    workgroupBarrier();
+    for (var stride = THREADS_PER_ROW / 2u; stride > 0u; stride /= 2u) {
+        if (lane < stride) { seg_pair[l] = merge_max_sum(seg_pair[l], seg_pair[l + stride]); }
+        workgroupBarrier();
+    }
+    let r = seg_pair[l - lane];
+    workgroupBarrier();
+    return r;
+}
+
+fn segment_sum(l: u32, lane: u32, v: f32) -> f32 {
+    seg_pair[l] = vec2<f32>(v, 0.0);
+    workgroupBarrier();
+    for (var stride = THREADS_PER_ROW / 2u; stride > 0u; stride /= 2u) {
+        if (lane < stride) { seg_pair[l].x += seg_pair[l + stride].x; }
+        workgroupBarrier();
+    }
+    let r = seg_pair[l - lane].x;
+    workgroupBarrier();
+    return r;
+}
+
+fn rows_row(wid: vec3<u32>, l: u32) -> u32 {
+    return (wid.y * params.groups_x + wid.x) * (WG / THREADS_PER_ROW) + l / THREADS_PER_ROW;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn forward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let row = rows_row(wid, l);
+    let lane = l % THREADS_PER_ROW;
+    let valid = row < params.rows;
+    let base = row * params.cols;
+    var m = neg_inf();
+    var s = 0.0;
+    if (valid) {
+        for (var j = lane; j < params.cols; j += THREADS_PER_ROW) {
+            let v = f32(x[base + j]);
+            if (v > m) {
+                s = s * exp_diff(m, v) + 1.0;
+                m = v;
+            } else {
+                s += exp_diff(v, m);
+            }
+            if (poisons_row(v)) { s = nan(); }
+        }
+    }
+    let ms = segment_max_sum(l, lane, vec2<f32>(m, s));
+    if (!valid) { return; }
+    let all_masked = ms.y == 0.0;
+    let log_sum = log(ms.y);
+    for (var j = lane; j < params.cols; j += THREADS_PER_ROW) {
+        let v = f32(x[base + j]);
+        var y: f32;
+        if (LOG) {
+            y = select(v - ms.x - log_sum, neg_inf(), all_masked);
+        } else {
+            y = select(exp_diff(v, ms.x) / ms.y, 0.0, all_masked);
+        }
+        out[base + j] = Elem(y);
+    }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let row = rows_row(wid, l);
+    let lane = l % THREADS_PER_ROW;
+    let valid = row < params.rows;
+    let base = row * params.cols;
+    var partial = 0.0;
+    if (valid) {
+        for (var j = lane; j < params.cols; j += THREADS_PER_ROW) {
+            let g = f32(dy[base + j]);
+            if (LOG) { partial += g; } else { partial += g * f32(x[base + j]); }
+        }
+    }
+    let total = segment_sum(l, lane, partial);
+    if (!valid) { return; }
+    for (var j = lane; j < params.cols; j += THREADS_PER_ROW) {
         let y = f32(x[base + j]);
         let g = f32(dy[base + j]);
         var dx: f32;

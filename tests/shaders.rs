@@ -40,7 +40,12 @@ fn override_sets(kernel: Kernel) -> Vec<Vec<(&'static str, f64)>> {
             }
             sets
         }
-        Kernel::Softmax => vec![vec![], vec![("LOG", 1.0)]],
+        Kernel::Softmax => vec![
+            vec![],
+            vec![("LOG", 1.0)],
+            vec![("LOG", 1.0), ("THREADS_PER_ROW", 1.0)],
+            vec![("THREADS_PER_ROW", 128.0)],
+        ],
         Kernel::Elementwise => (0..5).map(|a| vec![("ACTIVATION", f64::from(a))]).collect(),
         Kernel::Reduce => vec![vec![], vec![("SQUARES", 1.0)]],
         Kernel::Loss => vec![vec![]],

@@ -7,11 +7,14 @@ use wgnn::reference::{self, Array};
 use wgnn::{ops, Batch, DType, Error, Tensor};
 
 /// Rows × cols: one element, ragged, a row longer than 65,536, and more rows than one grid axis holds.
+/// Short rows (several per workgroup, 1 to 128 threads each) at and past the 512-column switch.
 const SHAPES: &[&[usize]] = &[
     &[1, 1],
     &[3, 7],
     &[33, 257],
     &[2, 3, 255],
+    &[5, 512],
+    &[9, 513],
     &[2, 1000],
     &[2, 70_001],
     &[70_000, 3],
@@ -143,7 +146,13 @@ fn backward_matches_the_reference() {
 fn backward_matches_the_reference_on(gpu: &wgnn::Gpu) {
     let gpu = gpu.clone();
     let (mut rng, seed) = rng();
-    for shape in [&[1usize, 1][..], &[3, 7], &[17, 300], &[2, 5000]] {
+    for shape in [
+        &[1usize, 1][..],
+        &[3, 7],
+        &[17, 300],
+        &[700, 10],
+        &[2, 5000],
+    ] {
         let n: usize = shape.iter().product();
         let x = Array::new(shape, random(&mut rng, n).iter().map(|v| v * 4.0).collect());
         let g = Array::new(shape, random(&mut rng, n));

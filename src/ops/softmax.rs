@@ -11,12 +11,15 @@ use crate::ops::{same_dtype, same_gpu};
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::Tensor;
 
+/// Rows up to this many columns take the `*_rows` entry points (several rows per workgroup).
+const SHORT_ROW_MAX: usize = 512;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     rows: u32,
     cols: u32,
-    rows_per_grid_x: u32,
+    groups_x: u32,
     _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
@@ -99,21 +102,44 @@ fn record(
     let shape = x.shape();
     let cols = shape[shape.len() - 1];
     let rows = x.numel() / cols;
+    // Short rows share a workgroup: THREADS_PER_ROW threads per row, about 4 elements each.
+    let threads_per_row = if cols <= SHORT_ROW_MAX {
+        cols.div_ceil(4).next_power_of_two().min(128)
+    } else {
+        256
+    };
+    let (entry, constants) = if threads_per_row < 256 {
+        let e = if entry == "forward" {
+            "forward_rows"
+        } else {
+            "backward_rows"
+        };
+        (
+            e,
+            vec![
+                ("LOG", u32::from(log)),
+                ("THREADS_PER_ROW", threads_per_row as u32),
+            ],
+        )
+    } else {
+        (entry, vec![("LOG", u32::from(log))])
+    };
+    let groups = rows.div_ceil(256 / threads_per_row);
     let max_x = batch.gpu().limits().max_compute_workgroups_per_dimension as usize;
-    let per_x = rows.min(max_x);
+    let per_x = groups.min(max_x);
     let params = Params {
         rows: rows as u32, // numel < 2^32 is checked when tensors are made
         cols: cols as u32,
-        rows_per_grid_x: per_x as u32,
+        groups_x: per_x as u32,
         _pad: 0,
     };
     let pipeline = batch.gpu().pipeline(PipelineKey {
         kernel: Kernel::Softmax,
         dtype: x.dtype(),
         entry,
-        constants: vec![("LOG", u32::from(log))],
+        constants,
     })?;
-    let grid_y = u32::try_from(rows.div_ceil(per_x)).map_err(|_| Error::LimitExceeded {
+    let grid_y = u32::try_from(groups.div_ceil(per_x)).map_err(|_| Error::LimitExceeded {
         what: format!("{op}: rows"),
         requested: rows as u64,
         limit: u64::from(u32::MAX),
