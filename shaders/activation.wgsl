@@ -1,6 +1,8 @@
 // activation.wgsl: the activation functions and their derivatives, shared by kernels with fused
 // epilogues (a prelude: wgnn prepends it to the kernels that name it; WGSL has no includes).
 // ACTIVATION: 0 none, 1 relu, 2 gelu (exact, erf), 3 sigmoid, 4 tanh.
+// A NaN input gives a NaN output for every activation (WGSL leaves max/clamp of a NaN
+// indeterminate, so relu and tanh avoid them on NaN).
 
 override ACTIVATION: u32 = 0u;
 
@@ -12,6 +14,10 @@ fn erf_approx(x: f32) -> f32 {
     return select(-y, y, x >= 0.0);
 }
 
+fn is_nan1(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
 fn sigmoid1(x: f32) -> f32 {
     // exp of a non-positive number only, so no overflow.
     let e = exp(-abs(x));
@@ -20,10 +26,10 @@ fn sigmoid1(x: f32) -> f32 {
 
 fn activate1(x: f32) -> f32 {
     switch ACTIVATION {
-        case 1u: { return max(x, 0.0); }
+        case 1u: { return select(x, 0.0, x < 0.0); }
         case 2u: { return 0.5 * x * (1.0 + erf_approx(x * 0.70710678)); }
         case 3u: { return sigmoid1(x); }
-        case 4u: { return tanh(clamp(x, -15.0, 15.0)); }
+        case 4u: { return select(tanh(clamp(x, -15.0, 15.0)), x, is_nan1(x)); }
         default: { return x; }
     }
 }

@@ -82,6 +82,26 @@ fn activations_forward_and_backward() {
 }
 
 #[test]
+fn nan_propagates_through_every_activation() {
+    let gpu = gpu();
+    let x = [f32::NAN, 1.0, -2.0, f32::NAN, 0.5];
+    for dtype in dtypes() {
+        let tx = Tensor::from_f32(&gpu, &x, &[5], dtype).unwrap();
+        for act in ACTIVATIONS {
+            let mut batch = Batch::new(&gpu);
+            let y = ops::activation(&mut batch, &tx, act).unwrap();
+            batch.submit().unwrap();
+            let y = y.to_vec_f32().unwrap();
+            assert!(y[0].is_nan() && y[3].is_nan(), "{act:?} {dtype:?}: {y:?}");
+            assert!(
+                y[1].is_finite() && y[2].is_finite() && y[4].is_finite(),
+                "{act:?} {dtype:?}: {y:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn reference_activation_gradients_match_finite_differences() {
     let (mut rng, seed) = rng();
     let xs: Vec<f64> = random(&mut rng, 50)

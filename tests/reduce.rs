@@ -23,13 +23,27 @@ fn channel_sums_are_bias_gradients() {
         let mut batch = Batch::new(&gpu);
         let s = ops::channel_sum(&mut batch, &tx, axis).unwrap();
         batch.submit().unwrap();
-        let want = reference::reduce::channel_sum(&Array::new(&shape, x), axis);
-        assert_close(
-            &s.to_vec::<f32>().unwrap(),
-            &want.data,
-            1e-5,
-            &format!("{shape:?} axis {axis} seed {seed}"),
-        );
+        let a = Array::new(&shape, x);
+        let want = reference::reduce::channel_sum(&a, axis);
+        // A sum's f32 error scales with the L2 norm of its summands, not with the (possibly
+        // cancelled) result: compare on that scale.
+        let channels = shape[axis];
+        let inner: usize = shape[axis + 1..].iter().product();
+        let mut norms = vec![0.0f64; channels];
+        for (i, &v) in a.data.iter().enumerate() {
+            norms[(i / inner) % channels] += f64::from(v).powi(2);
+        }
+        let got = s.to_vec::<f32>().unwrap();
+        for c in 0..channels {
+            let scale = f64::from(want.data[c].abs()).max(norms[c].sqrt()).max(1.0);
+            let err = f64::from((got[c] - want.data[c]).abs());
+            assert!(
+                err <= 1e-5 * scale,
+                "{shape:?} axis {axis} channel {c}: {} vs {} (seed {seed})",
+                got[c],
+                want.data[c]
+            );
+        }
     }
 }
 
@@ -78,6 +92,30 @@ fn totals_means_and_norms() {
             );
         }
     }
+}
+
+#[test]
+fn nan_propagates_through_sums() {
+    let gpu = gpu();
+    let mut x = vec![1.0f32; 5000];
+    x[4321] = f32::NAN;
+    let tx = Tensor::from_slice(&gpu, &x, &[50, 100]).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let (s, m, q) = (
+        ops::sum(&mut batch, &tx).unwrap(),
+        ops::mean(&mut batch, &tx).unwrap(),
+        ops::sum_squares(&mut batch, &tx).unwrap(),
+    );
+    let c = ops::channel_sum(&mut batch, &tx, 1).unwrap();
+    batch.submit().unwrap();
+    for t in [&s, &m, &q] {
+        assert!(t.to_vec::<f32>().unwrap()[0].is_nan());
+    }
+    let c = c.to_vec::<f32>().unwrap();
+    assert!(
+        c[21].is_nan() && c.iter().filter(|v| v.is_nan()).count() == 1,
+        "{c:?}"
+    );
 }
 
 #[test]

@@ -1,4 +1,7 @@
 //! Elementwise ops: activations and their backward, bias add, scale-and-add.
+//!
+//! NaN in, NaN out: every activation maps a NaN to NaN (the backward of ReLU at a NaN input is 0,
+//! as in PyTorch, whose ReLU gradient passes only where the input is positive).
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
