@@ -27,6 +27,10 @@ struct Params {
     b_stride_z: u32,
     b_stride_r: u32,
     c_stride_z: u32,
+    a_offset: u32,      // first element of each operand (views into larger tensors, e.g. conv groups)
+    b_offset: u32,
+    c_offset: u32,
+    bias_offset: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -40,6 +44,7 @@ override ALIGNED_B: bool = false;
 override ALIGNED_C: bool = false;   // N is a multiple of 4
 override HAS_BIAS: bool = false;
 override ACCUMULATE: bool = false;  // C += result instead of C = result
+override BIAS_PER_ROW: bool = false; // bias[M] added along rows (conv output channels), not bias[N]
 
 const BK_MAX: u32 = 16u;
 const TILE_MAX: u32 = 128u;
@@ -53,6 +58,12 @@ const TILE_MAX: u32 = 128u;
 // k-major tiles: as_[k * TILE/4 + m/4] holds opA(A)[m..m+4, k].
 var<workgroup> as_: array<vec4<f32>, BK_MAX * TILE_MAX / 4u>;
 var<workgroup> bs_: array<vec4<f32>, BK_MAX * TILE_MAX / 4u>;
+
+// Bias element i (a row's or a column's), past the bias view's offset.
+fn bias_at(i: u32) -> f32 {
+    let j = params.bias_offset + i;
+    return f32(bias[j / 4u][j % 4u]);
+}
 
 // Four consecutive elements (row, col..col+4) of a row-major matrix with `cols` per row, zero past
 // its edges. `base` is the matrix's first element.
@@ -103,8 +114,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 
     let tiles = (kdim + bk - 1u) / bk;
     for (var r = 0u; r < params.reduce_count; r++) {
-        let a_base = wid.z * params.a_stride_z + r * params.a_stride_r;
-        let b_base = wid.z * params.b_stride_z + r * params.b_stride_r;
+        let a_base = params.a_offset + wid.z * params.a_stride_z + r * params.a_stride_r;
+        let b_base = params.b_offset + wid.z * params.b_stride_z + r * params.b_stride_r;
 
         var pa: vec4<f32>;
         var pb: vec4<f32>;
@@ -162,11 +173,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
     }
 
-    let c_base = wid.z * params.c_stride_z;
+    let c_base = params.c_offset + wid.z * params.c_stride_z;
     for (var gi = 0u; gi < groups; gi++) {
         for (var i = 0u; i < 4u; i++) {
             let row = row0 + gi * 64u + lid.y * 4u + i;
             if (row >= m) { continue; }
+            var row_bias = 0.0;
+            if (HAS_BIAS && BIAS_PER_ROW) { row_bias = bias_at(row); }
             for (var gj = 0u; gj < groups; gj++) {
                 let col = col0 + gj * 64u + lid.x * 4u;
                 if (col >= n) { continue; }
@@ -174,14 +187,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 let idx = c_base + row * n + col;
                 if (ALIGNED_C) {
                     // n % 4 == 0 and col % 4 == 0, so all four columns exist.
-                    if (HAS_BIAS) { v += vec4<f32>(bias[col / 4u]); }
+                    if (HAS_BIAS && BIAS_PER_ROW) { v += vec4<f32>(row_bias); }
+                    else if (HAS_BIAS) { v += vec4<f32>(bias_at(col), bias_at(col + 1u), bias_at(col + 2u), bias_at(col + 3u)); }
                     v = activate(v);
                     if (ACCUMULATE) { v += vec4<f32>(c[idx / 4u]); }
                     c[idx / 4u] = vec4<Elem>(v);
                 } else {
                     if (HAS_BIAS) {
                         for (var e = 0u; e < 4u; e++) {
-                            if (col + e < n) { v[e] += f32(bias[(col + e) / 4u][(col + e) % 4u]); }
+                            if (col + e < n) { v[e] += select(bias_at(col + e), row_bias, BIAS_PER_ROW); }
                         }
                     }
                     v = activate(v);
@@ -217,7 +231,7 @@ fn a_at(base: u32, i: u32, k: u32) -> f32 {
 // Bias, activation and accumulation for one output element; `col` < n.
 fn store_one(c_base: u32, row: u32, col: u32, value: f32) {
     var x = value;
-    if (HAS_BIAS) { x += f32(bias[col / 4u][col % 4u]); }
+    if (HAS_BIAS) { x += bias_at(select(col, row, BIAS_PER_ROW)); }
     x = activate(vec4<f32>(x)).x;
     let j = c_base + row * params.n + col;
     if (ACCUMULATE) { x += f32(c[j / 4u][j % 4u]); }
@@ -233,8 +247,8 @@ fn gemv_plain_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     var acc: array<vec4<f32>, GEMV_MAX_ROWS>;
     for (var i = 0u; i < GEMV_MAX_ROWS; i++) { acc[i] = vec4<f32>(0.0); }
     for (var r = 0u; r < params.reduce_count; r++) {
-        let a_base = wid.z * params.a_stride_z + r * params.a_stride_r;
-        let b_base = wid.z * params.b_stride_z + r * params.b_stride_r;
+        let a_base = params.a_offset + wid.z * params.a_stride_z + r * params.a_stride_r;
+        let b_base = params.b_offset + wid.z * params.b_stride_z + r * params.b_stride_r;
         if (col < params.n) {
             for (var k = slice; k < params.k; k += 16u) {
                 let bv = fetch_b(b_base, k, col, params.k, params.n);
@@ -244,7 +258,7 @@ fn gemv_plain_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             }
         }
     }
-    let c_base = wid.z * params.c_stride_z;
+    let c_base = params.c_offset + wid.z * params.c_stride_z;
     for (var i = 0u; i < params.m; i++) {
         partial[l] = acc[i];
         workgroupBarrier();
@@ -268,8 +282,8 @@ fn gemv_trans_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     var acc: array<f32, GEMV_MAX_ROWS>;
     for (var i = 0u; i < GEMV_MAX_ROWS; i++) { acc[i] = 0.0; }
     for (var r = 0u; r < params.reduce_count; r++) {
-        let a_base = wid.z * params.a_stride_z + r * params.a_stride_r;
-        let b_base = wid.z * params.b_stride_z + r * params.b_stride_r;
+        let a_base = params.a_offset + wid.z * params.a_stride_z + r * params.a_stride_r;
+        let b_base = params.b_offset + wid.z * params.b_stride_z + r * params.b_stride_r;
         if (col < params.n) {
             for (var k = lane * 4u; k < params.k; k += 128u) {
                 let bv = fetch_b(b_base, col, k, params.n, params.k);
@@ -287,7 +301,7 @@ fn gemv_trans_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             }
         }
     }
-    let c_base = wid.z * params.c_stride_z;
+    let c_base = params.c_offset + wid.z * params.c_stride_z;
     for (var i = 0u; i < params.m; i++) {
         partial[l] = vec4<f32>(acc[i], 0.0, 0.0, 0.0);
         workgroupBarrier();

@@ -32,6 +32,9 @@ pub struct GpuOptions {
     /// Use only the portable code paths, even where the adapter has subgroups (tests run both).
     /// Env: `WGNN_PORTABLE=1`.
     pub portable_only: bool,
+    /// Largest scratch buffer an op may allocate (conv's im2col matrix); ops work in chunks to stay
+    /// under it. Default: the storage-binding limit. Env: `WGNN_SCRATCH_LIMIT` (bytes).
+    pub scratch_limit_bytes: Option<u64>,
 }
 
 impl GpuOptions {
@@ -46,6 +49,7 @@ impl GpuOptions {
             shader_runtime_checks: var("WGNN_SHADER_CHECKS").is_some_and(|v| v != "0"),
             poison_new_tensors: var("WGNN_POISON").is_some_and(|v| v != "0"),
             portable_only: var("WGNN_PORTABLE").is_some_and(|v| v != "0"),
+            scratch_limit_bytes: var("WGNN_SCRATCH_LIMIT").and_then(|v| v.parse().ok()),
         }
     }
 }
@@ -77,6 +81,7 @@ pub(crate) struct GpuInner {
     shader_runtime_checks: bool,
     pub(crate) poison_new_tensors: bool,
     portable_only: bool,
+    scratch_limit_bytes: Option<u64>,
     pub(crate) pool: Arc<BufferPool>,
     modules: Mutex<HashMap<(Kernel, DType, bool), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
@@ -191,6 +196,7 @@ impl Gpu {
             shader_runtime_checks: options.shader_runtime_checks,
             poison_new_tensors: options.poison_new_tensors,
             portable_only: options.portable_only,
+            scratch_limit_bytes: options.scratch_limit_bytes,
             pool: Arc::new(BufferPool::default()),
             modules: Mutex::default(),
             pipelines: Mutex::default(),
@@ -226,6 +232,13 @@ impl Gpu {
     /// paths were not forced).
     pub fn uses_subgroups(&self) -> bool {
         self.0.features.contains(wgpu::Features::SUBGROUP) && !self.0.portable_only
+    }
+    /// The most bytes one scratch buffer may take (see [`GpuOptions::scratch_limit_bytes`]).
+    pub fn scratch_limit_bytes(&self) -> u64 {
+        let binding = self.0.limits.max_storage_buffer_binding_size;
+        self.0
+            .scratch_limit_bytes
+            .map_or(binding, |l| l.min(binding))
     }
     /// Whether GPU timestamps can be taken (see [`crate::GpuTimer`]).
     pub fn supports_timestamps(&self) -> bool {

@@ -25,6 +25,10 @@ pub enum Kernel {
     Loss,
     /// `shaders/optim.wgsl`
     Optim,
+    /// `shaders/conv.wgsl`
+    Conv,
+    /// `shaders/pool.wgsl`
+    Pool,
 }
 
 /// Prelude files: WGSL placed before the kernels that name them (name, source).
@@ -49,6 +53,8 @@ impl Kernel {
         Kernel::Reduce,
         Kernel::Loss,
         Kernel::Optim,
+        Kernel::Conv,
+        Kernel::Pool,
     ];
 
     /// The file's stem in `shaders/`.
@@ -60,6 +66,8 @@ impl Kernel {
             Kernel::Reduce => "reduce",
             Kernel::Loss => "loss",
             Kernel::Optim => "optim",
+            Kernel::Conv => "conv",
+            Kernel::Pool => "pool",
         }
     }
 
@@ -72,6 +80,8 @@ impl Kernel {
             Kernel::Reduce => include_str!("../shaders/reduce.wgsl"),
             Kernel::Loss => include_str!("../shaders/loss.wgsl"),
             Kernel::Optim => include_str!("../shaders/optim.wgsl"),
+            Kernel::Conv => include_str!("../shaders/conv.wgsl"),
+            Kernel::Pool => include_str!("../shaders/pool.wgsl"),
         }
     }
 
@@ -81,7 +91,7 @@ impl Kernel {
             Kernel::Matmul | Kernel::Elementwise => vec![ACTIVATION],
             Kernel::Softmax if subgroups => vec![NUMERICS, REDUCE_SUBGROUP],
             Kernel::Softmax => vec![NUMERICS, REDUCE_SHARED],
-            Kernel::Reduce | Kernel::Loss | Kernel::Optim => vec![],
+            Kernel::Reduce | Kernel::Loss | Kernel::Optim | Kernel::Conv | Kernel::Pool => vec![],
         }
     }
 

@@ -35,6 +35,7 @@ fn override_sets(kernel: Kernel) -> Vec<Vec<(&'static str, f64)>> {
                         ("HAS_BIAS", on(1)),
                         ("ACTIVATION", f64::from(flags)),
                         ("ACCUMULATE", on(0)),
+                        ("BIAS_PER_ROW", on(1)),
                     ]);
                 }
             }

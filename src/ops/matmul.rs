@@ -46,33 +46,51 @@ struct Params {
     b_stride_z: u32,
     b_stride_r: u32,
     c_stride_z: u32,
+    a_offset: u32,
+    b_offset: u32,
+    c_offset: u32,
+    bias_offset: u32,
     _pad: [u32; 3],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 48);
+const _: () = assert!(std::mem::size_of::<Params>() == 64);
 
-/// One operand as the kernel sees it.
+/// One operand as the kernel sees it: a matrix view into a tensor.
 #[derive(Clone, Copy)]
-struct Operand<'t> {
-    tensor: &'t Tensor,
-    trans: bool,
+pub(crate) struct Operand<'t> {
+    pub tensor: &'t Tensor,
+    /// The stored matrix is the transpose of the operand.
+    pub trans: bool,
     /// Elements between consecutive output batches, and between reduced batches.
-    stride_z: u32,
-    stride_r: u32,
+    pub stride_z: u32,
+    pub stride_r: u32,
+    /// First element of the view.
+    pub offset: u32,
+}
+
+/// A bias view: `len` elements from `offset`, added per column (or per row with `per_row`).
+#[derive(Clone, Copy)]
+pub(crate) struct BiasView<'t> {
+    pub tensor: &'t Tensor,
+    pub offset: u32,
+    pub per_row: bool,
 }
 
 /// Everything one dispatch needs.
-struct Launch<'t> {
-    a: Operand<'t>,
-    b: Operand<'t>,
-    c: &'t Tensor,
-    bias: Option<&'t Tensor>,
-    activation: Activation,
-    accumulate: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    out_batches: usize,
-    reduce_count: usize,
+pub(crate) struct Launch<'t> {
+    pub a: Operand<'t>,
+    pub b: Operand<'t>,
+    pub c: &'t Tensor,
+    pub c_offset: u32,
+    /// Elements between consecutive output batches (m·n for a packed batch).
+    pub c_stride_z: u32,
+    pub bias: Option<BiasView<'t>>,
+    pub activation: Activation,
+    pub accumulate: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub out_batches: usize,
+    pub reduce_count: usize,
 }
 
 /// Shapes of one matmul, checked.
@@ -221,15 +239,23 @@ pub fn matmul_into(
                 trans: options.trans_a,
                 stride_z: to_u32(OP, "A batch stride", stride(d.a_batch, d.m * d.k))?,
                 stride_r: 0,
+                offset: 0,
             },
             b: Operand {
                 tensor: b,
                 trans: options.trans_b,
                 stride_z: to_u32(OP, "B batch stride", stride(d.b_batch, d.k * d.n))?,
                 stride_r: 0,
+                offset: 0,
             },
             c,
-            bias: options.bias,
+            c_offset: 0,
+            c_stride_z: to_u32(OP, "C batch stride", d.m * d.n)?,
+            bias: options.bias.map(|tensor| BiasView {
+                tensor,
+                offset: 0,
+                per_row: false,
+            }),
             activation: options.activation,
             accumulate: options.accumulate,
             m: d.m,
@@ -271,6 +297,7 @@ pub fn matmul_backward(
             trans,
             stride_z: if reduce { 0 } else { s },
             stride_r: if reduce { s } else { 0 },
+            offset: 0,
         })
     };
     // Whether a gradient sums over the batch (its operand was broadcast).
@@ -324,6 +351,8 @@ impl<'t> Launch<'t> {
             a,
             b,
             c,
+            c_offset: 0,
+            c_stride_z: (m * n) as u32, // the grad tensors are made here, well under u32
             bias: None,
             activation: Activation::None,
             accumulate: false,
@@ -349,7 +378,8 @@ fn tile_for(m: usize, n: usize, batches: usize) -> u32 {
 /// Rows up to which the GEMV entry points beat a tile (`GEMV_MAX_ROWS` in the shader).
 const GEMV_MAX_ROWS: usize = 8;
 
-fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
+/// Records one matmul dispatch. Crate-internal so conv can run matmuls on views of its tensors.
+pub(crate) fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
     const OP: &str = "matmul";
     let gemv = l.m <= GEMV_MAX_ROWS;
     let tile = if gemv {
@@ -357,7 +387,7 @@ fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
     } else {
         tile_for(l.m, l.n, l.out_batches)
     };
-    // Rows are aligned for 16-byte loads when the stored row length is a multiple of 4.
+    // 16-byte loads need the stored row length, the view's offset and its strides to be multiples of 4.
     let row_len = |o: &Operand, rows_if_plain: usize, cols_if_plain: usize| {
         if o.trans {
             rows_if_plain
@@ -365,8 +395,16 @@ fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
             cols_if_plain
         }
     };
-    let aligned_a = row_len(&l.a, l.m, l.k).is_multiple_of(4);
-    let aligned_b = row_len(&l.b, l.k, l.n).is_multiple_of(4);
+    let aligned = |o: &Operand, len: usize| {
+        len.is_multiple_of(4)
+            && [o.offset, o.stride_z, o.stride_r]
+                .iter()
+                .all(|x| x.is_multiple_of(4))
+    };
+    let aligned_a = aligned(&l.a, row_len(&l.a, l.m, l.k));
+    let aligned_b = aligned(&l.b, row_len(&l.b, l.k, l.n));
+    let aligned_c =
+        l.n.is_multiple_of(4) && l.c_offset.is_multiple_of(4) && l.c_stride_z.is_multiple_of(4);
     let key = PipelineKey {
         kernel: Kernel::Matmul,
         dtype: l.c.dtype(),
@@ -381,8 +419,9 @@ fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
             ("TRANS_B", u32::from(l.b.trans)),
             ("ALIGNED_A", u32::from(aligned_a)),
             ("ALIGNED_B", u32::from(aligned_b)),
-            ("ALIGNED_C", u32::from(l.n.is_multiple_of(4))),
+            ("ALIGNED_C", u32::from(aligned_c)),
             ("HAS_BIAS", u32::from(l.bias.is_some())),
+            ("BIAS_PER_ROW", u32::from(l.bias.is_some_and(|b| b.per_row))),
             ("ACTIVATION", l.activation.code()),
             ("ACCUMULATE", u32::from(l.accumulate)),
         ],
@@ -397,11 +436,15 @@ fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
         a_stride_r: l.a.stride_r,
         b_stride_z: l.b.stride_z,
         b_stride_r: l.b.stride_r,
-        c_stride_z: to_u32(OP, "C batch stride", l.m * l.n)?,
+        c_stride_z: l.c_stride_z,
+        a_offset: l.a.offset,
+        b_offset: l.b.offset,
+        c_offset: l.c_offset,
+        bias_offset: l.bias.map_or(0, |b| b.offset),
         _pad: [0; 3],
     };
     // Unused bias slot: bind A again (read-only, so no usage conflict).
-    let bias = l.bias.unwrap_or(l.a.tensor);
+    let bias = l.bias.map_or(l.a.tensor, |b| b.tensor);
     // Columns per workgroup along x, rows per workgroup along y.
     let (cols, rows) = match (gemv, l.b.trans) {
         (false, _) => (tile as usize, tile as usize),

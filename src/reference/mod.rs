@@ -1,6 +1,7 @@
 //! The ops on the CPU: plain loops with f64 accumulation. The oracle every GPU test compares with;
 //! clarity beats speed here.
 
+pub mod conv;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
