@@ -156,6 +156,9 @@ fn chunked_im2col_gives_the_same_results() {
     let c = case([7, 3, 6, 5], 4, (3, 3), 1, 1, 1, 1); // 27·30·4 = 3,240 B per image: chunks of 2, 2, 2, 1
     run_forward(&gpu, &c, DType::F32, Activation::None);
     run_backward(&gpu, &c);
+    // 40 filters: dW is 40·27·4 = 4,320 B, so partials for 4 chunks (17 KB) do not fit 7,000 B and
+    // the chunks accumulate into one dW instead.
+    run_backward(&gpu, &case([7, 3, 6, 5], 40, (3, 3), 1, 1, 1, 1));
     let big = case([2, 3, 60, 60], 4, (3, 3), 1, 1, 1, 1);
     let x = Tensor::zeros(&gpu, &big.x, DType::F32).unwrap();
     let w = Tensor::zeros(&gpu, &filters_shape(&big), DType::F32).unwrap();

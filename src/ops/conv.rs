@@ -227,6 +227,15 @@ fn record_layout(
     batch.dispatch(&pipeline, bytemuck::bytes_of(&params), &[src, dst], grid)
 }
 
+/// How many partial weight gradients a chunk of `images` writes: enough output tiles to fill a
+/// large GPU (about 256 workgroups), a divisor of `images`, and all of them within `scratch_limit`.
+fn weight_grad_parts(g: &Geometry, images: usize, elem: usize, scratch_limit: u64) -> usize {
+    let tiles = g.kg().div_ceil(64) * (g.cg() * g.r * g.s).div_ceil(64) * g.groups;
+    let by_memory = (scratch_limit / (g.k * g.cg() * g.r * g.s * elem) as u64).max(1) as usize;
+    let want = 256usize.div_ceil(tiles).min(by_memory).min(images).max(1);
+    (1..=want).rev().find(|p| images.is_multiple_of(*p)).unwrap_or(1)
+}
+
 fn view(
     tensor: &Tensor,
     trans: bool,
@@ -329,33 +338,65 @@ pub fn conv2d_backward(
     let dtype = float_dtype(OP, x)?;
     let gpu = batch.gpu().clone();
     let dx = Tensor::uninit(&gpu, x.shape(), dtype)?;
-    let dw = Tensor::uninit(&gpu, w.shape(), dtype)?;
     let chunk = chunk_images(batch, OP, &g, dtype.size())?;
     let col = Tensor::uninit(&gpu, &[chunk, g.crs(), g.plane_out()], dtype)?;
     let dcol = Tensor::uninit(&gpu, &[chunk, g.crs(), g.plane_out()], dtype)?;
     let (cgrs, pout, kp) = (g.cg() * g.r * g.s, g.plane_out(), g.k * g.plane_out());
-    for (i, first) in (0..g.n).step_by(chunk).enumerate() {
-        let images = chunk.min(g.n - first);
+    // dW sums over images. One workgroup per output tile would leave a large GPU idle (9 tiles for
+    // a 128→128 3×3 layer), so each chunk writes `parts` partial sums side by side, and one
+    // channel_sum over all partials finishes dW.
+    let chunks: Vec<(usize, usize)> = (0..g.n)
+        .step_by(chunk)
+        .map(|f| (f, chunk.min(g.n - f)))
+        .collect();
+    // Where even one partial per chunk would not fit the scratch limit, chunks accumulate into one.
+    let dw_size = w.numel();
+    let limit = gpu.scratch_limit_bytes();
+    let split = (chunks.len() * dw_size * dtype.size()) as u64 <= limit;
+    let per_chunk_limit = limit / chunks.len() as u64;
+    let parts_of = |images: usize| {
+        if split {
+            weight_grad_parts(&g, images, dtype.size(), per_chunk_limit)
+        } else {
+            1
+        }
+    };
+    let total_parts: usize = if split {
+        chunks.iter().map(|&(_, images)| parts_of(images)).sum()
+    } else {
+        1
+    };
+    let partial = Tensor::uninit(&gpu, &[total_parts, dw_size], dtype)?;
+    let mut part0 = 0;
+    for (chunk_index, &(first, images)) in chunks.iter().enumerate() {
         record_layout(batch, "im2col", &g, first, images, x, &col)?;
+        let parts = parts_of(images);
+        let per_part = images / parts;
         for grp in 0..g.groups {
             let dout_offset = (first * g.k + grp * g.kg()) * pout;
-            // dW_g += Σ_n dOut_g[n] · col_g[n]ᵀ: [Kg, OH·OW] · [OH·OW, Cg·R·S], summed over the chunk.
+            // Partial dW_g = Σ over its images of dOut_g[n] · col_g[n]ᵀ: [Kg, OH·OW] · [OH·OW, Cg·R·S].
             record_matmul(
                 batch,
                 &Launch {
-                    a: view(grad_out, false, dout_offset, 0, kp),
-                    b: view(&col, true, grp * cgrs * pout, 0, g.crs() * pout),
-                    c: &dw,
-                    c_offset: (grp * g.kg() * cgrs) as u32,
-                    c_stride_z: 0,
+                    a: view(grad_out, false, dout_offset, per_part * kp, kp),
+                    b: view(
+                        &col,
+                        true,
+                        grp * cgrs * pout,
+                        per_part * g.crs() * pout,
+                        g.crs() * pout,
+                    ),
+                    c: &partial,
+                    c_offset: (part0 * dw_size + grp * g.kg() * cgrs) as u32,
+                    c_stride_z: dw_size as u32,
                     bias: None,
                     activation: Activation::None,
-                    accumulate: i > 0,
+                    accumulate: !split && chunk_index > 0,
                     m: g.kg(),
                     n: cgrs,
                     k: pout,
-                    out_batches: 1,
-                    reduce_count: images,
+                    out_batches: parts,
+                    reduce_count: per_part,
                 },
             )?;
             // dcol_g[n] = W_gᵀ · dOut_g[n]: [Cg·R·S, Kg] · [Kg, OH·OW].
@@ -379,7 +420,15 @@ pub fn conv2d_backward(
             )?;
         }
         record_layout(batch, "col2im", &g, first, images, &dcol, &dx)?;
+        if split {
+            part0 += parts;
+        }
     }
+    let dw = if total_parts == 1 {
+        partial.reshape(w.shape())?
+    } else {
+        crate::ops::channel_sum(batch, &partial, 1)?.reshape(w.shape())?
+    };
     let bias = if with_bias {
         Some(crate::ops::channel_sum(batch, grad_out, 1)?)
     } else {
