@@ -4,8 +4,9 @@
 //            out[n] = W[K, C·R·S] · col[n] is the convolution, already in NCHW order.
 //   col2im   the adjoint, as a gather (no atomics): dx[n, c, h, w] = Σ over (r, s) whose window
 //            position (oh, ow) lands on (h, w) of dcol[n, (c, r, s), (oh, ow)].
-// One thread per output element; the flat index is split into coordinates once per thread (the
-// only divisions); col2im's inner loop over (r, s) tests divisibility by the stride.
+// One thread per output element; the flat index is split into coordinates once per thread.
+// col2im's loops walk the output positions whose windows cover the pixel (found once per thread),
+// so no division runs inside them unless the dilation is above 1.
 // Bindings: 0 params, 1 input (read: x or dcol), 2 output (read_write: col or dx).
 // Grid: 256-thread workgroups, folded into y past 65,535. Elem is f32 or f16 (wgnn rewrites the alias).
 
@@ -68,6 +69,14 @@ fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     dst[i] = v;
 }
 
+// The output positions [lo, hi) along one axis whose window covers padded input position xp:
+// o·stride <= xp <= o·stride + span - 1, with span = (kernel - 1)·dil + 1.
+fn covering(xp: u32, span: u32, stride: u32, out: u32) -> vec2<u32> {
+    var lo = 0u;
+    if (xp + 1u > span) { lo = (xp + 1u - span + stride - 1u) / stride; }
+    return vec2<u32>(lo, min(xp / stride + 1u, out));
+}
+
 @compute @workgroup_size(256, 1, 1)
 fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let i = flat(wid, l);
@@ -77,22 +86,29 @@ fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     let h = (i / params.width) % params.height;
     let nc = i / plane;               // n · C + c
     let plane_out = params.out_h * params.out_w;
-    let rs = params.kernel_h * params.kernel_w;
     // dcol row of (n, c, r = 0, s = 0); rows of one (n, c) are consecutive.
-    let row0 = nc * rs;
+    let row0 = nc * params.kernel_h * params.kernel_w;
     let hp = h + params.pad_h;
     let wp = w + params.pad_w;
+    // Divisions happen here, once per thread: the loops below walk the covering output positions,
+    // and test divisibility by the dilation only when it is above 1 (a uniform branch).
+    let hr = covering(hp, (params.kernel_h - 1u) * params.dil_h + 1u, params.stride_h, params.out_h);
+    let wr = covering(wp, (params.kernel_w - 1u) * params.dil_w + 1u, params.stride_w, params.out_w);
     var acc = 0.0;
-    for (var r = 0u; r < params.kernel_h; r++) {
-        let dh = r * params.dil_h;
-        if (dh > hp || (hp - dh) % params.stride_h != 0u) { continue; }
-        let oh = (hp - dh) / params.stride_h;
-        if (oh >= params.out_h) { continue; }
-        for (var s = 0u; s < params.kernel_w; s++) {
-            let dw = s * params.dil_w;
-            if (dw > wp || (wp - dw) % params.stride_w != 0u) { continue; }
-            let ow = (wp - dw) / params.stride_w;
-            if (ow >= params.out_w) { continue; }
+    for (var oh = hr.x; oh < hr.y; oh++) {
+        let dh = hp - oh * params.stride_h;   // r · dil_h
+        var r = dh;
+        if (params.dil_h > 1u) {
+            if (dh % params.dil_h != 0u) { continue; }
+            r = dh / params.dil_h;
+        }
+        for (var ow = wr.x; ow < wr.y; ow++) {
+            let dw = wp - ow * params.stride_w;   // s · dil_w
+            var s = dw;
+            if (params.dil_w > 1u) {
+                if (dw % params.dil_w != 0u) { continue; }
+                s = dw / params.dil_w;
+            }
             acc += f32(src[(row0 + r * params.kernel_w + s) * plane_out + oh * params.out_w + ow]);
         }
     }
