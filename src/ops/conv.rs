@@ -233,7 +233,10 @@ fn weight_grad_parts(g: &Geometry, images: usize, elem: usize, scratch_limit: u6
     let tiles = g.kg().div_ceil(64) * (g.cg() * g.r * g.s).div_ceil(64) * g.groups;
     let by_memory = (scratch_limit / (g.k * g.cg() * g.r * g.s * elem) as u64).max(1) as usize;
     let want = 256usize.div_ceil(tiles).min(by_memory).min(images).max(1);
-    (1..=want).rev().find(|p| images.is_multiple_of(*p)).unwrap_or(1)
+    (1..=want)
+        .rev()
+        .find(|p| images.is_multiple_of(*p))
+        .unwrap_or(1)
 }
 
 fn view(
