@@ -2,6 +2,8 @@
 //   sum_channels      x seen as [outer, channels, inner] -> out[c] = Σ_{o,i} x[o, c, i]
 //                     (bias gradients: Linear [rows, cols] is outer=rows, inner=1; NCHW is inner=H·W).
 //                     One workgroup per channel; grid (channels folded past 65,535).
+//   sum_leading       x seen as [outer, channels] -> out[c] = Σ_o x[o, c]: one thread per channel,
+//                     coalesced across threads (a Linear bias gradient; summing partial results).
 //   partial_sums      sums[w] = scale · Σ over chunk w of x (or of x² when SQUARES), in f32; run
 //                     twice (chunks, then one workgroup over the f32 partials) for a total, mean or norm.
 //   row_max_argmax    x [rows, cols] -> max [rows], argmax [rows] (first index of the maximum; a NaN
@@ -61,6 +63,17 @@ fn sum_channels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
     let total = tree_sum(l, s);
     if (l == 0u) { out[c] = Elem(total); }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn sum_leading(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let c = group_index(wid) * 256u + l;
+    if (c >= params.channels) { return; }
+    var s = 0.0;
+    for (var o = 0u; o < params.outer; o++) {
+        s += f32(x[o * params.channels + c]);
+    }
+    out[c] = Elem(s);
 }
 
 @compute @workgroup_size(256, 1, 1)

@@ -16,6 +16,8 @@ fn channel_sums_are_bias_gradients() {
         (vec![33, 5, 7, 9], 1),
         (vec![3, 70_001], 0),
         (vec![5, 3], 0),
+        (vec![3, 70_001], 1),
+        (vec![1000, 300], 1),
     ] {
         let n = shape.iter().product();
         let x = random(&mut rng, n);

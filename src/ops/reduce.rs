@@ -49,15 +49,23 @@ pub fn channel_sum(batch: &mut Batch, x: &Tensor, axis: usize) -> Result<Tensor>
         });
     };
     let out = Tensor::uninit(batch.gpu(), &[channels], dtype)?;
-    let (grid, groups_x) = fold_grid(batch.gpu(), channels)?;
+    let inner: usize = x.shape()[axis + 1..].iter().product();
+    // Summing over leading rows only: one thread per channel, coalesced. Otherwise one workgroup
+    // per channel over the (outer, inner) elements.
+    let (entry, groups) = if inner == 1 {
+        ("sum_leading", channels.div_ceil(256))
+    } else {
+        ("sum_channels", channels)
+    };
+    let (grid, groups_x) = fold_grid(batch.gpu(), groups)?;
     let params = Params {
         outer: x.shape()[..axis].iter().product::<usize>() as u32,
         channels: channels as u32,
-        inner: x.shape()[axis + 1..].iter().product::<usize>() as u32,
+        inner: inner as u32,
         groups_x,
         ..Default::default()
     };
-    let p = pipeline(batch, dtype, "sum_channels", false)?;
+    let p = pipeline(batch, dtype, entry, false)?;
     batch.dispatch(&p, bytemuck::bytes_of(&params), &[x, &out], grid)?;
     Ok(out)
 }
