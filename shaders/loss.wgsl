@@ -10,7 +10,7 @@
 // gradient. The mean over rows is a separate tiny reduction of row_loss (see ops::loss).
 // Bindings: 0 params, 1 logits (read), 2 grad (read_write), 3 row_loss (read_write f32),
 // 4 labels (read u32; cross_entropy), 5 teacher logits (read; soft_cross_entropy).
-// Elem is f32 or f16 (wgnn rewrites the alias); arithmetic is f32.
+// Elem is f32 or f16 (wgnn rewrites the alias); arithmetic is f32. Prelude: numerics.wgsl.
 
 alias Elem = f32;
 
@@ -41,20 +41,6 @@ var<workgroup> red_m2: array<f32, WG>;
 var<workgroup> red_s2: array<f32, WG>;
 var<workgroup> red_w: array<f32, WG>;
 
-fn neg_inf() -> f32 { return bitcast<f32>(0xff800000u); }
-fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
-
-// exp(a - b), with exp(-inf - -inf) taken as 0 (an empty or fully masked partial sum).
-fn exp_diff(a: f32, b: f32) -> f32 {
-    return select(exp(a - b), 0.0, a == neg_inf() && b == neg_inf());
-}
-
-// Online (max, Σ exp(v - max)) update with one value.
-fn online(ms: vec2<f32>, v: f32) -> vec2<f32> {
-    if (v > ms.x) { return vec2<f32>(v, ms.y * exp_diff(ms.x, v) + 1.0); }
-    return vec2<f32>(ms.x, ms.y + exp_diff(v, ms.x));
-}
-
 fn row_of(wid: vec3<u32>) -> u32 {
     return wid.y * params.groups_x + wid.x;
 }
@@ -69,7 +55,7 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     var total = 0.0;   // Σ x, for smoothing
     for (var j = l; j < cols; j += WG) {
         let v = f32(logits[base + j]);
-        ms = online(ms, v);
+        ms = online_max_sum(ms, v);
         total += v;
     }
     red_m[l] = ms.x;
@@ -78,11 +64,9 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
         if (l < stride) {
-            let m1 = red_m[l];
-            let m2 = red_m[l + stride];
-            let m = max(m1, m2);
-            red_s[l] = red_s[l] * exp_diff(m1, m) + red_s[l + stride] * exp_diff(m2, m);
-            red_m[l] = m;
+            let ms = merge_max_sum(vec2<f32>(red_m[l], red_s[l]), vec2<f32>(red_m[l + stride], red_s[l + stride]));
+            red_m[l] = ms.x;
+            red_s[l] = ms.y;
             red_w[l] += red_w[l + stride];
         }
         workgroupBarrier();
@@ -131,7 +115,7 @@ fn soft_cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
     for (var j = l; j < cols; j += WG) {
         let z = f32(logits[base + j]) * inv_t;
         let t = f32(teacher[base + j]) * inv_t;
-        ps = online(ps, z);
+        ps = online_max_sum(ps, z);
         if (t > qs.x) {
             let r = exp_diff(qs.x, t);
             w *= r;
@@ -151,11 +135,9 @@ fn soft_cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
         if (l < stride) {
-            let m1 = red_m[l];
-            let m2 = red_m[l + stride];
-            let m = max(m1, m2);
-            red_s[l] = red_s[l] * exp_diff(m1, m) + red_s[l + stride] * exp_diff(m2, m);
-            red_m[l] = m;
+            let ms = merge_max_sum(vec2<f32>(red_m[l], red_s[l]), vec2<f32>(red_m[l + stride], red_s[l + stride]));
+            red_m[l] = ms.x;
+            red_s[l] = ms.y;
             let t1 = red_m2[l];
             let t2 = red_m2[l + stride];
             let t = max(t1, t2);

@@ -19,3 +19,9 @@ fn merge_max_sum(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     let m = max(a.x, b.x);
     return vec2<f32>(m, a.y * exp_diff(a.x, m) + b.y * exp_diff(b.x, m));
 }
+
+// Adds one value to a running (max, Σ exp(x - max)) pair.
+fn online_max_sum(ms: vec2<f32>, v: f32) -> vec2<f32> {
+    if (v > ms.x) { return vec2<f32>(v, ms.y * exp_diff(ms.x, v) + 1.0); }
+    return vec2<f32>(ms.x, ms.y + exp_diff(v, ms.x));
+}

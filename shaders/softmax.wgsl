@@ -40,19 +40,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let row = row_index(wid);
     if (row >= params.rows) { return; }   // uniform per workgroup
     let base = row * params.cols;
-    var m = neg_inf();
-    var s = 0.0;
+    var ms = vec2<f32>(neg_inf(), 0.0);
     for (var j = l; j < params.cols; j += WG) {
         let v = f32(x[base + j]);
-        if (v > m) {
-            s = s * exp_diff(m, v) + 1.0;
-            m = v;
-        } else {
-            s += exp_diff(v, m);
-        }
-        if (poisons_row(v)) { s = nan(); }
+        ms = online_max_sum(ms, v);
+        if (poisons_row(v)) { ms.y = nan(); }
     }
-    let ms = workgroup_max_sum(l, vec2<f32>(m, s));
+    ms = workgroup_max_sum(l, ms);
     let row_max = ms.x;
     let sum = ms.y;
     let all_masked = sum == 0.0;
@@ -134,21 +128,15 @@ fn forward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let lane = l % THREADS_PER_ROW;
     let valid = row < params.rows;
     let base = row * params.cols;
-    var m = neg_inf();
-    var s = 0.0;
+    var ms = vec2<f32>(neg_inf(), 0.0);
     if (valid) {
         for (var j = lane; j < params.cols; j += THREADS_PER_ROW) {
             let v = f32(x[base + j]);
-            if (v > m) {
-                s = s * exp_diff(m, v) + 1.0;
-                m = v;
-            } else {
-                s += exp_diff(v, m);
-            }
-            if (poisons_row(v)) { s = nan(); }
+            ms = online_max_sum(ms, v);
+            if (poisons_row(v)) { ms.y = nan(); }
         }
     }
-    let ms = segment_max_sum(l, lane, vec2<f32>(m, s));
+    ms = segment_max_sum(l, lane, ms);
     if (!valid) { return; }
     let all_masked = ms.y == 0.0;
     let log_sum = log(ms.y);

@@ -91,7 +91,8 @@ impl Kernel {
             Kernel::Matmul | Kernel::Elementwise => vec![ACTIVATION],
             Kernel::Softmax if subgroups => vec![NUMERICS, REDUCE_SUBGROUP],
             Kernel::Softmax => vec![NUMERICS, REDUCE_SHARED],
-            Kernel::Reduce | Kernel::Loss | Kernel::Optim | Kernel::Conv | Kernel::Pool => vec![],
+            Kernel::Loss => vec![NUMERICS],
+            Kernel::Reduce | Kernel::Optim | Kernel::Conv | Kernel::Pool => vec![],
         }
     }
 
