@@ -18,7 +18,7 @@
 //!
 //! Layers: [`Gpu`] (adapter, device, pipeline cache, buffer pool) → [`Tensor`] (a pooled buffer with a
 //! shape and dtype) → [`ops`] (check shapes, record dispatches into a [`Batch`]) → `shaders/`
-//! (one WGSL file per kernel family). [`reference`] holds the same ops on the CPU, the oracle of
+//! (one WGSL file per kernel family). [`reference`](mod@reference) holds the same ops on the CPU, the oracle of
 //! every test.
 
 #![warn(missing_docs)]

@@ -6,7 +6,7 @@
 //! Implementation: im2col + the tiled matmul. `im2col` writes each image's column matrix
 //! `[C·R·S, OH·OW]`; per group, one batched matmul computes `out[n] = W_g · col_g[n]`, which lands in
 //! NCHW order with the bias (per output channel) and activation fused into its epilogue. Backward
-//! reuses the same matmul on views: dW_g = Σ_n dOut_g[n] · col_g[n]ᵀ (the batch sum runs inside the
+//! reuses the same matmul on views: dW_g = Σ_n dOut_g\[n\] · col_g\[n\]ᵀ (the batch sum runs inside the
 //! kernel), dcol = W_gᵀ · dOut_g, then `col2im` gathers dcol into dx. This was chosen over an
 //! implicit-GEMM kernel because it reuses a kernel that is already tuned and tested on ragged
 //! shapes; it costs the col buffer's memory traffic (C·R·S·OH·OW per image), which an implicit GEMM

@@ -1,4 +1,4 @@
-//! Reference matmul and its backward, mirroring [`crate::ops::matmul`].
+//! Reference matmul and its backward, mirroring [`crate::ops::matmul`](mod@crate::ops::matmul).
 
 use super::{activate, Array};
 use crate::ops::Activation;
@@ -21,7 +21,7 @@ fn at(x: &Array, z: usize, i: usize, j: usize, trans: bool) -> f64 {
     f64::from(x.data[z * rows * cols + r * cols + c])
 }
 
-/// C = act(op(A)·op(B) + bias), with the shape rules of [`crate::ops::matmul`].
+/// C = act(op(A)·op(B) + bias), with the shape rules of [`crate::ops::matmul`](mod@crate::ops::matmul).
 pub fn matmul(
     a: &Array,
     b: &Array,

@@ -1,4 +1,4 @@
-//! Reference softmax and log-softmax over the last axis, mirroring [`crate::ops::softmax`], with
+//! Reference softmax and log-softmax over the last axis, mirroring [`crate::ops::softmax`](mod@crate::ops::softmax), with
 //! the same conventions for -inf, all -inf rows, NaN and +inf.
 
 use super::Array;
