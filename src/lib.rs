@@ -42,3 +42,8 @@ pub use tensor::{DType, Element, Tensor};
 
 pub use half::f16;
 pub use wgpu;
+
+/// The README's code, compiled as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
