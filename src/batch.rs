@@ -91,12 +91,14 @@ impl Batch {
         workgroups: [u32; 3],
     ) -> Result<()> {
         let max = self.gpu.limits().max_compute_workgroups_per_dimension;
-        for (axis, &n) in workgroups.iter().enumerate() {
-            self.gpu.check_limit(
-                &format!("workgroups along axis {axis} (max_compute_workgroups_per_dimension)"),
-                u64::from(n),
-                u64::from(max),
-            )?;
+        if let Some((axis, &n)) = workgroups.iter().enumerate().find(|(_, &n)| n > max) {
+            return Err(Error::LimitExceeded {
+                what: format!(
+                    "workgroups along axis {axis} (max_compute_workgroups_per_dimension)"
+                ),
+                requested: u64::from(n),
+                limit: u64::from(max),
+            });
         }
         let (chunk, offset) = self.uniform_slot(params);
         let gpu = self.gpu.clone();
