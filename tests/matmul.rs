@@ -406,6 +406,17 @@ fn bad_input_gives_typed_errors() {
         matches!(r, Err(Error::ShapeMismatch { .. })),
         "aliased output"
     );
+    let out = t(&[1, 4]);
+    let bias_view = out.reshape(&[4]).unwrap();
+    let aliased_bias = ops::MatmulOptions {
+        bias: Some(&bias_view),
+        ..Default::default()
+    };
+    let r = ops::matmul_into(&mut batch, &t(&[1, 4]), &t(&[4, 4]), &aliased_bias, &out);
+    assert!(
+        matches!(r, Err(Error::ShapeMismatch { .. })),
+        "output aliasing the bias: {r:?}"
+    );
     let r = ops::matmul_backward(
         &mut batch,
         &t(&[3, 4]),

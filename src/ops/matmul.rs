@@ -6,7 +6,7 @@
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::ops::{same_dtype, same_gpu, Activation};
+use crate::ops::{distinct_output, same_dtype, same_gpu, Activation};
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::Tensor;
 
@@ -224,12 +224,8 @@ pub fn matmul_into(
     }
     same_dtype(OP, &all)?;
     same_gpu(OP, batch, &all)?;
-    if c.shares_buffer_with(a) || c.shares_buffer_with(b) {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            details: "the output must not share a buffer with an input".into(),
-        });
-    }
+    let inputs: Vec<&Tensor> = [a, b].into_iter().chain(options.bias).collect();
+    distinct_output(OP, &inputs, c)?;
     let stride = |batches: usize, size: usize| if batches > 1 { size } else { 0 };
     record(
         batch,

@@ -98,6 +98,18 @@ pub(crate) fn same_shape(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
+/// An output must not share a buffer with an input: the kernel binds one read-only, the other
+/// read-write.
+pub(crate) fn distinct_output(op: &'static str, inputs: &[&Tensor], out: &Tensor) -> Result<()> {
+    if inputs.iter().any(|t| t.shares_buffer_with(out)) {
+        return Err(Error::ShapeMismatch {
+            op,
+            details: "the output must not share a buffer with an input".into(),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn float_dtype(op: &'static str, t: &Tensor) -> Result<DType> {
     match t.dtype() {
         DType::U32 => Err(Error::DtypeMismatch {

@@ -7,7 +7,7 @@
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::ops::{same_dtype, same_gpu};
+use crate::ops::{distinct_output, same_dtype, same_gpu, same_shape};
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::Tensor;
 
@@ -68,26 +68,15 @@ fn backward(
     Ok(dx)
 }
 
+/// Same shape, dtype and context; the last tensor is the output and must not alias an input.
 fn check(op: &'static str, batch: &Batch, tensors: &[&Tensor]) -> Result<()> {
-    if let Some(t) = tensors.iter().find(|t| t.shape() != tensors[0].shape()) {
-        return Err(Error::ShapeMismatch {
-            op,
-            details: format!("{:?} beside {:?}", t.shape(), tensors[0].shape()),
-        });
-    }
+    same_shape(op, tensors)?;
     same_dtype(op, tensors)?;
     same_gpu(op, batch, tensors)?;
-    let out = tensors[tensors.len() - 1];
-    if tensors[..tensors.len() - 1]
-        .iter()
-        .any(|t| t.shares_buffer_with(out))
-    {
-        return Err(Error::ShapeMismatch {
-            op,
-            details: "the output must not share a buffer with an input".into(),
-        });
+    match tensors.split_last() {
+        Some((out, inputs)) => distinct_output(op, inputs, out),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// `tensors`: bindings 1.. of the entry point: forward [x, y], backward [y, dx, dy].
