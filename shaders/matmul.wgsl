@@ -14,6 +14,13 @@
 // stores them into shared memory, k-major, so the inner loop reads vec4s of A and B.
 // Elem is f32, or f16 (wgnn rewrites the alias and adds `enable f16;`); accumulation is always f32.
 // Prelude: activation.wgsl (`activate`, `ACTIVATION`).
+//
+// Split-K: Mesa's software drivers stop an invocation after 65,535 loop iterations, and one
+// workgroup walking a long K leaves a large GPU idle. The (reduce batch, k-tile) range is cut into
+// splits of at most `r_per_split` batches × `t_per_split` k-tiles; grid z is (output batch, split).
+// `main_partial` writes each split's f32 sum to `part` (binding 5) without the epilogue, adding to
+// it with PARTIAL_ACCUMULATE (later waves of splits), and `splitk_sum` adds the splits' slabs and
+// applies bias, activation and accumulation into C. `main` is the same product with one split.
 
 alias Elem = f32;
 
@@ -31,6 +38,14 @@ struct Params {
     b_offset: u32,
     c_offset: u32,
     bias_offset: u32,
+    splits: u32,        // splits in this dispatch (grid z = output batches × splits)
+    split_base: u32,    // global index of this dispatch's first split
+    k_splits: u32,      // k-chunks per reduce group: global split g covers r-group g / k_splits
+    r_per_split: u32,   // reduce batches per split
+    t_per_split: u32,   // k-tiles per split
+    groups_x: u32,      // splitk_sum: workgroups along x (the grid folds into y)
+    slabs: u32,         // splitk_sum: partial slabs to add
+    batches: u32,       // output batches
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -45,6 +60,7 @@ override ALIGNED_C: bool = false;   // N is a multiple of 4
 override HAS_BIAS: bool = false;
 override ACCUMULATE: bool = false;  // C += result instead of C = result
 override BIAS_PER_ROW: bool = false; // bias[M] added along rows (conv output channels), not bias[N]
+override PARTIAL_ACCUMULATE: bool = false; // main_partial adds to `part` instead of overwriting it
 
 const BK_MAX: u32 = 16u;
 const TILE_MAX: u32 = 128u;
@@ -54,6 +70,7 @@ const TILE_MAX: u32 = 128u;
 @group(0) @binding(2) var<storage, read> b: array<vec4<Elem>>;
 @group(0) @binding(3) var<storage, read_write> c: array<vec4<Elem>>;
 @group(0) @binding(4) var<storage, read> bias: array<vec4<Elem>>;
+@group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>;
 
 // k-major tiles: as_[k * TILE/4 + m/4] holds opA(A)[m..m+4, k].
 var<workgroup> as_: array<vec4<f32>, BK_MAX * TILE_MAX / 4u>;
@@ -89,17 +106,32 @@ fn fetch_b(base: u32, row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
     return v;
 }
 
-@compute @workgroup_size(16, 16, 1)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-        @builtin(local_invocation_index) l: u32) {
+// The split this workgroup computes: (output batch z, reduce batches [r_lo, r_hi), k-tiles [t_lo, t_hi)).
+struct Split {
+    z: u32,
+    r_lo: u32,
+    r_hi: u32,
+    t_lo: u32,
+    t_hi: u32,
+}
+
+fn split_of(wz: u32, tiles: u32) -> Split {
+    let s = wz % params.splits;
+    let g = params.split_base + s;
+    let r_lo = (g / params.k_splits) * params.r_per_split;
+    let t_lo = (g % params.k_splits) * params.t_per_split;
+    return Split(wz / params.splits, r_lo, min(r_lo + params.r_per_split, params.reduce_count),
+                 t_lo, min(t_lo + params.t_per_split, tiles));
+}
+
+// This thread's 8×8 (4×4) accumulators of the TILE×TILE block at (row0, col0) over split `sp`.
+fn tile_product(lid: vec3<u32>, l: u32, row0: u32, col0: u32, sp: Split) -> array<vec4<f32>, 16> {
     let bk = 1024u / TILE;          // k-steps per tile: 8 for 128, 16 for 64
     let groups = TILE / 64u;        // 4×4 output groups per thread along each axis
     let tq = TILE / 4u;             // vec4s per tile row
     let m = params.m;
     let n = params.n;
     let kdim = params.k;
-    let row0 = wid.y * TILE;
-    let col0 = wid.x * TILE;
 
     // Which vec4 this thread loads, for both layouts of a tile:
     // "k-contiguous" (A plain, B transposed): tile row l / (bk/4), k-quad l % (bk/4);
@@ -111,21 +143,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 
     var acc: array<vec4<f32>, 16>;
     for (var i = 0u; i < 16u; i++) { acc[i] = vec4<f32>(0.0); }
+    if (sp.t_lo >= sp.t_hi) { return acc; }
 
-    let tiles = (kdim + bk - 1u) / bk;
-    for (var r = 0u; r < params.reduce_count; r++) {
-        let a_base = params.a_offset + wid.z * params.a_stride_z + r * params.a_stride_r;
-        let b_base = params.b_offset + wid.z * params.b_stride_z + r * params.b_stride_r;
+    for (var r = sp.r_lo; r < sp.r_hi; r++) {
+        let a_base = params.a_offset + sp.z * params.a_stride_z + r * params.a_stride_r;
+        let b_base = params.b_offset + sp.z * params.b_stride_z + r * params.b_stride_r;
 
         var pa: vec4<f32>;
         var pb: vec4<f32>;
-        // Prefetch tile 0.
-        if (TRANS_A) { pa = fetch_a(a_base, km_k, row0 + km_q * 4u, kdim, m); }
-        else { pa = fetch_a(a_base, row0 + kc_row, kc_k, m, kdim); }
-        if (TRANS_B) { pb = fetch_b(b_base, col0 + kc_row, kc_k, n, kdim); }
-        else { pb = fetch_b(b_base, km_k, col0 + km_q * 4u, kdim, n); }
+        // Prefetch the first tile.
+        let k0 = sp.t_lo * bk;
+        if (TRANS_A) { pa = fetch_a(a_base, k0 + km_k, row0 + km_q * 4u, kdim, m); }
+        else { pa = fetch_a(a_base, row0 + kc_row, k0 + kc_k, m, kdim); }
+        if (TRANS_B) { pb = fetch_b(b_base, col0 + kc_row, k0 + kc_k, n, kdim); }
+        else { pb = fetch_b(b_base, k0 + km_k, col0 + km_q * 4u, kdim, n); }
 
-        for (var t = 0u; t < tiles; t++) {
+        for (var t = sp.t_lo; t < sp.t_hi; t++) {
             if (TRANS_A) {
                 as_[km_k * tq + km_q] = pa;
             } else {
@@ -145,7 +178,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             workgroupBarrier();
 
             // Prefetch the next tile while this one is multiplied.
-            if (t + 1u < tiles) {
+            if (t + 1u < sp.t_hi) {
                 let k1 = (t + 1u) * bk;
                 if (TRANS_A) { pa = fetch_a(a_base, k1 + km_k, row0 + km_q * 4u, kdim, m); }
                 else { pa = fetch_a(a_base, row0 + kc_row, k1 + kc_k, m, kdim); }
@@ -172,45 +205,125 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             workgroupBarrier();
         }
     }
+    return acc;
+}
 
-    let c_base = params.c_offset + wid.z * params.c_stride_z;
+// Bias, activation and accumulation for four consecutive outputs (row, col..col+4) of batch z,
+// then the store; columns past n are skipped. Branches, not select(), guard the bias reads: a
+// select evaluates both operands, which would read a per-row bias at column indices.
+fn store_c(z: u32, row: u32, col: u32, value: vec4<f32>) {
+    let n = params.n;
+    var v = value;
+    let idx = params.c_offset + z * params.c_stride_z + row * n + col;
+    if (HAS_BIAS) {
+        if (BIAS_PER_ROW) {
+            v += vec4<f32>(bias_at(row));
+        } else {
+            for (var e = 0u; e < 4u; e++) {
+                if (col + e < n) { v[e] += bias_at(col + e); }
+            }
+        }
+    }
+    v = activate(v);
+    if (ALIGNED_C) {
+        // n % 4 == 0 and col % 4 == 0, so all four columns exist.
+        if (ACCUMULATE) { v += vec4<f32>(c[idx / 4u]); }
+        c[idx / 4u] = vec4<Elem>(v);
+    } else {
+        for (var e = 0u; e < 4u; e++) {
+            if (col + e < n) {
+                let j = idx + e;
+                var x = v[e];
+                if (ACCUMULATE) { x += f32(c[j / 4u][j % 4u]); }
+                c[j / 4u][j % 4u] = Elem(x);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) l: u32) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let sp = split_of(wid.z, (params.k + 1024u / TILE - 1u) / (1024u / TILE));
+    let acc = tile_product(lid, l, row0, col0, sp);
+    let groups = TILE / 64u;
     for (var gi = 0u; gi < groups; gi++) {
         for (var i = 0u; i < 4u; i++) {
             let row = row0 + gi * 64u + lid.y * 4u + i;
-            if (row >= m) { continue; }
-            var row_bias = 0.0;
-            if (HAS_BIAS && BIAS_PER_ROW) { row_bias = bias_at(row); }
+            if (row >= params.m) { continue; }
+            for (var gj = 0u; gj < groups; gj++) {
+                let col = col0 + gj * 64u + lid.x * 4u;
+                if (col >= params.n) { continue; }
+                store_c(sp.z, row, col, acc[(gi * 4u + i) * 2u + gj]);
+            }
+        }
+    }
+}
+
+// One split's sum into its slab of `part`: slab (s · batches + z) holds [M, N].
+@compute @workgroup_size(16, 16, 1)
+fn main_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                @builtin(local_invocation_index) l: u32) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let sp = split_of(wid.z, (params.k + 1024u / TILE - 1u) / (1024u / TILE));
+    let acc = tile_product(lid, l, row0, col0, sp);
+    let n = params.n;
+    let slab = ((wid.z % params.splits) * params.batches + sp.z) * params.m * n;
+    let groups = TILE / 64u;
+    for (var gi = 0u; gi < groups; gi++) {
+        for (var i = 0u; i < 4u; i++) {
+            let row = row0 + gi * 64u + lid.y * 4u + i;
+            if (row >= params.m) { continue; }
             for (var gj = 0u; gj < groups; gj++) {
                 let col = col0 + gj * 64u + lid.x * 4u;
                 if (col >= n) { continue; }
+                let idx = slab + row * n + col;
                 var v = acc[(gi * 4u + i) * 2u + gj];
-                let idx = c_base + row * n + col;
-                if (ALIGNED_C) {
-                    // n % 4 == 0 and col % 4 == 0, so all four columns exist.
-                    if (HAS_BIAS && BIAS_PER_ROW) { v += vec4<f32>(row_bias); }
-                    else if (HAS_BIAS) { v += vec4<f32>(bias_at(col), bias_at(col + 1u), bias_at(col + 2u), bias_at(col + 3u)); }
-                    v = activate(v);
-                    if (ACCUMULATE) { v += vec4<f32>(c[idx / 4u]); }
-                    c[idx / 4u] = vec4<Elem>(v);
+                if (n % 4u == 0u) {
+                    if (PARTIAL_ACCUMULATE) { v += part[idx / 4u]; }
+                    part[idx / 4u] = v;
                 } else {
-                    if (HAS_BIAS) {
-                        for (var e = 0u; e < 4u; e++) {
-                            if (col + e < n) { v[e] += select(bias_at(col + e), row_bias, BIAS_PER_ROW); }
-                        }
-                    }
-                    v = activate(v);
                     for (var e = 0u; e < 4u; e++) {
                         if (col + e < n) {
                             let j = idx + e;
                             var x = v[e];
-                            if (ACCUMULATE) { x += f32(c[j / 4u][j % 4u]); }
-                            c[j / 4u][j % 4u] = Elem(x);
+                            if (PARTIAL_ACCUMULATE) { x += part[j / 4u][j % 4u]; }
+                            part[j / 4u][j % 4u] = x;
                         }
                     }
                 }
             }
         }
     }
+}
+
+// Adds the `slabs` partial slabs ([splits][batches][M][N], (batches·M·N) apart) of every output
+// element and applies the epilogue into C. One thread per element; grid folded into y.
+@compute @workgroup_size(256, 1, 1)
+fn splitk_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = (wid.y * params.groups_x + wid.x) * 256u + l;
+    let mn = params.m * params.n;
+    let per_slab = params.batches * mn;
+    if (i >= per_slab) { return; }
+    var s = 0.0;
+    for (var w = 0u; w < params.slabs; w++) {
+        let j = w * per_slab + i;
+        s += part[j / 4u][j % 4u];
+    }
+    let z = i / mn;
+    let row = (i % mn) / params.n;
+    let col = i % params.n;
+    var x = s;
+    if (HAS_BIAS) {
+        if (BIAS_PER_ROW) { x += bias_at(row); } else { x += bias_at(col); }
+    }
+    x = activate(vec4<f32>(x)).x;
+    let idx = params.c_offset + z * params.c_stride_z + row * params.n + col;
+    if (ACCUMULATE) { x += f32(c[idx / 4u][idx % 4u]); }
+    c[idx / 4u][idx % 4u] = Elem(x);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,7 +344,9 @@ fn a_at(base: u32, i: u32, k: u32) -> f32 {
 // Bias, activation and accumulation for one output element; `col` < n.
 fn store_one(c_base: u32, row: u32, col: u32, value: f32) {
     var x = value;
-    if (HAS_BIAS) { x += bias_at(select(col, row, BIAS_PER_ROW)); }
+    if (HAS_BIAS) {
+        if (BIAS_PER_ROW) { x += bias_at(row); } else { x += bias_at(col); }
+    }
     x = activate(vec4<f32>(x)).x;
     let j = c_base + row * params.n + col;
     if (ACCUMULATE) { x += f32(c[j / 4u][j % 4u]); }
@@ -290,8 +405,9 @@ fn gemv_trans_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
                 for (var i = 0u; i < params.m; i++) {
                     var av: vec4<f32>;
                     if (TRANS_A) {
+                        av = vec4<f32>(0.0);
                         for (var e = 0u; e < 4u; e++) {
-                            av[e] = select(0.0, a_at(a_base, i, k + e), k + e < params.k);
+                            if (k + e < params.k) { av[e] = a_at(a_base, i, k + e); }
                         }
                     } else {
                         av = fetch_a(a_base, i, k, params.m, params.k);

@@ -322,6 +322,10 @@ impl Tensor {
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
+    /// The wgpu buffer behind the tensor, for interop (its size may exceed [`Self::size_bytes`]).
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buffer.buffer()
+    }
     /// Whether two tensors share a buffer.
     pub fn shares_buffer_with(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.buffer, &other.buffer)

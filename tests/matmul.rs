@@ -507,3 +507,94 @@ fn a_thousand_iteration_loop_allocates_no_buffers_after_the_first() {
     );
     assert_close(&last, &want.data, 1e-5, &format!("seed {seed}"));
 }
+
+/// Mesa's software drivers stop an invocation after 65,535 loop iterations, silently. Sums longer
+/// than one workgroup may walk are split across workgroups (split-K): these shapes were wrong
+/// before (every element of the 9×9 product with K = 2^21, the GEMV with K = 2^22).
+#[test]
+fn long_sums_past_the_software_loop_cap() {
+    let k = (1 << 21) + 37;
+    check(
+        &[9, k],
+        &[k, 9],
+        false,
+        false,
+        true,
+        Activation::Tanh,
+        DType::F32,
+        2e-5,
+    );
+    check(
+        &[k, 9],
+        &[9, k],
+        true,
+        true,
+        false,
+        Activation::None,
+        DType::F32,
+        2e-5,
+    );
+    // A batch-1 GEMV against a Linear weight stored [N, K].
+    let k = (1 << 22) + 5;
+    check(
+        &[1, k],
+        &[3, k],
+        false,
+        true,
+        true,
+        Activation::None,
+        DType::F32,
+        2e-5,
+    );
+    if gpu().supports_f16() {
+        let k = 40_003;
+        check(
+            &[3, 70, k],
+            &[k, 5],
+            false,
+            false,
+            true,
+            Activation::Relu,
+            DType::F16,
+            1e-2,
+        );
+    }
+    // A gradient summed over 4000 broadcast batches: splits group several batches each.
+    check_backward(&[4000, 5, 40], &[40, 7], false, false);
+}
+
+/// Split-K under a scratch limit too small for all partial sums at once: waves of splits add into
+/// the same slabs.
+#[test]
+fn split_k_in_waves_under_a_scratch_limit() {
+    let gpu = wgnn::Gpu::with_options(wgnn::GpuOptions {
+        scratch_limit_bytes: Some(4096),
+        poison_new_tensors: true,
+        ..wgnn::GpuOptions::from_env()
+    })
+    .expect("GPU tests need an adapter");
+    let (mut rng, seed) = rng();
+    let (m, n, k) = (17, 19, 200_000);
+    let a = random(&mut rng, m * k);
+    let b = random(&mut rng, k * n);
+    let want = reference::matmul(
+        &Array::new(&[m, k], a.clone()),
+        &Array::new(&[k, n], b.clone()),
+        false,
+        false,
+        None,
+        Activation::None,
+    );
+    let ta = Tensor::from_slice(&gpu, &a, &[m, k]).unwrap();
+    let tb = Tensor::from_slice(&gpu, &b, &[k, n]).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let c = ops::matmul(&mut batch, &ta, &tb).unwrap();
+    assert!(batch.dispatches() > 3, "expected waves of split-K dispatches");
+    batch.submit().unwrap();
+    assert_close(
+        &c.to_vec::<f32>().unwrap(),
+        &want.data,
+        2e-5,
+        &format!("seed {seed}"),
+    );
+}

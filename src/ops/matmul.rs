@@ -35,7 +35,7 @@ pub struct MatmulGrads {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     m: u32,
     n: u32,
@@ -50,9 +50,19 @@ struct Params {
     b_offset: u32,
     c_offset: u32,
     bias_offset: u32,
-    _pad: [u32; 3],
+    splits: u32,
+    split_base: u32,
+    k_splits: u32,
+    r_per_split: u32,
+    t_per_split: u32,
+    groups_x: u32,
+    slabs: u32,
+    batches: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 64);
+const _: () = assert!(std::mem::size_of::<Params>() == 96);
 
 /// One operand as the kernel sees it: a matrix view into a tensor.
 #[derive(Clone, Copy)]
@@ -374,15 +384,63 @@ fn tile_for(m: usize, n: usize, batches: usize) -> u32 {
 /// Rows up to which the GEMV entry points beat a tile (`GEMV_MAX_ROWS` in the shader).
 const GEMV_MAX_ROWS: usize = 8;
 
-/// Records one matmul dispatch. Crate-internal so conv can run matmuls on views of its tensors.
+/// Most elements of K (times reduced batches) one workgroup walks: 1,024 to 2,048 k-tiles, or
+/// 9 × 1,024 GEMV iterations, well under the 65,535 loop iterations after which Mesa's software
+/// drivers silently stop an invocation. Longer sums are split across workgroups (split-K).
+pub(crate) const K_PER_SPLIT: usize = 16_384;
+
+/// Most partial slabs one `splitk_sum` thread adds (a loop bound, like [`K_PER_SPLIT`]).
+const MAX_SLABS: usize = 4096;
+
+/// How a long reduction is cut: each split covers `r_per_split` reduced batches × `t_per_split`
+/// k-tiles; `k_splits` chunks of K per group of reduced batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SplitPlan {
+    splits: usize,
+    k_splits: usize,
+    r_per_split: usize,
+    t_per_split: usize,
+}
+
+fn split_plan(k: usize, reduce_count: usize, bk: usize) -> SplitPlan {
+    let tiles = k.div_ceil(bk);
+    let budget = K_PER_SPLIT / bk;
+    if tiles > budget {
+        let k_splits = tiles.div_ceil(budget);
+        SplitPlan {
+            splits: k_splits * reduce_count,
+            k_splits,
+            r_per_split: 1,
+            t_per_split: budget,
+        }
+    } else {
+        let r_per_split = (budget / tiles).max(1);
+        SplitPlan {
+            splits: reduce_count.div_ceil(r_per_split),
+            k_splits: 1,
+            r_per_split,
+            t_per_split: tiles,
+        }
+    }
+}
+
+/// Records one matmul (one dispatch, or split-K dispatches for long sums). Crate-internal so conv
+/// can run matmuls on views of its tensors.
 pub(crate) fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
     const OP: &str = "matmul";
-    let gemv = l.m <= GEMV_MAX_ROWS;
+    let summed = l.k.checked_mul(l.reduce_count).ok_or(Error::LimitExceeded {
+        what: format!("{OP}: K × reduced batches"),
+        requested: u64::MAX,
+        limit: u64::from(u32::MAX),
+    })?;
+    let gemv = l.m <= GEMV_MAX_ROWS && summed <= K_PER_SPLIT;
     let tile = if gemv {
         64
     } else {
         tile_for(l.m, l.n, l.out_batches)
     };
+    let bk = 1024 / tile as usize;
+    let plan = split_plan(l.k, l.reduce_count, bk);
     // 16-byte loads need the stored row length, the view's offset and its strides to be multiples of 4.
     let row_len = |o: &Operand, rows_if_plain: usize, cols_if_plain: usize| {
         if o.trans {
@@ -401,14 +459,10 @@ pub(crate) fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
     let aligned_b = aligned(&l.b, row_len(&l.b, l.k, l.n));
     let aligned_c =
         l.n.is_multiple_of(4) && l.c_offset.is_multiple_of(4) && l.c_stride_z.is_multiple_of(4);
-    let key = PipelineKey {
+    let constants = |entry: &'static str, partial_accumulate: bool| PipelineKey {
         kernel: Kernel::Matmul,
         dtype: l.c.dtype(),
-        entry: match (gemv, l.b.trans) {
-            (false, _) => "main",
-            (true, false) => "gemv_plain_b",
-            (true, true) => "gemv_trans_b",
-        },
+        entry,
         constants: vec![
             ("TILE", tile),
             ("TRANS_A", u32::from(l.a.trans)),
@@ -420,10 +474,10 @@ pub(crate) fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
             ("BIAS_PER_ROW", u32::from(l.bias.is_some_and(|b| b.per_row))),
             ("ACTIVATION", l.activation.code()),
             ("ACCUMULATE", u32::from(l.accumulate)),
+            ("PARTIAL_ACCUMULATE", u32::from(partial_accumulate)),
         ],
     };
-    let pipeline = batch.gpu().pipeline(key)?;
-    let params = Params {
+    let mut params = Params {
         m: to_u32(OP, "M", l.m)?,
         n: to_u32(OP, "N", l.n)?,
         k: to_u32(OP, "K", l.k)?,
@@ -437,25 +491,77 @@ pub(crate) fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
         b_offset: l.b.offset,
         c_offset: l.c_offset,
         bias_offset: l.bias.map_or(0, |b| b.offset),
-        _pad: [0; 3],
+        splits: 1,
+        split_base: 0,
+        k_splits: 1,
+        r_per_split: to_u32(OP, "batch", l.reduce_count)?,
+        t_per_split: u32::MAX,
+        batches: to_u32(OP, "batch", l.out_batches)?,
+        ..Default::default()
     };
     // Unused bias slot: bind A again (read-only, so no usage conflict).
     let bias = l.bias.map_or(l.a.tensor, |b| b.tensor);
-    // Columns per workgroup along x, rows per workgroup along y.
-    let (cols, rows) = match (gemv, l.b.trans) {
-        (false, _) => (tile as usize, tile as usize),
-        (true, false) => (64, GEMV_MAX_ROWS),
-        (true, true) => (8, GEMV_MAX_ROWS),
-    };
-    let groups = [
-        to_u32(OP, "column tiles", l.n.div_ceil(cols))?,
-        to_u32(OP, "row tiles", l.m.div_ceil(rows))?,
-        to_u32(OP, "batch", l.out_batches)?,
-    ];
-    batch.dispatch(
+    let tiles_x = to_u32(OP, "column tiles", l.n.div_ceil(tile as usize))?;
+    let tiles_y = to_u32(OP, "row tiles", l.m.div_ceil(tile as usize))?;
+    if gemv || plan.splits == 1 {
+        // Columns per workgroup along x, rows per workgroup along y.
+        let (entry, groups) = match (gemv, l.b.trans) {
+            (false, _) => ("main", [tiles_x, tiles_y]),
+            (true, false) => ("gemv_plain_b", [to_u32(OP, "tiles", l.n.div_ceil(64))?, 1]),
+            (true, true) => ("gemv_trans_b", [to_u32(OP, "tiles", l.n.div_ceil(8))?, 1]),
+        };
+        let pipeline = batch.gpu().pipeline(constants(entry, false))?;
+        return batch.dispatch(
+            &pipeline,
+            bytemuck::bytes_of(&params),
+            &[l.a.tensor, l.b.tensor, l.c, bias],
+            [groups[0], groups[1], params.batches],
+        );
+    }
+
+    // Split-K: waves of splits write f32 slabs (later waves add to them), then one pass adds the
+    // slabs and applies the epilogue.
+    let gpu = batch.gpu().clone();
+    let slab = l.m * l.n * l.out_batches;
+    let slab_bytes = (slab * 4).next_multiple_of(16) as u64;
+    let limit = gpu.scratch_limit_bytes();
+    let max_z = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let per_wave = plan
+        .splits
+        .min(MAX_SLABS)
+        .min((limit / slab_bytes) as usize)
+        .min(max_z / l.out_batches);
+    if per_wave == 0 {
+        return Err(Error::LimitExceeded {
+            what: format!("{OP}: split-K partial sums (bytes, scratch limit)"),
+            requested: slab_bytes,
+            limit,
+        });
+    }
+    let part = Tensor::uninit(&gpu, &[per_wave, slab], crate::tensor::DType::F32)?;
+    params.k_splits = to_u32(OP, "splits", plan.k_splits)?;
+    params.r_per_split = to_u32(OP, "splits", plan.r_per_split)?;
+    params.t_per_split = to_u32(OP, "splits", plan.t_per_split)?;
+    for (wave, first) in (0..plan.splits).step_by(per_wave).enumerate() {
+        let splits = per_wave.min(plan.splits - first);
+        params.splits = splits as u32;
+        params.split_base = to_u32(OP, "splits", first)?;
+        let pipeline = gpu.pipeline(constants("main_partial", wave > 0))?;
+        batch.dispatch_bound(
+            &pipeline,
+            bytemuck::bytes_of(&params),
+            &[(1, l.a.tensor), (2, l.b.tensor), (5, &part)],
+            [tiles_x, tiles_y, (splits * l.out_batches) as u32],
+        )?;
+    }
+    let (grid, groups_x) = crate::ops::fold_grid(&gpu, slab.div_ceil(256))?;
+    params.groups_x = groups_x;
+    params.slabs = per_wave as u32;
+    let pipeline = gpu.pipeline(constants("splitk_sum", false))?;
+    batch.dispatch_bound(
         &pipeline,
         bytemuck::bytes_of(&params),
-        &[l.a.tensor, l.b.tensor, l.c, bias],
-        groups,
+        &[(3, l.c), (4, bias), (5, &part)],
+        grid,
     )
 }
