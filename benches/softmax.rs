@@ -38,7 +38,9 @@ fn bench(c: &mut Criterion) {
                 (0..iters)
                     .map(|_| {
                         timer
-                            .time(|batch| ops::softmax_into(batch, &x, &y, false))
+                            .time(|batch| {
+                                ops::softmax_into(batch, &x, &y, ops::SoftmaxKind::Softmax)
+                            })
                             .unwrap()
                     })
                     .sum()

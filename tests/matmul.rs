@@ -589,7 +589,10 @@ fn split_k_in_waves_under_a_scratch_limit() {
     let tb = Tensor::from_slice(&gpu, &b, &[k, n]).unwrap();
     let mut batch = Batch::new(&gpu);
     let c = ops::matmul(&mut batch, &ta, &tb).unwrap();
-    assert!(batch.dispatches() > 3, "expected waves of split-K dispatches");
+    assert!(
+        batch.dispatches() > 3,
+        "expected waves of split-K dispatches"
+    );
     batch.submit().unwrap();
     assert_close(
         &c.to_vec::<f32>().unwrap(),

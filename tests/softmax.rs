@@ -18,7 +18,12 @@ const SHAPES: &[&[usize]] = &[
     &[2, 1000],
     &[2, 70_001],
     &[70_000, 3],
+    &[3, 65_537],
 ];
+
+/// Rows long enough that one invocation per 256 columns would loop past the 65,535 iterations
+/// after which Mesa's software drivers stop it (these gave NaN tails before they were chunked).
+const LONG_SHAPES: &[&[usize]] = &[&[1, (1 << 23) + 4096], &[2, 1_000_003]];
 
 /// got matches want: NaN where want is NaN, exact where want is ±inf or exactly 0, else within tol.
 fn assert_matches(got: &[f32], want: &[f32], tol: f32, context: &str) {
@@ -38,7 +43,12 @@ fn run_forward(x: &Tensor, log: bool) -> Tensor {
     let gpu = x.gpu().clone();
     let y = poisoned(&gpu, x.shape(), x.dtype());
     let mut batch = Batch::new(&gpu);
-    ops::softmax_into(&mut batch, x, &y, log).unwrap();
+    let kind = if log {
+        ops::SoftmaxKind::LogSoftmax
+    } else {
+        ops::SoftmaxKind::Softmax
+    };
+    ops::softmax_into(&mut batch, x, &y, kind).unwrap();
     batch.submit().unwrap();
     y
 }
@@ -58,9 +68,12 @@ fn forward_ragged_shapes_on(gpu: &wgnn::Gpu) {
     } else {
         "portable"
     };
-    for shape in SHAPES {
+    for shape in SHAPES.iter().chain(LONG_SHAPES) {
         let n: usize = shape.iter().product();
         for dtype in [DType::F32, DType::F16] {
+            if dtype == DType::F16 && LONG_SHAPES.contains(shape) {
+                continue;
+            }
             if dtype == DType::F16 && !gpu.supports_f16() {
                 continue;
             }
@@ -152,6 +165,7 @@ fn backward_matches_the_reference_on(gpu: &wgnn::Gpu) {
         &[17, 300],
         &[700, 10],
         &[2, 5000],
+        &[2, 1_000_003],
     ] {
         let n: usize = shape.iter().product();
         let x = Array::new(shape, random(&mut rng, n).iter().map(|v| v * 4.0).collect());
@@ -236,11 +250,11 @@ fn bad_input_gives_typed_errors() {
     let mut batch = Batch::new(&gpu);
     let x = t(&[3, 4]);
     assert!(matches!(
-        ops::softmax_into(&mut batch, &x, &t(&[4, 3]), false),
+        ops::softmax_into(&mut batch, &x, &t(&[4, 3]), ops::SoftmaxKind::Softmax),
         Err(Error::ShapeMismatch { .. })
     ));
     assert!(matches!(
-        ops::softmax_into(&mut batch, &x, &x, false),
+        ops::softmax_into(&mut batch, &x, &x, ops::SoftmaxKind::Softmax),
         Err(Error::ShapeMismatch { .. })
     ));
     assert!(matches!(
@@ -254,5 +268,33 @@ fn bad_input_gives_typed_errors() {
             Err(Error::DtypeMismatch { .. })
         ));
     }
+    // U32 tensors hold labels and indices, not logits.
+    let u = Tensor::zeros(&gpu, &[3, 4], DType::U32).unwrap();
+    let dtype_err = |r: wgnn::Result<Tensor>| matches!(r, Err(Error::DtypeMismatch { .. }));
+    assert!(dtype_err(ops::softmax(&mut batch, &u)));
+    assert!(dtype_err(ops::log_softmax(&mut batch, &u)));
+    assert!(dtype_err(ops::softmax_backward(&mut batch, &u, &u)));
+    assert!(dtype_err(ops::log_softmax_backward(&mut batch, &u, &u)));
+    let r = ops::softmax_into(&mut batch, &u, &t(&[3, 4]), ops::SoftmaxKind::Softmax);
+    assert!(matches!(r, Err(Error::DtypeMismatch { .. })), "{r:?}");
     assert_eq!(batch.dispatches(), 0);
+}
+
+/// Both inputs of a backward pass may be the same tensor: only the output must be distinct.
+#[test]
+fn backward_takes_the_same_tensor_twice() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    let shape = [5, 37];
+    let y = Array::new(&shape, random(&mut rng, 5 * 37));
+    let ty = Tensor::from_slice(&gpu, &y.data, &shape).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let dx = ops::softmax_backward(&mut batch, &ty, &ty).unwrap();
+    let dlx = ops::log_softmax_backward(&mut batch, &ty, &ty).unwrap();
+    batch.submit().unwrap();
+    let context = format!("seed {seed}");
+    let want = reference::softmax_backward(&y, &y);
+    assert_close(&dx.to_vec::<f32>().unwrap(), &want.data, 1e-5, &context);
+    let want = reference::log_softmax_backward(&y, &y);
+    assert_close(&dlx.to_vec::<f32>().unwrap(), &want.data, 1e-5, &context);
 }

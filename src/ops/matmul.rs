@@ -428,11 +428,13 @@ fn split_plan(k: usize, reduce_count: usize, bk: usize) -> SplitPlan {
 /// can run matmuls on views of its tensors.
 pub(crate) fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
     const OP: &str = "matmul";
-    let summed = l.k.checked_mul(l.reduce_count).ok_or(Error::LimitExceeded {
-        what: format!("{OP}: K × reduced batches"),
-        requested: u64::MAX,
-        limit: u64::from(u32::MAX),
-    })?;
+    let summed =
+        l.k.checked_mul(l.reduce_count)
+            .ok_or(Error::LimitExceeded {
+                what: format!("{OP}: K × reduced batches"),
+                requested: u64::MAX,
+                limit: u64::from(u32::MAX),
+            })?;
     let gemv = l.m <= GEMV_MAX_ROWS && summed <= K_PER_SPLIT;
     let tile = if gemv {
         64

@@ -16,7 +16,9 @@ pub use matmul::{matmul, matmul_backward, matmul_into, matmul_with, MatmulGrads,
 pub use optim::{adam_step, clip_grad_norm, sgd_step, AdamConfig, SgdConfig};
 pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, Pool2dParams};
 pub use reduce::{channel_sum, mean, row_max_argmax, sum, sum_squares};
-pub use softmax::{log_softmax, log_softmax_backward, softmax, softmax_backward, softmax_into};
+pub use softmax::{
+    log_softmax, log_softmax_backward, softmax, softmax_backward, softmax_into, SoftmaxKind,
+};
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};

@@ -7,12 +7,31 @@
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::ops::{distinct_output, same_dtype, same_gpu, same_shape};
+use crate::ops::{distinct_output, float_dtype, same_dtype, same_gpu, same_shape};
 use crate::shaders::{Kernel, PipelineKey};
+use crate::tensor::DType;
 use crate::tensor::Tensor;
 
 /// Rows up to this many columns take the `*_rows` entry points (several rows per workgroup).
 const SHORT_ROW_MAX: usize = 512;
+
+/// Rows longer than this are cut into chunks of [`CHUNK`] columns, one workgroup each, so that no
+/// invocation walks more than 2 × 256 elements per pass (Mesa's software drivers stop an invocation
+/// after 65,535 loop iterations), and a long row keeps a large GPU busy.
+const LONG_ROW: usize = 65_536;
+
+/// Columns per workgroup of a long row (`CHUNK` in the shader).
+const CHUNK: usize = 16_384;
+
+/// Which normalization: softmax or log-softmax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SoftmaxKind {
+    /// exp(x − max) / Σ exp(x − max).
+    #[default]
+    Softmax,
+    /// log(softmax(x)), computed without forming softmax(x).
+    LogSoftmax,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -20,28 +39,31 @@ struct Params {
     rows: u32,
     cols: u32,
     groups_x: u32,
-    _pad: u32,
+    chunks: u32,
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
 /// softmax(x) over the last axis, into a new tensor.
 pub fn softmax(batch: &mut Batch, x: &Tensor) -> Result<Tensor> {
+    float_dtype("softmax", x)?;
     let y = Tensor::uninit(batch.gpu(), x.shape(), x.dtype())?;
-    softmax_into(batch, x, &y, false)?;
+    softmax_into(batch, x, &y, SoftmaxKind::Softmax)?;
     Ok(y)
 }
 
 /// log(softmax(x)) over the last axis, computed without forming softmax(x).
 pub fn log_softmax(batch: &mut Batch, x: &Tensor) -> Result<Tensor> {
+    float_dtype("log_softmax", x)?;
     let y = Tensor::uninit(batch.gpu(), x.shape(), x.dtype())?;
-    softmax_into(batch, x, &y, true)?;
+    softmax_into(batch, x, &y, SoftmaxKind::LogSoftmax)?;
     Ok(y)
 }
 
-/// Softmax (or log-softmax with `log`) of `x` into `y`, which has `x`'s shape and dtype.
-pub fn softmax_into(batch: &mut Batch, x: &Tensor, y: &Tensor, log: bool) -> Result<()> {
+/// Softmax or log-softmax of `x` into `y`, which has `x`'s shape and dtype.
+pub fn softmax_into(batch: &mut Batch, x: &Tensor, y: &Tensor, kind: SoftmaxKind) -> Result<()> {
+    let log = kind == SoftmaxKind::LogSoftmax;
     let op = if log { "log_softmax" } else { "softmax" };
-    check(op, batch, &[x, y])?;
+    check(op, batch, &[x], y)?;
     record(batch, op, "forward", log, &[x, y])
 }
 
@@ -62,21 +84,22 @@ fn backward(
     grad_y: &Tensor,
     log: bool,
 ) -> Result<Tensor> {
-    check(op, batch, &[y, grad_y])?;
-    let dx = Tensor::uninit(batch.gpu(), y.shape(), y.dtype())?;
+    let dx = Tensor::uninit(batch.gpu(), y.shape(), float_dtype(op, y)?)?;
+    check(op, batch, &[y, grad_y], &dx)?;
     record(batch, op, "backward", log, &[y, &dx, grad_y])?;
     Ok(dx)
 }
 
-/// Same shape, dtype and context; the last tensor is the output and must not alias an input.
-fn check(op: &'static str, batch: &Batch, tensors: &[&Tensor]) -> Result<()> {
-    same_shape(op, tensors)?;
-    same_dtype(op, tensors)?;
-    same_gpu(op, batch, tensors)?;
-    match tensors.split_last() {
-        Some((out, inputs)) => distinct_output(op, inputs, out),
-        None => Ok(()),
-    }
+/// Float inputs and output of one shape, dtype and context; the output aliases no input (inputs
+/// may alias each other: `softmax_backward(y, y)` is fine).
+fn check(op: &'static str, batch: &Batch, inputs: &[&Tensor], out: &Tensor) -> Result<()> {
+    let mut all = inputs.to_vec();
+    all.push(out);
+    same_gpu(op, batch, &all)?;
+    same_shape(op, &all)?;
+    same_dtype(op, &all)?;
+    float_dtype(op, out)?;
+    distinct_output(op, inputs, out)
 }
 
 /// `tensors`: bindings 1.. of the entry point: forward [x, y], backward [y, dx, dy].
@@ -91,6 +114,52 @@ fn record(
     let shape = x.shape();
     let cols = shape[shape.len() - 1];
     let rows = x.numel() / cols;
+    let forward = entry == "forward";
+    let gpu = batch.gpu().clone();
+    let max_x = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let grid = |groups: usize| -> Result<([u32; 3], usize)> {
+        let per_x = groups.min(max_x);
+        let y = u32::try_from(groups.div_ceil(per_x)).map_err(|_| Error::LimitExceeded {
+            what: format!("{op}: workgroups"),
+            requested: groups as u64,
+            limit: (max_x as u64).pow(2),
+        })?;
+        Ok(([per_x as u32, y, 1], per_x))
+    };
+    let mut params = Params {
+        rows: rows as u32, // numel < 2^32 is checked when tensors are made
+        cols: cols as u32,
+        groups_x: 0,
+        chunks: 1,
+    };
+    if cols > LONG_ROW {
+        let chunks = cols.div_ceil(CHUNK);
+        let stats = Tensor::uninit(&gpu, &[rows * chunks, 2], DType::F32)?;
+        let (grid, per_x) = grid(rows * chunks)?;
+        params.groups_x = per_x as u32;
+        params.chunks = chunks as u32;
+        let (first, second) = if forward {
+            ("forward_chunk_stats", "forward_chunks")
+        } else {
+            ("backward_chunk_stats", "backward_chunks")
+        };
+        for entry in [first, second] {
+            let pipeline = gpu.pipeline(PipelineKey {
+                kernel: Kernel::Softmax,
+                dtype: x.dtype(),
+                entry,
+                constants: vec![("LOG", u32::from(log))],
+            })?;
+            // forward [x, y], backward [y, dx, dy] at bindings 1..; the stats pass writes no output.
+            let mut bound: Vec<(u32, &Tensor)> = (1..).zip(tensors.iter().copied()).collect();
+            if entry.ends_with("_stats") {
+                bound.retain(|&(b, _)| b != 2);
+            }
+            bound.push((4, &stats));
+            batch.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), &bound, grid)?;
+        }
+        return Ok(());
+    }
     // Short rows share a workgroup: THREADS_PER_ROW threads per row, about 4 elements each.
     let threads_per_row = if cols <= SHORT_ROW_MAX {
         cols.div_ceil(4).next_power_of_two().min(128)
@@ -98,7 +167,7 @@ fn record(
         256
     };
     let (entry, constants) = if threads_per_row < 256 {
-        let e = if entry == "forward" {
+        let e = if forward {
             "forward_rows"
         } else {
             "backward_rows"
@@ -113,30 +182,13 @@ fn record(
     } else {
         (entry, vec![("LOG", u32::from(log))])
     };
-    let groups = rows.div_ceil(256 / threads_per_row);
-    let max_x = batch.gpu().limits().max_compute_workgroups_per_dimension as usize;
-    let per_x = groups.min(max_x);
-    let params = Params {
-        rows: rows as u32, // numel < 2^32 is checked when tensors are made
-        cols: cols as u32,
-        groups_x: per_x as u32,
-        _pad: 0,
-    };
-    let pipeline = batch.gpu().pipeline(PipelineKey {
+    let (grid, per_x) = grid(rows.div_ceil(256 / threads_per_row))?;
+    params.groups_x = per_x as u32;
+    let pipeline = gpu.pipeline(PipelineKey {
         kernel: Kernel::Softmax,
         dtype: x.dtype(),
         entry,
         constants,
     })?;
-    let grid_y = u32::try_from(groups.div_ceil(per_x)).map_err(|_| Error::LimitExceeded {
-        what: format!("{op}: rows"),
-        requested: rows as u64,
-        limit: u64::from(u32::MAX),
-    })?;
-    batch.dispatch(
-        &pipeline,
-        bytemuck::bytes_of(&params),
-        tensors,
-        [per_x as u32, grid_y, 1],
-    )
+    batch.dispatch(&pipeline, bytemuck::bytes_of(&params), tensors, grid)
 }
