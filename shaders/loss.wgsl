@@ -1,15 +1,24 @@
 // loss.wgsl: cross-entropy fused with softmax, one workgroup of 256 threads per row of logits.
 //   cross_entropy       integer labels, label smoothing ε: with q = (1-ε)·onehot(label) + ε/C,
-//                       row_loss = logsumexp(x) - Σ q·x, grad = (softmax(x) - q) · grad_scale.
-//                       A label equal to 0xFFFFFFFF is ignored (row loss 0, gradient 0); any other
-//                       label >= C gives a NaN row (visible, never silent).
+//                       row_loss = (logsumexp(x) - Σ q·x) / count, grad = (softmax(x) - q) / count,
+//                       where count is the number of rows whose label is not ignored (as PyTorch's
+//                       mean reduction). A label equal to 0xFFFFFFFF is ignored (row loss 0,
+//                       gradient 0); any other label >= C gives a NaN row (visible, never silent).
+//   count_targets       counts[w] = number of labels in chunk w of rows that are not ignored (f32);
+//                       wgnn adds the counts into count[0] before cross_entropy reads it.
 //   soft_cross_entropy  student logits z, teacher logits t, temperature T (distillation):
-//                       p = softmax(z/T), q = softmax(t/T), row_loss = T²·(-Σ q·log p),
-//                       grad = T·(p - q) · grad_scale.
+//                       p = softmax(z/T), q = softmax(t/T), row_loss = T²·(-Σ q·log p) · grad_scale,
+//                       grad = T·(p - q) · grad_scale (grad_scale = 1 / rows).
 // One pass gathers the row's statistics with online max/sum rescaling, a second writes the
-// gradient. The mean over rows is a separate tiny reduction of row_loss (see ops::loss).
+// gradient. The loss is then the sum of row_loss (a separate tiny reduction, see ops::loss).
+// Rows longer than one workgroup should walk (Mesa's software drivers stop an invocation after
+// 65,535 loop iterations) run as *_chunk_stats (one workgroup per (row, chunk of CHUNK columns),
+// writing the chunk's statistics) then *_chunks (each merges its row's statistics and writes its
+// chunk; chunk 0 writes the row loss).
 // Bindings: 0 params, 1 logits (read), 2 grad (read_write), 3 row_loss (read_write f32),
-// 4 labels (read u32; cross_entropy), 5 teacher logits (read; soft_cross_entropy).
+// 4 labels (read u32; cross_entropy), 5 teacher logits (read; soft_cross_entropy), 6 stats
+// (read_write f32; chunked rows), 7 count (read f32; cross_entropy), 8 counts (read_write f32;
+// count_targets).
 // Elem is f32 or f16 (wgnn rewrites the alias); arithmetic is f32. Prelude: numerics.wgsl.
 
 alias Elem = f32;
@@ -18,14 +27,15 @@ struct Params {
     rows: u32,
     cols: u32,
     groups_x: u32,
-    _pad: u32,
+    chunks: u32,        // chunks per row (chunked entry points); rows per chunk (count_targets)
     smoothing: f32,
     temperature: f32,
     grad_scale: f32,
-    _pad1: u32,
+    _pad: u32,
 }
 
 const WG: u32 = 256u;
+const CHUNK: u32 = 16384u;
 const IGNORE: u32 = 0xffffffffu;
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -34,53 +44,59 @@ const IGNORE: u32 = 0xffffffffu;
 @group(0) @binding(3) var<storage, read_write> row_loss: array<f32>;
 @group(0) @binding(4) var<storage, read> labels: array<u32>;
 @group(0) @binding(5) var<storage, read> teacher: array<Elem>;
+@group(0) @binding(6) var<storage, read_write> stats: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> count: array<f32>;
+@group(0) @binding(8) var<storage, read_write> counts: array<f32>;
 
-var<workgroup> red_m: array<f32, WG>;
-var<workgroup> red_s: array<f32, WG>;
-var<workgroup> red_m2: array<f32, WG>;
-var<workgroup> red_s2: array<f32, WG>;
-var<workgroup> red_w: array<f32, WG>;
-
-fn row_of(wid: vec3<u32>) -> u32 {
+fn group_index(wid: vec3<u32>) -> u32 {
     return wid.y * params.groups_x + wid.x;
 }
 
-@compute @workgroup_size(256, 1, 1)
-fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let row = row_of(wid);
-    if (row >= params.rows) { return; }
-    let cols = params.cols;
-    let base = row * cols;
-    var ms = vec2<f32>(neg_inf(), 0.0);
-    var total = 0.0;   // Σ x, for smoothing
-    for (var j = l; j < cols; j += WG) {
-        let v = f32(logits[base + j]);
-        ms = online_max_sum(ms, v);
-        total += v;
-    }
-    red_m[l] = ms.x;
-    red_s[l] = ms.y;
-    red_w[l] = total;
+// ---- cross-entropy: statistics (max, Σ exp(x - max), Σ x) ----------------------------------
+
+var<workgroup> red_ce: array<vec3<f32>, WG>;
+
+fn merge_ce(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
+    let ms = merge_max_sum(a.xy, b.xy);
+    return vec3<f32>(ms, a.z + b.z);
+}
+
+fn workgroup_ce(l: u32, v: vec3<f32>) -> vec3<f32> {
+    red_ce[l] = v;
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (l < stride) {
-            let ms = merge_max_sum(vec2<f32>(red_m[l], red_s[l]), vec2<f32>(red_m[l + stride], red_s[l + stride]));
-            red_m[l] = ms.x;
-            red_s[l] = ms.y;
-            red_w[l] += red_w[l + stride];
-        }
+        if (l < stride) { red_ce[l] = merge_ce(red_ce[l], red_ce[l + stride]); }
         workgroupBarrier();
     }
-    let row_max = red_m[0];
-    let sum = red_s[0];
-    let sum_x = red_w[0];
+    let r = red_ce[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn ce_stats(l: u32, base: u32, lo: u32, hi: u32) -> vec3<f32> {
+    var st = vec3<f32>(neg_inf(), 0.0, 0.0);
+    for (var j = lo + l; j < hi; j += WG) {
+        let v = f32(logits[base + j]);
+        st = vec3<f32>(online_max_sum(st.xy, v), st.z + v);
+    }
+    return workgroup_ce(l, st);
+}
+
+// Writes the gradient of columns [lo, hi) of `row`, and (when lo is 0) the row's loss.
+fn ce_write(l: u32, row: u32, lo: u32, hi: u32, st: vec3<f32>) {
+    let cols = params.cols;
+    let base = row * cols;
+    let row_max = st.x;
+    let sum = st.y;
     let label = labels[row];
     let eps = params.smoothing;
     let uniform_q = eps / f32(cols);
     let ignored = label == IGNORE;
     let bad = !ignored && label >= cols;
-    if (l == 0u) {
-        var loss = 0.0;
+    let scale = 1.0 / count[0];
+    if (l == 0u && lo == 0u) {
+        // An ignored row adds 0, unless every row is ignored: then the mean is 0/0 = NaN (PyTorch).
+        var loss = select(0.0, nan(), count[0] == 0.0);
         if (bad) {
             loss = nan();
         } else if (!ignored) {
@@ -88,14 +104,15 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             let log_sum = log(sum);
             loss = (1.0 - eps) * (log_sum + (row_max - f32(logits[base + label])));
             // Only with smoothing: 0 · Σx would be NaN for a row with a masked (-inf) class.
-            if (eps > 0.0) { loss += eps * (log_sum + (row_max - sum_x / f32(cols))); }
+            if (eps > 0.0) { loss += eps * (log_sum + (row_max - st.z / f32(cols))); }
+            loss *= scale;
         }
         row_loss[row] = loss;
     }
-    for (var j = l; j < cols; j += WG) {
+    for (var j = lo + l; j < hi; j += WG) {
         let p = exp_diff(f32(logits[base + j]), row_max) / sum;
         let q = select(0.0, 1.0 - eps, j == label) + uniform_q;
-        var g = (p - q) * params.grad_scale;
+        var g = (p - q) * scale;
         if (ignored) { g = 0.0; }
         if (bad) { g = nan(); }
         grad[base + j] = Elem(g);
@@ -103,64 +120,153 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 }
 
 @compute @workgroup_size(256, 1, 1)
-fn soft_cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let row = row_of(wid);
+fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let row = group_index(wid);
     if (row >= params.rows) { return; }
-    let cols = params.cols;
-    let base = row * cols;
-    let inv_t = 1.0 / params.temperature;
-    var ps = vec2<f32>(neg_inf(), 0.0);   // student z/T: (max, sum)
-    var qs = vec2<f32>(neg_inf(), 0.0);   // teacher t/T: (max, sum)
-    var w = 0.0;                          // Σ exp(t/T - max_t) · z/T, rescaled with the teacher's max
-    for (var j = l; j < cols; j += WG) {
-        let z = f32(logits[base + j]) * inv_t;
-        let t = f32(teacher[base + j]) * inv_t;
-        ps = online_max_sum(ps, z);
-        if (t > qs.x) {
-            let r = exp_diff(qs.x, t);
-            w *= r;
-            qs = vec2<f32>(t, qs.y * r + 1.0);
-            w += z;
-        } else {
-            let e = exp_diff(t, qs.x);
-            qs.y += e;
-            if (e > 0.0) { w += e * z; }
-        }
+    ce_write(l, row, 0u, params.cols, ce_stats(l, row * params.cols, 0u, params.cols));
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn cross_entropy_chunk_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let flat = group_index(wid);
+    if (flat >= params.rows * params.chunks) { return; }
+    let lo = (flat % params.chunks) * CHUNK;
+    let st = ce_stats(l, (flat / params.chunks) * params.cols, lo, min(lo + CHUNK, params.cols));
+    if (l == 0u) { stats[flat] = vec4<f32>(st, 0.0); }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn cross_entropy_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let flat = group_index(wid);
+    if (flat >= params.rows * params.chunks) { return; }
+    let row = flat / params.chunks;
+    var st = vec3<f32>(neg_inf(), 0.0, 0.0);
+    for (var c = l; c < params.chunks; c += WG) { st = merge_ce(st, stats[row * params.chunks + c].xyz); }
+    st = workgroup_ce(l, st);
+    let lo = (flat % params.chunks) * CHUNK;
+    ce_write(l, row, lo, min(lo + CHUNK, params.cols), st);
+}
+
+var<workgroup> red_count: array<f32, WG>;
+
+@compute @workgroup_size(256, 1, 1)
+fn count_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let w = group_index(wid);
+    let lo = w * params.chunks;
+    if (lo >= params.rows) { return; }
+    let hi = min(lo + params.chunks, params.rows);
+    var n = 0.0;
+    for (var r = lo + l; r < hi; r += WG) {
+        if (labels[r] != IGNORE) { n += 1.0; }
     }
-    red_m[l] = ps.x;
-    red_s[l] = ps.y;
-    red_m2[l] = qs.x;
-    red_s2[l] = qs.y;
-    red_w[l] = w;
+    red_count[l] = n;
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (l < stride) {
-            let ms = merge_max_sum(vec2<f32>(red_m[l], red_s[l]), vec2<f32>(red_m[l + stride], red_s[l + stride]));
-            red_m[l] = ms.x;
-            red_s[l] = ms.y;
-            let t1 = red_m2[l];
-            let t2 = red_m2[l + stride];
-            let t = max(t1, t2);
-            let r1 = exp_diff(t1, t);
-            let r2 = exp_diff(t2, t);
-            red_s2[l] = red_s2[l] * r1 + red_s2[l + stride] * r2;
-            red_w[l] = red_w[l] * r1 + red_w[l + stride] * r2;
-            red_m2[l] = t;
-        }
+        if (l < stride) { red_count[l] += red_count[l + stride]; }
         workgroupBarrier();
     }
-    let z_max = red_m[0];
-    let z_sum = red_s[0];
-    let t_max = red_m2[0];
-    let t_sum = red_s2[0];
-    let temp = params.temperature;
-    if (l == 0u) {
-        let lse = z_max + log(z_sum);
-        row_loss[row] = temp * temp * (lse - red_w[0] / t_sum);
+    if (l == 0u) { counts[w] = red_count[0]; }
+}
+
+// ---- soft cross-entropy: statistics of the student (z/T) and the teacher (t/T) --------------
+
+struct SoftStats {
+    z: vec2<f32>,     // student (max, Σ exp)
+    t: vec2<f32>,     // teacher (max, Σ exp)
+    w: f32,           // Σ exp(t/T - t max) · z/T, rescaled with the teacher's max
+}
+
+var<workgroup> red_soft: array<SoftStats, WG>;
+
+fn merge_soft(a: SoftStats, b: SoftStats) -> SoftStats {
+    let t = max(a.t.x, b.t.x);
+    let ra = exp_diff(a.t.x, t);
+    let rb = exp_diff(b.t.x, t);
+    return SoftStats(merge_max_sum(a.z, b.z), vec2<f32>(t, a.t.y * ra + b.t.y * rb), a.w * ra + b.w * rb);
+}
+
+fn workgroup_soft(l: u32, v: SoftStats) -> SoftStats {
+    red_soft[l] = v;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (l < stride) { red_soft[l] = merge_soft(red_soft[l], red_soft[l + stride]); }
+        workgroupBarrier();
     }
-    for (var j = l; j < cols; j += WG) {
-        let p = exp_diff(f32(logits[base + j]) * inv_t, z_max) / z_sum;
-        let q = exp_diff(f32(teacher[base + j]) * inv_t, t_max) / t_sum;
+    let r = red_soft[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn empty_soft() -> SoftStats {
+    return SoftStats(vec2<f32>(neg_inf(), 0.0), vec2<f32>(neg_inf(), 0.0), 0.0);
+}
+
+fn soft_stats(l: u32, base: u32, lo: u32, hi: u32) -> SoftStats {
+    let inv_t = 1.0 / params.temperature;
+    var st = empty_soft();
+    for (var j = lo + l; j < hi; j += WG) {
+        let z = f32(logits[base + j]) * inv_t;
+        let t = f32(teacher[base + j]) * inv_t;
+        st.z = online_max_sum(st.z, z);
+        if (t > st.t.x) {
+            let r = exp_diff(st.t.x, t);
+            st.w = st.w * r + z;
+            st.t = vec2<f32>(t, st.t.y * r + 1.0);
+        } else {
+            let e = exp_diff(t, st.t.x);
+            st.t.y += e;
+            if (e > 0.0) { st.w += e * z; }
+        }
+    }
+    return workgroup_soft(l, st);
+}
+
+fn soft_write(l: u32, row: u32, lo: u32, hi: u32, st: SoftStats) {
+    let base = row * params.cols;
+    let inv_t = 1.0 / params.temperature;
+    let temp = params.temperature;
+    if (l == 0u && lo == 0u) {
+        let lse = st.z.x + log(st.z.y);
+        row_loss[row] = temp * temp * (lse - st.w / st.t.y) * params.grad_scale;
+    }
+    for (var j = lo + l; j < hi; j += WG) {
+        let p = exp_diff(f32(logits[base + j]) * inv_t, st.z.x) / st.z.y;
+        let q = exp_diff(f32(teacher[base + j]) * inv_t, st.t.x) / st.t.y;
         grad[base + j] = Elem(temp * (p - q) * params.grad_scale);
     }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn soft_cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let row = group_index(wid);
+    if (row >= params.rows) { return; }
+    soft_write(l, row, 0u, params.cols, soft_stats(l, row * params.cols, 0u, params.cols));
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn soft_cross_entropy_chunk_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let flat = group_index(wid);
+    if (flat >= params.rows * params.chunks) { return; }
+    let lo = (flat % params.chunks) * CHUNK;
+    let st = soft_stats(l, (flat / params.chunks) * params.cols, lo, min(lo + CHUNK, params.cols));
+    if (l == 0u) {
+        stats[2u * flat] = vec4<f32>(st.z, st.t);
+        stats[2u * flat + 1u] = vec4<f32>(st.w, 0.0, 0.0, 0.0);
+    }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn soft_cross_entropy_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let flat = group_index(wid);
+    if (flat >= params.rows * params.chunks) { return; }
+    let row = flat / params.chunks;
+    var st = empty_soft();
+    for (var c = l; c < params.chunks; c += WG) {
+        let i = 2u * (row * params.chunks + c);
+        let a = stats[i];
+        st = merge_soft(st, SoftStats(a.xy, a.zw, stats[i + 1u].x));
+    }
+    st = workgroup_soft(l, st);
+    let lo = (flat % params.chunks) * CHUNK;
+    soft_write(l, row, lo, min(lo + CHUNK, params.cols), st);
 }

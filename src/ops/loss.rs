@@ -1,9 +1,9 @@
 //! Losses fused with softmax: the mean loss and the logits' gradient from one read of the logits.
 //!
-//! Logits are `[.., classes]`: every leading index is a row. The loss is the mean over rows (ignored
-//! rows count in the denominator as zero-loss rows, unlike PyTorch's `ignore_index`, so the gradient
-//! is exactly the gradient of the reported loss), returned as an f32 `[1]` tensor; the gradient has
-//! the logits' shape and dtype and is already divided by the number of rows.
+//! Logits are `[.., classes]`: every leading index is a row. The loss is the mean over the rows that
+//! count (rows labelled [`IGNORE_INDEX`] are left out of the mean, as PyTorch's `ignore_index`; if
+//! every row is ignored the loss is NaN, as in PyTorch), returned as an f32 `[1]` tensor; the
+//! gradient has the logits' shape and dtype and is exactly the gradient of the reported loss.
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
@@ -23,17 +23,25 @@ pub struct Loss {
     pub grad_logits: Tensor,
 }
 
+/// Rows longer than this take the chunked entry points (one workgroup per chunk of [`CHUNK`]
+/// columns), so no invocation loops near the 65,535 iterations where Mesa's software drivers stop.
+const LONG_ROW: usize = 65_536;
+/// Columns per workgroup of a long row (`CHUNK` in the shader).
+const CHUNK: usize = 16_384;
+/// Labels one `count_targets` workgroup counts, at least (16 per thread).
+const COUNT_CHUNK: usize = 4096;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
 struct Params {
     rows: u32,
     cols: u32,
     groups_x: u32,
-    _pad: u32,
+    chunks: u32,
     smoothing: f32,
     temperature: f32,
     grad_scale: f32,
-    _pad1: u32,
+    _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
@@ -86,11 +94,12 @@ pub fn cross_entropy(
         temperature: 1.0,
         ..Default::default()
     };
+    let count = count_targets(batch, labels)?;
     record(
         batch,
         "cross_entropy",
         logits,
-        (4, labels),
+        &[(4, labels), (7, &count)],
         params,
         rows,
         cols,
@@ -125,18 +134,20 @@ pub fn soft_cross_entropy(
         batch,
         "soft_cross_entropy",
         student_logits,
-        (5, teacher_logits),
+        &[(5, teacher_logits)],
         params,
         rows,
         cols,
     )
 }
 
+/// Records the loss kernel (one pass, or statistics then chunks for long rows) and the sum of the
+/// row losses. `bound`: the entry's inputs past the logits, at their bindings.
 fn record(
     batch: &mut Batch,
     entry: &'static str,
     logits: &Tensor,
-    (target_binding, target): (u32, &Tensor),
+    bound: &[(u32, &Tensor)],
     mut params: Params,
     rows: usize,
     cols: usize,
@@ -144,31 +155,103 @@ fn record(
     let gpu = batch.gpu().clone();
     let grad = Tensor::uninit(&gpu, logits.shape(), logits.dtype())?;
     let row_loss = Tensor::uninit(&gpu, &[rows], DType::F32)?;
-    let (grid, groups_x) = fold_grid(&gpu, rows)?;
     params.rows = rows as u32;
     params.cols = cols as u32;
-    params.groups_x = groups_x;
     params.grad_scale = 1.0 / rows as f32;
+    let pipeline = |entry| {
+        gpu.pipeline(PipelineKey {
+            kernel: Kernel::Loss,
+            dtype: logits.dtype(),
+            entry,
+            constants: vec![],
+        })
+    };
+    let mut tensors = vec![(1, logits), (2, &grad), (3, &row_loss)];
+    tensors.extend_from_slice(bound);
+    if cols <= LONG_ROW {
+        let (grid, groups_x) = fold_grid(&gpu, rows)?;
+        params.groups_x = groups_x;
+        params.chunks = 1;
+        batch.dispatch_bound(
+            &pipeline(entry)?,
+            bytemuck::bytes_of(&params),
+            &tensors,
+            grid,
+        )?;
+    } else {
+        let chunks = cols.div_ceil(CHUNK);
+        let soft = entry == "soft_cross_entropy";
+        let stats = Tensor::uninit(
+            &gpu,
+            &[rows * chunks * if soft { 2 } else { 1 }, 4],
+            DType::F32,
+        )?;
+        let (grid, groups_x) = fold_grid(&gpu, rows * chunks)?;
+        params.groups_x = groups_x;
+        params.chunks = chunks as u32;
+        let (first, second) = if soft {
+            (
+                "soft_cross_entropy_chunk_stats",
+                "soft_cross_entropy_chunks",
+            )
+        } else {
+            ("cross_entropy_chunk_stats", "cross_entropy_chunks")
+        };
+        // The statistics pass reads the logits (and the teacher's) only.
+        let mut stat_bindings: Vec<(u32, &Tensor)> = tensors
+            .iter()
+            .copied()
+            .filter(|&(b, _)| b == 1 || b == 5)
+            .collect();
+        stat_bindings.push((6, &stats));
+        batch.dispatch_bound(
+            &pipeline(first)?,
+            bytemuck::bytes_of(&params),
+            &stat_bindings,
+            grid,
+        )?;
+        tensors.push((6, &stats));
+        batch.dispatch_bound(
+            &pipeline(second)?,
+            bytemuck::bytes_of(&params),
+            &tensors,
+            grid,
+        )?;
+    }
+    let loss = crate::ops::sum(batch, &row_loss)?;
+    Ok(Loss {
+        loss,
+        grad_logits: grad,
+    })
+}
+
+/// The number of labels that are not [`IGNORE_INDEX`], as an f32 `[1]` tensor.
+fn count_targets(batch: &mut Batch, labels: &Tensor) -> Result<Tensor> {
+    let gpu = batch.gpu().clone();
+    let rows = labels.numel();
+    let chunk = rows.div_ceil(4096).max(COUNT_CHUNK);
+    let parts = rows.div_ceil(chunk);
+    let counts = Tensor::uninit(&gpu, &[parts], DType::F32)?;
+    let (grid, groups_x) = fold_grid(&gpu, parts)?;
+    let params = Params {
+        rows: rows as u32,
+        groups_x,
+        chunks: chunk as u32,
+        ..Default::default()
+    };
     let pipeline = gpu.pipeline(PipelineKey {
         kernel: Kernel::Loss,
-        dtype: logits.dtype(),
-        entry,
+        dtype: DType::F32,
+        entry: "count_targets",
         constants: vec![],
     })?;
     batch.dispatch_bound(
         &pipeline,
         bytemuck::bytes_of(&params),
-        &[
-            (1, logits),
-            (2, &grad),
-            (3, &row_loss),
-            (target_binding, target),
-        ],
+        &[(4, labels), (8, &counts)],
         grid,
     )?;
-    let loss = crate::ops::mean(batch, &row_loss)?;
-    Ok(Loss {
-        loss,
-        grad_logits: grad,
-    })
+    let count = Tensor::uninit(&gpu, &[1], DType::F32)?;
+    crate::ops::reduce::total_into(batch, "cross_entropy", &counts, false, 1.0, &count, 0)?;
+    Ok(count)
 }

@@ -9,10 +9,11 @@ fn log_softmax_row(row: &[f64]) -> Vec<f64> {
     row.iter().map(|v| v - lse).collect()
 }
 
-/// Mean cross-entropy with label smoothing, and its gradient.
+/// Mean cross-entropy with label smoothing over the rows not labelled [`IGNORE_INDEX`] (NaN when
+/// every row is ignored, as PyTorch), and its gradient.
 pub fn cross_entropy(logits: &Array, labels: &[u32], smoothing: f32) -> (f32, Array) {
     let cols = *logits.shape.last().expect("rank >= 2");
-    let rows = logits.data.len() / cols;
+    let rows = labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
     let eps = f64::from(smoothing);
     let mut total = 0.0f64;
     let mut grad = Vec::with_capacity(logits.data.len());
