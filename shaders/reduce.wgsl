@@ -1,15 +1,23 @@
 // reduce.wgsl: reductions, 256 threads per workgroup with a shared-memory tree.
 //   sum_channels      x seen as [outer, channels, inner] -> out[c] = Σ_{o,i} x[o, c, i]
-//                     (bias gradients: Linear [rows, cols] is outer=rows, inner=1; NCHW is inner=H·W).
-//                     One workgroup per channel; grid (channels folded past 65,535).
-//   sum_leading       x seen as [outer, channels] -> out[c] = Σ_o x[o, c]: one thread per channel,
-//                     coalesced across threads (a Linear bias gradient; summing partial results).
+//                     (bias gradients: NCHW is inner=H·W). One workgroup per (chunk of `chunk`
+//                     elements of the channel, channel); sums[chunk · channels + c] when there are
+//                     several chunks (then summed by leading_*), else out[c].
+//   leading_*         [outer, channels] -> [channels]: Σ over rows, one thread per channel, coalesced
+//                     across threads (a Linear bias gradient; summing partial results). One
+//                     workgroup per (chunk of `chunk` rows, 256 channels). x_* read x, p_* read the
+//                     f32 partials; *_out write out (one chunk), *_sums write f32 sums[chunk, channels].
+//   Long loops are cut into chunks because Mesa's software drivers stop an invocation after 65,535
+//   loop iterations, silently; ops::reduce keeps every thread under 4,096 iterations.
 //   partial_sums      sums[w] = scale · Σ over chunk w of x (or of x² when SQUARES), in f32; run
 //                     twice (chunks, then one workgroup over the f32 partials) for a total, mean or norm.
 //   row_max_argmax    x [rows, cols] -> max [rows], argmax [rows] (first index of the maximum; a NaN
-//                     counts as the maximum, as in PyTorch). One workgroup per row.
-// Bindings: 0 params, 1 x (read), 2 out (read_write; sum_channels, row_max_argmax), 3 argmax
-// (read_write u32; row_max_argmax), 4 sums (read_write f32; partial_sums).
+//                     counts as the maximum, as in PyTorch). One workgroup per row; rows longer
+//                     than 65,536 run as row_max_argmax_chunks (one workgroup per chunk of `chunk`
+//                     columns, writing (max bits, index) pairs) then row_max_argmax_merge.
+// Bindings: 0 params, 1 x (read), 2 out (read_write; sum_channels, leading_*_out, row_max_argmax),
+// 3 argmax (read_write u32; row_max_argmax), 4 sums (read_write f32; partial_sums, *_sums),
+// 5 partials (read f32; leading_p_*), 6 pairs (read_write (f32 bits, u32); row_max_argmax_*).
 // Elem is f32 or f16 (wgnn rewrites the alias); sums are f32.
 
 alias Elem = f32;
@@ -32,6 +40,8 @@ override SQUARES: bool = false;
 @group(0) @binding(2) var<storage, read_write> out: array<Elem>;
 @group(0) @binding(3) var<storage, read_write> argmax: array<u32>;
 @group(0) @binding(4) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(5) var<storage, read> partials: array<f32>;
+@group(0) @binding(6) var<storage, read_write> pairs: array<vec2<u32>>;
 
 var<workgroup> red: array<f32, 256>;
 var<workgroup> red_idx: array<u32, 256>;
@@ -52,28 +62,72 @@ fn group_index(wid: vec3<u32>) -> u32 {
 
 @compute @workgroup_size(256, 1, 1)
 fn sum_channels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let c = group_index(wid);
-    if (c >= params.channels) { return; }
+    let flat = group_index(wid);
+    let c = flat % params.channels;
+    let chunk = flat / params.channels;
     let count = params.outer * params.inner;
+    let lo = chunk * params.chunk;
+    if (lo >= count) { return; }
+    let hi = min(lo + params.chunk, count);
     var s = 0.0;
-    for (var j = l; j < count; j += 256u) {
+    for (var j = lo + l; j < hi; j += 256u) {
         let o = j / params.inner;
         let i = j - o * params.inner;
         s += f32(x[(o * params.channels + c) * params.inner + i]);
     }
     let total = tree_sum(l, s);
-    if (l == 0u) { out[c] = Elem(total); }
+    if (l == 0u) {
+        if (params.chunk >= count) { out[c] = Elem(total); } else { sums[flat] = total; }
+    }
+}
+
+// This thread's channel and row range for the leading_* entry points; channel >= channels: idle.
+fn leading_range(wid: vec3<u32>, l: u32) -> vec3<u32> {
+    let flat = group_index(wid);
+    let cgroups = (params.channels + 255u) / 256u;
+    let c = (flat % cgroups) * 256u + l;
+    let lo = (flat / cgroups) * params.chunk;
+    return vec3<u32>(c, lo, min(lo + params.chunk, params.outer));
+}
+
+fn leading_x(r: vec3<u32>) -> f32 {
+    var s = 0.0;
+    for (var o = r.y; o < r.z; o++) { s += f32(x[o * params.channels + r.x]); }
+    return s;
+}
+
+fn leading_p(r: vec3<u32>) -> f32 {
+    var s = 0.0;
+    for (var o = r.y; o < r.z; o++) { s += partials[o * params.channels + r.x]; }
+    return s;
 }
 
 @compute @workgroup_size(256, 1, 1)
-fn sum_leading(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let c = group_index(wid) * 256u + l;
-    if (c >= params.channels) { return; }
-    var s = 0.0;
-    for (var o = 0u; o < params.outer; o++) {
-        s += f32(x[o * params.channels + c]);
-    }
-    out[c] = Elem(s);
+fn leading_x_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let r = leading_range(wid, l);
+    if (r.x >= params.channels || r.y >= params.outer) { return; }
+    out[r.x] = Elem(leading_x(r));
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn leading_x_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let r = leading_range(wid, l);
+    if (r.x >= params.channels || r.y >= params.outer) { return; }
+    sums[(r.y / params.chunk) * params.channels + r.x] = leading_x(r);
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn leading_p_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let r = leading_range(wid, l);
+    if (r.x >= params.channels || r.y >= params.outer) { return; }
+    out[r.x] = Elem(leading_p(r));
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn leading_p_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let r = leading_range(wid, l);
+    if (r.x >= params.channels || r.y >= params.outer) { return; }
+    sums[(r.y / params.chunk) * params.channels + r.x] = leading_p(r);
 }
 
 @compute @workgroup_size(256, 1, 1)
@@ -102,23 +156,23 @@ fn beats(a: f32, ia: u32, b: f32, ib: u32) -> bool {
     return a > b;
 }
 
-@compute @workgroup_size(256, 1, 1)
-fn row_max_argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let row = group_index(wid);
-    if (row >= params.outer) { return; }
-    let cols = params.inner;
-    let base = row * cols;
+// The best (value, index) of x[base + lo .. base + hi) over the workgroup; index 0xFFFFFFFF: none.
+fn best_of_range(l: u32, base: u32, lo: u32, hi: u32) -> vec2<u32> {
     var best = bitcast<f32>(0xff800000u);
     var best_i = 0xffffffffu;
-    for (var j = l; j < cols; j += 256u) {
+    for (var j = lo + l; j < hi; j += 256u) {
         let v = f32(x[base + j]);
         if (best_i == 0xffffffffu || beats(v, j, best, best_i)) {
             best = v;
             best_i = j;
         }
     }
-    red[l] = best;
-    red_idx[l] = best_i;
+    return workgroup_best(l, best, best_i);
+}
+
+fn workgroup_best(l: u32, value: f32, index: u32) -> vec2<u32> {
+    red[l] = value;
+    red_idx[l] = index;
     workgroupBarrier();
     for (var stride = 128u; stride > 0u; stride /= 2u) {
         if (l < stride) {
@@ -130,8 +184,50 @@ fn row_max_argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
         workgroupBarrier();
     }
+    let r = vec2<u32>(bitcast<u32>(red[0]), red_idx[0]);
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn row_max_argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let row = group_index(wid);
+    if (row >= params.outer) { return; }
+    let best = best_of_range(l, row * params.inner, 0u, params.inner);
     if (l == 0u) {
-        out[row] = Elem(red[0]);
-        argmax[row] = red_idx[0];
+        out[row] = Elem(bitcast<f32>(best.x));
+        argmax[row] = best.y;
+    }
+}
+
+// One workgroup per (row, chunk of `chunk` columns): flat index row · n + chunk (n: chunks per row).
+@compute @workgroup_size(256, 1, 1)
+fn row_max_argmax_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let flat = group_index(wid);
+    if (flat >= params.outer * params.n) { return; }
+    let row = flat / params.n;
+    let lo = (flat % params.n) * params.chunk;
+    let best = best_of_range(l, row * params.inner, lo, min(lo + params.chunk, params.inner));
+    if (l == 0u) { pairs[flat] = best; }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn row_max_argmax_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let row = group_index(wid);
+    if (row >= params.outer) { return; }
+    var best = bitcast<f32>(0xff800000u);
+    var best_i = 0xffffffffu;
+    for (var c = l; c < params.n; c += 256u) {
+        let p = pairs[row * params.n + c];
+        let v = bitcast<f32>(p.x);
+        if (best_i == 0xffffffffu || beats(v, p.y, best, best_i)) {
+            best = v;
+            best_i = p.y;
+        }
+    }
+    let r = workgroup_best(l, best, best_i);
+    if (l == 0u) {
+        out[row] = Elem(bitcast<f32>(r.x));
+        argmax[row] = r.y;
     }
 }

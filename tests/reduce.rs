@@ -18,6 +18,13 @@ fn channel_sums_are_bias_gradients() {
         (vec![5, 3], 0),
         (vec![3, 70_001], 1),
         (vec![1000, 300], 1),
+        // Past the 65,535 loop iterations after which Mesa's software drivers stop an invocation
+        // (one thread per channel over 70,000 rows was wrong in every channel): chunked sums,
+        // in one, two and three rounds.
+        (vec![70_000, 3], 1),
+        (vec![64, 2048, 5], 2),
+        (vec![17_000_001, 1], 1),
+        (vec![40, 3, 30_001], 1),
     ] {
         let n = shape.iter().product();
         let x = random(&mut rng, n);
@@ -130,13 +137,23 @@ fn row_max_and_argmax() {
         vec![3, 4, 1000],
         vec![2, 70_000],
         vec![70_000, 3],
+        // One workgroup per row looped past the software drivers' 65,535-iteration cap here.
+        vec![1, (1 << 24) + 4096],
+        vec![3, 200_003],
     ] {
         let n = shape.iter().product();
         // Coarse values so that ties occur: the first index must win.
-        let x: Vec<f32> = random(&mut rng, n)
+        let mut x: Vec<f32> = random(&mut rng, n)
             .iter()
             .map(|v| (v * 4.0).round())
             .collect();
+        // Long rows: a unique maximum near each row's end, where a truncated loop never looks.
+        let cols = shape[shape.len() - 1];
+        if cols > 65_536 {
+            for row in x.chunks_mut(cols) {
+                row[cols - 3] = 10.0;
+            }
+        }
         let tx = Tensor::from_slice(&gpu, &x, &shape).unwrap();
         let mut batch = Batch::new(&gpu);
         let (max, arg) = ops::row_max_argmax(&mut batch, &tx).unwrap();

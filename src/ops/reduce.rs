@@ -37,6 +37,13 @@ fn pipeline(
     })
 }
 
+/// Most loop iterations one thread of a reduction runs: far below the 65,535 after which Mesa's
+/// software drivers silently stop an invocation; longer sums are cut into chunks.
+const PER_THREAD: usize = 4096;
+
+/// Rows longer than this take the chunked row_max_argmax.
+const LONG_ROW: usize = 65_536;
+
 /// Sums over every axis but `axis`: `[x.shape[axis]]`. The gradient of a bias added along `axis`.
 pub fn channel_sum(batch: &mut Batch, x: &Tensor, axis: usize) -> Result<Tensor> {
     const OP: &str = "channel_sum";
@@ -50,24 +57,98 @@ pub fn channel_sum(batch: &mut Batch, x: &Tensor, axis: usize) -> Result<Tensor>
     };
     let out = Tensor::uninit(batch.gpu(), &[channels], dtype)?;
     let inner: usize = x.shape()[axis + 1..].iter().product();
-    // Summing over leading rows only: one thread per channel, coalesced. Otherwise one workgroup
-    // per channel over the (outer, inner) elements.
-    let (entry, groups) = if inner == 1 {
-        ("sum_leading", channels.div_ceil(256))
-    } else {
-        ("sum_channels", channels)
-    };
-    let (grid, groups_x) = fold_grid(batch.gpu(), groups)?;
+    let outer: usize = x.shape()[..axis].iter().product();
+    if inner == 1 {
+        // Summing over leading rows: one thread per channel, coalesced.
+        leading_sum(batch, x, outer, channels, &out)?;
+        return Ok(out);
+    }
+    // One workgroup per channel and chunk of its (outer, inner) elements.
+    let count = outer * inner;
+    let chunk = count.min(256 * PER_THREAD);
+    let chunks = count.div_ceil(chunk);
+    let sums = Tensor::uninit(batch.gpu(), &[chunks * channels], DType::F32)?;
+    let (grid, groups_x) = fold_grid(batch.gpu(), chunks * channels)?;
     let params = Params {
-        outer: x.shape()[..axis].iter().product::<usize>() as u32,
+        outer: outer as u32,
         channels: channels as u32,
         inner: inner as u32,
         groups_x,
+        chunk: chunk as u32,
         ..Default::default()
     };
-    let p = pipeline(batch, dtype, entry, false)?;
-    batch.dispatch(&p, bytemuck::bytes_of(&params), &[x, &out], grid)?;
+    let p = pipeline(batch, dtype, "sum_channels", false)?;
+    batch.dispatch_bound(
+        &p,
+        bytemuck::bytes_of(&params),
+        &[(1, x), (2, &out), (4, &sums)],
+        grid,
+    )?;
+    if chunks > 1 {
+        leading_sum(batch, &sums, chunks, channels, &out)?;
+    }
     Ok(out)
+}
+
+/// out[c] = Σ over `outer` rows of `input` [outer, channels] (x's dtype, or f32 partial sums),
+/// in rounds of at most [`PER_THREAD`] rows per thread; intermediate rounds are f32.
+fn leading_sum(
+    batch: &mut Batch,
+    input: &Tensor,
+    outer: usize,
+    channels: usize,
+    out: &Tensor,
+) -> Result<()> {
+    let gpu = batch.gpu().clone();
+    let mut current = input.clone();
+    let mut rows = outer;
+    // The first round reads x (its own dtype); later rounds read f32 partials.
+    let mut from_x = true;
+    loop {
+        let chunks = rows.div_ceil(PER_THREAD);
+        let cgroups = channels.div_ceil(256);
+        let (grid, groups_x) = fold_grid(&gpu, chunks * cgroups)?;
+        let params = Params {
+            outer: rows as u32,
+            channels: channels as u32,
+            groups_x,
+            chunk: PER_THREAD as u32,
+            ..Default::default()
+        };
+        let input_binding = if from_x { 1 } else { 5 };
+        // The f32 partials are read by the output dtype's module.
+        let dtype = out.dtype();
+        if chunks == 1 {
+            let entry = if from_x {
+                "leading_x_out"
+            } else {
+                "leading_p_out"
+            };
+            let p = pipeline(batch, dtype, entry, false)?;
+            return batch.dispatch_bound(
+                &p,
+                bytemuck::bytes_of(&params),
+                &[(input_binding, &current), (2, out)],
+                grid,
+            );
+        }
+        let sums = Tensor::uninit(&gpu, &[chunks * channels], DType::F32)?;
+        let entry = if from_x {
+            "leading_x_sums"
+        } else {
+            "leading_p_sums"
+        };
+        let p = pipeline(batch, dtype, entry, false)?;
+        batch.dispatch_bound(
+            &p,
+            bytemuck::bytes_of(&params),
+            &[(input_binding, &current), (4, &sums)],
+            grid,
+        )?;
+        current = sums;
+        rows = chunks;
+        from_x = false;
+    }
 }
 
 /// scale · Σ x (or Σ x² with `squares`) as an f32 `[1]` tensor.
@@ -162,16 +243,43 @@ pub fn row_max_argmax(batch: &mut Batch, x: &Tensor) -> Result<(Tensor, Tensor)>
     } else {
         vec![1]
     };
-    let max = Tensor::uninit(batch.gpu(), &out_shape, dtype)?;
-    let argmax = Tensor::uninit(batch.gpu(), &out_shape, DType::U32)?;
-    let (grid, groups_x) = fold_grid(batch.gpu(), rows)?;
-    let params = Params {
+    let gpu = batch.gpu().clone();
+    let max = Tensor::uninit(&gpu, &out_shape, dtype)?;
+    let argmax = Tensor::uninit(&gpu, &out_shape, DType::U32)?;
+    let (grid, groups_x) = fold_grid(&gpu, rows)?;
+    let mut params = Params {
         outer: rows as u32,
         inner: cols as u32,
         groups_x,
         ..Default::default()
     };
-    let p = pipeline(batch, dtype, "row_max_argmax", false)?;
-    batch.dispatch(&p, bytemuck::bytes_of(&params), &[x, &max, &argmax], grid)?;
+    if cols <= LONG_ROW {
+        let p = pipeline(batch, dtype, "row_max_argmax", false)?;
+        batch.dispatch(&p, bytemuck::bytes_of(&params), &[x, &max, &argmax], grid)?;
+        return Ok((max, argmax));
+    }
+    // Long rows: the best of each chunk of 16,384 columns, then of the chunks.
+    let chunk = 64 * 256;
+    let chunks = cols.div_ceil(chunk);
+    let pairs = Tensor::uninit(&gpu, &[rows * chunks, 2], DType::U32)?;
+    let (chunk_grid, chunk_groups_x) = fold_grid(&gpu, rows * chunks)?;
+    params.n = chunks as u32;
+    params.chunk = chunk as u32;
+    params.groups_x = chunk_groups_x;
+    let p = pipeline(batch, dtype, "row_max_argmax_chunks", false)?;
+    batch.dispatch_bound(
+        &p,
+        bytemuck::bytes_of(&params),
+        &[(1, x), (6, &pairs)],
+        chunk_grid,
+    )?;
+    params.groups_x = groups_x;
+    let p = pipeline(batch, dtype, "row_max_argmax_merge", false)?;
+    batch.dispatch_bound(
+        &p,
+        bytemuck::bytes_of(&params),
+        &[(2, &max), (3, &argmax), (6, &pairs)],
+        grid,
+    )?;
     Ok((max, argmax))
 }
