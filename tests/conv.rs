@@ -280,5 +280,64 @@ fn bad_shapes_give_typed_errors() {
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
     let r = ops::conv2d_backward(&mut batch, &x, &w, &t(&[1, 2, 4, 4]), &d, false);
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+    // Parameters near usize::MAX: typed errors, never an overflow panic or a truncation.
+    for p in [
+        Conv2dParams {
+            padding: (usize::MAX / 2, 0),
+            ..d
+        },
+        Conv2dParams {
+            padding: (1 << 31, 0),
+            ..d
+        },
+        Conv2dParams {
+            dilation: (usize::MAX, 1),
+            ..d
+        },
+    ] {
+        let r = conv(&mut batch, &w, p);
+        assert!(
+            matches!(r, Err(Error::LimitExceeded { .. })),
+            "{p:?}: {r:?}"
+        );
+    }
+    let r = conv(
+        &mut batch,
+        &w,
+        Conv2dParams {
+            dilation: (1 << 40, 1),
+            ..d
+        },
+    );
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
     assert_eq!(batch.dispatches(), 0);
+}
+
+/// A stride past u32::MAX is a stride, not its low 32 bits: 2^32 + 1 gives one output row, where
+/// a truncation to 1 would give three.
+#[test]
+fn huge_strides_are_exact() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    let p = Conv2dParams {
+        stride: ((1 << 32) + 1, 2),
+        padding: (0, 1),
+        ..Conv2dParams::default()
+    };
+    let x = Array::new(&[2, 3, 5, 6], random(&mut rng, 2 * 3 * 5 * 6));
+    let w = Array::new(&[4, 3, 3, 2], random(&mut rng, 4 * 3 * 3 * 2));
+    let want = reference::conv::conv2d(&x, &w, None, &p, Activation::None);
+    assert_eq!(want.shape[2], 1);
+    let tx = Tensor::from_slice(&gpu, &x.data, &x.shape).unwrap();
+    let tw = Tensor::from_slice(&gpu, &w.data, &w.shape).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let y = ops::conv2d(&mut batch, &tx, &tw, None, &p, Activation::None).unwrap();
+    batch.submit().unwrap();
+    assert_eq!(y.shape(), want.shape.as_slice());
+    assert_close(
+        &y.to_vec::<f32>().unwrap(),
+        &want.data,
+        1e-5,
+        &format!("seed {seed}"),
+    );
 }

@@ -433,6 +433,14 @@ fn bad_input_gives_typed_errors() {
             Err(Error::DtypeMismatch { .. })
         ));
     }
+    // U32 tensors hold labels and indices: no op computes on their raw bits.
+    let u = Tensor::zeros(&gpu, &[4, 4], DType::U32).unwrap();
+    assert!(matches!(
+        ops::matmul(&mut batch, &u, &u),
+        Err(Error::DtypeMismatch { .. })
+    ));
+    let r = ops::matmul_backward(&mut batch, &u, &u, &u, false, false);
+    assert!(matches!(r, Err(Error::DtypeMismatch { .. })), "{r:?}");
     // Empty tensors are refused where they are made.
     assert!(matches!(
         Tensor::zeros(&gpu, &[0, 4], DType::F32),

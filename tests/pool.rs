@@ -174,5 +174,38 @@ fn bad_input_gives_typed_errors() {
     let g = Tensor::zeros(&gpu, &[1, 2, 3, 3], DType::F32).unwrap();
     let r = ops::avg_pool2d_backward(&mut batch, &g, &[1, 2, 4, 4], &Pool2dParams::square(2));
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+    // Sizes near usize::MAX give typed errors, never an overflow panic or a truncation; so does a
+    // window with more taps than a thread may loop over.
+    for p in [
+        Pool2dParams {
+            kernel: (usize::MAX, 2),
+            stride: (1, 1),
+            padding: (usize::MAX / 2, 0),
+        },
+        Pool2dParams {
+            kernel: (usize::MAX, usize::MAX),
+            stride: (1, 1),
+            padding: (0, 0),
+        },
+        Pool2dParams::square(200),
+    ] {
+        let r = ops::max_pool2d(&mut batch, &x, &p);
+        assert!(
+            matches!(r, Err(Error::LimitExceeded { .. })),
+            "{p:?}: {r:?}"
+        );
+    }
     assert_eq!(batch.dispatches(), 0);
+    // A stride past u32::MAX is exact: one window per plane.
+    let huge = Pool2dParams {
+        kernel: (2, 2),
+        stride: ((1 << 32) + 1, (1 << 32) + 1),
+        padding: (0, 0),
+    };
+    let xs: Vec<f32> = (0..32).map(|v| v as f32).collect();
+    let tx = Tensor::from_slice(&gpu, &xs, &[1, 2, 4, 4]).unwrap();
+    let (y, _) = ops::max_pool2d(&mut batch, &tx, &huge).unwrap();
+    batch.submit().unwrap();
+    assert_eq!(y.shape(), [1, 2, 1, 1]);
+    assert_eq!(y.to_vec::<f32>().unwrap(), [5.0, 21.0]);
 }

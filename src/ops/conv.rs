@@ -15,7 +15,10 @@
 use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::ops::matmul::{record as record_matmul, BiasView, Launch, Operand};
-use crate::ops::{float_dtype, fold_grid, same_dtype, same_gpu, Activation};
+use crate::ops::{
+    checked, float_dtype, fold_grid, same_dtype, same_gpu, shader_stride, window_axis, Activation,
+    MAX_WINDOW_TAPS,
+};
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::Tensor;
 
@@ -66,6 +69,9 @@ struct Geometry {
     s: usize,
     oh: usize,
     ow: usize,
+    /// Padded input height and width (at most `MAX_PADDED_SIDE`).
+    ph: usize,
+    pw: usize,
     groups: usize,
     p: Conv2dParams,
 }
@@ -122,17 +128,19 @@ fn geometry(op: &'static str, x: &Tensor, w: &Tensor, p: &Conv2dParams) -> Resul
             ),
         });
     }
-    let span_h = (r - 1) * p.dilation.0 + 1;
-    let span_w = (s - 1) * p.dilation.1 + 1;
-    let (ph, pw) = (h + 2 * p.padding.0, wd + 2 * p.padding.1);
-    if span_h > ph || span_w > pw {
-        return Err(Error::ShapeMismatch {
-            op,
-            details: format!(
-                "kernel span {span_h}x{span_w} is larger than the padded input {ph}x{pw}"
-            ),
+    let taps = checked(op, "kernel taps", r.checked_mul(s))?;
+    if taps > MAX_WINDOW_TAPS {
+        return Err(Error::LimitExceeded {
+            what: format!("{op}: kernel taps (height × width)"),
+            requested: taps as u64,
+            limit: MAX_WINDOW_TAPS as u64,
         });
     }
+    let span =
+        |k: usize, d: usize| checked(op, "kernel span", (k - 1).checked_mul(d)).map(|x| x + 1);
+    let (span_h, span_w) = (span(r, p.dilation.0)?, span(s, p.dilation.1)?);
+    let (ph, oh) = window_axis(op, "height", h, p.padding.0, span_h, p.stride.0)?;
+    let (pw, ow) = window_axis(op, "width", wd, p.padding.1, span_w, p.stride.1)?;
     Ok(Geometry {
         n,
         c,
@@ -141,8 +149,10 @@ fn geometry(op: &'static str, x: &Tensor, w: &Tensor, p: &Conv2dParams) -> Resul
         k,
         r,
         s,
-        oh: (ph - span_h) / p.stride.0 + 1,
-        ow: (pw - span_w) / p.stride.1 + 1,
+        oh,
+        ow,
+        ph,
+        pw,
         groups: p.groups,
         p: *p,
     })
@@ -209,8 +219,10 @@ fn record_layout(
         out_w: g.ow as u32,
         kernel_h: g.r as u32,
         kernel_w: g.s as u32,
-        stride_h: g.p.stride.0 as u32,
-        stride_w: g.p.stride.1 as u32,
+        // Bounded by the padded sizes, which geometry() keeps under 2^31; the dims and offsets
+        // above by tensor sizes, which are under 2^32 elements.
+        stride_h: shader_stride(g.p.stride.0, g.ph),
+        stride_w: shader_stride(g.p.stride.1, g.pw),
         pad_h: g.p.padding.0 as u32,
         pad_w: g.p.padding.1 as u32,
         dil_h: g.p.dilation.0 as u32,

@@ -6,7 +6,7 @@
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::ops::{distinct_output, same_dtype, same_gpu, Activation};
+use crate::ops::{distinct_output, float_dtype, same_dtype, same_gpu, to_u32, Activation};
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::Tensor;
 
@@ -170,14 +170,6 @@ impl Dims {
     }
 }
 
-fn to_u32(op: &'static str, what: &str, x: usize) -> Result<u32> {
-    u32::try_from(x).map_err(|_| Error::LimitExceeded {
-        what: format!("{op}: {what}"),
-        requested: x as u64,
-        limit: u64::from(u32::MAX),
-    })
-}
-
 /// C = A·B.
 pub fn matmul(batch: &mut Batch, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     matmul_with(batch, a, b, &MatmulOptions::default())
@@ -232,8 +224,9 @@ pub fn matmul_into(
         }
         all.push(bias);
     }
-    same_dtype(OP, &all)?;
     same_gpu(OP, batch, &all)?;
+    same_dtype(OP, &all)?;
+    float_dtype(OP, a)?;
     let inputs: Vec<&Tensor> = [a, b].into_iter().chain(options.bias).collect();
     distinct_output(OP, &inputs, c)?;
     let stride = |batches: usize, size: usize| if batches > 1 { size } else { 0 };
@@ -291,8 +284,9 @@ pub fn matmul_backward(
             details: format!("grad_c is {:?}, C is {:?}", grad_c.shape(), d.out_shape()),
         });
     }
-    same_dtype(OP, &[a, b, grad_c])?;
     same_gpu(OP, batch, &[a, b, grad_c])?;
+    same_dtype(OP, &[a, b, grad_c])?;
+    float_dtype(OP, a)?;
     let (m, n, k) = (d.m, d.n, d.k);
     let da = Tensor::uninit(batch.gpu(), a.shape(), a.dtype())?;
     let db = Tensor::uninit(batch.gpu(), b.shape(), b.dtype())?;

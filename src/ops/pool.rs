@@ -7,7 +7,9 @@
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::ops::{float_dtype, fold_grid, same_gpu};
+use crate::ops::{
+    checked, float_dtype, fold_grid, same_gpu, shader_stride, window_axis, MAX_WINDOW_TAPS,
+};
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::{DType, Tensor};
 
@@ -52,7 +54,7 @@ struct Params {
 const _: () = assert!(std::mem::size_of::<Params>() == 48);
 
 /// The output shape for an NCHW `input_shape`.
-fn output_shape(op: &'static str, input_shape: &[usize], p: &Pool2dParams) -> Result<[usize; 4]> {
+fn output_shape(op: &'static str, input_shape: &[usize], p: &Pool2dParams) -> Result<PoolGeometry> {
     let &[n, c, h, w] = input_shape else {
         return Err(Error::ShapeMismatch {
             op,
@@ -66,28 +68,33 @@ fn output_shape(op: &'static str, input_shape: &[usize], p: &Pool2dParams) -> Re
             p.kernel, p.stride
         ));
     }
-    if 2 * p.padding.0 > p.kernel.0 || 2 * p.padding.1 > p.kernel.1 {
+    // The kernel >= 2·padding check, written so that it cannot overflow.
+    if p.padding.0 > p.kernel.0 / 2 || p.padding.1 > p.kernel.1 / 2 {
         return invalid(format!(
             "padding {:?} must be at most half the kernel {:?}",
             p.padding, p.kernel
         ));
     }
-    let (ph, pw) = (h + 2 * p.padding.0, w + 2 * p.padding.1);
-    if p.kernel.0 > ph || p.kernel.1 > pw {
-        return Err(Error::ShapeMismatch {
-            op,
-            details: format!(
-                "window {:?} is larger than the padded input {ph}x{pw}",
-                p.kernel
-            ),
+    let taps = checked(op, "window taps", p.kernel.0.checked_mul(p.kernel.1))?;
+    if taps > MAX_WINDOW_TAPS {
+        return Err(Error::LimitExceeded {
+            what: format!("{op}: window taps (height × width)"),
+            requested: taps as u64,
+            limit: MAX_WINDOW_TAPS as u64,
         });
     }
-    Ok([
-        n,
-        c,
-        (ph - p.kernel.0) / p.stride.0 + 1,
-        (pw - p.kernel.1) / p.stride.1 + 1,
-    ])
+    let (ph, oh) = window_axis(op, "height", h, p.padding.0, p.kernel.0, p.stride.0)?;
+    let (pw, ow) = window_axis(op, "width", w, p.padding.1, p.kernel.1, p.stride.1)?;
+    Ok(PoolGeometry {
+        out: [n, c, oh, ow],
+        padded: (ph, pw),
+    })
+}
+
+/// Checked output shape and padded input size of one pooling.
+struct PoolGeometry {
+    out: [usize; 4],
+    padded: (usize, usize),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -95,7 +102,7 @@ fn record(
     batch: &mut Batch,
     entry: &'static str,
     input_shape: &[usize],
-    out_shape: &[usize; 4],
+    geometry: &PoolGeometry,
     p: &Pool2dParams,
     src: &Tensor,
     dst: &Tensor,
@@ -108,12 +115,14 @@ fn record(
         height: input_shape[2] as u32,
         width: input_shape[3] as u32,
         groups_x,
-        out_h: out_shape[2] as u32,
-        out_w: out_shape[3] as u32,
+        // Output dims come from tensor sizes (under 2^32 elements); kernel and padding are at most
+        // the padded size, which output_shape() keeps under 2^31.
+        out_h: geometry.out[2] as u32,
+        out_w: geometry.out[3] as u32,
         kernel_h: p.kernel.0 as u32,
         kernel_w: p.kernel.1 as u32,
-        stride_h: p.stride.0 as u32,
-        stride_w: p.stride.1 as u32,
+        stride_h: shader_stride(p.stride.0, geometry.padded.0),
+        stride_w: shader_stride(p.stride.1, geometry.padded.1),
         pad_h: p.padding.0 as u32,
         pad_w: p.padding.1 as u32,
     };
@@ -139,7 +148,8 @@ pub fn max_pool2d(
     const OP: &str = "max_pool2d";
     same_gpu(OP, batch, &[x])?;
     let dtype = float_dtype(OP, x)?;
-    let out_shape = output_shape(OP, x.shape(), params)?;
+    let geometry = output_shape(OP, x.shape(), params)?;
+    let out_shape = geometry.out;
     let out = Tensor::uninit(batch.gpu(), &out_shape, dtype)?;
     let indices = Tensor::uninit(batch.gpu(), &out_shape, DType::U32)?;
     let n = out.numel();
@@ -147,7 +157,7 @@ pub fn max_pool2d(
         batch,
         "max_forward",
         x.shape(),
-        &out_shape,
+        &geometry,
         params,
         x,
         &out,
@@ -168,7 +178,8 @@ pub fn max_pool2d_backward(
     const OP: &str = "max_pool2d_backward";
     same_gpu(OP, batch, &[grad_out, indices])?;
     let dtype = float_dtype(OP, grad_out)?;
-    let out_shape = output_shape(OP, input_shape, params)?;
+    let geometry = output_shape(OP, input_shape, params)?;
+    let out_shape = geometry.out;
     if grad_out.shape() != out_shape
         || indices.shape() != out_shape
         || indices.dtype() != DType::U32
@@ -188,7 +199,7 @@ pub fn max_pool2d_backward(
         batch,
         "max_backward",
         input_shape,
-        &out_shape,
+        &geometry,
         params,
         grad_out,
         &dx,
@@ -203,14 +214,15 @@ pub fn avg_pool2d(batch: &mut Batch, x: &Tensor, params: &Pool2dParams) -> Resul
     const OP: &str = "avg_pool2d";
     same_gpu(OP, batch, &[x])?;
     let dtype = float_dtype(OP, x)?;
-    let out_shape = output_shape(OP, x.shape(), params)?;
+    let geometry = output_shape(OP, x.shape(), params)?;
+    let out_shape = geometry.out;
     let out = Tensor::uninit(batch.gpu(), &out_shape, dtype)?;
     let n = out.numel();
     record(
         batch,
         "avg_forward",
         x.shape(),
-        &out_shape,
+        &geometry,
         params,
         x,
         &out,
@@ -230,7 +242,8 @@ pub fn avg_pool2d_backward(
     const OP: &str = "avg_pool2d_backward";
     same_gpu(OP, batch, &[grad_out])?;
     let dtype = float_dtype(OP, grad_out)?;
-    let out_shape = output_shape(OP, input_shape, params)?;
+    let geometry = output_shape(OP, input_shape, params)?;
+    let out_shape = geometry.out;
     if grad_out.shape() != out_shape {
         return Err(Error::ShapeMismatch {
             op: OP,
@@ -246,7 +259,7 @@ pub fn avg_pool2d_backward(
         batch,
         "avg_backward",
         input_shape,
-        &out_shape,
+        &geometry,
         params,
         grad_out,
         &dx,
