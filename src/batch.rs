@@ -1,11 +1,10 @@
 //! Recording: ops append dispatches to a [`Batch`]; the caller submits it once.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Pipeline};
-use crate::pool::PooledBuffer;
+use crate::pool::{Held, PooledBuffer};
 use crate::tensor::Tensor;
 
 /// Bytes of one uniform chunk; each dispatch's parameters take one aligned slot in it.
@@ -25,7 +24,8 @@ pub struct Batch {
     gpu: Gpu,
     encoder: Option<wgpu::CommandEncoder>,
     pass: Option<wgpu::ComputePass<'static>>,
-    keep_alive: Vec<Arc<PooledBuffer>>,
+    /// Buffers the recorded work touches, held (and counted as pending) until submission.
+    keep_alive: Vec<Held>,
     uniforms: Vec<UniformChunk>,
     dispatches: usize,
     timer: Option<TimerQueries>,
@@ -90,6 +90,14 @@ impl Batch {
         tensors: &[(u32, &Tensor)],
         workgroups: [u32; 3],
     ) -> Result<()> {
+        if tensors
+            .iter()
+            .any(|(_, t)| !t.gpu().same_context(&self.gpu))
+        {
+            return Err(Error::ContextMismatch {
+                op: pipeline.pipeline_name(),
+            });
+        }
         let max = self.gpu.limits().max_compute_workgroups_per_dimension;
         if let Some((axis, &n)) = workgroups.iter().enumerate().find(|(_, &n)| n > max) {
             return Err(Error::LimitExceeded {
@@ -123,8 +131,8 @@ impl Batch {
                 entries: &entries,
             })
         })?;
-        for (_, t) in tensors {
-            self.keep_alive.push(t.buffer.clone());
+        for (binding, t) in tensors {
+            self.hold(t, pipeline.writes(*binding));
         }
         if self.pass.is_none() {
             let timestamp_writes = match &self.timer {
@@ -188,8 +196,20 @@ impl Batch {
         (chunk, offset)
     }
 
+    fn hold(&mut self, t: &Tensor, writes: bool) {
+        self.keep_alive.push(Held::new(t.buffer.clone(), writes));
+    }
+
+    fn same_context(&self, op: &'static str, tensors: &[&Tensor]) -> Result<()> {
+        if tensors.iter().any(|t| !t.gpu().same_context(&self.gpu)) {
+            return Err(Error::ContextMismatch { op });
+        }
+        Ok(())
+    }
+
     /// Records a copy of `src` into `dst` (same byte size).
     pub fn copy(&mut self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        self.same_context("Batch::copy", &[src, dst])?;
         if src.size_bytes() != dst.size_bytes() {
             return Err(Error::ShapeMismatch {
                 op: "Batch::copy",
@@ -200,13 +220,14 @@ impl Batch {
         let len = src.size_bytes().next_multiple_of(4);
         self.encoder()
             .copy_buffer_to_buffer(src.buffer.buffer(), 0, dst.buffer.buffer(), 0, len);
-        self.keep_alive.push(src.buffer.clone());
-        self.keep_alive.push(dst.buffer.clone());
+        self.hold(src, false);
+        self.hold(dst, true);
         Ok(())
     }
 
     /// Records a copy of the first `dst.size_bytes()` bytes of `src` into `dst`.
     pub(crate) fn copy_prefix(&mut self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        self.same_context("Batch::copy_prefix", &[src, dst])?;
         if dst.size_bytes() > src.size_bytes() {
             return Err(Error::ShapeMismatch {
                 op: "Batch::copy_prefix",
@@ -217,8 +238,8 @@ impl Batch {
         let len = dst.size_bytes().next_multiple_of(4);
         self.encoder()
             .copy_buffer_to_buffer(src.buffer.buffer(), 0, dst.buffer.buffer(), 0, len);
-        self.keep_alive.push(src.buffer.clone());
-        self.keep_alive.push(dst.buffer.clone());
+        self.hold(src, false);
+        self.hold(dst, true);
         Ok(())
     }
 

@@ -67,7 +67,32 @@ pub enum Error {
         /// Elements given.
         found: usize,
     },
-    /// An error reported by wgpu or the driver (validation, out of memory, device lost, mapping).
+    /// Tensors of different [`crate::Gpu`] contexts met in one op or batch.
+    ContextMismatch {
+        /// The op or call that rejected them.
+        op: &'static str,
+    },
+    /// An output shares a buffer with an input of the same op.
+    Aliasing {
+        /// The op that rejected it.
+        op: &'static str,
+        /// Which tensors alias.
+        details: String,
+    },
+    /// The tensor is written by recorded work that has not been submitted: reading it now would
+    /// return stale contents (or, for a host write, overtake the recorded work). Submit the batch.
+    PendingWork {
+        /// The call that was refused.
+        op: &'static str,
+    },
+    /// The device ran out of memory.
+    OutOfMemory(String),
+    /// wgpu rejected a call as invalid (a bug in wgnn, or an application-owned device without a
+    /// feature or limit the kernel needs).
+    Validation(String),
+    /// The device was lost (driver reset, GPU removed, watchdog); the context cannot be used again.
+    DeviceLost(String),
+    /// Any other error reported by wgpu or the driver (mapping a buffer, an internal error).
     Gpu(String),
 }
 
@@ -100,6 +125,19 @@ impl fmt::Display for Error {
                 f,
                 "data has {found} elements but the shape holds {expected}"
             ),
+            Error::ContextMismatch { op } => write!(
+                f,
+                "{op}: tensors belong to different Gpu contexts (another device)"
+            ),
+            Error::Aliasing { op, details } => write!(f, "{op}: aliasing: {details}"),
+            Error::PendingWork { op } => write!(
+                f,
+                "{op}: the tensor is written by recorded work that has not been submitted; \
+                 submit its batch first"
+            ),
+            Error::OutOfMemory(e) => write!(f, "the GPU is out of memory: {e}"),
+            Error::Validation(e) => write!(f, "wgpu validation error: {e}"),
+            Error::DeviceLost(e) => write!(f, "the GPU device was lost: {e}"),
             Error::Gpu(e) => write!(f, "GPU error: {e}"),
         }
     }
@@ -109,3 +147,13 @@ impl std::error::Error for Error {}
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<wgpu::Error> for Error {
+    fn from(e: wgpu::Error) -> Self {
+        match e {
+            wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(e.to_string()),
+            wgpu::Error::Validation { .. } => Error::Validation(e.to_string()),
+            wgpu::Error::Internal { .. } => Error::Gpu(e.to_string()),
+        }
+    }
+}

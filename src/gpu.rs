@@ -57,6 +57,9 @@ impl GpuOptions {
 struct CachedPipeline {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
+    /// Bindings the kernel may write (declared `read_write`).
+    writes: Vec<u32>,
+    name: &'static str,
 }
 
 /// A compiled kernel, ready to dispatch. Cheap to clone.
@@ -69,6 +72,12 @@ impl Pipeline {
     }
     pub(crate) fn layout(&self) -> &wgpu::BindGroupLayout {
         &self.0.layout
+    }
+    pub(crate) fn pipeline_name(&self) -> &'static str {
+        self.0.name
+    }
+    pub(crate) fn writes(&self, binding: u32) -> bool {
+        self.0.writes.contains(&binding)
     }
 }
 
@@ -85,7 +94,8 @@ pub(crate) struct GpuInner {
     pub(crate) pool: Arc<BufferPool>,
     modules: Mutex<HashMap<(Kernel, DType, bool), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
-    uncaptured: Arc<Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Option<Error>>>,
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 /// A GPU device and queue with wgnn's caches. Cheap to clone: clones share one device.
@@ -168,15 +178,24 @@ impl Gpu {
         }))
         .map_err(|e| Error::RequestDevice(e.to_string()))?;
         let gpu = Self::build(device, queue, &options);
-        // wgnn owns this device: keep errors that escape every error scope instead of panicking.
+        // wgnn owns this device: keep errors that escape every error scope instead of panicking,
+        // and remember a loss of the device so that every later call reports it.
         let slot = gpu.0.uncaptured.clone();
         gpu.0
             .device
             .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
                 if let Ok(mut s) = slot.lock() {
-                    s.get_or_insert_with(|| e.to_string());
+                    s.get_or_insert_with(|| e.into());
                 }
             }));
+        let lost = gpu.0.lost.clone();
+        gpu.0
+            .device
+            .set_device_lost_callback(move |reason, message| {
+                if let Ok(mut s) = lost.lock() {
+                    s.get_or_insert_with(|| format!("{reason:?}: {message}"));
+                }
+            });
         Ok(gpu)
     }
 
@@ -201,6 +220,7 @@ impl Gpu {
             modules: Mutex::default(),
             pipelines: Mutex::default(),
             uncaptured: Arc::default(),
+            lost: Arc::default(),
         }))
     }
 
@@ -257,19 +277,27 @@ impl Gpu {
         self.0.pipelines.lock().map(|p| p.len()).unwrap_or(0)
     }
 
-    /// Blocks until all submitted work is done.
-    pub fn wait(&self) -> Result<()> {
-        self.0
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(e.to_string()))?;
-        self.take_uncaptured_error()
+    /// Whether two handles share one context (device, caches and pool).
+    pub fn same_context(&self, other: &Gpu) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
-    /// An error that wgpu reported outside any error scope, if one happened.
+    /// Blocks until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        let polled = self.0.device.poll(wgpu::PollType::wait_indefinitely());
+        self.take_uncaptured_error()?;
+        polled.map_err(|e| Error::DeviceLost(e.to_string()))?;
+        Ok(())
+    }
+
+    /// An error that wgpu reported outside any error scope, or the device's loss, if either
+    /// happened.
     pub(crate) fn take_uncaptured_error(&self) -> Result<()> {
+        if let Some(reason) = self.0.lost.lock().ok().and_then(|s| s.clone()) {
+            return Err(Error::DeviceLost(reason));
+        }
         match self.0.uncaptured.lock().ok().and_then(|mut s| s.take()) {
-            Some(e) => Err(Error::Gpu(e)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -288,7 +316,7 @@ impl Gpu {
         let validation = pollster::block_on(validation.pop());
         let oom = pollster::block_on(oom.pop());
         match validation.or(oom) {
-            Some(e) => Err(Error::Gpu(e.to_string())),
+            Some(e) => Err(e.into()),
             None => Ok(value),
         }
     }
@@ -342,7 +370,15 @@ impl Gpu {
                 })
         })?;
         let layout = pipeline.get_bind_group_layout(0);
-        let p = Pipeline(Arc::new(CachedPipeline { pipeline, layout }));
+        let writes = crate::shaders::writable_bindings(&crate::shaders::source(
+            key.kernel, key.dtype, subgroups,
+        ));
+        let p = Pipeline(Arc::new(CachedPipeline {
+            pipeline,
+            layout,
+            writes,
+            name: key.kernel.name(),
+        }));
         if let Ok(mut cache) = self.0.pipelines.lock() {
             cache.insert(key, p.clone());
         }

@@ -74,6 +74,8 @@ impl BufferPool {
             buffer: Some(buffer),
             key,
             pool: Arc::downgrade(self),
+            pending_writes: AtomicU64::new(0),
+            pending_uses: AtomicU64::new(0),
         }
     }
 
@@ -104,6 +106,35 @@ pub(crate) struct PooledBuffer {
     buffer: Option<wgpu::Buffer>,
     key: (u64, u32),
     pool: Weak<BufferPool>,
+    /// Recorded, unsubmitted work that writes this buffer / that uses it at all.
+    pending_writes: AtomicU64,
+    pending_uses: AtomicU64,
+}
+
+/// A buffer held by recorded work until its batch is submitted or dropped; while held, it counts
+/// as pending (see [`PooledBuffer::has_pending_writes`]).
+pub(crate) struct Held {
+    buffer: Arc<PooledBuffer>,
+    writes: bool,
+}
+
+impl Held {
+    pub(crate) fn new(buffer: Arc<PooledBuffer>, writes: bool) -> Self {
+        buffer.pending_uses.fetch_add(1, Ordering::AcqRel);
+        if writes {
+            buffer.pending_writes.fetch_add(1, Ordering::AcqRel);
+        }
+        Held { buffer, writes }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.buffer.pending_uses.fetch_sub(1, Ordering::AcqRel);
+        if self.writes {
+            self.buffer.pending_writes.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl PooledBuffer {
@@ -115,6 +146,16 @@ impl PooledBuffer {
 
     pub(crate) fn capacity(&self) -> u64 {
         self.key.0
+    }
+
+    /// Whether recorded, unsubmitted work writes the buffer.
+    pub(crate) fn has_pending_writes(&self) -> bool {
+        self.pending_writes.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether recorded, unsubmitted work reads or writes the buffer.
+    pub(crate) fn has_pending_uses(&self) -> bool {
+        self.pending_uses.load(Ordering::Acquire) > 0
     }
 }
 

@@ -145,3 +145,36 @@ pub(crate) struct PipelineKey {
     /// Override constants by name; bools as 0/1.
     pub constants: Vec<(&'static str, u32)>,
 }
+
+/// The bindings that `source` declares `read_write`: what a dispatch of it may write.
+pub(crate) fn writable_bindings(source: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for piece in source.split("@binding(").skip(1) {
+        let Some((number, rest)) = piece.split_once(')') else {
+            continue;
+        };
+        let declaration = rest.split(';').next().unwrap_or("");
+        if declaration.contains("read_write") {
+            if let Ok(n) = number.trim().parse() {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn writable_bindings_are_the_read_write_ones() {
+        for &kernel in super::Kernel::ALL {
+            let w = super::writable_bindings(kernel.wgsl());
+            assert!(!w.is_empty(), "{}", kernel.name());
+            assert!(!w.contains(&0), "{}: params are uniform", kernel.name());
+        }
+        assert_eq!(
+            super::writable_bindings(super::Kernel::Matmul.wgsl()),
+            [3, 5]
+        );
+    }
+}

@@ -196,9 +196,15 @@ impl Tensor {
     }
 
     /// Overwrites the tensor's contents, reusing its buffer. The write lands before the next
-    /// submission's work, so do not overwrite a tensor that unsubmitted recorded work still reads.
+    /// submission's work, so a tensor that recorded, unsubmitted work uses is refused with
+    /// [`Error::PendingWork`] (the write would overtake that work).
     pub fn write<T: Element>(&self, data: &[T]) -> Result<()> {
         self.expect_dtype(T::DTYPE, "Tensor::write")?;
+        if self.buffer.has_pending_uses() {
+            return Err(Error::PendingWork {
+                op: "Tensor::write",
+            });
+        }
         if data.len() != self.numel() {
             return Err(Error::DataLength {
                 expected: self.numel(),
@@ -219,7 +225,8 @@ impl Tensor {
     }
 
     /// Copies the tensor back to the host. Submits and waits: call it once results are needed, not
-    /// inside a hot loop.
+    /// inside a hot loop. A tensor that recorded, unsubmitted work writes is refused with
+    /// [`Error::PendingWork`]: its contents would be stale.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         self.expect_dtype(T::DTYPE, "Tensor::to_vec")?;
         let bytes = self.read_bytes(self.size_bytes().next_multiple_of(4))?;
@@ -248,6 +255,11 @@ impl Tensor {
     }
 
     fn read_bytes(&self, len: u64) -> Result<Vec<u8>> {
+        if self.buffer.has_pending_writes() {
+            return Err(Error::PendingWork {
+                op: "Tensor::to_vec",
+            });
+        }
         let gpu = &self.gpu;
         let staging = gpu.0.pool.acquire(
             &gpu.0.device,
@@ -269,7 +281,7 @@ impl Tensor {
         });
         gpu.wait()?;
         rx.recv()
-            .map_err(|e| Error::Gpu(format!("readback callback lost: {e}")))?
+            .map_err(|e| Error::DeviceLost(format!("readback callback lost: {e}")))?
             .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
         let bytes = slice
             .get_mapped_range()

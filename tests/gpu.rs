@@ -117,3 +117,54 @@ fn upload_readback_and_reshape_round_trip() {
         assert_eq!(th.to_vec_f32().unwrap(), h);
     }
 }
+
+/// Tensors of another context are refused by every recording call, with their own error.
+#[test]
+fn tensors_of_another_context_are_refused() {
+    let gpu = gpu();
+    let other = Gpu::new().expect("GPU tests need an adapter");
+    let mine = Tensor::full(&gpu, &[4, 4], DType::F32, 1.5).unwrap();
+    let theirs = Tensor::full(&other, &[4, 4], DType::F32, 2.5).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let r = batch.copy(&theirs, &mine);
+    assert!(matches!(r, Err(Error::ContextMismatch { .. })), "{r:?}");
+    let r = batch.copy(&mine, &theirs);
+    assert!(matches!(r, Err(Error::ContextMismatch { .. })), "{r:?}");
+    let r = ops::matmul(&mut batch, &mine, &theirs);
+    assert!(matches!(r, Err(Error::ContextMismatch { .. })), "{r:?}");
+    batch.submit().unwrap();
+    assert_eq!(mine.to_vec::<f32>().unwrap(), [1.5; 16]);
+}
+
+/// Reading back a tensor that recorded work will write, before that work is submitted, is an
+/// error, never stale contents; so is a host write that would overtake recorded work.
+#[test]
+fn pending_work_is_not_read_back_stale() {
+    let gpu = gpu();
+    let a = Tensor::full(&gpu, &[2, 2], DType::F32, 1.0).unwrap();
+    let b = Tensor::full(&gpu, &[2, 2], DType::F32, 2.0).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let c = ops::matmul(&mut batch, &a, &b).unwrap();
+    let r = c.to_vec::<f32>();
+    assert!(matches!(r, Err(Error::PendingWork { .. })), "{r:?}");
+    // Inputs of the pending work can be read, not overwritten.
+    assert_eq!(a.to_vec::<f32>().unwrap(), [1.0; 4]);
+    let r = a.write(&[3.0f32; 4]);
+    assert!(matches!(r, Err(Error::PendingWork { .. })), "{r:?}");
+    let copy = Tensor::uninit(&gpu, &[2, 2], DType::F32).unwrap();
+    batch.copy(&c, &copy).unwrap();
+    assert!(matches!(
+        copy.to_vec::<f32>(),
+        Err(Error::PendingWork { .. })
+    ));
+    batch.submit().unwrap();
+    assert_eq!(c.to_vec::<f32>().unwrap(), [4.0; 4]);
+    assert_eq!(copy.to_vec::<f32>().unwrap(), [4.0; 4]);
+    a.write(&[3.0f32; 4]).unwrap();
+    // A batch dropped unsubmitted leaves nothing pending.
+    let mut dropped = Batch::new(&gpu);
+    let d = ops::matmul(&mut dropped, &a, &b).unwrap();
+    drop(dropped);
+    a.write(&[1.0f32; 4]).unwrap();
+    assert!(d.to_vec::<f32>().is_ok());
+}

@@ -402,10 +402,7 @@ fn bad_input_gives_typed_errors() {
     let r = ops::matmul_into(&mut batch, &a, &t(&[4, 5]), &Default::default(), &wrong_out);
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
     let r = ops::matmul_into(&mut batch, &a, &t(&[4, 4]), &Default::default(), &a);
-    assert!(
-        matches!(r, Err(Error::ShapeMismatch { .. })),
-        "aliased output"
-    );
+    assert!(matches!(r, Err(Error::Aliasing { .. })), "aliased output");
     let out = t(&[1, 4]);
     let bias_view = out.reshape(&[4]).unwrap();
     let aliased_bias = ops::MatmulOptions {
@@ -414,7 +411,7 @@ fn bad_input_gives_typed_errors() {
     };
     let r = ops::matmul_into(&mut batch, &t(&[1, 4]), &t(&[4, 4]), &aliased_bias, &out);
     assert!(
-        matches!(r, Err(Error::ShapeMismatch { .. })),
+        matches!(r, Err(Error::Aliasing { .. })),
         "output aliasing the bias: {r:?}"
     );
     let r = ops::matmul_backward(
@@ -528,7 +525,7 @@ fn long_sums_past_the_software_loop_cap() {
         false,
         false,
         true,
-        Activation::Tanh,
+        Activation::None,
         DType::F32,
         2e-5,
     );

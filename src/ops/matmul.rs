@@ -184,7 +184,7 @@ pub fn matmul_with(
 ) -> Result<Tensor> {
     let d = dims("matmul", a, b, options.trans_a, options.trans_b)?;
     if options.accumulate {
-        return Err(Error::ShapeMismatch {
+        return Err(Error::InvalidArgument {
             op: "matmul",
             details: "accumulate needs an existing output: use matmul_into".into(),
         });

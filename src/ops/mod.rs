@@ -64,14 +64,8 @@ pub(crate) fn same_dtype(op: &'static str, tensors: &[&Tensor]) -> Result<DType>
 }
 
 pub(crate) fn same_gpu(op: &'static str, batch: &crate::Batch, tensors: &[&Tensor]) -> Result<()> {
-    if tensors
-        .iter()
-        .any(|t| !std::sync::Arc::ptr_eq(&t.gpu().0, &batch.gpu().0))
-    {
-        return Err(Error::ShapeMismatch {
-            op,
-            details: "tensors belong to another Gpu context than the batch".into(),
-        });
+    if tensors.iter().any(|t| !t.gpu().same_context(batch.gpu())) {
+        return Err(Error::ContextMismatch { op });
     }
     Ok(())
 }
@@ -104,7 +98,7 @@ pub(crate) fn same_shape(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
 /// read-write.
 pub(crate) fn distinct_output(op: &'static str, inputs: &[&Tensor], out: &Tensor) -> Result<()> {
     if inputs.iter().any(|t| t.shares_buffer_with(out)) {
-        return Err(Error::ShapeMismatch {
+        return Err(Error::Aliasing {
             op,
             details: "the output must not share a buffer with an input".into(),
         });

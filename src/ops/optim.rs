@@ -130,7 +130,7 @@ fn check_tensors(
     }
     for (i, a) in all.iter().enumerate() {
         if all[i + 1..].iter().any(|b| a.shares_buffer_with(b)) {
-            return Err(Error::ShapeMismatch {
+            return Err(Error::Aliasing {
                 op,
                 details: "parameter, gradient and state must be distinct tensors".into(),
             });
