@@ -1,8 +1,9 @@
 // activation.wgsl: the activation functions and their derivatives, shared by kernels with fused
 // epilogues (a prelude: wgnn prepends it to the kernels that name it; WGSL has no includes).
 // ACTIVATION: 0 none, 1 relu, 2 gelu (exact, erf), 3 sigmoid, 4 tanh.
-// A NaN input gives a NaN output for every activation (WGSL leaves max/clamp of a NaN
-// indeterminate, so relu and tanh avoid them on NaN).
+// A NaN input gives a NaN output for every activation, and a NaN gradient for every derivative but
+// ReLU's (0 there, as PyTorch). NaN is tested by its bit pattern: compilers may assume floats are
+// never NaN and fold `x != x` or a select around max/clamp away (GL's did, turning relu(NaN) into 0).
 
 override ACTIVATION: u32 = 0u;
 
@@ -25,11 +26,12 @@ fn sigmoid1(x: f32) -> f32 {
 }
 
 fn activate1(x: f32) -> f32 {
+    if (ACTIVATION != 0u && is_nan1(x)) { return x; }
     switch ACTIVATION {
         case 1u: { return select(x, 0.0, x < 0.0); }
         case 2u: { return 0.5 * x * (1.0 + erf_approx(x * 0.70710678)); }
         case 3u: { return sigmoid1(x); }
-        case 4u: { return select(tanh(clamp(x, -15.0, 15.0)), x, is_nan1(x)); }
+        case 4u: { return tanh(clamp(x, -15.0, 15.0)); }
         default: { return x; }
     }
 }
@@ -41,6 +43,7 @@ fn activate(x: vec4<f32>) -> vec4<f32> {
 
 // d act(x) / dx, from the activation's input x.
 fn activate_grad1(x: f32) -> f32 {
+    if (ACTIVATION != 0u && is_nan1(x)) { return select(x, 0.0, ACTIVATION == 1u); }
     switch ACTIVATION {
         case 1u: { return select(0.0, 1.0, x > 0.0); }
         case 2u: {

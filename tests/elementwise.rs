@@ -81,22 +81,50 @@ fn activations_forward_and_backward() {
     }
 }
 
+/// NaNs of several bit patterns (quiet, signalling-looking, negative), which no shader compiler can
+/// treat as one constant.
+fn nans() -> [f32; 3] {
+    [
+        f32::from_bits(0x7fc0_0000),
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0xffc0_1234),
+    ]
+}
+
 #[test]
 fn nan_propagates_through_every_activation() {
     let gpu = gpu();
-    let x = [f32::NAN, 1.0, -2.0, f32::NAN, 0.5];
+    let [n0, n1, n2] = nans();
+    let x = [n0, 1.0, -2.0, n1, 0.5, n2];
     for dtype in dtypes() {
-        let tx = Tensor::from_f32(&gpu, &x, &[5], dtype).unwrap();
+        let tx = Tensor::from_f32(&gpu, &x, &[6], dtype).unwrap();
         for act in ACTIVATIONS {
             let mut batch = Batch::new(&gpu);
             let y = ops::activation(&mut batch, &tx, act).unwrap();
             batch.submit().unwrap();
             let y = y.to_vec_f32().unwrap();
-            assert!(y[0].is_nan() && y[3].is_nan(), "{act:?} {dtype:?}: {y:?}");
+            assert!(
+                y[0].is_nan() && y[3].is_nan() && y[5].is_nan(),
+                "{act:?} {dtype:?}: {y:?}"
+            );
             assert!(
                 y[1].is_finite() && y[2].is_finite() && y[4].is_finite(),
                 "{act:?} {dtype:?}: {y:?}"
             );
+            // Backward at a NaN input: NaN, except ReLU's gradient, which is 0 there (PyTorch).
+            let g = Tensor::from_f32(&gpu, &[1.0; 6], &[6], dtype).unwrap();
+            let mut batch = Batch::new(&gpu);
+            let dx = ops::activation_backward(&mut batch, &tx, &g, act).unwrap();
+            batch.submit().unwrap();
+            let dx = dx.to_vec_f32().unwrap();
+            for i in [0, 3, 5] {
+                let ok = match act {
+                    Activation::Relu => dx[i] == 0.0,
+                    Activation::None => dx[i] == 1.0,
+                    _ => dx[i].is_nan(),
+                };
+                assert!(ok, "backward {act:?} {dtype:?} at NaN: {dx:?}");
+            }
         }
     }
 }
