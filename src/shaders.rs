@@ -136,6 +136,41 @@ pub fn source(kernel: Kernel, dtype: DType, subgroups: bool) -> Cow<'static, str
     Cow::Owned(out)
 }
 
+/// Declares a kernel's `Params` uniform: a `#[repr(C)]` Pod struct, plus its member offsets
+/// (`Params::LAYOUT`), which a test compares with the WGSL struct of the same name.
+macro_rules! shader_params {
+    (struct $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        #[repr(C)]
+        #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        struct $name {
+            $($field: $ty),*
+        }
+        impl $name {
+            /// Member names and byte offsets, in order.
+            pub(crate) const LAYOUT: &'static [(&'static str, usize)] =
+                &[$((stringify!($field), std::mem::offset_of!($name, $field))),*];
+        }
+    };
+}
+pub(crate) use shader_params;
+
+/// The Rust side of a kernel family's `Params` uniform: (member, byte offset) in order, and the
+/// struct's size. `tests/shaders.rs` checks it against the WGSL struct, so the two cannot drift.
+#[doc(hidden)]
+pub fn params_layout(kernel: Kernel) -> (&'static [(&'static str, usize)], usize) {
+    use crate::ops;
+    match kernel {
+        Kernel::Matmul => ops::matmul::PARAMS_LAYOUT,
+        Kernel::Softmax => ops::softmax::PARAMS_LAYOUT,
+        Kernel::Elementwise => ops::elementwise::PARAMS_LAYOUT,
+        Kernel::Reduce => ops::reduce::PARAMS_LAYOUT,
+        Kernel::Loss => ops::loss::PARAMS_LAYOUT,
+        Kernel::Optim => ops::optim::PARAMS_LAYOUT,
+        Kernel::Conv => ops::conv::PARAMS_LAYOUT,
+        Kernel::Pool => ops::pool::PARAMS_LAYOUT,
+    }
+}
+
 /// Identifies one compiled pipeline: kernel, storage type, entry point and override values.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PipelineKey {

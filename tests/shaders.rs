@@ -36,6 +36,7 @@ fn override_sets(kernel: Kernel) -> Vec<Vec<(&'static str, f64)>> {
                         ("ACTIVATION", f64::from(flags)),
                         ("ACCUMULATE", on(0)),
                         ("BIAS_PER_ROW", on(1)),
+                        ("PARTIAL_ACCUMULATE", on(0)),
                     ]);
                 }
             }
@@ -146,6 +147,165 @@ fn every_variant_translates_to_spirv_msl_and_hlsl() {
                     .write(&module, &info, None)
                     .unwrap_or_else(|e| panic!("{what}: HLSL: {e:?}"));
                 assert!(!hlsl.is_empty());
+            }
+        }
+    }
+}
+
+/// Each kernel's WGSL `Params` struct has the Rust struct's members at the same offsets, and the
+/// same size: a member added on one side only, or reordered, fails here rather than on a GPU.
+#[test]
+fn params_structs_match_their_rust_mirrors() {
+    for &kernel in Kernel::ALL {
+        let name = kernel.name();
+        let module = parse(&source(kernel, wgnn::DType::F32, false), name);
+        let (rust, rust_size) = wgnn::shaders::params_layout(kernel);
+        let (members, span) = module
+            .types
+            .iter()
+            .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
+                (Some(n), naga::TypeInner::Struct { members, span }) if n == "Params" => {
+                    Some((members.clone(), *span))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name}: no Params struct"));
+        assert_eq!(span as usize, rust_size, "{name}: Params size");
+        for m in &members {
+            let member = m.name.as_deref().unwrap_or("");
+            if member.starts_with('_') {
+                continue;
+            }
+            let found = rust.iter().find(|(n, _)| *n == member);
+            assert_eq!(
+                found.map(|(_, offset)| *offset),
+                Some(m.offset as usize),
+                "{name}: Params.{member} is at {} in WGSL",
+                m.offset
+            );
+        }
+        for (field, _) in rust.iter().filter(|(n, _)| !n.starts_with('_')) {
+            assert!(
+                members.iter().any(|m| m.name.as_deref() == Some(field)),
+                "{name}: Rust Params.{field} is missing from the WGSL struct"
+            );
+        }
+    }
+}
+
+/// The f16 variant really stores f16: its storage arrays of `Elem` are f16, and the f32 variant
+/// has none (the rewrite of `alias Elem = f32;` cannot silently miss).
+#[test]
+fn f16_variants_are_rewritten() {
+    fn stores_f16(module: &naga::Module) -> bool {
+        module.global_variables.iter().any(|(_, g)| {
+            matches!(g.space, naga::AddressSpace::Storage { .. }) && holds_f16(module, g.ty)
+        })
+    }
+    fn holds_f16(module: &naga::Module, ty: naga::Handle<naga::Type>) -> bool {
+        match &module.types[ty].inner {
+            naga::TypeInner::Scalar(s) | naga::TypeInner::Vector { scalar: s, .. } => {
+                s.kind == naga::ScalarKind::Float && s.width == 2
+            }
+            naga::TypeInner::Array { base, .. } => holds_f16(module, *base),
+            _ => false,
+        }
+    }
+    for &kernel in Kernel::ALL {
+        let name = kernel.name();
+        let f32_module = parse(&source(kernel, wgnn::DType::F32, false), name);
+        assert!(!stores_f16(&f32_module), "{name}: f32 variant stores f16");
+        if kernel.dtypes().contains(&wgnn::DType::F16) {
+            let f16_module = parse(&source(kernel, wgnn::DType::F16, false), name);
+            assert!(stores_f16(&f16_module), "{name}: f16 variant stores no f16");
+        }
+    }
+}
+
+/// WGSL's `select(a, b, c)` evaluates both `a` and `b`. A memory read in either (directly, or in a
+/// function called there) runs even when not chosen, past a buffer's end in unchecked shaders. No
+/// kernel may select over a storage read: it must branch. (A value bound with `let` before the
+/// select was read where the `let` stands, under that code's own guards: it is not counted.)
+#[test]
+fn no_select_evaluates_a_storage_read() {
+    use naga::{Expression, Function, Handle, Module};
+    fn storage_root(module: &Module, f: &Function, mut e: Handle<Expression>) -> bool {
+        loop {
+            match &f.expressions[e] {
+                Expression::Access { base, .. } | Expression::AccessIndex { base, .. } => e = *base,
+                Expression::GlobalVariable(g) => {
+                    return matches!(
+                        module.global_variables[*g].space,
+                        naga::AddressSpace::Storage { .. }
+                    )
+                }
+                _ => return false,
+            }
+        }
+    }
+    /// Whether evaluating `e` reads storage memory; `callees[i]`: function i reads storage.
+    fn reads(module: &Module, f: &Function, e: Handle<Expression>, callees: &[bool]) -> bool {
+        let r = |h: &Handle<Expression>| {
+            !f.named_expressions.contains_key(h) && reads(module, f, *h, callees)
+        };
+        match &f.expressions[e] {
+            Expression::Load { pointer } => storage_root(module, f, *pointer) || r(pointer),
+            Expression::CallResult(func) => callees[func.index()],
+            Expression::Access { base, index } => r(base) || r(index),
+            Expression::AccessIndex { base, .. } => r(base),
+            Expression::Splat { value, .. } => r(value),
+            Expression::Swizzle { vector, .. } => r(vector),
+            Expression::Compose { components, .. } => components.iter().any(r),
+            Expression::Unary { expr, .. } | Expression::As { expr, .. } => r(expr),
+            Expression::Binary { left, right, .. } => r(left) || r(right),
+            Expression::Select {
+                condition,
+                accept,
+                reject,
+            } => r(condition) || r(accept) || r(reject),
+            Expression::Relational { argument, .. } => r(argument),
+            Expression::Math {
+                arg,
+                arg1,
+                arg2,
+                arg3,
+                ..
+            } => r(arg) || [arg1, arg2, arg3].iter().any(|a| a.as_ref().is_some_and(r)),
+            _ => false,
+        }
+    }
+    for &kernel in Kernel::ALL {
+        for subgroups in [false, true] {
+            let wgsl = source(kernel, wgnn::DType::F32, subgroups);
+            let module = parse(&wgsl, kernel.name());
+            // Callees come before their callers in naga's function arena.
+            let mut callees = Vec::new();
+            for (_, f) in module.functions.iter() {
+                let any = f
+                    .expressions
+                    .iter()
+                    .any(|(h, _)| reads(&module, f, h, &callees));
+                callees.push(any);
+            }
+            let functions = module
+                .functions
+                .iter()
+                .map(|(_, f)| f)
+                .chain(module.entry_points.iter().map(|ep| &ep.function));
+            for f in functions {
+                for (_, e) in f.expressions.iter() {
+                    if let Expression::Select { accept, reject, .. } = e {
+                        let unnamed_read = |h: &Handle<Expression>| {
+                            !f.named_expressions.contains_key(h) && reads(&module, f, *h, &callees)
+                        };
+                        assert!(
+                            !unnamed_read(accept) && !unnamed_read(reject),
+                            "{}: a select() in {:?} evaluates a storage read",
+                            kernel.name(),
+                            f.name
+                        );
+                    }
+                }
             }
         }
     }

@@ -158,26 +158,28 @@ fn geometry(op: &'static str, x: &Tensor, w: &Tensor, p: &Conv2dParams) -> Resul
     })
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    channels: u32,
-    height: u32,
-    width: u32,
-    images: u32,
-    out_h: u32,
-    out_w: u32,
-    kernel_h: u32,
-    kernel_w: u32,
-    stride_h: u32,
-    stride_w: u32,
-    pad_h: u32,
-    pad_w: u32,
-    dil_h: u32,
-    dil_w: u32,
-    x_offset: u32,
-    groups_x: u32,
+crate::shaders::shader_params! {
+    struct Params {
+        channels: u32,
+        height: u32,
+        width: u32,
+        images: u32,
+        out_h: u32,
+        out_w: u32,
+        kernel_h: u32,
+        kernel_w: u32,
+        stride_h: u32,
+        stride_w: u32,
+        pad_h: u32,
+        pad_w: u32,
+        dil_h: u32,
+        dil_w: u32,
+        x_offset: u32,
+        groups_x: u32,
+    }
 }
+pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
+    (Params::LAYOUT, std::mem::size_of::<Params>());
 const _: () = assert!(std::mem::size_of::<Params>() == 64);
 
 /// Images per chunk so that one chunk's column matrices fit a storage binding.

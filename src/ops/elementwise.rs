@@ -9,17 +9,19 @@ use crate::ops::{float_dtype, fold_grid, same_dtype, same_gpu, same_shape, Activ
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::Tensor;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    inner: u32,
-    channels: u32,
-    groups_x: u32,
-    alpha: f32,
-    beta: f32,
-    _pad: [u32; 2],
+crate::shaders::shader_params! {
+    struct Params {
+        n: u32,
+        inner: u32,
+        channels: u32,
+        groups_x: u32,
+        alpha: f32,
+        beta: f32,
+        _pad: [u32; 2],
+    }
 }
+pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
+    (Params::LAYOUT, std::mem::size_of::<Params>());
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
 /// Records `entry` over every element of `out`; `inputs` are bindings 1 and 3 (x, then z if any).

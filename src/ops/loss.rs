@@ -31,18 +31,20 @@ const CHUNK: usize = 16_384;
 /// Labels one `count_targets` workgroup counts, at least (16 per thread).
 const COUNT_CHUNK: usize = 4096;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    groups_x: u32,
-    chunks: u32,
-    smoothing: f32,
-    temperature: f32,
-    grad_scale: f32,
-    _pad: u32,
+crate::shaders::shader_params! {
+    struct Params {
+        rows: u32,
+        cols: u32,
+        groups_x: u32,
+        chunks: u32,
+        smoothing: f32,
+        temperature: f32,
+        grad_scale: f32,
+        _pad: u32,
+    }
 }
+pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
+    (Params::LAYOUT, std::mem::size_of::<Params>());
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
 fn rows_cols(op: &'static str, logits: &Tensor) -> Result<(usize, usize)> {

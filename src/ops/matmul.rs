@@ -34,34 +34,36 @@ pub struct MatmulGrads {
     pub b: Tensor,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    reduce_count: u32,
-    a_stride_z: u32,
-    a_stride_r: u32,
-    b_stride_z: u32,
-    b_stride_r: u32,
-    c_stride_z: u32,
-    a_offset: u32,
-    b_offset: u32,
-    c_offset: u32,
-    bias_offset: u32,
-    splits: u32,
-    split_base: u32,
-    k_splits: u32,
-    r_per_split: u32,
-    t_per_split: u32,
-    groups_x: u32,
-    slabs: u32,
-    batches: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+crate::shaders::shader_params! {
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        reduce_count: u32,
+        a_stride_z: u32,
+        a_stride_r: u32,
+        b_stride_z: u32,
+        b_stride_r: u32,
+        c_stride_z: u32,
+        a_offset: u32,
+        b_offset: u32,
+        c_offset: u32,
+        bias_offset: u32,
+        splits: u32,
+        split_base: u32,
+        k_splits: u32,
+        r_per_split: u32,
+        t_per_split: u32,
+        groups_x: u32,
+        slabs: u32,
+        batches: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
+pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
+    (Params::LAYOUT, std::mem::size_of::<Params>());
 const _: () = assert!(std::mem::size_of::<Params>() == 96);
 
 /// One operand as the kernel sees it: a matrix view into a tensor.

@@ -76,22 +76,24 @@ impl AdamConfig {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
-struct Params {
-    n: u32,
-    groups_x: u32,
-    flags: u32,
-    _pad: u32,
-    lr: f32,
-    weight_decay: f32,
-    momentum: f32,
-    dampening: f32,
-    eps: f32,
-    bias_correction1: f32,
-    bias_correction2: f32,
-    max_norm: f32,
+crate::shaders::shader_params! {
+    struct Params {
+        n: u32,
+        groups_x: u32,
+        flags: u32,
+        _pad: u32,
+        lr: f32,
+        weight_decay: f32,
+        momentum: f32,
+        dampening: f32,
+        eps: f32,
+        bias_correction1: f32,
+        bias_correction2: f32,
+        max_norm: f32,
+    }
 }
+pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
+    (Params::LAYOUT, std::mem::size_of::<Params>());
 const _: () = assert!(std::mem::size_of::<Params>() == 48);
 
 fn check_scalar(op: &'static str, name: &str, value: f32, ok: bool) -> Result<()> {

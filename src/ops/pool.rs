@@ -35,22 +35,24 @@ impl Pool2dParams {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    planes: u32,
-    height: u32,
-    width: u32,
-    groups_x: u32,
-    out_h: u32,
-    out_w: u32,
-    kernel_h: u32,
-    kernel_w: u32,
-    stride_h: u32,
-    stride_w: u32,
-    pad_h: u32,
-    pad_w: u32,
+crate::shaders::shader_params! {
+    struct Params {
+        planes: u32,
+        height: u32,
+        width: u32,
+        groups_x: u32,
+        out_h: u32,
+        out_w: u32,
+        kernel_h: u32,
+        kernel_w: u32,
+        stride_h: u32,
+        stride_w: u32,
+        pad_h: u32,
+        pad_w: u32,
+    }
 }
+pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
+    (Params::LAYOUT, std::mem::size_of::<Params>());
 const _: () = assert!(std::mem::size_of::<Params>() == 48);
 
 /// The output shape for an NCHW `input_shape`.

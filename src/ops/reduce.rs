@@ -6,18 +6,20 @@ use crate::ops::{float_dtype, fold_grid, same_gpu};
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::{DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
-struct Params {
-    outer: u32,
-    channels: u32,
-    inner: u32,
-    groups_x: u32,
-    n: u32,
-    chunk: u32,
-    scale: f32,
-    offset: u32,
+crate::shaders::shader_params! {
+    struct Params {
+        outer: u32,
+        channels: u32,
+        inner: u32,
+        groups_x: u32,
+        n: u32,
+        chunk: u32,
+        scale: f32,
+        offset: u32,
+    }
 }
+pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
+    (Params::LAYOUT, std::mem::size_of::<Params>());
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
 /// Most partial sums the second stage reads with one workgroup.

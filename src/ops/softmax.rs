@@ -33,14 +33,16 @@ pub enum SoftmaxKind {
     LogSoftmax,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    groups_x: u32,
-    chunks: u32,
+crate::shaders::shader_params! {
+    struct Params {
+        rows: u32,
+        cols: u32,
+        groups_x: u32,
+        chunks: u32,
+    }
 }
+pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
+    (Params::LAYOUT, std::mem::size_of::<Params>());
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
 /// softmax(x) over the last axis, into a new tensor.
