@@ -310,3 +310,19 @@ fn no_select_evaluates_a_storage_read() {
         }
     }
 }
+
+/// Reductions take no slot by atomic: the order of an atomicAdd varies from run to run, and with
+/// it the last bits of a float sum. Same input, same bits.
+#[test]
+fn no_reduction_orders_its_terms_by_atomics() {
+    for (name, wgsl) in PRELUDES
+        .iter()
+        .copied()
+        .chain(Kernel::ALL.iter().map(|k| (k.name(), k.wgsl())))
+    {
+        assert!(
+            !wgsl.contains("atomicAdd"),
+            "{name}: takes slots by atomicAdd, so sums are not reproducible"
+        );
+    }
+}

@@ -298,3 +298,40 @@ fn backward_takes_the_same_tensor_twice() {
     let want = reference::log_softmax_backward(&y, &y);
     assert_close(&dlx.to_vec::<f32>().unwrap(), &want.data, 1e-5, &context);
 }
+
+/// The same input gives the same bits, run after run, on every path (the subgroup reduction once
+/// took its slots by atomicAdd, whose order can vary between runs).
+#[test]
+fn reductions_are_deterministic() {
+    for gpu in both_paths() {
+        let (mut rng, seed) = rng();
+        for shape in [[64usize, 1000], [2, 100_003]] {
+            let n = shape.iter().product();
+            let x = random(&mut rng, n);
+            let g = random(&mut rng, n);
+            let tx = Tensor::from_slice(&gpu, &x, &shape).unwrap();
+            let tg = Tensor::from_slice(&gpu, &g, &shape).unwrap();
+            let run = || {
+                let mut batch = Batch::new(&gpu);
+                let y = ops::softmax(&mut batch, &tx).unwrap();
+                let dx = ops::softmax_backward(&mut batch, &y, &tg).unwrap();
+                batch.submit().unwrap();
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    t.to_vec::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect()
+                };
+                (bits(&y), bits(&dx))
+            };
+            let first = run();
+            for _ in 0..4 {
+                assert!(
+                    run() == first,
+                    "{shape:?} seed {seed}: bits differ between runs"
+                );
+            }
+        }
+    }
+}
