@@ -35,6 +35,10 @@ pub struct GpuOptions {
     /// Largest scratch buffer an op may allocate (conv's im2col matrix); ops work in chunks to stay
     /// under it. Default: the storage-binding limit. Env: `WGNN_SCRATCH_LIMIT` (bytes).
     pub scratch_limit_bytes: Option<u64>,
+    /// Most bytes of idle buffers the pool keeps for reuse; past it, the least recently returned
+    /// are freed. Default [`crate::DEFAULT_POOL_IDLE_LIMIT`] (512 MiB). Keep it above one training
+    /// step's working set, or steps will allocate. Env: `WGNN_POOL_IDLE_LIMIT` (bytes).
+    pub pool_idle_limit_bytes: Option<u64>,
 }
 
 impl GpuOptions {
@@ -50,6 +54,7 @@ impl GpuOptions {
             poison_new_tensors: var("WGNN_POISON").is_some_and(|v| v != "0"),
             portable_only: var("WGNN_PORTABLE").is_some_and(|v| v != "0"),
             scratch_limit_bytes: var("WGNN_SCRATCH_LIMIT").and_then(|v| v.parse().ok()),
+            pool_idle_limit_bytes: var("WGNN_POOL_IDLE_LIMIT").and_then(|v| v.parse().ok()),
         }
     }
 }
@@ -216,7 +221,11 @@ impl Gpu {
             poison_new_tensors: options.poison_new_tensors,
             portable_only: options.portable_only,
             scratch_limit_bytes: options.scratch_limit_bytes,
-            pool: Arc::new(BufferPool::default()),
+            pool: Arc::new(BufferPool::with_idle_limit(
+                options
+                    .pool_idle_limit_bytes
+                    .unwrap_or(crate::pool::DEFAULT_POOL_IDLE_LIMIT),
+            )),
             modules: Mutex::default(),
             pipelines: Mutex::default(),
             uncaptured: Arc::default(),
@@ -271,6 +280,11 @@ impl Gpu {
     /// Frees the buffers idling in the pool.
     pub fn trim_pool(&self) {
         self.0.pool.trim()
+    }
+    /// Sets the most bytes of idle buffers the pool keeps (see
+    /// [`GpuOptions::pool_idle_limit_bytes`]) and frees what is past it now.
+    pub fn set_pool_idle_limit(&self, bytes: u64) {
+        self.0.pool.set_idle_limit(bytes)
     }
     /// Compiled pipelines in the cache.
     pub fn cached_pipelines(&self) -> usize {

@@ -37,7 +37,7 @@ pub use batch::{Batch, GpuTimer};
 pub use error::{Error, Result, SOFTWARE_VULKAN_HINT};
 pub use gpu::{Gpu, GpuOptions, WANTED_FEATURES};
 pub use ops::Activation;
-pub use pool::PoolStats;
+pub use pool::{PoolStats, DEFAULT_POOL_IDLE_LIMIT};
 pub use tensor::{DType, Element, Tensor};
 
 pub use half::f16;

@@ -5,8 +5,12 @@
 //! slack). A buffer returns to the pool when the last handle to it drops; work recorded in a
 //! [`crate::Batch`] holds handles until the batch is submitted, and all later GPU use is ordered after
 //! that submission on the queue, so reuse never races the GPU.
+//!
+//! Idle memory is bounded: past [`crate::GpuOptions::pool_idle_limit_bytes`] of idle buffers, the
+//! least recently returned ones are freed. A reused buffer is the most recently returned of its
+//! class, so a loop's working set stays warm while shapes it no longer uses age out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -21,14 +25,40 @@ pub struct PoolStats {
     pub reuses: u64,
     /// Buffers waiting in the pool now.
     pub idle_buffers: u64,
+    /// Bytes in those buffers.
+    pub idle_bytes: u64,
+    /// Idle buffers freed to keep idle memory under the limit (or by a trim).
+    pub buffers_freed: u64,
 }
 
+/// Idle memory kept by default (see [`crate::GpuOptions::pool_idle_limit_bytes`]).
+pub const DEFAULT_POOL_IDLE_LIMIT: u64 = 512 << 20;
+
+type Key = (u64, u32);
+
 #[derive(Default)]
+struct Idle {
+    /// Idle buffers of each (size class, usage), oldest first, with their return stamps.
+    by_key: HashMap<Key, Vec<(u64, wgpu::Buffer)>>,
+    /// Return stamp -> key, oldest first: the eviction order.
+    lru: BTreeMap<u64, Key>,
+    bytes: u64,
+    next_stamp: u64,
+}
+
 pub(crate) struct BufferPool {
-    idle: Mutex<HashMap<(u64, u32), Vec<wgpu::Buffer>>>,
+    idle: Mutex<Idle>,
+    idle_limit: AtomicU64,
     buffers_created: AtomicU64,
     bytes_created: AtomicU64,
     reuses: AtomicU64,
+    freed: AtomicU64,
+}
+
+impl Default for BufferPool {
+    fn default() -> Self {
+        BufferPool::with_idle_limit(DEFAULT_POOL_IDLE_LIMIT)
+    }
 }
 
 /// The smallest size class that holds `bytes`: 256-byte minimum, then four steps per power of two.
@@ -40,6 +70,58 @@ pub(crate) fn size_class(bytes: u64) -> u64 {
 }
 
 impl BufferPool {
+    pub(crate) fn with_idle_limit(idle_limit: u64) -> Self {
+        BufferPool {
+            idle: Mutex::default(),
+            idle_limit: AtomicU64::new(idle_limit),
+            buffers_created: AtomicU64::new(0),
+            bytes_created: AtomicU64::new(0),
+            reuses: AtomicU64::new(0),
+            freed: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the idle limit and frees what is past it now.
+    pub(crate) fn set_idle_limit(&self, bytes: u64) {
+        self.idle_limit.store(bytes, Ordering::Relaxed);
+        if let Ok(mut idle) = self.idle.lock() {
+            self.evict(&mut idle);
+        }
+    }
+
+    pub(crate) fn idle_limit(&self) -> u64 {
+        self.idle_limit.load(Ordering::Relaxed)
+    }
+
+    /// Frees the least recently returned buffers until idle bytes are within the limit.
+    fn evict(&self, idle: &mut Idle) {
+        let limit = self.idle_limit();
+        while idle.bytes > limit {
+            let Some((stamp, key)) = idle.lru.pop_first() else {
+                break;
+            };
+            if let Some(list) = idle.by_key.get_mut(&key) {
+                if let Some(pos) = list.iter().position(|(s, _)| *s == stamp) {
+                    let (_, buffer) = list.remove(pos);
+                    idle.bytes -= key.0;
+                    self.freed.fetch_add(1, Ordering::Relaxed);
+                    drop(buffer);
+                }
+            }
+        }
+    }
+
+    fn release(&self, key: Key, buffer: wgpu::Buffer) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let stamp = idle.next_stamp;
+            idle.next_stamp += 1;
+            idle.by_key.entry(key).or_default().push((stamp, buffer));
+            idle.lru.insert(stamp, key);
+            idle.bytes += key.0;
+            self.evict(&mut idle);
+        }
+    }
+
     pub(crate) fn acquire(
         self: &Arc<Self>,
         device: &wgpu::Device,
@@ -49,11 +131,12 @@ impl BufferPool {
     ) -> PooledBuffer {
         let class = size_class(bytes).min(max_buffer_size.max(bytes.next_multiple_of(16)));
         let key = (class, usage.bits());
-        let reused = self
-            .idle
-            .lock()
-            .ok()
-            .and_then(|mut idle| idle.get_mut(&key).and_then(Vec::pop));
+        let reused = self.idle.lock().ok().and_then(|mut idle| {
+            let (stamp, buffer) = idle.by_key.get_mut(&key)?.pop()?;
+            idle.lru.remove(&stamp);
+            idle.bytes -= key.0;
+            Some(buffer)
+        });
         let buffer = match reused {
             Some(buffer) => {
                 self.reuses.fetch_add(1, Ordering::Relaxed);
@@ -80,23 +163,27 @@ impl BufferPool {
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
-        let idle_buffers = self
+        let (idle_buffers, idle_bytes) = self
             .idle
             .lock()
-            .map(|idle| idle.values().map(|v| v.len() as u64).sum())
-            .unwrap_or(0);
+            .map(|idle| (idle.lru.len() as u64, idle.bytes))
+            .unwrap_or((0, 0));
         PoolStats {
             buffers_created: self.buffers_created.load(Ordering::Relaxed),
             bytes_created: self.bytes_created.load(Ordering::Relaxed),
             reuses: self.reuses.load(Ordering::Relaxed),
             idle_buffers,
+            idle_bytes,
+            buffers_freed: self.freed.load(Ordering::Relaxed),
         }
     }
 
     /// Frees every idle buffer.
     pub(crate) fn trim(&self) {
         if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
+            self.freed
+                .fetch_add(idle.lru.len() as u64, Ordering::Relaxed);
+            *idle = Idle::default();
         }
     }
 }
@@ -104,7 +191,7 @@ impl BufferPool {
 /// A buffer on loan from the pool; goes back when dropped.
 pub(crate) struct PooledBuffer {
     buffer: Option<wgpu::Buffer>,
-    key: (u64, u32),
+    key: Key,
     pool: Weak<BufferPool>,
     /// Recorded, unsubmitted work that writes this buffer / that uses it at all.
     pending_writes: AtomicU64,
@@ -162,9 +249,7 @@ impl PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let (Some(buffer), Some(pool)) = (self.buffer.take(), self.pool.upgrade()) {
-            if let Ok(mut idle) = pool.idle.lock() {
-                idle.entry(self.key).or_default().push(buffer);
-            }
+            pool.release(self.key, buffer);
         }
     }
 }
