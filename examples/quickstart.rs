@@ -45,7 +45,7 @@ fn main() -> Result<()> {
     };
     let y = ops::matmul_with(&mut batch, &gx, &gw, &options)?;
     // Backward of the plain product for a given upstream gradient (here: y itself).
-    let grads = ops::matmul_backward(&mut batch, &gx, &gw, &y, false, false)?;
+    let grads = ops::matmul_backward(&mut batch, &gx, &gw, &y, &Default::default())?;
     batch.submit()?;
 
     let (ax, aw) = (

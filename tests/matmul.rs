@@ -286,7 +286,12 @@ fn check_backward(a_shape: &[usize], b_shape: &[usize], ta: bool, tb: bool) {
     let (da, db) = reference::matmul_backward(&a, &b, &g, ta, tb);
     let t = |x: &Array| Tensor::from_slice(&gpu, &x.data, &x.shape).unwrap();
     let mut batch = Batch::new(&gpu);
-    let grads = ops::matmul_backward(&mut batch, &t(&a), &t(&b), &t(&g), ta, tb).unwrap();
+    let options = ops::MatmulOptions {
+        trans_a: ta,
+        trans_b: tb,
+        ..Default::default()
+    };
+    let grads = ops::matmul_backward(&mut batch, &t(&a), &t(&b), &t(&g), &options).unwrap();
     batch.submit().unwrap();
     let context = format!("backward A {a_shape:?} B {b_shape:?} trans ({ta}, {tb}) seed {seed}");
     assert_eq!(grads.a.shape(), a_shape);
@@ -414,15 +419,28 @@ fn bad_input_gives_typed_errors() {
         matches!(r, Err(Error::Aliasing { .. })),
         "output aliasing the bias: {r:?}"
     );
+    let none = ops::MatmulOptions::default();
+    let r = ops::matmul_backward(&mut batch, &t(&[3, 4]), &t(&[4, 5]), &t(&[3, 4]), &none);
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+    // The backward takes no epilogue; accumulate without an output is a misuse, not a shape error.
+    let with_relu = ops::MatmulOptions {
+        activation: Activation::Relu,
+        ..Default::default()
+    };
     let r = ops::matmul_backward(
         &mut batch,
         &t(&[3, 4]),
         &t(&[4, 5]),
-        &t(&[3, 4]),
-        false,
-        false,
+        &t(&[3, 5]),
+        &with_relu,
     );
-    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    let accumulate = ops::MatmulOptions {
+        accumulate: true,
+        ..Default::default()
+    };
+    let r = ops::matmul_with(&mut batch, &t(&[3, 4]), &t(&[4, 5]), &accumulate);
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
     if gpu.supports_f16() {
         let h = Tensor::zeros(&gpu, &[4, 5], DType::F16).unwrap();
         assert!(matches!(
@@ -436,7 +454,7 @@ fn bad_input_gives_typed_errors() {
         ops::matmul(&mut batch, &u, &u),
         Err(Error::DtypeMismatch { .. })
     ));
-    let r = ops::matmul_backward(&mut batch, &u, &u, &u, false, false);
+    let r = ops::matmul_backward(&mut batch, &u, &u, &u, &Default::default());
     assert!(matches!(r, Err(Error::DtypeMismatch { .. })), "{r:?}");
     // Empty tensors are refused where they are made.
     assert!(matches!(
@@ -486,7 +504,7 @@ fn a_thousand_iteration_loop_allocates_no_buffers_after_the_first() {
         a.write(&a_data).unwrap();
         let mut batch = Batch::new(&gpu);
         let c = ops::matmul(&mut batch, &a, &b).unwrap();
-        let grads = ops::matmul_backward(&mut batch, &a, &b, &c, false, false).unwrap();
+        let grads = ops::matmul_backward(&mut batch, &a, &b, &c, &Default::default()).unwrap();
         batch.submit().unwrap();
         if i % 100 == 0 || i == 999 {
             last = c.to_vec::<f32>().unwrap();

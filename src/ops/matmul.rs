@@ -270,15 +270,27 @@ pub fn matmul_into(
 
 /// Gradients of C = op(A)·op(B) given dL/dC, through the same kernel with transposed operands (no
 /// transpose is materialized). An operand broadcast over the batch gets the sum over the batch.
+/// `options` gives the forward's transposes; its epilogue must be empty (bias, activation and
+/// accumulate are refused: apply `activation_backward` to dL/dC first, and take the bias gradient
+/// with `channel_sum`).
 pub fn matmul_backward(
     batch: &mut Batch,
     a: &Tensor,
     b: &Tensor,
     grad_c: &Tensor,
-    trans_a: bool,
-    trans_b: bool,
+    options: &MatmulOptions,
 ) -> Result<MatmulGrads> {
     const OP: &str = "matmul_backward";
+    if options.bias.is_some() || options.activation != Activation::None || options.accumulate {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            details:
+                "the backward pass takes the product's transposes only: apply \
+                      activation_backward to grad_c first and use channel_sum for the bias gradient"
+                    .into(),
+        });
+    }
+    let (trans_a, trans_b) = (options.trans_a, options.trans_b);
     let d = dims(OP, a, b, trans_a, trans_b)?;
     if grad_c.shape() != d.out_shape().as_slice() {
         return Err(Error::ShapeMismatch {
