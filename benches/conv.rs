@@ -151,7 +151,15 @@ fn bench(c: &mut Criterion) {
                     .map(|_| {
                         timer
                             .time(|batch| {
-                                ops::conv2d_backward(batch, &x, &w, &gy, &p, false).map(drop)
+                                ops::conv2d_backward(
+                                    batch,
+                                    &x,
+                                    &w,
+                                    &gy,
+                                    &p,
+                                    ops::BiasGradient::Skip,
+                                )
+                                .map(drop)
                             })
                             .unwrap()
                     })

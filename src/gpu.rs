@@ -139,38 +139,45 @@ impl Gpu {
     /// The best adapter that `options` allow.
     pub fn with_options(options: GpuOptions) -> Result<Self> {
         let backends = options.backends.unwrap_or(wgpu::Backends::all());
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = backends;
-        let instance = wgpu::Instance::new(desc);
-        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-        let found: Vec<String> = adapters
-            .iter()
-            .map(|a| {
+        let wanted = options.adapter_name.as_ref().map(|n| n.to_lowercase());
+        let usable = |a: &wgpu::Adapter| {
+            let compute = a
+                .get_downlevel_capabilities()
+                .flags
+                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+            let named = wanted
+                .as_ref()
+                .is_none_or(|w| a.get_info().name.to_lowercase().contains(w));
+            compute && named
+        };
+        // Native APIs first; GL (EGL) is opened only where none of them has a usable adapter:
+        // it is slow to start and prints its own messages.
+        let mut found = Vec::new();
+        let mut adapter = None;
+        for group in [backends - wgpu::Backends::GL, backends & wgpu::Backends::GL] {
+            if group.is_empty() || adapter.is_some() {
+                continue;
+            }
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+            desc.backends = group;
+            let instance = wgpu::Instance::new(desc);
+            let adapters = pollster::block_on(instance.enumerate_adapters(group));
+            found.extend(adapters.iter().map(|a| {
                 let i = a.get_info();
                 format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
-            })
-            .collect();
-        let wanted = options.adapter_name.as_ref().map(|n| n.to_lowercase());
-        let adapter = adapters
-            .into_iter()
-            .filter(|a| {
-                let compute = a
-                    .get_downlevel_capabilities()
-                    .flags
-                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
-                let named = wanted
-                    .as_ref()
-                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w));
-                compute && named
-            })
-            .min_by_key(|a| type_rank(&a.get_info()))
-            .ok_or_else(|| Error::NoAdapter {
-                details: format!(
-                    "asked for backends {backends:?}, name {:?}; found [{}]",
-                    options.adapter_name.as_deref().unwrap_or("any"),
-                    found.join(", ")
-                ),
-            })?;
+            }));
+            adapter = adapters
+                .into_iter()
+                .filter(|a| usable(a))
+                .min_by_key(|a| type_rank(&a.get_info()));
+        }
+        let adapter = adapter.ok_or_else(|| Error::NoAdapter {
+            details: format!(
+                "asked for backends {backends:?}, name {:?}; found [{}]",
+                options.adapter_name.as_deref().unwrap_or("any"),
+                found.join(", ")
+            ),
+        })?;
         let features = adapter.features() & WANTED_FEATURES;
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {

@@ -3,7 +3,7 @@
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::ops::optim::{adam_step, sgd_step, AdamConfig, SgdConfig};
+use crate::ops::optim::{adam_step, sgd_step, AdamConfig, Momentum, SgdConfig};
 use crate::tensor::{DType, Tensor};
 
 fn check_lists(
@@ -58,8 +58,12 @@ impl Sgd {
         }
         let first = self.steps == 0;
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-            let buffer = self.momentum.get(i).filter(|_| with_momentum);
-            sgd_step(batch, p, g, buffer, &self.config, first)?;
+            let momentum = match self.momentum.get(i).filter(|_| with_momentum) {
+                None => Momentum::None,
+                Some(b) if first => Momentum::Start(b),
+                Some(b) => Momentum::Continue(b),
+            };
+            sgd_step(batch, p, g, momentum, &self.config)?;
         }
         self.steps += 1;
         Ok(())

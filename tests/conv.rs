@@ -115,7 +115,15 @@ fn run_backward(gpu: &Gpu, c: &Case) {
     let (dx, dw, db) = reference::conv::conv2d_backward(&x, &w, &g, &c.p);
     let t = |a: &Array| Tensor::from_slice(gpu, &a.data, &a.shape).unwrap();
     let mut batch = Batch::new(gpu);
-    let grads = ops::conv2d_backward(&mut batch, &t(&x), &t(&w), &t(&g), &c.p, true).unwrap();
+    let grads = ops::conv2d_backward(
+        &mut batch,
+        &t(&x),
+        &t(&w),
+        &t(&g),
+        &c.p,
+        ops::BiasGradient::Compute,
+    )
+    .unwrap();
     batch.submit().unwrap();
     let context = format!("backward x {:?} w {ws:?} {:?} seed {seed}", c.x, c.p);
     assert_close(
@@ -278,7 +286,14 @@ fn bad_shapes_give_typed_errors() {
     ));
     let r = ops::conv2d(&mut batch, &x, &w, Some(&t(&[3])), &d, Activation::None);
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
-    let r = ops::conv2d_backward(&mut batch, &x, &w, &t(&[1, 2, 4, 4]), &d, false);
+    let r = ops::conv2d_backward(
+        &mut batch,
+        &x,
+        &w,
+        &t(&[1, 2, 4, 4]),
+        &d,
+        ops::BiasGradient::Skip,
+    );
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
     // Parameters near usize::MAX: typed errors, never an overflow panic or a truncation.
     for p in [

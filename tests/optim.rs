@@ -172,24 +172,28 @@ fn bad_input_gives_typed_errors() {
         &mut batch,
         &p,
         &g,
-        None,
-        &SgdConfig::new(-1.0),
-        false
+        ops::Momentum::None,
+        &SgdConfig::new(-1.0)
     )));
     assert!(invalid(ops::sgd_step(
         &mut batch,
         &p,
         &g,
-        None,
-        &SgdConfig::new(f32::NAN),
-        false
+        ops::Momentum::None,
+        &SgdConfig::new(f32::NAN)
     )));
     let momentum = SgdConfig {
         momentum: 0.9,
         ..SgdConfig::new(0.1)
     };
     assert!(
-        invalid(ops::sgd_step(&mut batch, &p, &g, None, &momentum, false)),
+        invalid(ops::sgd_step(
+            &mut batch,
+            &p,
+            &g,
+            ops::Momentum::None,
+            &momentum
+        )),
         "missing buffer"
     );
     let nesterov = SgdConfig {
@@ -200,9 +204,8 @@ fn bad_input_gives_typed_errors() {
         &mut batch,
         &p,
         &g,
-        Some(&m),
-        &nesterov,
-        false
+        ops::Momentum::Continue(&m),
+        &nesterov
     )));
     assert!(invalid(ops::adam_step(
         &mut batch,
@@ -224,11 +227,23 @@ fn bad_input_gives_typed_errors() {
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
     let r = ops::adam_step(&mut batch, &p, &g, &m, &m, &AdamConfig::adam(0.1), 1);
     assert!(matches!(r, Err(Error::Aliasing { .. })), "aliased state");
-    let r = ops::sgd_step(&mut batch, &p, &p, None, &SgdConfig::new(0.1), false);
+    let r = ops::sgd_step(
+        &mut batch,
+        &p,
+        &p,
+        ops::Momentum::None,
+        &SgdConfig::new(0.1),
+    );
     assert!(matches!(r, Err(Error::Aliasing { .. })), "aliased gradient");
     if gpu.supports_f16() {
         let h = Tensor::zeros(&gpu, &[4], DType::F16).unwrap();
-        let r = ops::sgd_step(&mut batch, &h, &g, None, &SgdConfig::new(0.1), false);
+        let r = ops::sgd_step(
+            &mut batch,
+            &h,
+            &g,
+            ops::Momentum::None,
+            &SgdConfig::new(0.1),
+        );
         assert!(matches!(r, Err(Error::DtypeMismatch { .. })));
     }
     assert!(matches!(

@@ -46,6 +46,16 @@ impl Default for Conv2dParams {
     }
 }
 
+/// Whether [`conv2d_backward`] computes the bias gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BiasGradient {
+    /// No bias (or its gradient is not wanted).
+    #[default]
+    Skip,
+    /// Sum dL/dout over images and pixels into `[out_channels]`.
+    Compute,
+}
+
 /// Gradients of a convolution's inputs.
 #[derive(Debug, Clone)]
 pub struct Conv2dGrads {
@@ -329,14 +339,14 @@ pub fn conv2d(
 }
 
 /// Gradients of `conv2d(x, w) + bias` (no activation: apply its backward to `grad_out` first) with
-/// respect to x, w and, when `with_bias`, the bias.
+/// respect to x, w and, with [`BiasGradient::Compute`], the bias.
 pub fn conv2d_backward(
     batch: &mut Batch,
     x: &Tensor,
     w: &Tensor,
     grad_out: &Tensor,
     params: &Conv2dParams,
-    with_bias: bool,
+    bias: BiasGradient,
 ) -> Result<Conv2dGrads> {
     const OP: &str = "conv2d_backward";
     let g = geometry(OP, x, w, params)?;
@@ -446,7 +456,7 @@ pub fn conv2d_backward(
     } else {
         crate::ops::channel_sum(batch, &partial, 1)?.reshape(w.shape())?
     };
-    let bias = if with_bias {
+    let bias = if bias == BiasGradient::Compute {
         Some(crate::ops::channel_sum(batch, grad_out, 1)?)
     } else {
         None

@@ -9,11 +9,11 @@ pub mod pool;
 pub mod reduce;
 pub mod softmax;
 
-pub use conv::{conv2d, conv2d_backward, Conv2dGrads, Conv2dParams};
+pub use conv::{conv2d, conv2d_backward, BiasGradient, Conv2dGrads, Conv2dParams};
 pub use elementwise::{activation, activation_backward, bias_add, scale_add};
 pub use loss::{cross_entropy, soft_cross_entropy, Loss, IGNORE_INDEX};
 pub use matmul::{matmul, matmul_backward, matmul_into, matmul_with, MatmulGrads, MatmulOptions};
-pub use optim::{adam_step, clip_grad_norm, sgd_step, AdamConfig, SgdConfig};
+pub use optim::{adam_step, clip_grad_norm, sgd_step, AdamConfig, Momentum, SgdConfig};
 pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, Pool2dParams};
 pub use reduce::{channel_sum, mean, row_max_argmax, sum, sum_squares};
 pub use softmax::{

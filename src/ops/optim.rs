@@ -161,15 +161,25 @@ fn record(
     batch.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), bound, grid)
 }
 
-/// One SGD step on `param` in place. `momentum_buffer` is required when `config.momentum > 0`;
-/// `first_step` initializes it from the gradient, as PyTorch does.
+/// The momentum buffer of an SGD step.
+#[derive(Debug, Clone, Copy)]
+pub enum Momentum<'a> {
+    /// No buffer: only for `config.momentum == 0`.
+    None,
+    /// The first step: the buffer is set to the gradient, as PyTorch does.
+    Start(&'a Tensor),
+    /// A later step: the buffer holds the running momentum.
+    Continue(&'a Tensor),
+}
+
+/// One SGD step on `param` in place. A momentum buffer ([`Momentum::Start`] on the first step,
+/// then [`Momentum::Continue`]) is required when `config.momentum > 0`.
 pub fn sgd_step(
     batch: &mut Batch,
     param: &Tensor,
     grad: &Tensor,
-    momentum_buffer: Option<&Tensor>,
+    momentum: Momentum,
     config: &SgdConfig,
-    first_step: bool,
 ) -> Result<()> {
     const OP: &str = "sgd_step";
     check_scalar(OP, "lr", config.lr, config.lr >= 0.0)?;
@@ -188,6 +198,11 @@ pub fn sgd_step(
         });
     }
     let uses_momentum = config.momentum > 0.0;
+    let (momentum_buffer, first_step) = match momentum {
+        Momentum::None => (None, false),
+        Momentum::Start(b) => (Some(b), true),
+        Momentum::Continue(b) => (Some(b), false),
+    };
     let buffer = match (uses_momentum, momentum_buffer) {
         (true, Some(b)) => b,
         (true, None) => {
