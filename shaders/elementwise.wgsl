@@ -3,6 +3,8 @@
 //   activation_backward  dx = dy · act'(x)            (x: the activation's input)
 //   bias_add             y[i] = x[i] + bias[(i / inner) % channels]   (Linear: inner 1; NCHW: inner H·W)
 //   scale_add            y = alpha · x + beta · z
+//   axpy                 y = y + alpha · x, in place (gradient accumulation)
+//   scale_in_place       y = alpha · y
 // Bindings: 0 params, 1 x (read), 2 y (read_write), 3 z / dy / bias (read; not used by
 // activation_forward). Grid: 256-thread workgroups, folded into y past 65,535 along x.
 // Elem is f32 or f16 (wgnn rewrites the alias); arithmetic is f32. Prelude: activation.wgsl.
@@ -56,4 +58,18 @@ fn scale_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let i = index(wid, l);
     if (i >= params.n) { return; }
     y[i] = Elem(params.alpha * f32(x[i]) + params.beta * f32(z[i]));
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn axpy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = index(wid, l);
+    if (i >= params.n) { return; }
+    y[i] = Elem(f32(y[i]) + params.alpha * f32(x[i]));
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn scale_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = index(wid, l);
+    if (i >= params.n) { return; }
+    y[i] = Elem(params.alpha * f32(y[i]));
 }

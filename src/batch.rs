@@ -27,6 +27,8 @@ pub struct Batch {
     /// Buffers the recorded work touches, held (and counted as pending) until submission.
     keep_alive: Vec<Held>,
     uniforms: Vec<UniformChunk>,
+    /// Staging buffers of recorded uploads and their bytes, written at submit.
+    uploads: Vec<(PooledBuffer, Vec<u8>)>,
     dispatches: usize,
     timer: Option<TimerQueries>,
     passes: usize,
@@ -41,6 +43,7 @@ impl Batch {
             pass: None,
             keep_alive: Vec::new(),
             uniforms: Vec::new(),
+            uploads: Vec::new(),
             dispatches: 0,
             timer: None,
             passes: 0,
@@ -218,10 +221,61 @@ impl Batch {
         }
         self.end_pass();
         let len = src.size_bytes().next_multiple_of(4);
-        self.encoder()
-            .copy_buffer_to_buffer(src.buffer.buffer(), 0, dst.buffer.buffer(), 0, len);
+        self.encoder().copy_buffer_to_buffer(
+            src.buffer.buffer(),
+            src.offset_bytes(),
+            dst.buffer.buffer(),
+            dst.offset_bytes(),
+            len,
+        );
         self.hold(src, false);
         self.hold(dst, true);
+        Ok(())
+    }
+
+    /// Records setting every element of `t` to zero, in order with the recorded work.
+    pub fn clear(&mut self, t: &Tensor) -> Result<()> {
+        self.same_context("Batch::clear", &[t])?;
+        self.end_pass();
+        let len = t.size_bytes().next_multiple_of(4).min(t.capacity_bytes());
+        let offset = t.offset_bytes();
+        self.encoder()
+            .clear_buffer(t.buffer.buffer(), offset, Some(len));
+        self.hold(t, true);
+        Ok(())
+    }
+
+    /// Records an upload of `data` into `t`, in order with the recorded work: work recorded before
+    /// it reads the old contents, work after it the new ones (unlike [`Tensor::write`], which lands
+    /// before the whole submission). The bytes go through a pooled staging buffer.
+    pub fn write<T: crate::Element>(&mut self, t: &Tensor, data: &[T]) -> Result<()> {
+        self.same_context("Batch::write", &[t])?;
+        t.expect_dtype(T::DTYPE, "Batch::write")?;
+        if data.len() != t.numel() {
+            return Err(Error::DataLength {
+                expected: t.numel(),
+                found: data.len(),
+            });
+        }
+        let mut bytes: Vec<u8> = bytemuck::cast_slice(data).to_vec();
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        let len = bytes.len() as u64;
+        let staging = self.gpu.0.pool.acquire(
+            &self.gpu.0.device,
+            len,
+            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            self.gpu.limits().max_buffer_size,
+        );
+        self.end_pass();
+        self.encoder().copy_buffer_to_buffer(
+            staging.buffer(),
+            0,
+            t.buffer.buffer(),
+            t.offset_bytes(),
+            len,
+        );
+        self.hold(t, true);
+        self.uploads.push((staging, bytes));
         Ok(())
     }
 
@@ -236,8 +290,13 @@ impl Batch {
         }
         self.end_pass();
         let len = dst.size_bytes().next_multiple_of(4);
-        self.encoder()
-            .copy_buffer_to_buffer(src.buffer.buffer(), 0, dst.buffer.buffer(), 0, len);
+        self.encoder().copy_buffer_to_buffer(
+            src.buffer.buffer(),
+            src.offset_bytes(),
+            dst.buffer.buffer(),
+            dst.offset_bytes(),
+            len,
+        );
         self.hold(src, false);
         self.hold(dst, true);
         Ok(())
@@ -282,12 +341,17 @@ impl Batch {
             gpu.queue()
                 .write_buffer(chunk.buffer.buffer(), 0, &chunk.data);
         }
+        // The staging buffers are this batch's alone: their writes land before its commands.
+        for (staging, bytes) in &self.uploads {
+            gpu.queue().write_buffer(staging.buffer(), 0, bytes);
+        }
         let encoder = self.encoder.take();
         let index = gpu.scoped(|| gpu.queue().submit(encoder.map(|e| e.finish())))?;
         // Let wgpu reclaim finished work without blocking, so memory does not grow.
         let _ = gpu.device().poll(wgpu::PollType::Poll);
         self.keep_alive.clear();
         self.uniforms.clear();
+        self.uploads.clear();
         gpu.take_uncaptured_error()?;
         Ok(index)
     }

@@ -83,6 +83,8 @@ pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 pub struct Tensor {
     pub(crate) gpu: Gpu,
     pub(crate) buffer: Arc<PooledBuffer>,
+    /// Byte offset of the first element in the buffer (0, or a view's aligned offset).
+    offset: u64,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -149,6 +151,7 @@ impl Tensor {
         Ok(Tensor {
             gpu: gpu.clone(),
             buffer: Arc::new(buffer),
+            offset: 0,
             shape: shape.to_vec(),
             dtype,
         })
@@ -164,7 +167,7 @@ impl Tensor {
             DType::U32 => bytemuck::cast_slice(&vec![value as u32; bytes / 4]).to_vec(),
             DType::F16 => bytemuck::cast_slice(&vec![f16::from_f32(value); bytes / 2]).to_vec(),
         };
-        gpu.queue().write_buffer(t.buffer.buffer(), 0, &data);
+        gpu.queue().write_buffer(t.buffer.buffer(), t.offset, &data);
         Ok(t)
     }
 
@@ -220,7 +223,7 @@ impl Tensor {
         }
         self.gpu
             .queue()
-            .write_buffer(self.buffer.buffer(), 0, bytes);
+            .write_buffer(self.buffer.buffer(), self.offset, bytes);
         Ok(())
     }
 
@@ -272,7 +275,7 @@ impl Tensor {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("wgnn readback"),
             });
-        encoder.copy_buffer_to_buffer(self.buffer.buffer(), 0, staging.buffer(), 0, len);
+        encoder.copy_buffer_to_buffer(self.buffer.buffer(), self.offset, staging.buffer(), 0, len);
         gpu.scoped(|| gpu.queue().submit([encoder.finish()]))?;
         let slice = staging.buffer().slice(0..len);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -326,9 +329,50 @@ impl Tensor {
     pub fn size_bytes(&self) -> u64 {
         (self.numel() * self.dtype.size()) as u64
     }
-    /// Bytes of the buffer behind the tensor (at least [`Self::size_bytes`]).
+    /// Bytes of the buffer behind the tensor from its first element on (at least
+    /// [`Self::size_bytes`]).
     pub fn capacity_bytes(&self) -> u64 {
-        self.buffer.capacity()
+        self.buffer.capacity() - self.offset
+    }
+
+    /// Byte offset of the tensor's first element in its buffer (non-zero for views).
+    pub fn offset_bytes(&self) -> u64 {
+        self.offset
+    }
+
+    /// A tensor of `shape` over the same buffer, starting `element_offset` elements past this
+    /// tensor's first element: a parameter in a flat arena, say. The start must be aligned to the
+    /// adapter's `min_storage_buffer_offset_alignment`, and the view must lie within this tensor.
+    pub fn view(&self, element_offset: usize, shape: &[usize]) -> Result<Self> {
+        let numel = numel_of(shape, "Tensor::view")?;
+        let size = self.dtype.size() as u64;
+        let end = (element_offset as u64)
+            .checked_add(numel as u64)
+            .filter(|&end| end <= self.numel() as u64);
+        if end.is_none() {
+            return Err(Error::ShapeMismatch {
+                op: "Tensor::view",
+                details: format!(
+                    "{numel} elements from element {element_offset} do not fit in {:?}",
+                    self.shape
+                ),
+            });
+        }
+        let offset = self.offset + element_offset as u64 * size;
+        let align = u64::from(self.gpu.limits().min_storage_buffer_offset_alignment);
+        if !offset.is_multiple_of(align) {
+            return Err(Error::InvalidArgument {
+                op: "Tensor::view",
+                details: format!("byte offset {offset} is not a multiple of {align}"),
+            });
+        }
+        Ok(Tensor {
+            gpu: self.gpu.clone(),
+            buffer: self.buffer.clone(),
+            offset,
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        })
     }
     /// The context the tensor lives on.
     pub fn gpu(&self) -> &Gpu {
@@ -357,8 +401,12 @@ impl Tensor {
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: self.buffer.buffer(),
-            offset: 0,
-            size: std::num::NonZeroU64::new(self.size_bytes().next_multiple_of(16)),
+            offset: self.offset,
+            size: std::num::NonZeroU64::new(
+                self.size_bytes()
+                    .next_multiple_of(16)
+                    .min(self.capacity_bytes()),
+            ),
         })
     }
 }

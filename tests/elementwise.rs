@@ -234,3 +234,37 @@ fn bad_input_gives_typed_errors() {
     ));
     assert_eq!(batch.dispatches(), 0);
 }
+
+#[test]
+fn axpy_and_scale_in_place() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for n in [1usize, 257, 70_001] {
+        let x = random(&mut rng, n);
+        let y0 = random(&mut rng, n);
+        let tx = Tensor::from_slice(&gpu, &x, &[n]).unwrap();
+        let ty = Tensor::from_slice(&gpu, &y0, &[n]).unwrap();
+        let mut batch = Batch::new(&gpu);
+        ops::axpy(&mut batch, -0.5, &tx, &ty).unwrap();
+        ops::scale_in_place(&mut batch, &ty, 3.0).unwrap();
+        batch.submit().unwrap();
+        let want: Vec<f32> = y0
+            .iter()
+            .zip(&x)
+            .map(|(y, x)| 3.0 * (y - 0.5 * x))
+            .collect();
+        assert_close(
+            &ty.to_vec::<f32>().unwrap(),
+            &want,
+            1e-6,
+            &format!("n {n} seed {seed}"),
+        );
+        assert_guard_intact(&ty, "axpy");
+    }
+    let mut batch = Batch::new(&gpu);
+    let t = Tensor::zeros(&gpu, &[4], DType::F32).unwrap();
+    assert!(matches!(
+        ops::axpy(&mut batch, 1.0, &t, &t),
+        Err(Error::Aliasing { .. })
+    ));
+}

@@ -204,3 +204,38 @@ fn the_pool_keeps_idle_memory_under_its_limit() {
     assert_eq!(gpu.pool_stats().idle_bytes, 0);
     gpu.trim_pool();
 }
+
+/// Views into one buffer (a parameter arena) behave as tensors of their own; recorded writes and
+/// clears land in order with the recorded work.
+#[test]
+fn views_recorded_writes_and_clears() {
+    let gpu = gpu();
+    let align = gpu.limits().min_storage_buffer_offset_alignment as usize / 4;
+    let arena = Tensor::full(&gpu, &[4 * align], DType::F32, 7.0).unwrap();
+    let a = arena.view(0, &[2, 3]).unwrap();
+    let b = arena.view(align, &[3, 2]).unwrap();
+    assert!(matches!(
+        arena.view(1, &[2]),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        arena.view(3 * align, &[align + 1]),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let mut batch = Batch::new(&gpu);
+    batch.write(&a, &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    let first = ops::matmul(&mut batch, &a, &b).unwrap(); // b still holds 7s
+    batch.write(&b, &[1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap();
+    let second = ops::matmul(&mut batch, &a, &b).unwrap();
+    batch.clear(&a).unwrap();
+    let third = ops::matmul(&mut batch, &a, &b).unwrap();
+    batch.submit().unwrap();
+    assert_eq!(first.to_vec::<f32>().unwrap(), [42.0, 42.0, 105.0, 105.0]);
+    assert_eq!(second.to_vec::<f32>().unwrap(), [4.0, 5.0, 10.0, 11.0]);
+    assert_eq!(third.to_vec::<f32>().unwrap(), [0.0; 4]);
+    // Elements of the arena outside the views are untouched.
+    let all = arena.to_vec::<f32>().unwrap();
+    assert_eq!(all[6], 7.0);
+    assert_eq!(all[align + 6], 7.0);
+    assert_eq!(all[3 * align], 7.0);
+}

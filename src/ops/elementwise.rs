@@ -156,3 +156,41 @@ pub fn scale_add(
     )?;
     Ok(y)
 }
+
+/// y += alpha · x, in place (gradient accumulation). Same shape and dtype; y must not alias x.
+pub fn axpy(batch: &mut Batch, alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
+    const OP: &str = "axpy";
+    same_shape(OP, &[x, y])?;
+    same_dtype(OP, &[x, y])?;
+    float_dtype(OP, x)?;
+    crate::ops::distinct_output(OP, &[x], y)?;
+    record(
+        batch,
+        OP,
+        "axpy",
+        Activation::None,
+        &[x],
+        y,
+        (1, 1, alpha, 0.0),
+    )
+}
+
+/// y = alpha · y, in place.
+pub fn scale_in_place(batch: &mut Batch, y: &Tensor, alpha: f32) -> Result<()> {
+    const OP: &str = "scale_in_place";
+    float_dtype(OP, y)?;
+    let (grid, groups_x) = fold_grid(batch.gpu(), y.numel().div_ceil(256))?;
+    let params = Params {
+        n: y.numel() as u32,
+        groups_x,
+        alpha,
+        ..Default::default()
+    };
+    let pipeline = batch.gpu().pipeline(PipelineKey {
+        kernel: Kernel::Elementwise,
+        dtype: y.dtype(),
+        entry: "scale_in_place",
+        constants: vec![("ACTIVATION", 0)],
+    })?;
+    batch.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), &[(2, y)], grid)
+}

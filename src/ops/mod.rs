@@ -10,7 +10,7 @@ pub mod reduce;
 pub mod softmax;
 
 pub use conv::{conv2d, conv2d_backward, BiasGradient, Conv2dGrads, Conv2dParams};
-pub use elementwise::{activation, activation_backward, bias_add, scale_add};
+pub use elementwise::{activation, activation_backward, axpy, bias_add, scale_add, scale_in_place};
 pub use loss::{cross_entropy, soft_cross_entropy, Loss, IGNORE_INDEX};
 pub use matmul::{matmul, matmul_backward, matmul_into, matmul_with, MatmulGrads, MatmulOptions};
 pub use optim::{adam_step, clip_grad_norm, sgd_step, AdamConfig, Momentum, SgdConfig};
