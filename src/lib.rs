@@ -24,8 +24,10 @@
 #![warn(missing_docs)]
 
 mod batch;
+pub mod data;
 mod error;
 mod gpu;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 mod pool;

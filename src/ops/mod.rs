@@ -24,7 +24,10 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
 /// Elementwise function applied in an op's epilogue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Activation {
     /// Identity.
     #[default]

@@ -5,6 +5,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
+pub mod nn;
 pub mod optim;
 pub mod reduce;
 pub mod softmax;

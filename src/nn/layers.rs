@@ -1,0 +1,359 @@
+//! Layers with an explicit backward: a training forward saves what the backward needs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::ops::{self, Activation, Conv2dParams, Pool2dParams};
+use crate::tensor::Tensor;
+
+/// A layer's architecture: what a saved model records and what [`crate::nn::Sequential`] builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum LayerSpec {
+    /// y = x·Wᵀ + b; W is `[outputs, inputs]` (PyTorch's layout), b is `[outputs]`.
+    Linear {
+        /// Input features.
+        inputs: usize,
+        /// Output features.
+        outputs: usize,
+    },
+    /// 2-D convolution over NCHW with a bias; W is `[out, in, kh, kw]`.
+    Conv2d {
+        /// Input channels.
+        in_channels: usize,
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel (height, width).
+        kernel: (usize, usize),
+        /// Stride (height, width).
+        stride: (usize, usize),
+        /// Zero padding (height, width).
+        padding: (usize, usize),
+    },
+    /// Max pooling.
+    MaxPool2d {
+        /// Window (height, width).
+        kernel: (usize, usize),
+        /// Stride (height, width).
+        stride: (usize, usize),
+    },
+    /// Average pooling.
+    AvgPool2d {
+        /// Window (height, width).
+        kernel: (usize, usize),
+        /// Stride (height, width).
+        stride: (usize, usize),
+    },
+    /// `[batch, ...]` to `[batch, features]`.
+    Flatten,
+    /// An elementwise activation.
+    Activation {
+        /// Which.
+        function: Activation,
+    },
+}
+
+impl LayerSpec {
+    /// The output shape for an input of `input` (batch dimension first).
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let mismatch = |details: String| Error::ShapeMismatch {
+            op: "LayerSpec::output_shape",
+            details,
+        };
+        match *self {
+            LayerSpec::Linear { inputs, outputs } => match input {
+                [b, f] if *f == inputs => Ok(vec![*b, outputs]),
+                _ => Err(mismatch(format!(
+                    "Linear({inputs} -> {outputs}) takes [batch, {inputs}], got {input:?}"
+                ))),
+            },
+            LayerSpec::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            } => match input {
+                [b, c, h, w] if *c == in_channels => {
+                    let axis = |size: usize, k: usize, s: usize, p: usize| {
+                        if s == 0 || size + 2 * p < k {
+                            Err(mismatch(format!("conv window {k} does not fit {size}")))
+                        } else {
+                            Ok((size + 2 * p - k) / s + 1)
+                        }
+                    };
+                    Ok(vec![
+                        *b,
+                        out_channels,
+                        axis(*h, kernel.0, stride.0, padding.0)?,
+                        axis(*w, kernel.1, stride.1, padding.1)?,
+                    ])
+                }
+                _ => Err(mismatch(format!(
+                    "Conv2d takes [batch, {in_channels}, h, w], got {input:?}"
+                ))),
+            },
+            LayerSpec::MaxPool2d { kernel, stride } | LayerSpec::AvgPool2d { kernel, stride } => {
+                match input {
+                    [b, c, h, w]
+                        if stride.0 > 0 && stride.1 > 0 && *h >= kernel.0 && *w >= kernel.1 =>
+                    {
+                        Ok(vec![
+                            *b,
+                            *c,
+                            (h - kernel.0) / stride.0 + 1,
+                            (w - kernel.1) / stride.1 + 1,
+                        ])
+                    }
+                    _ => Err(mismatch(format!(
+                        "pooling {kernel:?} stride {stride:?} does not fit {input:?}"
+                    ))),
+                }
+            }
+            LayerSpec::Flatten => match input {
+                [b, rest @ ..] if !rest.is_empty() => Ok(vec![*b, rest.iter().product()]),
+                _ => Err(mismatch(format!("Flatten takes rank >= 2, got {input:?}"))),
+            },
+            LayerSpec::Activation { .. } => Ok(input.to_vec()),
+        }
+    }
+
+    /// Parameter shapes (weight, then bias) and fans (in, out) for initialization.
+    pub fn parameter_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
+        match *self {
+            LayerSpec::Linear { inputs, outputs } => {
+                vec![("weight", vec![outputs, inputs]), ("bias", vec![outputs])]
+            }
+            LayerSpec::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                ..
+            } => vec![
+                (
+                    "weight",
+                    vec![out_channels, in_channels, kernel.0, kernel.1],
+                ),
+                ("bias", vec![out_channels]),
+            ],
+            _ => vec![],
+        }
+    }
+
+    pub(crate) fn conv_params(&self) -> Conv2dParams {
+        match *self {
+            LayerSpec::Conv2d {
+                stride, padding, ..
+            } => Conv2dParams {
+                stride,
+                padding,
+                ..Conv2dParams::default()
+            },
+            _ => Conv2dParams::default(),
+        }
+    }
+
+    pub(crate) fn pool_params(&self) -> Pool2dParams {
+        match *self {
+            LayerSpec::MaxPool2d { kernel, stride } | LayerSpec::AvgPool2d { kernel, stride } => {
+                Pool2dParams {
+                    kernel,
+                    stride,
+                    padding: (0, 0),
+                }
+            }
+            _ => Pool2dParams::square(1),
+        }
+    }
+}
+
+/// What a layer saved in a training forward for its backward.
+#[derive(Debug, Default)]
+enum Saved {
+    #[default]
+    Nothing,
+    /// The input (and, for a fused activation, the output).
+    Input(Tensor, Option<Tensor>),
+    /// Max pooling's indices and input shape.
+    Indices(Tensor, Vec<usize>),
+    /// The input shape (average pooling, flatten).
+    Shape(Vec<usize>),
+}
+
+/// One layer of a [`crate::nn::Sequential`] model, with its parameter views.
+#[derive(Debug)]
+pub struct Layer {
+    spec: LayerSpec,
+    /// Weight and bias values and gradients (views into the model's arenas).
+    params: Vec<(Tensor, Tensor)>,
+    /// An activation fused into this layer's epilogue (ReLU after Linear/Conv2d).
+    fused: Activation,
+    /// This activation layer's work was fused into the layer before it.
+    absorbed: bool,
+    saved: Saved,
+}
+
+impl Layer {
+    pub(crate) fn new(spec: LayerSpec, params: Vec<(Tensor, Tensor)>) -> Self {
+        Layer {
+            spec,
+            params,
+            fused: Activation::None,
+            absorbed: false,
+            saved: Saved::Nothing,
+        }
+    }
+
+    /// The layer's architecture.
+    pub fn spec(&self) -> &LayerSpec {
+        &self.spec
+    }
+
+    /// Fuses a following ReLU into this Linear or Conv2d; returns whether it did.
+    pub(crate) fn fuse(&mut self, next: &LayerSpec) -> bool {
+        let fusable = matches!(
+            self.spec,
+            LayerSpec::Linear { .. } | LayerSpec::Conv2d { .. }
+        ) && *next
+            == LayerSpec::Activation {
+                function: Activation::Relu,
+            };
+        if fusable {
+            self.fused = Activation::Relu;
+        }
+        fusable
+    }
+
+    pub(crate) fn absorb(&mut self) {
+        self.absorbed = true;
+    }
+
+    /// Records the forward pass; with `train`, saves what [`Self::backward`] needs.
+    pub fn forward(&mut self, batch: &mut Batch, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = match &self.spec {
+            LayerSpec::Linear { .. } => {
+                let options = ops::MatmulOptions {
+                    trans_b: true,
+                    bias: Some(&self.params[1].0),
+                    activation: self.fused,
+                    ..Default::default()
+                };
+                ops::matmul_with(batch, x, &self.params[0].0, &options)?
+            }
+            LayerSpec::Conv2d { .. } => ops::conv2d(
+                batch,
+                x,
+                &self.params[0].0,
+                Some(&self.params[1].0),
+                &self.spec.conv_params(),
+                self.fused,
+            )?,
+            LayerSpec::MaxPool2d { .. } => {
+                let (y, indices) = ops::max_pool2d(batch, x, &self.spec.pool_params())?;
+                if train {
+                    self.saved = Saved::Indices(indices, x.shape().to_vec());
+                }
+                return Ok(y);
+            }
+            LayerSpec::AvgPool2d { .. } => {
+                if train {
+                    self.saved = Saved::Shape(x.shape().to_vec());
+                }
+                return ops::avg_pool2d(batch, x, &self.spec.pool_params());
+            }
+            LayerSpec::Flatten => {
+                let shape = self.spec.output_shape(x.shape())?;
+                if train {
+                    self.saved = Saved::Shape(x.shape().to_vec());
+                }
+                return x.reshape(&shape);
+            }
+            LayerSpec::Activation { function } => {
+                if self.absorbed {
+                    return Ok(x.clone());
+                }
+                let y = ops::activation(batch, x, *function)?;
+                if train {
+                    self.saved = Saved::Input(x.clone(), None);
+                }
+                return Ok(y);
+            }
+        };
+        if train {
+            let out = (self.fused != Activation::None).then(|| y.clone());
+            self.saved = Saved::Input(x.clone(), out);
+        }
+        Ok(y)
+    }
+
+    /// Records the backward pass from dL/dy: adds the parameter gradients into the gradient arena
+    /// and returns dL/dx when `input_grad` (the first layer does not need it).
+    pub fn backward(
+        &mut self,
+        batch: &mut Batch,
+        grad_y: &Tensor,
+        input_grad: bool,
+    ) -> Result<Option<Tensor>> {
+        let saved = std::mem::take(&mut self.saved);
+        let missing = || Error::InvalidArgument {
+            op: "Layer::backward",
+            details: "backward needs a training forward first".into(),
+        };
+        match (&self.spec, saved) {
+            (LayerSpec::Linear { .. }, Saved::Input(x, y)) => {
+                let dz = match &y {
+                    Some(y) => ops::activation_backward(batch, y, grad_y, self.fused)?,
+                    None => grad_y.clone(),
+                };
+                let (w, gw) = &self.params[0];
+                let gb = &self.params[1].1;
+                // dW += dzᵀ·x; db += Σ_rows dz; dx = dz·W.
+                let acc = ops::MatmulOptions {
+                    trans_a: true,
+                    accumulate: true,
+                    ..Default::default()
+                };
+                ops::matmul_into(batch, &dz, &x, &acc, gw)?;
+                let db = ops::channel_sum(batch, &dz, 1)?;
+                ops::axpy(batch, 1.0, &db, gb)?;
+                if input_grad {
+                    return Ok(Some(ops::matmul(batch, &dz, w)?));
+                }
+                Ok(None)
+            }
+            (LayerSpec::Conv2d { .. }, Saved::Input(x, y)) => {
+                let dz = match &y {
+                    Some(y) => ops::activation_backward(batch, y, grad_y, self.fused)?,
+                    None => grad_y.clone(),
+                };
+                let grads = ops::conv2d_backward(
+                    batch,
+                    &x,
+                    &self.params[0].0,
+                    &dz,
+                    &self.spec.conv_params(),
+                    ops::BiasGradient::Compute,
+                )?;
+                ops::axpy(batch, 1.0, &grads.weight, &self.params[0].1)?;
+                if let Some(db) = &grads.bias {
+                    ops::axpy(batch, 1.0, db, &self.params[1].1)?;
+                }
+                Ok(input_grad.then_some(grads.input))
+            }
+            (LayerSpec::MaxPool2d { .. }, Saved::Indices(indices, shape)) => {
+                ops::max_pool2d_backward(batch, grad_y, &indices, &shape, &self.spec.pool_params())
+                    .map(Some)
+            }
+            (LayerSpec::AvgPool2d { .. }, Saved::Shape(shape)) => {
+                ops::avg_pool2d_backward(batch, grad_y, &shape, &self.spec.pool_params()).map(Some)
+            }
+            (LayerSpec::Flatten, Saved::Shape(shape)) => grad_y.reshape(&shape).map(Some),
+            (LayerSpec::Activation { .. }, _) if self.absorbed => Ok(Some(grad_y.clone())),
+            (LayerSpec::Activation { function }, Saved::Input(x, _)) => {
+                ops::activation_backward(batch, &x, grad_y, *function).map(Some)
+            }
+            _ => Err(missing()),
+        }
+    }
+}

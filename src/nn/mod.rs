@@ -1,0 +1,38 @@
+//! Training: layers with explicit backward passes, a [`Sequential`] model over one parameter arena,
+//! an arena-wide [`Optimizer`], and a [`Trainer`] that records a whole step (upload, forward, loss,
+//! backward, update) into one [`Batch`] and one submission.
+//!
+//! ```no_run
+//! use wgnn::nn::{Init, LayerSpec, Optimizer, Sequential, Trainer};
+//! use wgnn::{ops::SgdConfig, Activation, Gpu};
+//! # fn main() -> wgnn::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let model = Sequential::new(
+//!     &gpu,
+//!     &[64],
+//!     vec![
+//!         LayerSpec::Linear { inputs: 64, outputs: 32 },
+//!         LayerSpec::Activation { function: Activation::Relu },
+//!         LayerSpec::Linear { inputs: 32, outputs: 10 },
+//!     ],
+//!     Init::KaimingUniform { seed: 7 },
+//! )?;
+//! let optimizer = Optimizer::sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.05) });
+//! let mut trainer = Trainer::new(model, optimizer);
+//! let (x, labels) = (vec![0.5f32; 16 * 64], vec![3u32; 16]);
+//! trainer.step(&x, &labels)?; // one submission; the loss stays on the GPU
+//! let mean_loss = trainer.mean_loss()?; // one readback for all steps since the last call
+//! # Ok(()) }
+//! ```
+
+mod layers;
+mod model;
+mod optimizer;
+mod params;
+mod trainer;
+
+pub use layers::{Layer, LayerSpec};
+pub use model::{Init, Sequential};
+pub use optimizer::Optimizer;
+pub use params::{HostParameters, ParamId, ParamStore, Parameter};
+pub use trainer::Trainer;

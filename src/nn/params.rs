@@ -1,0 +1,157 @@
+//! Parameters: one flat f32 arena of values and one of gradients, with a view per parameter, so
+//! that an optimizer updates every parameter of a model in one dispatch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::tensor::{DType, Tensor};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Parameters on the host: (name, shape, values), in layer order.
+pub type HostParameters = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// The identity of one parameter: optimizer state is keyed by it, not by a position in a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamId(u64);
+
+/// One parameter of a [`ParamStore`]: where it lives in the arenas and what it is.
+#[derive(Debug, Clone)]
+pub struct Parameter {
+    /// Its identity.
+    pub id: ParamId,
+    /// A name unique within the model, e.g. `"0.weight"`.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// First element in the arenas.
+    pub offset: usize,
+    /// The value: a view into [`ParamStore::values`].
+    pub value: Tensor,
+    /// The gradient: a view into [`ParamStore::grads`].
+    pub grad: Tensor,
+}
+
+/// A model's parameters: f32 values and gradients in two arenas of the same layout, each
+/// parameter at an offset aligned for binding as a tensor of its own.
+#[derive(Debug)]
+pub struct ParamStore {
+    id: u64,
+    values: Tensor,
+    grads: Tensor,
+    params: Vec<Parameter>,
+}
+
+impl ParamStore {
+    /// Lays out parameters `(name, shape, initial values)` in new arenas on `gpu`.
+    pub fn new(gpu: &Gpu, specs: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Self> {
+        if specs.is_empty() {
+            return Err(Error::EmptyTensor {
+                op: "ParamStore::new",
+            });
+        }
+        let align = (gpu.limits().min_storage_buffer_offset_alignment as usize / 4).max(4);
+        let mut offsets = Vec::with_capacity(specs.len());
+        let mut total = 0usize;
+        for (name, shape, data) in specs {
+            let numel: usize = shape.iter().product();
+            if numel == 0 || numel != data.len() {
+                return Err(Error::DataLength {
+                    expected: numel,
+                    found: data.len(),
+                });
+            }
+            if specs.iter().filter(|(n, _, _)| n == name).count() > 1 {
+                return Err(Error::InvalidArgument {
+                    op: "ParamStore::new",
+                    details: format!("parameter name {name:?} is not unique"),
+                });
+            }
+            offsets.push(total);
+            total = total
+                .checked_add(numel.next_multiple_of(align))
+                .ok_or_else(|| Error::LimitExceeded {
+                    what: "parameter arena elements".into(),
+                    requested: u64::MAX,
+                    limit: u64::from(u32::MAX),
+                })?;
+        }
+        let mut host = vec![0.0f32; total];
+        for ((_, _, data), &offset) in specs.iter().zip(&offsets) {
+            host[offset..offset + data.len()].copy_from_slice(data);
+        }
+        let values = Tensor::from_slice(gpu, &host, &[total])?;
+        let grads = Tensor::zeros(gpu, &[total], DType::F32)?;
+        let mut params = Vec::with_capacity(specs.len());
+        for ((name, shape, _), &offset) in specs.iter().zip(&offsets) {
+            params.push(Parameter {
+                id: ParamId(next_id()),
+                name: name.clone(),
+                shape: shape.clone(),
+                offset,
+                value: values.view(offset, shape)?,
+                grad: grads.view(offset, shape)?,
+            });
+        }
+        Ok(ParamStore {
+            id: next_id(),
+            values,
+            grads,
+            params,
+        })
+    }
+
+    /// The identity of the store (its arenas); optimizer state is made for one store.
+    pub fn store_id(&self) -> u64 {
+        self.id
+    }
+    /// All values, one arena `[len]` (gaps between parameters hold zeros).
+    pub fn values(&self) -> &Tensor {
+        &self.values
+    }
+    /// All gradients, the same layout as [`Self::values`].
+    pub fn grads(&self) -> &Tensor {
+        &self.grads
+    }
+    /// The parameters, in layer order.
+    pub fn params(&self) -> &[Parameter] {
+        &self.params
+    }
+    /// The parameter called `name`.
+    pub fn get(&self, name: &str) -> Option<&Parameter> {
+        self.params.iter().find(|p| p.name == name)
+    }
+    /// Elements in each arena.
+    pub fn len(&self) -> usize {
+        self.values.numel()
+    }
+    /// Whether the store is empty (never: a store has at least one parameter).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    /// Parameters' element count, without the alignment gaps.
+    pub fn parameter_count(&self) -> usize {
+        self.params.iter().map(|p| p.value.numel()).sum()
+    }
+    /// Reads every parameter back as (name, shape, values).
+    pub fn to_host(&self) -> Result<HostParameters> {
+        let all = self.values.to_vec::<f32>()?;
+        Ok(self
+            .params
+            .iter()
+            .map(|p| {
+                let n = p.value.numel();
+                (
+                    p.name.clone(),
+                    p.shape.clone(),
+                    all[p.offset..p.offset + n].to_vec(),
+                )
+            })
+            .collect())
+    }
+}
