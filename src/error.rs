@@ -92,6 +92,13 @@ pub enum Error {
     Validation(String),
     /// The device was lost (driver reset, GPU removed, watchdog); the context cannot be used again.
     DeviceLost(String),
+    /// A model file is truncated, corrupt, or does not match its layers.
+    ModelFile {
+        /// What is wrong with it.
+        details: String,
+    },
+    /// Reading or writing a file failed.
+    Io(String),
     /// Any other error reported by wgpu or the driver (mapping a buffer, an internal error).
     Gpu(String),
 }
@@ -138,6 +145,8 @@ impl fmt::Display for Error {
             Error::OutOfMemory(e) => write!(f, "the GPU is out of memory: {e}"),
             Error::Validation(e) => write!(f, "wgpu validation error: {e}"),
             Error::DeviceLost(e) => write!(f, "the GPU device was lost: {e}"),
+            Error::ModelFile { details } => write!(f, "model file: {details}"),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
             Error::Gpu(e) => write!(f, "GPU error: {e}"),
         }
     }

@@ -232,3 +232,87 @@ fn mlp_learns_the_digits() {
         "test accuracy {accuracy} (mean loss {loss})"
     );
 }
+
+/// Save and load round-trip bit-exactly; bad files are typed errors.
+#[test]
+fn save_and_load() {
+    use wgnn::nn::SavedModel;
+    use wgnn::Error;
+    let gpu = gpu();
+    let (mut rng, _) = rng();
+    let mut model =
+        Sequential::new(&gpu, &[1, 8, 8], cnn(), Init::KaimingUniform { seed: 9 }).unwrap();
+    let dir = std::env::temp_dir().join(format!("wgnn-save-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cnn.safetensors");
+    model.save(&path).unwrap();
+    let mut loaded = Sequential::load(&gpu, &path).unwrap();
+    assert_eq!(loaded.specs(), model.specs());
+    assert_eq!(loaded.input_shape(), model.input_shape());
+    let bits = |m: &Sequential| -> Vec<u32> {
+        m.params()
+            .values()
+            .to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&loaded), bits(&model));
+    let x = random(&mut rng, 5 * 64);
+    assert_eq!(
+        loaded.predict_classes(&x, 5).unwrap(),
+        model.predict_classes(&x, 5).unwrap()
+    );
+
+    let bytes = std::fs::read(&path).unwrap();
+    let bad = |b: &[u8]| matches!(SavedModel::from_bytes(b), Err(Error::ModelFile { .. }));
+    assert!(bad(&bytes[..bytes.len() / 2]), "truncated");
+    assert!(bad(&bytes[..5]), "truncated header");
+    let mut corrupt = bytes.clone();
+    corrupt[10] ^= 0xff;
+    assert!(bad(&corrupt), "corrupt header");
+    let saved = SavedModel::from_bytes(&bytes).unwrap();
+    let mut wrong_shape = saved.clone();
+    wrong_shape.parameters[0].1 = vec![6, 1, 9];
+    wrong_shape.parameters[0].2.truncate(54);
+    assert!(bad(&wrong_shape.to_bytes().unwrap()), "wrong shape");
+    let mut missing = saved.clone();
+    missing.parameters.pop();
+    assert!(bad(&missing.to_bytes().unwrap()), "missing tensor");
+    let mut extra = saved.clone();
+    extra
+        .parameters
+        .push(("9.weight".into(), vec![2], vec![1.0, 2.0]));
+    assert!(bad(&extra.to_bytes().unwrap()), "a tensor no layer has");
+    // An unknown layer type in the metadata.
+    let mut unknown = bytes.clone();
+    let at = unknown
+        .windows(7)
+        .position(|w| w == b"Flatten")
+        .expect("the header names Flatten");
+    unknown[at..at + 7].copy_from_slice(b"Flattex");
+    let err = SavedModel::from_bytes(&unknown).unwrap_err();
+    assert!(err.to_string().contains("layers"), "unknown layer: {err}");
+    // Wrong dtype: f16 data under a layer's name.
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::tensor::Dtype::F16,
+        vec![10, 5],
+        &[0u8; 100],
+    )
+    .unwrap();
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "wgnn".to_string());
+    meta.insert("input_shape".to_string(), "[5]".to_string());
+    meta.insert(
+        "layers".to_string(),
+        r#"[{"type":"Linear","inputs":5,"outputs":10}]"#.to_string(),
+    );
+    let f16_file = safetensors::serialize([("0.weight", view)], Some(meta)).unwrap();
+    assert!(bad(&f16_file), "wrong dtype");
+    assert!(matches!(
+        Sequential::load(&gpu, dir.join("no-such-file")),
+        Err(Error::Io(_))
+    ));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -25,12 +25,14 @@
 //! # Ok(()) }
 //! ```
 
+mod io;
 mod layers;
 mod model;
 mod optimizer;
 mod params;
 mod trainer;
 
+pub use io::SavedModel;
 pub use layers::{Layer, LayerSpec};
 pub use model::{Init, Sequential};
 pub use optimizer::Optimizer;
