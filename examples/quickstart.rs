@@ -1,109 +1,65 @@
-//! Quickstart: a fused linear layer (matmul + bias + ReLU) and its backward on the GPU, checked
-//! against the CPU reference, then a timed 1024³ matmul.
+//! Quickstart: a matmul checked against the CPU, a small network trained on the digits (each
+//! training step is one GPU submission), and a prediction.
 //!
 //! Run: `cargo run --release --example quickstart`
 
 use anyhow::{ensure, Result};
-use wgnn::reference::{self, Array};
-use wgnn::{ops, Activation, Batch, DType, Gpu, GpuTimer, Tensor};
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    // A small LCG keeps the example free of extra dependencies; values in [-1, 1).
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use wgnn::data::Digits;
+use wgnn::nn::{Init, LayerSpec, Optimizer, Sequential, Trainer};
+use wgnn::ops::{self, AdamConfig};
+use wgnn::{Activation, Batch, Gpu, Tensor};
 
 fn main() -> Result<()> {
     let gpu = Gpu::new()?;
-    let info = gpu.adapter_info();
-    println!(
-        "adapter: {} ({:?}, {:?})",
-        info.name, info.backend, info.device_type
-    );
+    println!("adapter: {:?}", gpu.adapter_info().name);
 
-    // A linear layer: y = relu(x · W + b), batch 200, 300 inputs, 100 outputs.
-    let (batch_size, inputs, outputs) = (200, 300, 100);
-    let x = pseudo_random(batch_size * inputs, 1);
-    let w = pseudo_random(inputs * outputs, 2);
-    let b = pseudo_random(outputs, 3);
-    let gx = Tensor::from_slice(&gpu, &x, &[batch_size, inputs])?;
-    let gw = Tensor::from_slice(&gpu, &w, &[inputs, outputs])?;
-    let gb = Tensor::from_slice(&gpu, &b, &[outputs])?;
-
+    // 1. A matmul: recorded into a batch, submitted once, read back explicitly.
+    let a = Tensor::from_slice(&gpu, &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
+    let b = Tensor::from_slice(&gpu, &[1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2])?;
     let mut batch = Batch::new(&gpu);
-    let options = ops::MatmulOptions {
-        bias: Some(&gb),
-        activation: Activation::Relu,
-        ..Default::default()
-    };
-    let y = ops::matmul_with(&mut batch, &gx, &gw, &options)?;
-    // Backward of the plain product for a given upstream gradient (here: y itself).
-    let grads = ops::matmul_backward(&mut batch, &gx, &gw, &y, &Default::default())?;
+    let c = ops::matmul(&mut batch, &a, &b)?;
     batch.submit()?;
+    let c = c.to_vec::<f32>()?;
+    println!("[[1,2,3],[4,5,6]] x [[1,0],[0,1],[1,1]] = {c:?}");
+    ensure!(c == [4.0, 5.0, 10.0, 11.0], "wrong product");
 
-    let (ax, aw) = (
-        Array::new(&[batch_size, inputs], x),
-        Array::new(&[inputs, outputs], w),
-    );
-    let want = reference::matmul(&ax, &aw, false, false, Some(&b), Activation::Relu);
-    let got = y.to_vec::<f32>()?;
-    let max_err = got
+    // 2. Training: a 64-64-10 network on the handwritten digits, three epochs.
+    let (train, test) = Digits::load()?.split(0.2, 42);
+    let layers = vec![
+        LayerSpec::Linear {
+            inputs: 64,
+            outputs: 64,
+        },
+        LayerSpec::Activation {
+            function: Activation::Relu,
+        },
+        LayerSpec::Linear {
+            inputs: 64,
+            outputs: 10,
+        },
+    ];
+    let model = Sequential::new(&gpu, &[64], layers, Init::KaimingUniform { seed: 1 })?;
+    let mut trainer = Trainer::new(model, Optimizer::adam(AdamConfig::adam(0.01)));
+    for epoch in 1..=3 {
+        for (x, y) in train.images.chunks(64 * 64).zip(train.labels.chunks(64)) {
+            trainer.step(x, y)?; // upload, forward, loss, backward, Adam: one submission
+        }
+        println!("epoch {epoch}: mean loss {:.3}", trainer.mean_loss()?);
+    }
+
+    // 3. Prediction.
+    let predicted = trainer.model_mut().predict_classes(&test.images, 512)?;
+    let correct = predicted
         .iter()
-        .zip(&want.data)
-        .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
-        .fold(0.0f32, f32::max);
+        .zip(&test.labels)
+        .filter(|(p, l)| p == l)
+        .count();
     println!(
-        "linear layer {batch_size}x{inputs} -> {outputs}: max relative error vs CPU {max_err:.2e}"
+        "test accuracy {:.1}% ({correct}/{}); first five: predicted {:?}, true {:?}",
+        100.0 * correct as f32 / test.len() as f32,
+        test.len(),
+        &predicted[..5],
+        &test.labels[..5]
     );
-    ensure!(max_err < 1e-4, "GPU and CPU disagree");
-    let (dx, dw) =
-        reference::matmul_backward(&ax, &aw, &Array::new(&want.shape, got), false, false);
-    for (name, gpu_grad, cpu_grad) in [("dX", &grads.a, &dx), ("dW", &grads.b, &dw)] {
-        let g = gpu_grad.to_vec::<f32>()?;
-        let err = g
-            .iter()
-            .zip(&cpu_grad.data)
-            .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
-            .fold(0.0f32, f32::max);
-        println!(
-            "backward {name} {:?}: max relative error vs CPU {err:.2e}",
-            gpu_grad.shape()
-        );
-        ensure!(err < 1e-4, "GPU and CPU disagree on {name}");
-    }
-
-    // Timing: a 1024³ matmul, f32 and (where the adapter has it) f16 storage.
-    let n = 1024;
-    let mut timer = GpuTimer::new(&gpu);
-    for dtype in [DType::F32, DType::F16] {
-        if dtype == DType::F16 && !gpu.supports_f16() {
-            continue;
-        }
-        let a = Tensor::from_f32(&gpu, &pseudo_random(n * n, 4), &[n, n], dtype)?;
-        let b = Tensor::from_f32(&gpu, &pseudo_random(n * n, 5), &[n, n], dtype)?;
-        let c = Tensor::uninit(&gpu, &[n, n], dtype)?;
-        let mut best = f64::INFINITY;
-        for _ in 0..3 {
-            let t = timer.time(|batch| ops::matmul_into(batch, &a, &b, &Default::default(), &c))?;
-            best = best.min(t.as_secs_f64());
-        }
-        let tflops = 2.0 * (n as f64).powi(3) / best / 1e12;
-        println!(
-            "matmul {n}³ {dtype:?}: {:.3} ms, {tflops:.3} TFLOP/s ({})",
-            best * 1e3,
-            if timer.uses_timestamps() {
-                "GPU timestamps"
-            } else {
-                "host clock"
-            }
-        );
-    }
     Ok(())
 }
