@@ -3,8 +3,8 @@
 //! samples/s, prints the test accuracy and a confusion matrix, saves the model (safetensors) and
 //! writes a PNG plot of the loss and accuracy curves.
 //!
-//! Run: `cargo run --release --example train_digits [-- --mlp] [--epochs N] [--batch-size N]
-//! [--lr X] [--seed N] [--out DIR]`
+//! Run: `cargo run --release --example train_digits [-- --mlp] [--mixed-precision] [--epochs N]
+//! [--batch-size N] [--lr X] [--seed N] [--out DIR]`
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,12 +16,13 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use wgnn::data::Digits;
-use wgnn::nn::{Init, LayerSpec, Optimizer, Sequential, Trainer};
+use wgnn::nn::{Init, LayerSpec, MixedPrecision, Optimizer, Sequential, Trainer};
 use wgnn::ops::AdamConfig;
 use wgnn::{Activation, Gpu};
 
 struct Args {
     mlp: bool,
+    mixed: bool,
     epochs: usize,
     batch_size: usize,
     lr: f32,
@@ -32,6 +33,7 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         mlp: false,
+        mixed: false,
         epochs: 0,
         batch_size: 32,
         lr: 2e-3,
@@ -43,13 +45,14 @@ fn parse_args() -> Result<Args> {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--mlp" => args.mlp = true,
+            "--mixed-precision" => args.mixed = true,
             "--epochs" => args.epochs = value()?.parse()?,
             "--batch-size" => args.batch_size = value()?.parse()?,
             "--lr" => args.lr = value()?.parse()?,
             "--seed" => args.seed = value()?.parse()?,
             "--out" => args.out = PathBuf::from(value()?),
             "-h" | "--help" => {
-                println!("train_digits [--mlp] [--epochs N] [--batch-size N] [--lr X] [--seed N] [--out DIR]");
+                println!("train_digits [--mlp] [--mixed-precision] [--epochs N] [--batch-size N] [--lr X] [--seed N] [--out DIR]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -144,7 +147,16 @@ fn main() -> Result<()> {
         Init::KaimingUniform { seed: args.seed },
     )?;
     println!("{} parameters", model.params().parameter_count());
-    let mut trainer = Trainer::new(model, Optimizer::adam(AdamConfig::adam(args.lr)));
+    if args.mixed {
+        println!("mixed precision: f16 compute, f32 master weights, dynamic loss scale");
+    }
+    let optimizer = Optimizer::adam(AdamConfig::adam(args.lr));
+    let mut trainer = if args.mixed {
+        // f16 weight copies, activations and gradients; f32 master weights; dynamic loss scale.
+        Trainer::with_mixed_precision(model, optimizer, MixedPrecision::default())?
+    } else {
+        Trainer::new(model, optimizer)
+    };
 
     let steps_per_epoch = train.len().div_ceil(args.batch_size);
     let bar = ProgressBar::new((args.epochs * steps_per_epoch) as u64);
@@ -191,6 +203,9 @@ fn main() -> Result<()> {
     }
     bar.finish();
     let elapsed = start.elapsed().as_secs_f64();
+    if let Some((scale, skipped)) = trainer.loss_scale()? {
+        println!("loss scale {scale}, {skipped} steps skipped for overflow");
+    }
 
     let predicted = trainer.model_mut().predict_classes(&test.images, 512)?;
     let mut confusion = [[0usize; 10]; 10];

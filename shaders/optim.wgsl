@@ -8,7 +8,8 @@
 //   clip_coefficient one workgroup: norm = sqrt(Σ sq[i]) over the per-tensor sums of squares;
 //                    coef[0] = norm, coef[1] = min(1, max_norm / (norm + 1e-6)).
 //   scale_by_coefficient  g *= coef[1], in place.
-// Bindings: 0 params; sgd: 1 p, 2 g, 3 momentum buffer; adam: 1 p, 2 g, 3 m, 4 v;
+// Bindings: 0 params; sgd: 1 p, 2 g, 3 momentum buffer; adam: 1 p, 2 g, 3 m, 4 v; with
+// SKIP_ON_FLAG also 7 skip (read u32: the loss-scale overflow flag, see amp.wgsl);
 // clip_coefficient: 2 sq (read), 5 coef (read_write); scale_by_coefficient: 1 g, 6 coef (read).
 // Grid: 256-thread workgroups, folded into y past 65,535 along x.
 
@@ -28,6 +29,7 @@ struct Params {
 }
 
 override DECOUPLED: bool = false;
+override SKIP_ON_FLAG: bool = false;  // leave everything unchanged when skip[0] != 0 (loss-scale overflow)
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> p: array<f32>;
@@ -36,6 +38,7 @@ override DECOUPLED: bool = false;
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;
 @group(0) @binding(5) var<storage, read_write> coef_out: array<f32>;
 @group(0) @binding(6) var<storage, read> coef_in: array<f32>;
+@group(0) @binding(7) var<storage, read> skip: array<u32>;
 
 var<workgroup> red: array<f32, 256>;
 
@@ -47,6 +50,7 @@ fn index(wid: vec3<u32>, l: u32) -> u32 {
 fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let i = index(wid, l);
     if (i >= params.n) { return; }
+    if (SKIP_ON_FLAG) { if (skip[0] != 0u) { return; } }
     let w = p[i];
     var d = g[i] + params.weight_decay * w;
     if ((params.flags & 1u) != 0u) {
@@ -64,6 +68,7 @@ fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
 fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let i = index(wid, l);
     if (i >= params.n) { return; }
+    if (SKIP_ON_FLAG) { if (skip[0] != 0u) { return; } }
     var w = p[i];
     var grad = g[i];
     if (DECOUPLED) {

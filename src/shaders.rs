@@ -29,6 +29,8 @@ pub enum Kernel {
     Conv,
     /// `shaders/pool.wgsl`
     Pool,
+    /// `shaders/amp.wgsl`
+    Amp,
 }
 
 /// Prelude files: WGSL placed before the kernels that name them (name, source).
@@ -55,6 +57,7 @@ impl Kernel {
         Kernel::Optim,
         Kernel::Conv,
         Kernel::Pool,
+        Kernel::Amp,
     ];
 
     /// The file's stem in `shaders/`.
@@ -68,6 +71,7 @@ impl Kernel {
             Kernel::Optim => "optim",
             Kernel::Conv => "conv",
             Kernel::Pool => "pool",
+            Kernel::Amp => "amp",
         }
     }
 
@@ -82,6 +86,7 @@ impl Kernel {
             Kernel::Optim => include_str!("../shaders/optim.wgsl"),
             Kernel::Conv => include_str!("../shaders/conv.wgsl"),
             Kernel::Pool => include_str!("../shaders/pool.wgsl"),
+            Kernel::Amp => include_str!("../shaders/amp.wgsl"),
         }
     }
 
@@ -92,7 +97,7 @@ impl Kernel {
             Kernel::Softmax if subgroups => vec![NUMERICS, REDUCE_SUBGROUP],
             Kernel::Softmax => vec![NUMERICS, REDUCE_SHARED],
             Kernel::Loss => vec![NUMERICS],
-            Kernel::Reduce | Kernel::Optim | Kernel::Conv | Kernel::Pool => vec![],
+            Kernel::Reduce | Kernel::Optim | Kernel::Conv | Kernel::Pool | Kernel::Amp => vec![],
         }
     }
 
@@ -168,6 +173,7 @@ pub fn params_layout(kernel: Kernel) -> (&'static [(&'static str, usize)], usize
         Kernel::Optim => ops::optim::PARAMS_LAYOUT,
         Kernel::Conv => ops::conv::PARAMS_LAYOUT,
         Kernel::Pool => ops::pool::PARAMS_LAYOUT,
+        Kernel::Amp => ops::amp::PARAMS_LAYOUT,
     }
 }
 

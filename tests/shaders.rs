@@ -51,7 +51,11 @@ fn override_sets(kernel: Kernel) -> Vec<Vec<(&'static str, f64)>> {
         Kernel::Elementwise => (0..5).map(|a| vec![("ACTIVATION", f64::from(a))]).collect(),
         Kernel::Reduce => vec![vec![], vec![("SQUARES", 1.0)]],
         Kernel::Loss => vec![vec![]],
-        Kernel::Optim => vec![vec![], vec![("DECOUPLED", 1.0)]],
+        Kernel::Optim => vec![
+            vec![],
+            vec![("DECOUPLED", 1.0)],
+            vec![("SKIP_ON_FLAG", 1.0)],
+        ],
         _ => vec![vec![]],
     }
 }

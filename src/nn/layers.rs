@@ -205,6 +205,10 @@ impl Layer {
         }
     }
 
+    pub(crate) fn set_params(&mut self, params: Vec<(Tensor, Tensor)>) {
+        self.params = params;
+    }
+
     /// The layer's architecture.
     pub fn spec(&self) -> &LayerSpec {
         &self.spec

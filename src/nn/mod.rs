@@ -37,4 +37,4 @@ pub use layers::{Layer, LayerSpec};
 pub use model::{Init, Sequential};
 pub use optimizer::Optimizer;
 pub use params::{HostParameters, ParamId, ParamStore, Parameter};
-pub use trainer::Trainer;
+pub use trainer::{MixedPrecision, Trainer};

@@ -70,6 +70,40 @@ pub struct Sequential {
 }
 
 impl Sequential {
+    /// Switches the model to mixed precision: f16 weight copies and f16 activations and gradients
+    /// (the f32 master weights stay, and are what is saved). Needs the adapter's `SHADER_F16`.
+    pub fn enable_mixed_precision(&mut self) -> Result<()> {
+        if !self.gpu.supports_f16() {
+            return Err(Error::UnsupportedFeature {
+                feature: "SHADER_F16",
+                op: "Sequential::enable_mixed_precision",
+            });
+        }
+        self.params.enable_half()?;
+        let mut views = self.params.params().iter();
+        for layer in &mut self.layers {
+            let n = layer.spec().parameter_shapes().len();
+            let half = views
+                .by_ref()
+                .take(n)
+                .filter_map(|p| p.half.clone())
+                .collect();
+            layer.set_params(half);
+        }
+        Ok(())
+    }
+
+    /// The dtype of activations and compute: F32, or F16 in mixed precision.
+    pub fn compute_dtype(&self) -> crate::DType {
+        if self.params.half().is_some() {
+            crate::DType::F16
+        } else {
+            crate::DType::F32
+        }
+    }
+}
+
+impl Sequential {
     /// A model for inputs of `input_shape` per sample (e.g. `[64]`, or `[1, 8, 8]` for images),
     /// with weights from `init`.
     pub fn new(
@@ -208,9 +242,13 @@ impl Sequential {
         Ok(())
     }
 
-    /// Records zeroing every gradient: one clear of the gradient arena.
+    /// Records zeroing every gradient: one clear of the gradient arena (the f16 one in mixed
+    /// precision, which the backward pass accumulates into).
     pub fn zero_grads(&self, batch: &mut Batch) -> Result<()> {
-        batch.clear(self.params.grads())
+        match self.params.half() {
+            Some((_, grads)) => batch.clear(grads),
+            None => batch.clear(self.params.grads()),
+        }
     }
 }
 
@@ -233,7 +271,7 @@ impl Sequential {
         for chunk in x.chunks(batch_size * per_sample) {
             let rows = chunk.len() / per_sample;
             let shape = [&[rows][..], &self.input_shape].concat();
-            let tx = Tensor::from_slice(&self.gpu, chunk, &shape)?;
+            let tx = Tensor::from_f32(&self.gpu, chunk, &shape, self.compute_dtype())?;
             let mut batch = Batch::new(&self.gpu);
             let logits = self.forward(&mut batch, &tx, false)?;
             let flat = logits.reshape(&[rows, logits.numel() / rows])?;

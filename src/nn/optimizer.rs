@@ -5,7 +5,7 @@
 use super::params::{ParamId, ParamStore};
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::ops::optim::{adam_step, sgd_step, AdamConfig, Momentum, SgdConfig};
+use crate::ops::optim::{adam_step_unless, sgd_step_unless, AdamConfig, Momentum, SgdConfig};
 use crate::tensor::{DType, Tensor};
 
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +93,17 @@ impl Optimizer {
 
     /// Records one update of every parameter of `store` from its gradient arena.
     pub fn step(&mut self, batch: &mut Batch, store: &ParamStore) -> Result<()> {
+        self.step_unless(batch, store, None)
+    }
+
+    /// [`Self::step`] that changes nothing while the U32 flag `skip` is set (a loss-scale
+    /// overflow). The step count advances either way (it sets Adam's bias correction).
+    pub(crate) fn step_unless(
+        &mut self,
+        batch: &mut Batch,
+        store: &ParamStore,
+        skip: Option<&Tensor>,
+    ) -> Result<()> {
         let ids: Vec<(ParamId, usize)> = store.params().iter().map(|p| (p.id, p.offset)).collect();
         match &self.state {
             Some(s) if s.store != store.store_id() || s.ids != ids => {
@@ -130,10 +141,10 @@ impl Optimizer {
                     Some(b) if state.steps == 0 => Momentum::Start(b),
                     Some(b) => Momentum::Continue(b),
                 };
-                sgd_step(batch, values, grads, momentum, config)?;
+                sgd_step_unless(batch, values, grads, momentum, config, skip)?;
             }
             (Kind::Adam(config), Some(m), Some(v)) => {
-                adam_step(batch, values, grads, m, v, config, state.steps + 1)?;
+                adam_step_unless(batch, values, grads, m, v, config, state.steps + 1, skip)?;
             }
             (Kind::Adam(_), _, _) => unreachable!("Adam state has both moments"),
         }

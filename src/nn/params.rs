@@ -35,6 +35,9 @@ pub struct Parameter {
     pub value: Tensor,
     /// The gradient: a view into [`ParamStore::grads`].
     pub grad: Tensor,
+    /// In mixed precision, the f16 copy the forward pass reads and the f16 gradient the backward
+    /// pass writes (views into [`ParamStore::half`]).
+    pub half: Option<(Tensor, Tensor)>,
 }
 
 /// A model's parameters: f32 values and gradients in two arenas of the same layout, each
@@ -44,6 +47,7 @@ pub struct ParamStore {
     id: u64,
     values: Tensor,
     grads: Tensor,
+    half: Option<(Tensor, Tensor)>,
     params: Vec<Parameter>,
 }
 
@@ -55,7 +59,8 @@ impl ParamStore {
                 op: "ParamStore::new",
             });
         }
-        let align = (gpu.limits().min_storage_buffer_offset_alignment as usize / 4).max(4);
+        // Aligned for f16 views too (mixed precision keeps f16 arenas of the same layout).
+        let align = (gpu.limits().min_storage_buffer_offset_alignment as usize / 2).max(8);
         let mut offsets = Vec::with_capacity(specs.len());
         let mut total = 0usize;
         for (name, shape, data) in specs {
@@ -96,14 +101,42 @@ impl ParamStore {
                 offset,
                 value: values.view(offset, shape)?,
                 grad: grads.view(offset, shape)?,
+                half: None,
             });
         }
         Ok(ParamStore {
             id: next_id(),
             values,
             grads,
+            half: None,
             params,
         })
+    }
+
+    /// Adds f16 arenas (values cast from the f32 masters, gradients zero) for mixed precision.
+    pub fn enable_half(&mut self) -> Result<()> {
+        if self.half.is_some() {
+            return Ok(());
+        }
+        let gpu = self.values.gpu().clone();
+        let values = Tensor::uninit(&gpu, &[self.len()], DType::F16)?;
+        let grads = Tensor::zeros(&gpu, &[self.len()], DType::F16)?;
+        let mut batch = crate::Batch::new(&gpu);
+        crate::ops::amp::cast_from_f32(&mut batch, &self.values, &values)?;
+        batch.submit()?;
+        for p in &mut self.params {
+            p.half = Some((
+                values.view(p.offset, &p.shape)?,
+                grads.view(p.offset, &p.shape)?,
+            ));
+        }
+        self.half = Some((values, grads));
+        Ok(())
+    }
+
+    /// In mixed precision, the f16 (values, gradients) arenas.
+    pub fn half(&self) -> Option<&(Tensor, Tensor)> {
+        self.half.as_ref()
     }
 
     /// The identity of the store (its arenas); optimizer state is made for one store.

@@ -6,8 +6,28 @@ use super::model::Sequential;
 use super::optimizer::Optimizer;
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::ops;
+use crate::ops::{self, amp::LossScale};
 use crate::tensor::{DType, Tensor};
+
+/// Mixed-precision settings: f16 weights copies, activations and gradients with f32 master
+/// weights, and a dynamic loss scale (PyTorch's `GradScaler` defaults: 65,536 and 2,000).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MixedPrecision {
+    /// The first loss scale.
+    pub initial_scale: f32,
+    /// Steps without overflow after which the scale doubles (it halves on every overflow, and
+    /// that step's update is skipped).
+    pub growth_interval: u32,
+}
+
+impl Default for MixedPrecision {
+    fn default() -> Self {
+        MixedPrecision {
+            initial_scale: 65_536.0,
+            growth_interval: 2_000,
+        }
+    }
+}
 
 /// Trains a [`Sequential`] classifier with cross-entropy: each [`Trainer::step`] records the
 /// mini-batch's upload, the forward pass, the loss, the backward pass and the optimizer update into
@@ -22,6 +42,7 @@ pub struct Trainer {
     loss_sum: Tensor,
     loss_steps: u32,
     inputs: HashMap<usize, (Tensor, Tensor)>,
+    loss_scale: Option<LossScale>,
 }
 
 impl Trainer {
@@ -36,6 +57,39 @@ impl Trainer {
             loss_sum,
             loss_steps: 0,
             inputs: HashMap::new(),
+            loss_scale: None,
+        }
+    }
+
+    /// A trainer in mixed precision: the model switches to f16 compute
+    /// ([`Sequential::enable_mixed_precision`]), the optimizer updates the f32 masters, and a
+    /// dynamic loss scale guards the f16 gradients: a step whose gradients overflow is skipped on
+    /// the GPU and the scale halves, without the host waiting for anything.
+    pub fn with_mixed_precision(
+        mut model: Sequential,
+        optimizer: Optimizer,
+        settings: MixedPrecision,
+    ) -> Result<Self> {
+        model.enable_mixed_precision()?;
+        let scale = LossScale::new(
+            model.gpu(),
+            settings.initial_scale,
+            settings.growth_interval,
+        )?;
+        let mut trainer = Trainer::new(model, optimizer);
+        trainer.loss_scale = Some(scale);
+        Ok(trainer)
+    }
+
+    /// In mixed precision, the current loss scale and the number of steps skipped for overflow
+    /// (one readback).
+    pub fn loss_scale(&self) -> Result<Option<(f32, u32)>> {
+        match &self.loss_scale {
+            None => Ok(None),
+            Some(s) => {
+                let state = s.state.to_vec::<f32>()?;
+                Ok(Some((state[0], state[2] as u32)))
+            }
         }
     }
 
@@ -65,16 +119,26 @@ impl Trainer {
     /// One optimizer step over several micro-batches whose gradients accumulate: the update is
     /// the one of their mean loss (micro-batches of equal size give the step of their union).
     pub fn step_accumulate(&mut self, micro_batches: &[(&[f32], &[u32])]) -> Result<()> {
+        let mut batch = Batch::new(self.model.gpu());
+        self.record_step(&mut batch, micro_batches)?;
+        batch.submit()
+    }
+
+    /// Records one step (as [`Self::step_accumulate`]) into `batch` without submitting it, to
+    /// time it or to add other work to the same submission.
+    pub fn record_step(
+        &mut self,
+        batch: &mut Batch,
+        micro_batches: &[(&[f32], &[u32])],
+    ) -> Result<()> {
         if micro_batches.is_empty() {
             return Err(Error::EmptyTensor {
                 op: "Trainer::step_accumulate",
             });
         }
-        let gpu = self.model.gpu().clone();
         let per_sample: usize = self.model.input_shape().iter().product();
         let k = micro_batches.len() as f32;
-        let mut batch = Batch::new(&gpu);
-        self.model.zero_grads(&mut batch)?;
+        self.model.zero_grads(batch)?;
         for (x, labels) in micro_batches {
             let rows = labels.len();
             if rows == 0 || x.len() != rows * per_sample {
@@ -84,18 +148,37 @@ impl Trainer {
                 });
             }
             let (tx, tl) = self.input_tensors(rows)?;
-            batch.write(&tx, x)?;
-            batch.write(&tl, labels)?;
-            let logits = self.model.forward(&mut batch, &tx, true)?;
-            let loss = ops::cross_entropy(&mut batch, &logits, &tl, self.label_smoothing)?;
-            if micro_batches.len() > 1 {
-                ops::scale_in_place(&mut batch, &loss.grad_logits, 1.0 / k)?;
+            if tx.dtype() == DType::F16 {
+                let half: Vec<crate::f16> = x.iter().map(|&v| crate::f16::from_f32(v)).collect();
+                batch.write(&tx, &half)?;
+            } else {
+                batch.write(&tx, x)?;
             }
-            self.model.backward(&mut batch, &loss.grad_logits)?;
-            ops::axpy(&mut batch, 1.0 / k, &loss.loss, &self.loss_sum)?;
+            batch.write(&tl, labels)?;
+            let logits = self.model.forward(batch, &tx, true)?;
+            let loss = ops::cross_entropy(batch, &logits, &tl, self.label_smoothing)?;
+            if micro_batches.len() > 1 {
+                ops::scale_in_place(batch, &loss.grad_logits, 1.0 / k)?;
+            }
+            if let Some(scale) = &self.loss_scale {
+                ops::amp::scale_by_loss_scale(batch, &loss.grad_logits, scale)?;
+            }
+            self.model.backward(batch, &loss.grad_logits)?;
+            ops::axpy(batch, 1.0 / k, &loss.loss, &self.loss_sum)?;
         }
-        self.optimizer.step(&mut batch, self.model.params())?;
-        batch.submit()?;
+        let params = self.model.params();
+        match (&self.loss_scale, params.half()) {
+            (Some(scale), Some((half_values, half_grads))) => {
+                // f16 gradients / scale -> f32 gradients (flagging overflow), the update unless
+                // flagged, the scale's adjustment, then fresh f16 copies of the weights.
+                ops::amp::unscale_gradients(batch, half_grads, params.grads(), scale)?;
+                self.optimizer
+                    .step_unless(batch, params, Some(&scale.found_overflow))?;
+                ops::amp::update_loss_scale(batch, scale)?;
+                ops::amp::cast_from_f32(batch, params.values(), half_values)?;
+            }
+            _ => self.optimizer.step(batch, params)?,
+        }
         self.loss_steps += 1;
         Ok(())
     }
@@ -118,7 +201,7 @@ impl Trainer {
         let gpu = self.model.gpu().clone();
         let shape = [&[rows][..], self.model.input_shape()].concat();
         let t = (
-            Tensor::uninit(&gpu, &shape, DType::F32)?,
+            Tensor::uninit(&gpu, &shape, self.model.compute_dtype())?,
             Tensor::uninit(&gpu, &[rows], DType::U32)?,
         );
         self.inputs.insert(rows, t.clone());

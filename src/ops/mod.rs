@@ -1,5 +1,6 @@
 //! GPU ops. Each checks shapes, dtypes and limits on the host, then records into a [`crate::Batch`].
 
+pub mod amp;
 pub mod conv;
 pub mod elementwise;
 pub mod loss;

@@ -141,6 +141,8 @@ fn check_tensors(
     Ok(())
 }
 
+/// Records `entry`; with `skip` (a U32 flag), the update leaves everything unchanged while the
+/// flag is set (a loss-scale overflow in mixed precision).
 fn record(
     batch: &mut Batch,
     entry: &'static str,
@@ -148,6 +150,7 @@ fn record(
     mut params: Params,
     bound: &[(u32, &Tensor)],
     n: usize,
+    skip: Option<&Tensor>,
 ) -> Result<()> {
     let (grid, groups_x) = fold_grid(batch.gpu(), n.div_ceil(256))?;
     params.n = n as u32;
@@ -156,9 +159,27 @@ fn record(
         kernel: Kernel::Optim,
         dtype: DType::F32,
         entry,
-        constants: vec![("DECOUPLED", u32::from(decoupled))],
+        constants: vec![
+            ("DECOUPLED", u32::from(decoupled)),
+            ("SKIP_ON_FLAG", u32::from(skip.is_some())),
+        ],
     })?;
-    batch.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), bound, grid)
+    let mut bound = bound.to_vec();
+    match skip {
+        Some(flag) => {
+            flag.expect_dtype(DType::U32, entry)?;
+            bound.push((7, flag));
+        }
+        // The layout has the flag's slot either way: bind the (read-only) gradient there; the
+        // kernel does not read it without SKIP_ON_FLAG.
+        None if entry == "sgd" || entry == "adam" => {
+            if let Some(&(_, g)) = bound.iter().find(|(b, _)| *b == 2) {
+                bound.push((7, g));
+            }
+        }
+        None => {}
+    }
+    batch.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), &bound, grid)
 }
 
 /// The momentum buffer of an SGD step.
@@ -180,6 +201,18 @@ pub fn sgd_step(
     grad: &Tensor,
     momentum: Momentum,
     config: &SgdConfig,
+) -> Result<()> {
+    sgd_step_unless(batch, param, grad, momentum, config, None)
+}
+
+/// [`sgd_step`] that changes nothing while the U32 flag `skip` (if given) is non-zero.
+pub(crate) fn sgd_step_unless(
+    batch: &mut Batch,
+    param: &Tensor,
+    grad: &Tensor,
+    momentum: Momentum,
+    config: &SgdConfig,
+    skip: Option<&Tensor>,
 ) -> Result<()> {
     const OP: &str = "sgd_step";
     check_scalar(OP, "lr", config.lr, config.lr >= 0.0)?;
@@ -221,7 +254,7 @@ pub fn sgd_step(
                 ..Default::default()
             };
             let bound = [(1, param), (2, grad), (3, &unused)];
-            return record(batch, "sgd", false, params, &bound, param.numel());
+            return record(batch, "sgd", false, params, &bound, param.numel(), skip);
         }
     };
     check_tensors(OP, batch, param, &[grad, buffer])?;
@@ -241,6 +274,7 @@ pub fn sgd_step(
         params,
         &[(1, param), (2, grad), (3, buffer)],
         param.numel(),
+        skip,
     )
 }
 
@@ -254,6 +288,21 @@ pub fn adam_step(
     v: &Tensor,
     config: &AdamConfig,
     step: u32,
+) -> Result<()> {
+    adam_step_unless(batch, param, grad, m, v, config, step, None)
+}
+
+/// [`adam_step`] that changes nothing while the U32 flag `skip` (if given) is non-zero.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn adam_step_unless(
+    batch: &mut Batch,
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    config: &AdamConfig,
+    step: u32,
+    skip: Option<&Tensor>,
 ) -> Result<()> {
     const OP: &str = "adam_step";
     check_scalar(OP, "lr", config.lr, config.lr >= 0.0)?;
@@ -301,6 +350,7 @@ pub fn adam_step(
         params,
         &[(1, param), (2, grad), (3, m), (4, v)],
         param.numel(),
+        skip,
     )
 }
 
@@ -351,6 +401,7 @@ pub fn clip_grad_norm(batch: &mut Batch, grads: &[&Tensor], max_norm: f32) -> Re
             params,
             &[(1, g), (6, &coef)],
             g.numel(),
+            None,
         )?;
     }
     // coef holds [norm, coefficient]: hand back the norm.

@@ -1,0 +1,158 @@
+//! Mixed-precision training with dynamic loss scaling, on the GPU (see `shaders/amp.wgsl`): f16
+//! copies of f32 master weights, the loss gradient scaled up before the f16 backward pass, the
+//! gradients unscaled into f32 with an overflow check, an optimizer update skipped on overflow,
+//! and the scale adjusted, as PyTorch's `GradScaler`, without a readback.
+
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::ops::{fold_grid, same_gpu};
+use crate::shaders::{Kernel, PipelineKey};
+use crate::tensor::{DType, Tensor};
+
+crate::shaders::shader_params! {
+    struct Params {
+        n: u32,
+        groups_x: u32,
+        growth_interval: u32,
+        _pad: u32,
+    }
+}
+pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
+    (Params::LAYOUT, std::mem::size_of::<Params>());
+
+/// The loss scale's state on the GPU: `[scale, good steps, skipped steps, 0]` (f32), and the
+/// overflow flag the optimizer reads (U32 `[1]`).
+#[derive(Debug, Clone)]
+pub struct LossScale {
+    /// `[scale, good steps, skipped steps, 0]`.
+    pub state: Tensor,
+    /// Non-zero while the current step's gradients hold an inf or NaN.
+    pub found_overflow: Tensor,
+    /// Good steps after which the scale doubles.
+    pub growth_interval: u32,
+}
+
+impl LossScale {
+    /// A loss scale starting at `initial` (PyTorch: 65,536), doubling after `growth_interval`
+    /// steps without overflow (PyTorch: 2,000) and halving on each overflow.
+    pub fn new(gpu: &crate::Gpu, initial: f32, growth_interval: u32) -> Result<Self> {
+        if !(initial.is_finite() && initial >= 1.0) || growth_interval == 0 {
+            return Err(Error::InvalidArgument {
+                op: "LossScale::new",
+                details: format!(
+                    "initial scale {initial} must be finite and >= 1, growth interval {growth_interval} positive"
+                ),
+            });
+        }
+        Ok(LossScale {
+            state: Tensor::from_slice(gpu, &[initial, 0.0, 0.0, 0.0], &[4])?,
+            found_overflow: Tensor::zeros(gpu, &[1], DType::U32)?,
+            growth_interval,
+        })
+    }
+}
+
+fn record(
+    batch: &mut Batch,
+    entry: &'static str,
+    dtype: DType,
+    n: usize,
+    growth_interval: u32,
+    bound: &[(u32, &Tensor)],
+) -> Result<()> {
+    let tensors: Vec<&Tensor> = bound.iter().map(|(_, t)| *t).collect();
+    same_gpu(entry, batch, &tensors)?;
+    let (grid, groups_x) = fold_grid(batch.gpu(), n.div_ceil(256))?;
+    let params = Params {
+        n: n as u32,
+        groups_x,
+        growth_interval,
+        _pad: 0,
+    };
+    let pipeline = batch.gpu().pipeline(PipelineKey {
+        kernel: Kernel::Amp,
+        dtype,
+        entry,
+        constants: vec![],
+    })?;
+    let grid = if entry == "update_scale" {
+        [1, 1, 1]
+    } else {
+        grid
+    };
+    batch.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), bound, grid)
+}
+
+fn same_len(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.numel() != b.numel() {
+        return Err(Error::ShapeMismatch {
+            op,
+            details: format!("{:?} beside {:?}", a.shape(), b.shape()),
+        });
+    }
+    Ok(())
+}
+
+/// half = master, rounded to half's dtype (f16): the weights the forward pass reads.
+pub fn cast_from_f32(batch: &mut Batch, master: &Tensor, half: &Tensor) -> Result<()> {
+    same_len("cast_from_f32", master, half)?;
+    master.expect_dtype(DType::F32, "cast_from_f32")?;
+    record(
+        batch,
+        "cast_from_f32",
+        crate::ops::float_dtype("cast_from_f32", half)?,
+        half.numel(),
+        0,
+        &[(7, master), (2, half)],
+    )
+}
+
+/// y *= the loss scale (the loss gradient, before the backward pass).
+pub fn scale_by_loss_scale(batch: &mut Batch, y: &Tensor, scale: &LossScale) -> Result<()> {
+    let dtype = crate::ops::float_dtype("scale_by_loss_scale", y)?;
+    record(
+        batch,
+        "scale_by_state",
+        dtype,
+        y.numel(),
+        0,
+        &[(2, y), (3, &scale.state)],
+    )
+}
+
+/// grad32 = grad / the loss scale, setting the overflow flag if any gradient is inf or NaN.
+pub fn unscale_gradients(
+    batch: &mut Batch,
+    grad: &Tensor,
+    grad32: &Tensor,
+    scale: &LossScale,
+) -> Result<()> {
+    same_len("unscale_gradients", grad, grad32)?;
+    grad32.expect_dtype(DType::F32, "unscale_gradients")?;
+    record(
+        batch,
+        "unscale_check",
+        crate::ops::float_dtype("unscale_gradients", grad)?,
+        grad.numel(),
+        0,
+        &[
+            (1, grad),
+            (3, &scale.state),
+            (4, grad32),
+            (5, &scale.found_overflow),
+        ],
+    )
+}
+
+/// Adjusts the scale after a step (halve on overflow, double after enough good steps) and clears
+/// the overflow flag. Record it after the optimizer step that reads the flag.
+pub fn update_loss_scale(batch: &mut Batch, scale: &LossScale) -> Result<()> {
+    record(
+        batch,
+        "update_scale",
+        DType::F32,
+        1,
+        scale.growth_interval,
+        &[(5, &scale.found_overflow), (6, &scale.state)],
+    )
+}
