@@ -15,6 +15,9 @@
 //                     counts as the maximum, as in PyTorch). One workgroup per row; rows longer
 //                     than 65,536 run as row_max_argmax_chunks (one workgroup per chunk of `chunk`
 //                     columns, writing (max bits, index) pairs) then row_max_argmax_merge.
+//   top_k             x [rows, cols] -> out [rows, k] values, argmax [rows, k] indices, in the order
+//                     of row_max_argmax (NaN first, then larger, then lower index). One thread per
+//                     row, k passes over the row (k · cols is kept small by ops::top_k).
 // Bindings: 0 params, 1 x (read), 2 out (read_write; sum_channels, leading_*_out, row_max_argmax),
 // 3 argmax (read_write u32; row_max_argmax), 4 sums (read_write f32; partial_sums, *_sums),
 // 5 partials (read f32; leading_p_*), 6 pairs (read_write (f32 bits, u32); row_max_argmax_*).
@@ -229,5 +232,32 @@ fn row_max_argmax_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
     if (l == 0u) {
         out[row] = Elem(bitcast<f32>(r.x));
         argmax[row] = r.y;
+    }
+}
+
+// `n` is k here. Each pass takes the best element that comes after the previous pass's pick.
+@compute @workgroup_size(256, 1, 1)
+fn top_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let row = group_index(wid) * 256u + l;
+    if (row >= params.outer) { return; }
+    let cols = params.inner;
+    let base = row * cols;
+    var prev = 0.0;
+    var prev_i = 0xffffffffu;
+    for (var t = 0u; t < params.n; t++) {
+        var best = 0.0;
+        var best_i = 0xffffffffu;
+        for (var j = 0u; j < cols; j++) {
+            let v = f32(x[base + j]);
+            let after = prev_i == 0xffffffffu || beats(prev, prev_i, v, j);
+            if (after && (best_i == 0xffffffffu || beats(v, j, best, best_i))) {
+                best = v;
+                best_i = j;
+            }
+        }
+        out[row * params.n + t] = Elem(best);
+        argmax[row * params.n + t] = best_i;
+        prev = best;
+        prev_i = best_i;
     }
 }

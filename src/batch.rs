@@ -4,6 +4,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Pipeline};
+use std::sync::Arc;
+
 use crate::pool::{Held, PooledBuffer};
 use crate::tensor::Tensor;
 
@@ -32,6 +34,56 @@ pub struct Batch {
     dispatches: usize,
     timer: Option<TimerQueries>,
     passes: usize,
+    /// While capturing a plan: the steps so far.
+    capture: Option<Plan>,
+}
+
+/// One captured dispatch: everything a replay needs, made once.
+struct Step {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+/// Dispatches captured once and replayed many times: each step's pipeline, bind group, workgroup
+/// counts and parameters are made at capture, so a replay costs only `set_pipeline`,
+/// `set_bind_group` and `dispatch` per step (wgpu cannot replay a command buffer). The plan owns
+/// every buffer its steps touch, so their contents persist between replays: write the inputs,
+/// replay, read the outputs. Made by [`Batch::capture`] and [`Batch::into_plan`].
+pub struct Plan {
+    steps: Vec<Step>,
+    buffers: Vec<Arc<PooledBuffer>>,
+    uniforms: Vec<PooledBuffer>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("dispatches", &self.steps.len())
+            .field("buffers", &self.buffers.len())
+            .finish()
+    }
+}
+
+impl Plan {
+    /// Dispatches per replay.
+    pub fn dispatches(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Encodes one replay of every step, in one compute pass.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgnn plan"),
+            timestamp_writes: None,
+        });
+        for step in &self.steps {
+            pass.set_pipeline(&step.pipeline);
+            pass.set_bind_group(0, &step.bind_group, &[]);
+            let [x, y, z] = step.workgroups;
+            pass.dispatch_workgroups(x, y, z);
+        }
+    }
 }
 
 impl Batch {
@@ -47,7 +99,49 @@ impl Batch {
             dispatches: 0,
             timer: None,
             passes: 0,
+            capture: None,
         }
+    }
+
+    /// A batch that captures its dispatches as a [`Plan`] instead of running them: record ops
+    /// into it as usual, then call [`Batch::into_plan`]. Only dispatches can be captured (copies,
+    /// clears and writes are refused with [`Error::InvalidArgument`]).
+    pub fn capture(gpu: &Gpu) -> Self {
+        let mut batch = Batch::new(gpu);
+        batch.capture = Some(Plan {
+            steps: Vec::new(),
+            buffers: Vec::new(),
+            uniforms: Vec::new(),
+        });
+        batch
+    }
+
+    /// The captured plan, with every step's parameters uploaded once.
+    pub fn into_plan(mut self) -> Result<Plan> {
+        let Some(mut plan) = self.capture.take() else {
+            return Err(Error::InvalidArgument {
+                op: "Batch::into_plan",
+                details: "the batch was not made by Batch::capture".into(),
+            });
+        };
+        for chunk in self.uniforms.drain(..) {
+            self.gpu
+                .queue()
+                .write_buffer(chunk.buffer.buffer(), 0, &chunk.data);
+            plan.uniforms.push(chunk.buffer);
+        }
+        self.gpu.take_uncaptured_error()?;
+        Ok(plan)
+    }
+
+    fn refuse_in_capture(&self, op: &'static str) -> Result<()> {
+        if self.capture.is_some() {
+            return Err(Error::InvalidArgument {
+                op,
+                details: "a captured plan holds dispatches only".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The context the batch records for.
@@ -134,6 +228,19 @@ impl Batch {
                 entries: &entries,
             })
         })?;
+        if let Some(plan) = self.capture.as_mut() {
+            // Capturing: keep the step for replay; the plan owns the buffers, nothing is encoded.
+            for (_, t) in tensors {
+                plan.buffers.push(t.buffer.clone());
+            }
+            plan.steps.push(Step {
+                pipeline: pipeline.pipeline().clone(),
+                bind_group,
+                workgroups,
+            });
+            self.dispatches += 1;
+            return Ok(());
+        }
         for (binding, t) in tensors {
             self.hold(t, pipeline.writes(*binding));
         }
@@ -212,6 +319,7 @@ impl Batch {
 
     /// Records a copy of `src` into `dst` (same byte size).
     pub fn copy(&mut self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        self.refuse_in_capture("Batch::copy")?;
         self.same_context("Batch::copy", &[src, dst])?;
         if src.size_bytes() != dst.size_bytes() {
             return Err(Error::ShapeMismatch {
@@ -235,6 +343,7 @@ impl Batch {
 
     /// Records setting every element of `t` to zero, in order with the recorded work.
     pub fn clear(&mut self, t: &Tensor) -> Result<()> {
+        self.refuse_in_capture("Batch::clear")?;
         self.same_context("Batch::clear", &[t])?;
         self.end_pass();
         let len = t.size_bytes().next_multiple_of(4).min(t.capacity_bytes());
@@ -249,6 +358,7 @@ impl Batch {
     /// it reads the old contents, work after it the new ones (unlike [`Tensor::write`], which lands
     /// before the whole submission). The bytes go through a pooled staging buffer.
     pub fn write<T: crate::Element>(&mut self, t: &Tensor, data: &[T]) -> Result<()> {
+        self.refuse_in_capture("Batch::write")?;
         self.same_context("Batch::write", &[t])?;
         t.expect_dtype(T::DTYPE, "Batch::write")?;
         if data.len() != t.numel() {
@@ -281,6 +391,7 @@ impl Batch {
 
     /// Records a copy of the first `dst.size_bytes()` bytes of `src` into `dst`.
     pub(crate) fn copy_prefix(&mut self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        self.refuse_in_capture("Batch::copy_prefix")?;
         self.same_context("Batch::copy_prefix", &[src, dst])?;
         if dst.size_bytes() > src.size_bytes() {
             return Err(Error::ShapeMismatch {

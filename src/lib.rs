@@ -35,7 +35,7 @@ pub mod reference;
 pub mod shaders;
 mod tensor;
 
-pub use batch::{Batch, GpuTimer};
+pub use batch::{Batch, GpuTimer, Plan};
 pub use error::{Error, Result, SOFTWARE_VULKAN_HINT};
 pub use gpu::{Gpu, GpuOptions, WANTED_FEATURES};
 pub use ops::Activation;

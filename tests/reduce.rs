@@ -203,3 +203,49 @@ fn bad_input_gives_typed_errors() {
     ));
     assert_eq!(batch.dispatches(), 0);
 }
+
+#[test]
+fn top_k_values_and_indices() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for (rows, cols, k) in [
+        (1usize, 1usize, 1usize),
+        (7, 10, 3),
+        (300, 10, 10),
+        (3, 1000, 5),
+    ] {
+        // Coarse values so that ties occur: lower indices come first among equals.
+        let x: Vec<f32> = random(&mut rng, rows * cols)
+            .iter()
+            .map(|v| (v * 4.0).round() + 0.0) // no -0.0: the GPU ties it with 0.0
+            .collect();
+        let tx = Tensor::from_slice(&gpu, &x, &[rows, cols]).unwrap();
+        let mut batch = Batch::new(&gpu);
+        let (values, indices) = ops::top_k(&mut batch, &tx, k).unwrap();
+        batch.submit().unwrap();
+        let (values, indices) = (
+            values.to_vec::<f32>().unwrap(),
+            indices.to_vec::<u32>().unwrap(),
+        );
+        for r in 0..rows {
+            let mut order: Vec<usize> = (0..cols).collect();
+            // Stable sort by value, descending: ties keep index order.
+            order.sort_by(|&a, &b| x[r * cols + b].total_cmp(&x[r * cols + a]));
+            for t in 0..k {
+                let context = format!("{rows}x{cols} k {k} row {r} rank {t} seed {seed}");
+                assert_eq!(indices[r * k + t] as usize, order[t], "{context}");
+                assert_eq!(values[r * k + t], x[r * cols + order[t]], "{context}");
+            }
+        }
+    }
+    let tx = Tensor::zeros(&gpu, &[2, 5000], DType::F32).unwrap();
+    let mut batch = Batch::new(&gpu);
+    assert!(matches!(
+        ops::top_k(&mut batch, &tx, 6),
+        Err(Error::LimitExceeded { .. })
+    ));
+    assert!(matches!(
+        ops::top_k(&mut batch, &tx, 0),
+        Err(Error::InvalidArgument { .. })
+    ));
+}

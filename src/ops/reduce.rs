@@ -285,3 +285,49 @@ pub fn row_max_argmax(batch: &mut Batch, x: &Tensor) -> Result<(Tensor, Tensor)>
     )?;
     Ok((max, argmax))
 }
+
+/// Most k · columns [`top_k`] takes: one thread walks its row k times.
+pub const TOP_K_MAX_WORK: usize = 16_384;
+
+/// The `k` largest values of each row (last axis) and their indices, best first, in
+/// [`row_max_argmax`]'s order (NaN first, ties to the lower index): `(values, indices)`, shaped
+/// `[rows, k]`, indices U32. k · columns may be at most [`TOP_K_MAX_WORK`] (classifier outputs).
+pub fn top_k(batch: &mut Batch, x: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "top_k";
+    same_gpu(OP, batch, &[x])?;
+    let dtype = float_dtype(OP, x)?;
+    let cols = x.shape()[x.shape().len() - 1];
+    if k == 0 || k > cols {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            details: format!("k = {k} must be in 1..={cols}"),
+        });
+    }
+    let work = k.saturating_mul(cols);
+    if work > TOP_K_MAX_WORK {
+        return Err(Error::LimitExceeded {
+            what: format!("{OP}: k × columns (a per-thread loop)"),
+            requested: work as u64,
+            limit: TOP_K_MAX_WORK as u64,
+        });
+    }
+    let rows = x.numel() / cols;
+    let values = Tensor::uninit(batch.gpu(), &[rows, k], dtype)?;
+    let indices = Tensor::uninit(batch.gpu(), &[rows, k], DType::U32)?;
+    let (grid, groups_x) = fold_grid(batch.gpu(), rows.div_ceil(256))?;
+    let params = Params {
+        outer: rows as u32,
+        inner: cols as u32,
+        groups_x,
+        n: k as u32,
+        ..Default::default()
+    };
+    let p = pipeline(batch, dtype, "top_k", false)?;
+    batch.dispatch(
+        &p,
+        bytemuck::bytes_of(&params),
+        &[x, &values, &indices],
+        grid,
+    )?;
+    Ok((values, indices))
+}
