@@ -99,6 +99,11 @@ pub enum Error {
     },
     /// Reading or writing a file failed.
     Io(String),
+    /// A request was refused because the serving queue is full.
+    Overloaded {
+        /// The queue's capacity.
+        capacity: usize,
+    },
     /// Any other error reported by wgpu or the driver (mapping a buffer, an internal error).
     Gpu(String),
 }
@@ -147,6 +152,10 @@ impl fmt::Display for Error {
             Error::DeviceLost(e) => write!(f, "the GPU device was lost: {e}"),
             Error::ModelFile { details } => write!(f, "model file: {details}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Overloaded { capacity } => write!(
+                f,
+                "the serving queue is full ({capacity} requests waiting): try again later"
+            ),
             Error::Gpu(e) => write!(f, "GPU error: {e}"),
         }
     }

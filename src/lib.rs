@@ -27,6 +27,7 @@ mod batch;
 pub mod data;
 mod error;
 mod gpu;
+pub mod infer;
 pub mod nn;
 pub mod ops;
 pub mod optim;

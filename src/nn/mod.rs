@@ -1,6 +1,6 @@
 //! Training: layers with explicit backward passes, a [`Sequential`] model over one parameter arena,
 //! an arena-wide [`Optimizer`], and a [`Trainer`] that records a whole step (upload, forward, loss,
-//! backward, update) into one [`Batch`] and one submission.
+//! backward, update) into one [`Batch`](crate::Batch) and one submission.
 //!
 //! ```no_run
 //! use wgnn::nn::{Init, LayerSpec, Optimizer, Sequential, Trainer};

@@ -1,0 +1,345 @@
+//! Inference: a trained model compiled into recorded plans, one per batch-size bucket, replayed
+//! for each request with one write, one submission and one readback.
+//!
+//! Each Linear or Conv2d runs with its bias and a following ReLU in one dispatch; the softmax,
+//! argmax and top-k follow on the GPU. A request pays for no shape check, pipeline look-up,
+//! allocation or bind group: those were made when the plan was captured ([`crate::Plan`]).
+
+mod batcher;
+
+pub use batcher::{Batcher, BatcherConfig, BatcherStats, Prediction};
+
+use std::sync::Mutex;
+
+use crate::batch::{Batch, Plan};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::nn::Sequential;
+use crate::ops;
+use crate::tensor::{DType, Tensor};
+
+/// The precision an [`InferenceSession`] computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 weights and activations.
+    #[default]
+    F32,
+    /// f16 weights and activations (f32 accumulation); needs `SHADER_F16`.
+    F16,
+}
+
+/// How an [`InferenceSession`] is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// The largest batch one replay serves; larger requests run in several.
+    pub max_batch: usize,
+    /// Compute precision.
+    pub precision: Precision,
+    /// How many best classes each prediction lists.
+    pub top_k: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            max_batch: 64,
+            precision: Precision::F32,
+            top_k: 3,
+        }
+    }
+}
+
+/// The result of [`InferenceSession::predict`] for `rows` samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictions {
+    /// Class probabilities (softmax of the outputs), `rows × classes`, row-major.
+    pub probabilities: Vec<f32>,
+    /// The most probable class of each sample.
+    pub classes: Vec<u32>,
+    /// The `top_k` best (class, probability) pairs of each sample, best first.
+    pub top_k: Vec<Vec<(u32, f32)>>,
+}
+
+/// One bucket: a plan for `rows` samples with its input, outputs and readback buffer.
+struct Bucket {
+    plan: Plan,
+    input: Tensor,
+    /// probabilities, classes, top-k values, top-k indices.
+    outputs: [Tensor; 4],
+    offsets: [u64; 4],
+    staging: wgpu::Buffer,
+    host_input: Vec<u8>,
+}
+
+/// A trained model compiled for serving. Safe to share between threads: calls on different
+/// bucket sizes run concurrently, calls on the same bucket take turns.
+pub struct InferenceSession {
+    gpu: Gpu,
+    input_shape: Vec<usize>,
+    classes: usize,
+    options: SessionOptions,
+    model_bytes: usize,
+    buckets: Vec<Mutex<Bucket>>,
+    sizes: Vec<usize>,
+    _model: Sequential,
+}
+
+impl std::fmt::Debug for InferenceSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferenceSession")
+            .field("input_shape", &self.input_shape)
+            .field("classes", &self.classes)
+            .field("options", &self.options)
+            .field("buckets", &self.sizes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Batch-size buckets: powers of two up to `max`, and `max`.
+fn bucket_sizes(max: usize) -> Vec<usize> {
+    let mut sizes: Vec<usize> = (0..)
+        .map(|i| 1usize << i)
+        .take_while(|&s| s < max)
+        .collect();
+    sizes.push(max);
+    sizes
+}
+
+impl InferenceSession {
+    /// Compiles `model` (a classifier: its output is `[batch, classes]`) for serving.
+    pub fn new(mut model: Sequential, options: SessionOptions) -> Result<Self> {
+        let gpu = model.gpu().clone();
+        if options.max_batch == 0 || options.top_k == 0 {
+            return Err(Error::InvalidArgument {
+                op: "InferenceSession::new",
+                details: "max_batch and top_k must be positive".into(),
+            });
+        }
+        let out = model.output_shape(1)?;
+        let classes: usize = out[1..].iter().product();
+        if options.top_k > classes {
+            return Err(Error::InvalidArgument {
+                op: "InferenceSession::new",
+                details: format!("top_k {} is more than the {classes} classes", options.top_k),
+            });
+        }
+        let element = match options.precision {
+            Precision::F32 => 4,
+            Precision::F16 => {
+                model.enable_mixed_precision()?;
+                2
+            }
+        };
+        let model_bytes = model.params().parameter_count() * element;
+        let sizes = bucket_sizes(options.max_batch);
+        let mut buckets = Vec::with_capacity(sizes.len());
+        for &rows in &sizes {
+            buckets.push(Mutex::new(Self::bucket(
+                &gpu, &mut model, rows, classes, options,
+            )?));
+        }
+        Ok(InferenceSession {
+            gpu,
+            input_shape: model.input_shape().to_vec(),
+            classes,
+            options,
+            model_bytes,
+            buckets,
+            sizes,
+            _model: model,
+        })
+    }
+
+    fn bucket(
+        gpu: &Gpu,
+        model: &mut Sequential,
+        rows: usize,
+        classes: usize,
+        options: SessionOptions,
+    ) -> Result<Bucket> {
+        let dtype = model.compute_dtype();
+        let shape = [&[rows][..], model.input_shape()].concat();
+        let input = Tensor::zeros(gpu, &shape, dtype)?;
+        let mut batch = Batch::capture(gpu);
+        let logits = model.forward(&mut batch, &input, false)?;
+        let logits = logits.reshape(&[rows, classes])?;
+        let probs = ops::softmax(&mut batch, &logits)?;
+        let (_, argmax) = ops::row_max_argmax(&mut batch, &probs)?;
+        let (top_values, top_indices) = ops::top_k(&mut batch, &probs, options.top_k)?;
+        let plan = batch.into_plan()?;
+        let outputs = [probs, argmax, top_values, top_indices];
+        let mut offsets = [0u64; 4];
+        let mut total = 0u64;
+        for (offset, t) in offsets.iter_mut().zip(&outputs) {
+            *offset = total;
+            total += t.size_bytes().next_multiple_of(4);
+        }
+        let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgnn inference readback"),
+            size: total,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(Bucket {
+            plan,
+            host_input: vec![0; input.size_bytes().next_multiple_of(4) as usize],
+            input,
+            outputs,
+            offsets,
+            staging,
+        })
+    }
+
+    /// Per-sample input shape.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+    /// The options the session was built with.
+    pub fn options(&self) -> &SessionOptions {
+        &self.options
+    }
+    /// Bytes of weights in the session's precision.
+    pub fn model_bytes(&self) -> usize {
+        self.model_bytes
+    }
+    /// The batch-size buckets, each with its own plan.
+    pub fn bucket_sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+    /// Dispatches one replay of the bucket for `rows` samples makes.
+    pub fn dispatches_for(&self, rows: usize) -> usize {
+        let i = self
+            .sizes
+            .iter()
+            .position(|&s| s >= rows)
+            .unwrap_or(self.sizes.len() - 1);
+        self.buckets[i]
+            .lock()
+            .map(|b| b.plan.dispatches())
+            .unwrap_or(0)
+    }
+
+    /// Predicts `x.len() / input size` samples (row-major, the model's input shape each).
+    pub fn predict(&self, x: &[f32]) -> Result<Predictions> {
+        let per_sample: usize = self.input_shape.iter().product();
+        if x.is_empty() || !x.len().is_multiple_of(per_sample) {
+            return Err(Error::ShapeMismatch {
+                op: "InferenceSession::predict",
+                details: format!(
+                    "{} values are not whole samples of {:?}",
+                    x.len(),
+                    self.input_shape
+                ),
+            });
+        }
+        let mut all = Predictions {
+            probabilities: Vec::new(),
+            classes: Vec::new(),
+            top_k: Vec::new(),
+        };
+        for chunk in x.chunks(self.options.max_batch * per_sample) {
+            let part = self.predict_bucket(chunk, chunk.len() / per_sample)?;
+            all.probabilities.extend(part.probabilities);
+            all.classes.extend(part.classes);
+            all.top_k.extend(part.top_k);
+        }
+        Ok(all)
+    }
+
+    fn predict_bucket(&self, x: &[f32], rows: usize) -> Result<Predictions> {
+        let index = self
+            .sizes
+            .iter()
+            .position(|&s| s >= rows)
+            .unwrap_or(self.sizes.len() - 1);
+        let mut bucket = self.buckets[index]
+            .lock()
+            .map_err(|_| Error::Gpu("an earlier request on this bucket panicked".into()))?;
+        let b = &mut *bucket;
+        // The input, padded with zeros past `rows`.
+        let used = match b.input.dtype() {
+            DType::F16 => {
+                let half: Vec<crate::f16> = x.iter().map(|&v| crate::f16::from_f32(v)).collect();
+                let bytes: &[u8] = bytemuck::cast_slice(&half);
+                b.host_input[..bytes.len()].copy_from_slice(bytes);
+                bytes.len()
+            }
+            _ => {
+                let bytes: &[u8] = bytemuck::cast_slice(x);
+                b.host_input[..bytes.len()].copy_from_slice(bytes);
+                bytes.len()
+            }
+        };
+        b.host_input[used..].fill(0);
+        let queue = self.gpu.queue();
+        queue.write_buffer(b.input.buffer(), b.input.offset_bytes(), &b.host_input);
+        let mut encoder =
+            self.gpu
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("wgnn inference"),
+                });
+        b.plan.encode(&mut encoder);
+        for (t, &offset) in b.outputs.iter().zip(&b.offsets) {
+            let len = t.size_bytes().next_multiple_of(4);
+            encoder.copy_buffer_to_buffer(t.buffer(), t.offset_bytes(), &b.staging, offset, len);
+        }
+        let submission = queue.submit([encoder.finish()]);
+        let slice = b.staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.gpu
+            .device()
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| Error::DeviceLost(format!("readback callback lost: {e}")))?
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        let result = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+            let bytes_of = |i: usize| {
+                let start = b.offsets[i] as usize;
+                &view[start..start + b.outputs[i].size_bytes() as usize]
+            };
+            let floats = |i: usize| -> Vec<f32> {
+                match b.outputs[i].dtype() {
+                    DType::F16 => bytemuck::pod_collect_to_vec::<u8, crate::f16>(bytes_of(i))
+                        .into_iter()
+                        .map(f32::from)
+                        .collect(),
+                    _ => bytemuck::pod_collect_to_vec(bytes_of(i)),
+                }
+            };
+            let (classes, k) = (self.classes, self.options.top_k);
+            let probs = floats(0);
+            let argmax: Vec<u32> = bytemuck::pod_collect_to_vec(bytes_of(1));
+            let top_values = floats(2);
+            let top_indices: Vec<u32> = bytemuck::pod_collect_to_vec(bytes_of(3));
+            Predictions {
+                probabilities: probs[..rows * classes].to_vec(),
+                classes: argmax[..rows].to_vec(),
+                top_k: (0..rows)
+                    .map(|r| {
+                        (0..k)
+                            .map(|t| (top_indices[r * k + t], top_values[r * k + t]))
+                            .collect()
+                    })
+                    .collect(),
+            }
+        };
+        b.staging.unmap();
+        self.gpu.take_uncaptured_error()?;
+        Ok(result)
+    }
+}
