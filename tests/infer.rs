@@ -70,7 +70,11 @@ fn predictions_match_the_reference() {
         }
         let session = session(seed, precision);
         assert_eq!(session.bucket_sizes(), [1, 2, 4, 8, 16]);
-        let tol = if precision == Precision::F16 { 1e-2 } else { 1e-5 };
+        let tol = if precision == Precision::F16 {
+            1e-2
+        } else {
+            1e-5
+        };
         // One sample, a partly filled bucket, an exact bucket, and more than one replay holds.
         for rows in [1usize, 3, 16, 37] {
             let x = round_f16(&random(&mut rng, rows * 64));
@@ -160,10 +164,15 @@ fn the_batcher_groups_requests_and_answers_each_caller() {
     for t in threads {
         t.join().expect("a thread failed");
     }
-    let stats = Arc::try_unwrap(batcher).expect("threads are done").shutdown();
+    let stats = Arc::try_unwrap(batcher)
+        .expect("threads are done")
+        .shutdown();
     assert_eq!(stats.requests, 80, "{stats:?}");
     assert_eq!(stats.refused_shape, 8);
-    assert!(stats.batch_sizes.keys().all(|&b| (1..=8).contains(&b)), "{stats:?}");
+    assert!(
+        stats.batch_sizes.keys().all(|&b| (1..=8).contains(&b)),
+        "{stats:?}"
+    );
     assert!(stats.latency_ms.0 <= stats.latency_ms.2, "{stats:?}");
 }
 

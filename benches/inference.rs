@@ -1,0 +1,235 @@
+//! Inference through `wgnn::infer::InferenceSession`: the MLP 64-256-256-10 and the CNN of the
+//! train_step bench, f32 and f16, batch 1, 8, 64, 512 and 4096.
+//!
+//! - `predict/{model}/{precision}/batch{n}`: wall-clock time of one `predict` call, the whole
+//!   host→GPU→host round trip (write the input, replay the plan, read probabilities, classes and
+//!   top-3 back); criterion's thrpt is samples/s.
+//! - `host/{model}/plan` and `host/raw_wgpu`: host time to encode and submit one replay of a
+//!   captured plan (the CNN's or MLP's forward at batch 1), next to a raw wgpu loop with prebuilt
+//!   bind groups and the same number of dispatches; divide by the dispatch count (printed) for the
+//!   cost per dispatch. `host/{model}/batch_recording` records the same forward through `Batch`
+//!   (bind groups made per dispatch), as training does.
+//!
+//! `cargo bench --bench inference`. On a software (CPU) adapter batches 512 and 4096 run only with
+//! WGNN_BENCH_FULL=1. PyTorch peer: `python3 benches/torch_inference.py`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+mod common;
+
+use common::{full_size_set, random};
+use wgnn::infer::{InferenceSession, Precision, SessionOptions};
+use wgnn::nn::{Init, LayerSpec, Sequential};
+use wgnn::{Activation, Batch, DType, Gpu, Tensor};
+
+fn relu() -> LayerSpec {
+    LayerSpec::Activation {
+        function: Activation::Relu,
+    }
+}
+
+fn mlp() -> Vec<LayerSpec> {
+    let linear = |inputs, outputs| LayerSpec::Linear { inputs, outputs };
+    vec![
+        linear(64, 256),
+        relu(),
+        linear(256, 256),
+        relu(),
+        linear(256, 10),
+    ]
+}
+
+fn cnn() -> Vec<LayerSpec> {
+    let conv = |in_channels, out_channels| LayerSpec::Conv2d {
+        in_channels,
+        out_channels,
+        kernel: (3, 3),
+        stride: (1, 1),
+        padding: (1, 1),
+    };
+    vec![
+        conv(1, 16),
+        relu(),
+        conv(16, 32),
+        relu(),
+        LayerSpec::Flatten,
+        LayerSpec::Linear {
+            inputs: 2048,
+            outputs: 10,
+        },
+    ]
+}
+
+fn model(gpu: &Gpu, name: &str) -> Sequential {
+    let (specs, input) = if name == "mlp" {
+        (mlp(), vec![64])
+    } else {
+        (cnn(), vec![1, 8, 8])
+    };
+    Sequential::new(gpu, &input, specs, Init::KaimingUniform { seed: 1 }).expect("model")
+}
+
+/// A raw wgpu loop: `n` prebuilt bind groups of a trivial kernel, dispatched one workgroup each.
+struct RawLoop {
+    pipeline: wgpu::ComputePipeline,
+    groups: Vec<wgpu::BindGroup>,
+    _buffers: Vec<wgpu::Buffer>,
+}
+
+impl RawLoop {
+    fn new(gpu: &Gpu, n: usize) -> Self {
+        let device = gpu.device();
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("raw loop"),
+            source: wgpu::ShaderSource::Wgsl(
+                "@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+                 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) i: vec3<u32>) {
+                     x[i.x] = x[i.x] * 0.5 + 1.0;
+                 }"
+                .into(),
+            ),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("raw loop"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        let buffers: Vec<wgpu::Buffer> = (0..n)
+            .map(|_| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: 256,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        let groups = buffers
+            .iter()
+            .map(|b| {
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &layout,
+                    entries: &[wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: b.as_entire_binding(),
+                    }],
+                })
+            })
+            .collect();
+        RawLoop {
+            pipeline,
+            groups,
+            _buffers: buffers,
+        }
+    }
+
+    fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for g in &self.groups {
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, g, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+    }
+}
+
+/// Host time of `encode` + submit, waiting for the GPU outside the timed region.
+fn host_time(gpu: &Gpu, iters: u64, encode: &dyn Fn(&mut wgpu::CommandEncoder)) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        encode(&mut encoder);
+        gpu.queue().submit([encoder.finish()]);
+        total += start.elapsed();
+        gpu.wait().expect("wait");
+    }
+    total
+}
+
+fn bench(c: &mut Criterion) {
+    let gpu = Gpu::new().expect("benchmarks need a GPU adapter");
+    let batches: &[usize] = if full_size_set(&gpu) {
+        &[1, 8, 64, 512, 4096]
+    } else {
+        &[1, 8, 64]
+    };
+    let max_batch = *batches.last().unwrap_or(&1);
+    let mut group = c.benchmark_group("inference");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    for name in ["mlp", "cnn"] {
+        for precision in [Precision::F32, Precision::F16] {
+            if precision == Precision::F16 && !gpu.supports_f16() {
+                continue;
+            }
+            let options = SessionOptions {
+                max_batch,
+                precision,
+                top_k: 3,
+            };
+            let session =
+                Arc::new(InferenceSession::new(model(&gpu, name), options).expect("session"));
+            println!(
+                "{name} {precision:?}: {} bytes of weights, {} dispatches per replay",
+                session.model_bytes(),
+                session.dispatches_for(1)
+            );
+            for &rows in batches {
+                let x = random(rows * 64, 3, 1.0);
+                group.throughput(Throughput::Elements(rows as u64));
+                let id = format!("{name}/{precision:?}/batch{rows}");
+                group.bench_function(BenchmarkId::new("predict", &id), |b| {
+                    b.iter(|| session.predict(&x).expect("predict"))
+                });
+            }
+        }
+        // Host cost per dispatch: a captured plan, the same forward recorded through Batch, raw wgpu.
+        let mut m = model(&gpu, name);
+        let input_shape = [&[1usize][..], m.input_shape()].concat();
+        let input = Tensor::zeros(&gpu, &input_shape, DType::F32).expect("input");
+        let mut capture = Batch::capture(&gpu);
+        m.forward(&mut capture, &input, false).expect("forward");
+        let plan = capture.into_plan().expect("plan");
+        let n = plan.dispatches();
+        println!("{name} forward at batch 1: {n} dispatches");
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("host", format!("{name}/plan")), |b| {
+            b.iter_custom(|iters| host_time(&gpu, iters, &|e| plan.encode(e)))
+        });
+        group.bench_function(
+            BenchmarkId::new("host", format!("{name}/batch_recording")),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let start = Instant::now();
+                        let mut batch = Batch::new(&gpu);
+                        m.forward(&mut batch, &input, false).expect("forward");
+                        batch.submit().expect("submit");
+                        total += start.elapsed();
+                        gpu.wait().expect("wait");
+                    }
+                    total
+                })
+            },
+        );
+        let raw = RawLoop::new(&gpu, n);
+        group.bench_function(
+            BenchmarkId::new("host", format!("raw_wgpu/{n}_dispatches")),
+            |b| b.iter_custom(|iters| host_time(&gpu, iters, &|e| raw.encode(e))),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
