@@ -1,5 +1,5 @@
 //! Inference through `wgnn::infer::InferenceSession`: the MLP 64-256-256-10 and the CNN of the
-//! train_step bench, f32 and f16, batch 1, 8, 64, 512 and 4096.
+//! train_step bench, f32, f16 and int8 (Linear weights), batch 1, 8, 64, 512 and 4096.
 //!
 //! - `predict/{model}/{precision}/batch{n}`: wall-clock time of one `predict` call, the whole
 //!   host→GPU→host round trip (write the input, replay the plan, read probabilities, classes and
@@ -167,7 +167,7 @@ fn bench(c: &mut Criterion) {
     group.warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(2));
     for name in ["mlp", "cnn"] {
-        for precision in [Precision::F32, Precision::F16] {
+        for precision in [Precision::F32, Precision::F16, Precision::Int8] {
             if precision == Precision::F16 && !gpu.supports_f16() {
                 continue;
             }

@@ -1,6 +1,6 @@
 //! Serves the digits model that `train_digits` saved: replays the test set as a stream of
 //! single-image requests from several threads at a chosen rate, through the dynamic batcher, for
-//! each precision and batching setting, and prints a latency/throughput table; writes a PNG plot of
+//! each precision (f32, f16, int8 Linear weights) and batching setting, and prints a latency/throughput table; writes a PNG plot of
 //! latency against throughput.
 //!
 //! Run: `cargo run --release --example train_digits` first, then
@@ -94,7 +94,7 @@ fn main() -> Result<()> {
         ("batch ≤ 64, wait ≤ 4 ms", 64, Duration::from_millis(4)),
     ];
     let mut rows = Vec::new();
-    for precision in [Precision::F32, Precision::F16] {
+    for precision in [Precision::F32, Precision::F16, Precision::Int8] {
         if precision == Precision::F16 && !gpu.supports_f16() {
             println!("(the adapter has no SHADER_F16: f16 skipped)");
             continue;

@@ -31,6 +31,8 @@ pub enum Kernel {
     Pool,
     /// `shaders/amp.wgsl`
     Amp,
+    /// `shaders/quantized_linear.wgsl`
+    QuantizedLinear,
 }
 
 /// Prelude files: WGSL placed before the kernels that name them (name, source).
@@ -58,6 +60,7 @@ impl Kernel {
         Kernel::Conv,
         Kernel::Pool,
         Kernel::Amp,
+        Kernel::QuantizedLinear,
     ];
 
     /// The file's stem in `shaders/`.
@@ -72,6 +75,7 @@ impl Kernel {
             Kernel::Conv => "conv",
             Kernel::Pool => "pool",
             Kernel::Amp => "amp",
+            Kernel::QuantizedLinear => "quantized_linear",
         }
     }
 
@@ -87,13 +91,14 @@ impl Kernel {
             Kernel::Conv => include_str!("../shaders/conv.wgsl"),
             Kernel::Pool => include_str!("../shaders/pool.wgsl"),
             Kernel::Amp => include_str!("../shaders/amp.wgsl"),
+            Kernel::QuantizedLinear => include_str!("../shaders/quantized_linear.wgsl"),
         }
     }
 
     /// Prelude sources placed before the file, for the subgroup or the portable variant.
     pub fn preludes(self, subgroups: bool) -> Vec<&'static str> {
         match self {
-            Kernel::Matmul | Kernel::Elementwise => vec![ACTIVATION],
+            Kernel::Matmul | Kernel::Elementwise | Kernel::QuantizedLinear => vec![ACTIVATION],
             Kernel::Softmax if subgroups => vec![NUMERICS, REDUCE_SUBGROUP],
             Kernel::Softmax => vec![NUMERICS, REDUCE_SHARED],
             Kernel::Loss => vec![NUMERICS],
@@ -174,6 +179,7 @@ pub fn params_layout(kernel: Kernel) -> (&'static [(&'static str, usize)], usize
         Kernel::Conv => ops::conv::PARAMS_LAYOUT,
         Kernel::Pool => ops::pool::PARAMS_LAYOUT,
         Kernel::Amp => ops::amp::PARAMS_LAYOUT,
+        Kernel::QuantizedLinear => ops::quantized_linear::PARAMS_LAYOUT,
     }
 }
 

@@ -44,8 +44,25 @@ fn cnn() -> Vec<LayerSpec> {
 }
 
 fn reference_probs(specs: &[LayerSpec], seed: u64, x: &[f32]) -> Array {
+    reference_probs_with(specs, seed, x, false)
+}
+
+/// The reference's probabilities; with `int8`, its Linear weights are the dequantized int8 ones
+/// the session uses.
+fn reference_probs_with(specs: &[LayerSpec], seed: u64, x: &[f32], int8: bool) -> Array {
     let init = Init::XavierUniform { seed };
-    let mut model = reference::nn::Model::new(specs.to_vec(), init.values(specs));
+    let mut values = init.values(specs);
+    if int8 {
+        for (name, shape, v) in &mut values {
+            if name.ends_with("weight") && shape.len() == 2 {
+                let (q, scales) = wgnn::ops::quantize_int8(v, shape[0], shape[1]);
+                for (i, w) in v.iter_mut().enumerate() {
+                    *w = f32::from(q[i]) * scales[i / shape[1]];
+                }
+            }
+        }
+    }
+    let mut model = reference::nn::Model::new(specs.to_vec(), values);
     let logits = model.forward(&Array::new(&[x.len() / 64, 1, 8, 8], x.to_vec()));
     reference::softmax(&logits)
 }
@@ -64,7 +81,7 @@ fn session(seed: u64, precision: Precision) -> InferenceSession {
 #[test]
 fn predictions_match_the_reference() {
     let (mut rng, seed) = rng();
-    for precision in [Precision::F32, Precision::F16] {
+    for precision in [Precision::F32, Precision::F16, Precision::Int8] {
         if precision == Precision::F16 && !gpu().supports_f16() {
             continue;
         }
@@ -78,7 +95,7 @@ fn predictions_match_the_reference() {
         // One sample, a partly filled bucket, an exact bucket, and more than one replay holds.
         for rows in [1usize, 3, 16, 37] {
             let x = round_f16(&random(&mut rng, rows * 64));
-            let want = reference_probs(&cnn(), seed, &x);
+            let want = reference_probs_with(&cnn(), seed, &x, precision == Precision::Int8);
             let got = session.predict(&x).unwrap();
             let context = format!("{precision:?} rows {rows} seed {seed}");
             assert_close(&got.probabilities, &want.data, tol, &context);

@@ -26,6 +26,9 @@ pub enum Precision {
     F32,
     /// f16 weights and activations (f32 accumulation); needs `SHADER_F16`.
     F16,
+    /// Int8 weights with per-output-channel scales in every Linear layer, dequantized inside the
+    /// kernel; f32 activations (and f32 convolution weights).
+    Int8,
 }
 
 /// How an [`InferenceSession`] is built.
@@ -123,14 +126,14 @@ impl InferenceSession {
                 details: format!("top_k {} is more than the {classes} classes", options.top_k),
             });
         }
-        let element = match options.precision {
-            Precision::F32 => 4,
+        let model_bytes = match options.precision {
+            Precision::F32 => model.params().parameter_count() * 4,
             Precision::F16 => {
                 model.enable_mixed_precision()?;
-                2
+                model.params().parameter_count() * 2
             }
+            Precision::Int8 => model.quantize_linear_layers()?,
         };
-        let model_bytes = model.params().parameter_count() * element;
         let sizes = bucket_sizes(options.max_batch);
         let mut buckets = Vec::with_capacity(sizes.len());
         for &rows in &sizes {

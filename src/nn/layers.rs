@@ -191,6 +191,8 @@ pub struct Layer {
     fused: Activation,
     /// This activation layer's work was fused into the layer before it.
     absorbed: bool,
+    /// Int8 weights that replace the f32 ones in the forward pass (inference only).
+    quantized: Option<ops::QuantizedWeights>,
     saved: Saved,
 }
 
@@ -201,12 +203,22 @@ impl Layer {
             params,
             fused: Activation::None,
             absorbed: false,
+            quantized: None,
             saved: Saved::Nothing,
         }
     }
 
     pub(crate) fn set_params(&mut self, params: Vec<(Tensor, Tensor)>) {
         self.params = params;
+    }
+
+    pub(crate) fn set_quantized(&mut self, weights: ops::QuantizedWeights) {
+        self.quantized = Some(weights);
+    }
+
+    /// Int8 weights of this layer, if it was quantized.
+    pub fn quantized(&self) -> Option<&ops::QuantizedWeights> {
+        self.quantized.as_ref()
     }
 
     /// The layer's architecture.
@@ -236,6 +248,16 @@ impl Layer {
     /// Records the forward pass; with `train`, saves what [`Self::backward`] needs.
     pub fn forward(&mut self, batch: &mut Batch, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = match &self.spec {
+            LayerSpec::Linear { .. } if self.quantized.is_some() => {
+                if train {
+                    return Err(Error::InvalidArgument {
+                        op: "Layer::forward",
+                        details: "a quantized layer serves inference only".into(),
+                    });
+                }
+                let q = self.quantized.as_ref().expect("checked above");
+                return ops::quantized_linear(batch, x, q, Some(&self.params[1].0), self.fused);
+            }
             LayerSpec::Linear { .. } => {
                 let options = ops::MatmulOptions {
                     trans_b: true,

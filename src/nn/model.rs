@@ -93,6 +93,36 @@ impl Sequential {
         Ok(())
     }
 
+    /// Quantizes every Linear layer's weight to int8 with one scale per output channel (the
+    /// forward pass then dequantizes inside the kernel); other layers keep f32. For inference:
+    /// a quantized model cannot train. Returns the bytes the weights now take.
+    pub fn quantize_linear_layers(&mut self) -> Result<usize> {
+        if self.compute_dtype() != crate::DType::F32 {
+            return Err(Error::InvalidArgument {
+                op: "Sequential::quantize_linear_layers",
+                details: "quantize an f32 model (int8 weights take f32 activations)".into(),
+            });
+        }
+        let host = self.params.to_host()?;
+        let mut bytes = 0usize;
+        let mut values = host.iter();
+        for layer in &mut self.layers {
+            let own: Vec<_> = values
+                .by_ref()
+                .take(layer.spec().parameter_shapes().len())
+                .collect();
+            match (layer.spec(), own.first()) {
+                (LayerSpec::Linear { inputs, outputs }, Some((_, _, w))) => {
+                    let q = crate::ops::QuantizedWeights::new(&self.gpu, w, *outputs, *inputs)?;
+                    bytes += outputs * inputs + 4 * outputs + 4 * outputs; // int8, scales, f32 bias
+                    layer.set_quantized(q);
+                }
+                _ => bytes += own.iter().map(|(_, _, v)| 4 * v.len()).sum::<usize>(),
+            }
+        }
+        Ok(bytes)
+    }
+
     /// The dtype of activations and compute: F32, or F16 in mixed precision.
     pub fn compute_dtype(&self) -> crate::DType {
         if self.params.half().is_some() {

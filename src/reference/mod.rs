@@ -7,6 +7,7 @@ pub mod loss;
 pub mod matmul;
 pub mod nn;
 pub mod optim;
+pub mod quantized_linear;
 pub mod reduce;
 pub mod softmax;
 

@@ -1,0 +1,182 @@
+//! A Linear layer with int8 weights: y = act(x · dequant(W)ᵀ + bias), W `[N, K]` quantized
+//! symmetrically per output channel (scale = max |w| / 127), dequantized inside the kernel.
+//! Weights take a quarter of their f32 bytes.
+
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::ops::{float_dtype, fold_grid, same_dtype, same_gpu, to_u32, Activation};
+use crate::shaders::{Kernel, PipelineKey};
+use crate::tensor::Tensor;
+
+crate::shaders::shader_params! {
+    struct Params {
+        rows: u32,
+        n: u32,
+        k: u32,
+        words: u32,
+        groups_x: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+}
+pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
+    (Params::LAYOUT, std::mem::size_of::<Params>());
+
+/// Most inputs (K) the kernel takes: each thread walks K / 4 packed words.
+pub const MAX_INPUTS: usize = 65_536;
+
+/// Symmetric per-row int8 quantization of `w` (`[n, k]`, row-major): `(q, scales)` with
+/// `w[r, c] ≈ scales[r] · q[r, c]`, q in -127..=127. An all-zero row gets scale 1.
+pub fn quantize_int8(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = Vec::with_capacity(n * k);
+    let mut scales = Vec::with_capacity(n);
+    for row in w.chunks(k).take(n) {
+        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        scales.push(scale);
+        q.extend(
+            row.iter()
+                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+        );
+    }
+    (q, scales)
+}
+
+/// Int8 weights on the GPU, packed four per u32 word, with their per-row scales.
+#[derive(Debug, Clone)]
+pub struct QuantizedWeights {
+    /// `[n, ceil(k / 4)]` U32 words.
+    pub packed: Tensor,
+    /// `[n]` f32 scales.
+    pub scales: Tensor,
+    /// Output channels.
+    pub n: usize,
+    /// Inputs.
+    pub k: usize,
+}
+
+impl QuantizedWeights {
+    /// Quantizes `w` (`[n, k]`, a Linear weight in PyTorch's layout) and uploads it.
+    pub fn new(gpu: &Gpu, w: &[f32], n: usize, k: usize) -> Result<Self> {
+        if w.len() != n * k || n == 0 || k == 0 {
+            return Err(Error::DataLength {
+                expected: n * k,
+                found: w.len(),
+            });
+        }
+        let (q, scales) = quantize_int8(w, n, k);
+        Self::from_quantized(gpu, &q, &scales, n, k)
+    }
+
+    /// Uploads already quantized weights `q` (`[n, k]`) and `scales` (`[n]`).
+    pub fn from_quantized(gpu: &Gpu, q: &[i8], scales: &[f32], n: usize, k: usize) -> Result<Self> {
+        if q.len() != n * k || scales.len() != n {
+            return Err(Error::DataLength {
+                expected: n * k,
+                found: q.len(),
+            });
+        }
+        let words = k.div_ceil(4);
+        let mut packed = vec![0u32; n * words];
+        for (r, row) in q.chunks(k).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                packed[r * words + c / 4] |= u32::from(v as u8) << (8 * (c % 4));
+            }
+        }
+        Ok(QuantizedWeights {
+            packed: Tensor::from_slice(gpu, &packed, &[n, words])?,
+            scales: Tensor::from_slice(gpu, scales, &[n])?,
+            n,
+            k,
+        })
+    }
+
+    /// Bytes on the GPU: the packed weights and the scales.
+    pub fn size_bytes(&self) -> u64 {
+        self.packed.size_bytes() + self.scales.size_bytes()
+    }
+}
+
+/// y = act(x · dequant(W)ᵀ + bias): x `[rows, k]` (f32 or f16), y `[rows, n]` in x's dtype.
+pub fn quantized_linear(
+    batch: &mut Batch,
+    x: &Tensor,
+    w: &QuantizedWeights,
+    bias: Option<&Tensor>,
+    activation: Activation,
+) -> Result<Tensor> {
+    const OP: &str = "quantized_linear";
+    let dtype = float_dtype(OP, x)?;
+    let &[rows, k] = x.shape() else {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: format!("x must be [rows, {}], got {:?}", w.k, x.shape()),
+        });
+    };
+    if k != w.k {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: format!("x has {k} inputs, the weights {}", w.k),
+        });
+    }
+    if k > MAX_INPUTS {
+        return Err(Error::LimitExceeded {
+            what: format!("{OP}: inputs (a per-thread loop)"),
+            requested: k as u64,
+            limit: MAX_INPUTS as u64,
+        });
+    }
+    let mut all = vec![x, &w.packed, &w.scales];
+    if let Some(b) = bias {
+        if b.shape() != [w.n] {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                details: format!("bias must be [{}], got {:?}", w.n, b.shape()),
+            });
+        }
+        same_dtype(OP, &[x, b])?;
+        all.push(b);
+    }
+    same_gpu(OP, batch, &all)?;
+    let y = Tensor::uninit(batch.gpu(), &[rows, w.n], dtype)?;
+    let outputs = rows.checked_mul(w.n).ok_or(Error::LimitExceeded {
+        what: format!("{OP}: outputs"),
+        requested: u64::MAX,
+        limit: u64::from(u32::MAX),
+    })?;
+    let (grid, groups_x) = fold_grid(batch.gpu(), outputs.div_ceil(64))?;
+    let params = Params {
+        rows: to_u32(OP, "rows", rows)?,
+        n: to_u32(OP, "outputs", w.n)?,
+        k: to_u32(OP, "inputs", k)?,
+        words: to_u32(OP, "words", k.div_ceil(4))?,
+        groups_x,
+        ..Default::default()
+    };
+    let pipeline = batch.gpu().pipeline(PipelineKey {
+        kernel: Kernel::QuantizedLinear,
+        dtype,
+        entry: "main",
+        constants: vec![
+            ("HAS_BIAS", u32::from(bias.is_some())),
+            ("ACTIVATION", activation.code()),
+        ],
+    })?;
+    // Without a bias, x fills the (unread) bias slot.
+    let bias_slot = bias.unwrap_or(x);
+    batch.dispatch_bound(
+        &pipeline,
+        bytemuck::bytes_of(&params),
+        &[
+            (1, x),
+            (2, &y),
+            (3, &w.packed),
+            (4, &w.scales),
+            (5, bias_slot),
+        ],
+        grid,
+    )?;
+    Ok(y)
+}

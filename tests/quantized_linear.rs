@@ -1,0 +1,102 @@
+//! The int8-weight Linear on the GPU against the CPU reference with the same quantized weights.
+
+mod common;
+
+use common::*;
+use wgnn::ops::{self, quantize_int8, QuantizedWeights};
+use wgnn::reference::{self, Array};
+use wgnn::{Activation, Batch, DType, Error, Tensor};
+
+#[test]
+fn matches_the_reference_with_the_same_quantized_weights() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for &(rows, n, k) in &[
+        (1usize, 1usize, 1usize),
+        (3, 5, 7),
+        (64, 37, 129),
+        (257, 10, 64),
+        (2, 300, 2050),
+    ] {
+        for dtype in [DType::F32, DType::F16] {
+            if dtype == DType::F16 && !gpu.supports_f16() {
+                continue;
+            }
+            for (with_bias, act) in [(false, Activation::None), (true, Activation::Relu)] {
+                let mut x = random(&mut rng, rows * k);
+                let w = random(&mut rng, n * k);
+                let mut b = random(&mut rng, n);
+                if dtype == DType::F16 {
+                    (x, b) = (round_f16(&x), round_f16(&b));
+                }
+                let (q, scales) = quantize_int8(&w, n, k);
+                let want = reference::quantized_linear::quantized_linear(
+                    &Array::new(&[rows, k], x.clone()),
+                    &q,
+                    &scales,
+                    n,
+                    with_bias.then_some(&b[..]),
+                    act,
+                );
+                let qw = QuantizedWeights::from_quantized(&gpu, &q, &scales, n, k).unwrap();
+                let tx = Tensor::from_f32(&gpu, &x, &[rows, k], dtype).unwrap();
+                let tb = Tensor::from_f32(&gpu, &b, &[n], dtype).unwrap();
+                let mut batch = Batch::new(&gpu);
+                let y = ops::quantized_linear(&mut batch, &tx, &qw, with_bias.then_some(&tb), act)
+                    .unwrap();
+                batch.submit().unwrap();
+                let context =
+                    format!("{rows}x{n}x{k} {dtype:?} bias {with_bias} {act:?} seed {seed}");
+                let tol = if dtype == DType::F16 { 1e-2 } else { 1e-5 };
+                assert_close(&y.to_vec_f32().unwrap(), &want.data, tol, &context);
+                assert_guard_intact(&y, &context);
+            }
+        }
+    }
+}
+
+#[test]
+fn quantization_error_is_at_most_half_a_step() {
+    let (mut rng, seed) = rng();
+    let (n, k) = (7, 33);
+    let mut w = random(&mut rng, n * k);
+    w[k..2 * k].fill(0.0); // an all-zero row
+    let (q, scales) = quantize_int8(&w, n, k);
+    assert_eq!(scales[1], 1.0);
+    for (i, (&v, &qv)) in w.iter().zip(&q).enumerate() {
+        let s = scales[i / k];
+        assert!(
+            (v - s * f32::from(qv)).abs() <= s / 2.0 + 1e-7,
+            "[{i}] seed {seed}"
+        );
+        assert!(qv != -128);
+    }
+}
+
+#[test]
+fn bad_input_gives_typed_errors() {
+    let gpu = gpu();
+    let qw = QuantizedWeights::new(&gpu, &[0.5; 12], 3, 4).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let x = Tensor::zeros(&gpu, &[2, 5], DType::F32).unwrap();
+    assert!(matches!(
+        ops::quantized_linear(&mut batch, &x, &qw, None, Activation::None),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let x = Tensor::zeros(&gpu, &[2, 4], DType::F32).unwrap();
+    let b = Tensor::zeros(&gpu, &[4], DType::F32).unwrap();
+    assert!(matches!(
+        ops::quantized_linear(&mut batch, &x, &qw, Some(&b), Activation::None),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let u = Tensor::zeros(&gpu, &[2, 4], DType::U32).unwrap();
+    assert!(matches!(
+        ops::quantized_linear(&mut batch, &u, &qw, None, Activation::None),
+        Err(Error::DtypeMismatch { .. })
+    ));
+    assert!(matches!(
+        QuantizedWeights::new(&gpu, &[0.5; 11], 3, 4),
+        Err(Error::DataLength { .. })
+    ));
+    assert_eq!(batch.dispatches(), 0);
+}
