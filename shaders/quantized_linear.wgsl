@@ -1,6 +1,9 @@
-// quantized_linear.wgsl: y = act(x · dequant(W)ᵀ + bias) for int8 weights with one f32 scale per
-// output channel: dequant(W)[n, k] = scale[n] · q[n, k], q in -127..127. W is stored [N, K] as
-// packed u32 words, four int8 each (byte e of word j holds k = 4j + e), rows padded to whole words.
+// quantized_linear.wgsl: y = act(x · dequant(W)ᵀ + bias) for compact weights stored [N, K] as
+// packed u32 words, rows padded to whole words:
+//   FORMAT 0: int8 with one f32 scale per output channel: dequant(W)[n, k] = scale[n] · q[n, k],
+//             q in -127..127; byte e of word j holds k = 4j + e.
+//   FORMAT 1: f16 pairs (half e of word j holds k = 2j + e), read with unpack2x16float, so f16
+//             weights work on adapters without SHADER_F16; scales are not applied.
 // One thread per output element, 64 per workgroup, grid folded into y past 65,535. Each thread
 // walks its row of x and of W: ceil(K / 4) iterations (ops keep K <= 65,536).
 // Bindings: 0 params, 1 x (read), 2 y (read_write), 3 packed weights (read u32), 4 scales (read
@@ -13,7 +16,7 @@ struct Params {
     rows: u32,
     n: u32,
     k: u32,
-    words: u32,         // packed words per weight row: ceil(k / 4)
+    words: u32,         // packed words per weight row: ceil(k / 4) or ceil(k / 2)
     groups_x: u32,
     _pad0: u32,
     _pad1: u32,
@@ -21,6 +24,7 @@ struct Params {
 }
 
 override HAS_BIAS: bool = false;
+override FORMAT: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
@@ -46,12 +50,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc = 0.0;
     for (var j = 0u; j < params.words; j++) {
         let w = packed[wb + j];
-        let k0 = 4u * j;
-        for (var e = 0u; e < 4u; e++) {
-            if (k0 + e < k) { acc += f32(x[xb + k0 + e]) * byte_of(w, e); }
+        if (FORMAT == 0u) {
+            let k0 = 4u * j;
+            for (var e = 0u; e < 4u; e++) {
+                if (k0 + e < k) { acc += f32(x[xb + k0 + e]) * byte_of(w, e); }
+            }
+        } else {
+            let k0 = 2u * j;
+            let h = unpack2x16float(w);
+            for (var e = 0u; e < 2u; e++) {
+                if (k0 + e < k) { acc += f32(x[xb + k0 + e]) * h[e]; }
+            }
         }
     }
-    var v = acc * scales[col];
+    var v = acc;
+    if (FORMAT == 0u) { v *= scales[col]; }
     if (HAS_BIAS) { v += f32(bias[col]); }
     y[i] = Elem(activate1(v));
 }

@@ -100,3 +100,33 @@ fn bad_input_gives_typed_errors() {
     ));
     assert_eq!(batch.dispatches(), 0);
 }
+
+/// f16 weights packed in pairs: exact f16 rounding of the weights, f32 activations, on any adapter
+/// (no SHADER_F16 needed).
+#[test]
+fn packed_f16_weights_match_the_reference() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for &(rows, n, k) in &[(1usize, 1usize, 1usize), (5, 9, 7), (33, 70, 130)] {
+        let x = random(&mut rng, rows * k);
+        let w = random(&mut rng, n * k);
+        let b = random(&mut rng, n);
+        let want = reference::matmul(
+            &Array::new(&[rows, k], x.clone()),
+            &Array::new(&[n, k], round_f16(&w)),
+            false,
+            true,
+            Some(&b),
+            Activation::Gelu,
+        );
+        let qw = QuantizedWeights::packed_f16(&gpu, &w, n, k).unwrap();
+        assert_eq!(qw.size_bytes(), (n * k.div_ceil(2) * 4) as u64);
+        let tx = Tensor::from_slice(&gpu, &x, &[rows, k]).unwrap();
+        let tb = Tensor::from_slice(&gpu, &b, &[n]).unwrap();
+        let mut batch = Batch::new(&gpu);
+        let y = ops::quantized_linear(&mut batch, &tx, &qw, Some(&tb), Activation::Gelu).unwrap();
+        batch.submit().unwrap();
+        let context = format!("{rows}x{n}x{k} seed {seed}");
+        assert_close(&y.to_vec::<f32>().unwrap(), &want.data, 1e-5, &context);
+    }
+}

@@ -51,6 +51,10 @@ fn override_sets(kernel: Kernel) -> Vec<Vec<(&'static str, f64)>> {
         Kernel::Elementwise => (0..5).map(|a| vec![("ACTIVATION", f64::from(a))]).collect(),
         Kernel::Reduce => vec![vec![], vec![("SQUARES", 1.0)]],
         Kernel::Loss => vec![vec![]],
+        Kernel::QuantizedLinear => vec![
+            vec![],
+            vec![("FORMAT", 1.0), ("HAS_BIAS", 1.0), ("ACTIVATION", 2.0)],
+        ],
         Kernel::Optim => vec![
             vec![],
             vec![("DECOUPLED", 1.0)],

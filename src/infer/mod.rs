@@ -24,7 +24,9 @@ pub enum Precision {
     /// f32 weights and activations.
     #[default]
     F32,
-    /// f16 weights and activations (f32 accumulation); needs `SHADER_F16`.
+    /// f16 weights and activations (f32 accumulation) where the adapter has `SHADER_F16`;
+    /// elsewhere f16 Linear weights packed in pairs (read with `unpack2x16float`) with f32
+    /// activations and convolution weights.
     F16,
     /// Int8 weights with per-output-channel scales in every Linear layer, dequantized inside the
     /// kernel; f32 activations (and f32 convolution weights).
@@ -128,11 +130,12 @@ impl InferenceSession {
         }
         let model_bytes = match options.precision {
             Precision::F32 => model.params().parameter_count() * 4,
-            Precision::F16 => {
+            Precision::F16 if gpu.supports_f16() => {
                 model.enable_mixed_precision()?;
                 model.params().parameter_count() * 2
             }
-            Precision::Int8 => model.quantize_linear_layers()?,
+            Precision::F16 => model.quantize_linear_layers(ops::WeightFormat::PackedF16)?,
+            Precision::Int8 => model.quantize_linear_layers(ops::WeightFormat::Int8)?,
         };
         let sizes = bucket_sizes(options.max_batch);
         let mut buckets = Vec::with_capacity(sizes.len());

@@ -93,10 +93,10 @@ impl Sequential {
         Ok(())
     }
 
-    /// Quantizes every Linear layer's weight to int8 with one scale per output channel (the
-    /// forward pass then dequantizes inside the kernel); other layers keep f32. For inference:
-    /// a quantized model cannot train. Returns the bytes the weights now take.
-    pub fn quantize_linear_layers(&mut self) -> Result<usize> {
+    /// Stores every Linear layer's weight in `format` (int8 with one scale per output channel, or
+    /// packed f16); the forward pass dequantizes inside the kernel, other layers keep f32. For
+    /// inference: a quantized model cannot train. Returns the bytes all parameters now take.
+    pub fn quantize_linear_layers(&mut self, format: crate::ops::WeightFormat) -> Result<usize> {
         if self.compute_dtype() != crate::DType::F32 {
             return Err(Error::InvalidArgument {
                 op: "Sequential::quantize_linear_layers",
@@ -113,8 +113,16 @@ impl Sequential {
                 .collect();
             match (layer.spec(), own.first()) {
                 (LayerSpec::Linear { inputs, outputs }, Some((_, _, w))) => {
-                    let q = crate::ops::QuantizedWeights::new(&self.gpu, w, *outputs, *inputs)?;
-                    bytes += outputs * inputs + 4 * outputs + 4 * outputs; // int8, scales, f32 bias
+                    let (o, i) = (*outputs, *inputs);
+                    let q = match format {
+                        crate::ops::WeightFormat::Int8 => {
+                            crate::ops::QuantizedWeights::new(&self.gpu, w, o, i)?
+                        }
+                        crate::ops::WeightFormat::PackedF16 => {
+                            crate::ops::QuantizedWeights::packed_f16(&self.gpu, w, o, i)?
+                        }
+                    };
+                    bytes += q.size_bytes() as usize + 4 * o; // the weights, and the f32 bias
                     layer.set_quantized(q);
                 }
                 _ => bytes += own.iter().map(|(_, _, v)| 4 * v.len()).sum::<usize>(),

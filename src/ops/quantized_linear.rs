@@ -1,6 +1,7 @@
-//! A Linear layer with int8 weights: y = act(x · dequant(W)ᵀ + bias), W `[N, K]` quantized
-//! symmetrically per output channel (scale = max |w| / 127), dequantized inside the kernel.
-//! Weights take a quarter of their f32 bytes.
+//! A Linear layer with compact weights: y = act(x · dequant(W)ᵀ + bias), W `[N, K]` either int8
+//! quantized symmetrically per output channel (scale = max |w| / 127; a quarter of the f32 bytes)
+//! or f16 packed in pairs (half the bytes; read with `unpack2x16float`, so it needs no
+//! `SHADER_F16`). Dequantized inside the kernel.
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
@@ -44,13 +45,24 @@ pub fn quantize_int8(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
     (q, scales)
 }
 
-/// Int8 weights on the GPU, packed four per u32 word, with their per-row scales.
+/// How [`QuantizedWeights`] store a weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// int8, four per word, with a scale per output channel.
+    Int8,
+    /// f16, two per word.
+    PackedF16,
+}
+
+/// Compact weights on the GPU, packed into u32 words, with their per-row scales.
 #[derive(Debug, Clone)]
 pub struct QuantizedWeights {
-    /// `[n, ceil(k / 4)]` U32 words.
+    /// `[n, words per row]` U32 words.
     pub packed: Tensor,
-    /// `[n]` f32 scales.
+    /// `[n]` f32 scales (all 1 for [`WeightFormat::PackedF16`]).
     pub scales: Tensor,
+    /// The storage format.
+    pub format: WeightFormat,
     /// Output channels.
     pub n: usize,
     /// Inputs.
@@ -88,14 +100,43 @@ impl QuantizedWeights {
         Ok(QuantizedWeights {
             packed: Tensor::from_slice(gpu, &packed, &[n, words])?,
             scales: Tensor::from_slice(gpu, scales, &[n])?,
+            format: WeightFormat::Int8,
             n,
             k,
         })
     }
 
-    /// Bytes on the GPU: the packed weights and the scales.
+    /// `w` (`[n, k]`) rounded to f16 and packed two per word.
+    pub fn packed_f16(gpu: &Gpu, w: &[f32], n: usize, k: usize) -> Result<Self> {
+        if w.len() != n * k || n == 0 || k == 0 {
+            return Err(Error::DataLength {
+                expected: n * k,
+                found: w.len(),
+            });
+        }
+        let words = k.div_ceil(2);
+        let mut packed = vec![0u32; n * words];
+        for (r, row) in w.chunks(k).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                let bits = u32::from(half::f16::from_f32(v).to_bits());
+                packed[r * words + c / 2] |= bits << (16 * (c % 2));
+            }
+        }
+        Ok(QuantizedWeights {
+            packed: Tensor::from_slice(gpu, &packed, &[n, words])?,
+            scales: Tensor::full(gpu, &[n], crate::DType::F32, 1.0)?,
+            format: WeightFormat::PackedF16,
+            n,
+            k,
+        })
+    }
+
+    /// Bytes the weights take: the packed words, and the scales for int8.
     pub fn size_bytes(&self) -> u64 {
-        self.packed.size_bytes() + self.scales.size_bytes()
+        match self.format {
+            WeightFormat::Int8 => self.packed.size_bytes() + self.scales.size_bytes(),
+            WeightFormat::PackedF16 => self.packed.size_bytes(),
+        }
     }
 }
 
@@ -151,7 +192,7 @@ pub fn quantized_linear(
         rows: to_u32(OP, "rows", rows)?,
         n: to_u32(OP, "outputs", w.n)?,
         k: to_u32(OP, "inputs", k)?,
-        words: to_u32(OP, "words", k.div_ceil(4))?,
+        words: to_u32(OP, "words", w.packed.shape()[1])?,
         groups_x,
         ..Default::default()
     };
@@ -162,6 +203,7 @@ pub fn quantized_linear(
         constants: vec![
             ("HAS_BIAS", u32::from(bias.is_some())),
             ("ACTIVATION", activation.code()),
+            ("FORMAT", u32::from(w.format == WeightFormat::PackedF16)),
         ],
     })?;
     // Without a bias, x fills the (unread) bias slot.
