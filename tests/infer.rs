@@ -54,10 +54,11 @@ fn reference_probs_with(specs: &[LayerSpec], seed: u64, x: &[f32], int8: bool) -
     let mut values = init.values(specs);
     if int8 {
         for (name, shape, v) in &mut values {
-            if name.ends_with("weight") && shape.len() == 2 {
-                let (q, scales) = wgnn::ops::quantize_int8(v, shape[0], shape[1]);
+            if name.ends_with("weight") {
+                let k = v.len() / shape[0];
+                let (q, scales) = wgnn::ops::quantize_int8(v, shape[0], k);
                 for (i, w) in v.iter_mut().enumerate() {
-                    *w = f32::from(q[i]) * scales[i / shape[1]];
+                    *w = f32::from(q[i]) * scales[i / k];
                 }
             }
         }

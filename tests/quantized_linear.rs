@@ -130,3 +130,74 @@ fn packed_f16_weights_match_the_reference() {
         assert_close(&y.to_vec::<f32>().unwrap(), &want.data, 1e-5, &context);
     }
 }
+
+/// Convolutions with compact filters: im2col, then the dequantizing kernel, against the reference
+/// convolution with the same (dequantized) filters; also in chunks of images.
+#[test]
+fn quantized_convolutions_match_the_reference() {
+    use wgnn::ops::{Conv2dParams, WeightFormat};
+    let (mut rng, seed) = rng();
+    let small_scratch = wgnn::Gpu::with_options(wgnn::GpuOptions {
+        scratch_limit_bytes: Some(6000), // one image per chunk
+        poison_new_tensors: true,
+        ..wgnn::GpuOptions::from_env()
+    })
+    .expect("GPU tests need an adapter");
+    for gpu in [gpu(), small_scratch] {
+        for format in [WeightFormat::Int8, WeightFormat::PackedF16] {
+            let (n, c, h, w, k, r, s) = (3, 5, 9, 7, 6, 3, 2);
+            let p = Conv2dParams {
+                stride: (2, 1),
+                padding: (1, 1),
+                ..Conv2dParams::default()
+            };
+            let x = random(&mut rng, n * c * h * w);
+            let filters = random(&mut rng, k * c * r * s);
+            let b = random(&mut rng, k);
+            let (qw, dequantized) = match format {
+                WeightFormat::Int8 => {
+                    let (q, scales) = quantize_int8(&filters, k, c * r * s);
+                    let dq: Vec<f32> = q
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| f32::from(v) * scales[i / (c * r * s)])
+                        .collect();
+                    let qw = QuantizedWeights::from_quantized(&gpu, &q, &scales, k, c * r * s);
+                    (qw.unwrap(), dq)
+                }
+                WeightFormat::PackedF16 => (
+                    QuantizedWeights::packed_f16(&gpu, &filters, k, c * r * s).unwrap(),
+                    round_f16(&filters),
+                ),
+            };
+            let want = reference::conv::conv2d(
+                &Array::new(&[n, c, h, w], x.clone()),
+                &Array::new(&[k, c, r, s], dequantized),
+                Some(&b),
+                &p,
+                Activation::Relu,
+            );
+            let tx = Tensor::from_slice(&gpu, &x, &[n, c, h, w]).unwrap();
+            let tb = Tensor::from_slice(&gpu, &b, &[k]).unwrap();
+            let mut batch = Batch::new(&gpu);
+            let y = ops::conv2d_quantized(
+                &mut batch,
+                &tx,
+                [k, c, r, s],
+                &qw,
+                Some(&tb),
+                &p,
+                Activation::Relu,
+            )
+            .unwrap();
+            batch.submit().unwrap();
+            assert_eq!(y.shape(), want.shape.as_slice());
+            let context = format!(
+                "{format:?} scratch {} seed {seed}",
+                gpu.scratch_limit_bytes()
+            );
+            assert_close(&y.to_vec::<f32>().unwrap(), &want.data, 1e-5, &context);
+            assert_guard_intact(&y, &context);
+        }
+    }
+}

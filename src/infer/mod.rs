@@ -25,11 +25,10 @@ pub enum Precision {
     #[default]
     F32,
     /// f16 weights and activations (f32 accumulation) where the adapter has `SHADER_F16`;
-    /// elsewhere f16 Linear weights packed in pairs (read with `unpack2x16float`) with f32
-    /// activations and convolution weights.
+    /// elsewhere f16 weights packed in pairs (read with `unpack2x16float`) with f32 activations.
     F16,
-    /// Int8 weights with per-output-channel scales in every Linear layer, dequantized inside the
-    /// kernel; f32 activations (and f32 convolution weights).
+    /// Int8 weights with per-output-channel scales in every Linear and Conv2d layer, dequantized
+    /// inside the kernels; f32 activations.
     Int8,
 }
 
@@ -134,8 +133,8 @@ impl InferenceSession {
                 model.enable_mixed_precision()?;
                 model.params().parameter_count() * 2
             }
-            Precision::F16 => model.quantize_linear_layers(ops::WeightFormat::PackedF16)?,
-            Precision::Int8 => model.quantize_linear_layers(ops::WeightFormat::Int8)?,
+            Precision::F16 => model.quantize_weights(ops::WeightFormat::PackedF16)?,
+            Precision::Int8 => model.quantize_weights(ops::WeightFormat::Int8)?,
         };
         let sizes = bucket_sizes(options.max_batch);
         let mut buckets = Vec::with_capacity(sizes.len());

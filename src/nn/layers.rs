@@ -267,6 +267,29 @@ impl Layer {
                 };
                 ops::matmul_with(batch, x, &self.params[0].0, &options)?
             }
+            LayerSpec::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                ..
+            } if self.quantized.is_some() => {
+                if train {
+                    return Err(Error::InvalidArgument {
+                        op: "Layer::forward",
+                        details: "a quantized layer serves inference only".into(),
+                    });
+                }
+                let q = self.quantized.as_ref().expect("checked above");
+                return ops::conv2d_quantized(
+                    batch,
+                    x,
+                    [*out_channels, *in_channels, kernel.0, kernel.1],
+                    q,
+                    Some(&self.params[1].0),
+                    &self.spec.conv_params(),
+                    self.fused,
+                );
+            }
             LayerSpec::Conv2d { .. } => ops::conv2d(
                 batch,
                 x,

@@ -93,13 +93,14 @@ impl Sequential {
         Ok(())
     }
 
-    /// Stores every Linear layer's weight in `format` (int8 with one scale per output channel, or
-    /// packed f16); the forward pass dequantizes inside the kernel, other layers keep f32. For
-    /// inference: a quantized model cannot train. Returns the bytes all parameters now take.
-    pub fn quantize_linear_layers(&mut self, format: crate::ops::WeightFormat) -> Result<usize> {
+    /// Stores every Linear and Conv2d layer's weight in `format` (int8 with one scale per output
+    /// channel, or packed f16); the forward pass dequantizes inside the kernel, and biases and
+    /// activations stay f32. For inference: a quantized model cannot train. Returns the bytes all
+    /// parameters now take.
+    pub fn quantize_weights(&mut self, format: crate::ops::WeightFormat) -> Result<usize> {
         if self.compute_dtype() != crate::DType::F32 {
             return Err(Error::InvalidArgument {
-                op: "Sequential::quantize_linear_layers",
+                op: "Sequential::quantize_weights",
                 details: "quantize an f32 model (int8 weights take f32 activations)".into(),
             });
         }
@@ -111,9 +112,14 @@ impl Sequential {
                 .by_ref()
                 .take(layer.spec().parameter_shapes().len())
                 .collect();
-            match (layer.spec(), own.first()) {
-                (LayerSpec::Linear { inputs, outputs }, Some((_, _, w))) => {
-                    let (o, i) = (*outputs, *inputs);
+            let quantizable = matches!(
+                layer.spec(),
+                LayerSpec::Linear { .. } | LayerSpec::Conv2d { .. }
+            );
+            match own.first() {
+                Some((_, shape, w)) if quantizable => {
+                    // [out, in] or [out, in, kh, kw]: one row of K = numel / out per channel.
+                    let (o, i) = (shape[0], w.len() / shape[0]);
                     let q = match format {
                         crate::ops::WeightFormat::Int8 => {
                             crate::ops::QuantizedWeights::new(&self.gpu, w, o, i)?

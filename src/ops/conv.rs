@@ -106,13 +106,20 @@ impl Geometry {
 }
 
 fn geometry(op: &'static str, x: &Tensor, w: &Tensor, p: &Conv2dParams) -> Result<Geometry> {
-    let (&[n, c, h, wd], &[k, cg, r, s]) = (x.shape(), w.shape()) else {
+    geometry_of(op, x.shape(), w.shape(), p)
+}
+
+fn geometry_of(
+    op: &'static str,
+    x_shape: &[usize],
+    w_shape: &[usize],
+    p: &Conv2dParams,
+) -> Result<Geometry> {
+    let (&[n, c, h, wd], &[k, cg, r, s]) = (x_shape, w_shape) else {
         return Err(Error::ShapeMismatch {
             op,
             details: format!(
-                "input must be NCHW and filters KCRS (rank 4), got {:?} and {:?}",
-                x.shape(),
-                w.shape()
+                "input must be NCHW and filters KCRS (rank 4), got {x_shape:?} and {w_shape:?}"
             ),
         });
     };
@@ -466,4 +473,69 @@ pub fn conv2d_backward(
         weight: dw,
         bias,
     })
+}
+
+/// act(conv2d(x, W) + bias) with compact filters (int8 with per-output-channel scales, or packed
+/// f16; see [`crate::ops::QuantizedWeights`], made from the KCRS filters as `[K, C·R·S]`):
+/// im2col, then the dequantizing kernel writes NCHW. `filter_shape` is the KCRS shape. Dense
+/// convolutions only (groups 1).
+pub fn conv2d_quantized(
+    batch: &mut Batch,
+    x: &Tensor,
+    filter_shape: [usize; 4],
+    w: &crate::ops::QuantizedWeights,
+    bias: Option<&Tensor>,
+    params: &Conv2dParams,
+    activation: Activation,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d_quantized";
+    if params.groups != 1 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            details: "compact filters serve dense convolutions (groups 1)".into(),
+        });
+    }
+    let g = geometry_of(OP, x.shape(), &filter_shape, params)?;
+    if (w.n, w.k) != (g.k, g.crs()) {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: format!(
+                "filters {filter_shape:?} need weights [{}, {}], got [{}, {}]",
+                g.k,
+                g.crs(),
+                w.n,
+                w.k
+            ),
+        });
+    }
+    if let Some(b) = bias {
+        if b.shape() != [g.k] {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                details: format!("bias must be [{}], got {:?}", g.k, b.shape()),
+            });
+        }
+        same_dtype(OP, &[x, b])?;
+    }
+    same_gpu(OP, batch, &[x, &w.packed])?;
+    let dtype = float_dtype(OP, x)?;
+    let out = Tensor::uninit(batch.gpu(), &g.out_shape(), dtype)?;
+    let chunk = chunk_images(batch, OP, &g, dtype.size())?;
+    let col = Tensor::uninit(batch.gpu(), &[chunk, g.crs(), g.plane_out()], dtype)?;
+    for first in (0..g.n).step_by(chunk) {
+        let images = chunk.min(g.n - first);
+        record_layout(batch, "im2col", &g, first, images, x, &col)?;
+        crate::ops::quantized_linear::record_conv(
+            batch,
+            &col,
+            images,
+            g.plane_out(),
+            w,
+            bias,
+            activation,
+            &out,
+            first * g.k * g.plane_out(),
+        )?;
+    }
+    Ok(out)
 }

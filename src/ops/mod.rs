@@ -11,7 +11,9 @@ pub mod quantized_linear;
 pub mod reduce;
 pub mod softmax;
 
-pub use conv::{conv2d, conv2d_backward, BiasGradient, Conv2dGrads, Conv2dParams};
+pub use conv::{
+    conv2d, conv2d_backward, conv2d_quantized, BiasGradient, Conv2dGrads, Conv2dParams,
+};
 pub use elementwise::{activation, activation_backward, axpy, bias_add, scale_add, scale_in_place};
 pub use loss::{cross_entropy, soft_cross_entropy, Loss, IGNORE_INDEX};
 pub use matmul::{matmul, matmul_backward, matmul_into, matmul_with, MatmulGrads, MatmulOptions};

@@ -17,9 +17,9 @@ crate::shaders::shader_params! {
         k: u32,
         words: u32,
         groups_x: u32,
-        _pad0: u32,
-        _pad1: u32,
-        _pad2: u32,
+        plane: u32,
+        y_offset: u32,
+        _pad: u32,
     }
 }
 pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
@@ -221,4 +221,63 @@ pub fn quantized_linear(
         grid,
     )?;
     Ok(y)
+}
+
+/// The convolution form (`conv` entry): `col` `[images, K, plane]` (im2col of a chunk of images)
+/// times the filters `w` (`[out channels, K]`) into NCHW `y` from element `y_offset`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_conv(
+    batch: &mut Batch,
+    col: &Tensor,
+    images: usize,
+    plane: usize,
+    w: &QuantizedWeights,
+    bias: Option<&Tensor>,
+    activation: Activation,
+    y: &Tensor,
+    y_offset: usize,
+) -> Result<()> {
+    const OP: &str = "conv2d_quantized";
+    let dtype = float_dtype(OP, col)?;
+    if w.k > MAX_INPUTS {
+        return Err(Error::LimitExceeded {
+            what: format!("{OP}: filter taps C·R·S (a per-thread loop)"),
+            requested: w.k as u64,
+            limit: MAX_INPUTS as u64,
+        });
+    }
+    let outputs = images * w.n * plane; // within y, a checked tensor
+    let (grid, groups_x) = fold_grid(batch.gpu(), outputs.div_ceil(64))?;
+    let params = Params {
+        rows: to_u32(OP, "images", images)?,
+        n: to_u32(OP, "outputs", w.n)?,
+        k: to_u32(OP, "inputs", w.k)?,
+        words: to_u32(OP, "words", w.packed.shape()[1])?,
+        groups_x,
+        plane: to_u32(OP, "plane", plane)?,
+        y_offset: to_u32(OP, "offset", y_offset)?,
+        _pad: 0,
+    };
+    let pipeline = batch.gpu().pipeline(PipelineKey {
+        kernel: Kernel::QuantizedLinear,
+        dtype,
+        entry: "conv",
+        constants: vec![
+            ("HAS_BIAS", u32::from(bias.is_some())),
+            ("ACTIVATION", activation.code()),
+            ("FORMAT", u32::from(w.format == WeightFormat::PackedF16)),
+        ],
+    })?;
+    batch.dispatch_bound(
+        &pipeline,
+        bytemuck::bytes_of(&params),
+        &[
+            (1, col),
+            (2, y),
+            (3, &w.packed),
+            (4, &w.scales),
+            (5, bias.unwrap_or(col)),
+        ],
+        grid,
+    )
 }

@@ -1,4 +1,4 @@
-//! Reference int8 Linear, mirroring [`crate::ops::quantized_linear`]: the same quantized weights,
+//! Reference int8 Linear, mirroring [`mod@crate::ops::quantized_linear`]: the same quantized weights,
 //! dequantized, then the reference matmul.
 
 use super::Array;
