@@ -19,48 +19,10 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 mod common;
 
-use common::{full_size_set, random};
+use common::{cnn, full_size_set, mlp, random};
 use wgnn::infer::{InferenceSession, Precision, SessionOptions};
-use wgnn::nn::{Init, LayerSpec, Sequential};
-use wgnn::{Activation, Batch, DType, Gpu, Tensor};
-
-fn relu() -> LayerSpec {
-    LayerSpec::Activation {
-        function: Activation::Relu,
-    }
-}
-
-fn mlp() -> Vec<LayerSpec> {
-    let linear = |inputs, outputs| LayerSpec::Linear { inputs, outputs };
-    vec![
-        linear(64, 256),
-        relu(),
-        linear(256, 256),
-        relu(),
-        linear(256, 10),
-    ]
-}
-
-fn cnn() -> Vec<LayerSpec> {
-    let conv = |in_channels, out_channels| LayerSpec::Conv2d {
-        in_channels,
-        out_channels,
-        kernel: (3, 3),
-        stride: (1, 1),
-        padding: (1, 1),
-    };
-    vec![
-        conv(1, 16),
-        relu(),
-        conv(16, 32),
-        relu(),
-        LayerSpec::Flatten,
-        LayerSpec::Linear {
-            inputs: 2048,
-            outputs: 10,
-        },
-    ]
-}
+use wgnn::nn::{Init, Sequential};
+use wgnn::{Batch, DType, Gpu, Tensor};
 
 fn model(gpu: &Gpu, name: &str) -> Sequential {
     let (specs, input) = if name == "mlp" {
