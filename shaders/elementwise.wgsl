@@ -5,6 +5,7 @@
 //   scale_add            y = alpha · x + beta · z
 //   axpy                 y = y + alpha · x, in place (gradient accumulation)
 //   scale_in_place       y = alpha · y
+//   mul_in_place         y = y · x (a pruning mask)
 // Bindings: 0 params, 1 x (read), 2 y (read_write), 3 z / dy / bias (read; not used by
 // activation_forward). Grid: 256-thread workgroups, folded into y past 65,535 along x.
 // Elem is f32 or f16 (wgnn rewrites the alias); arithmetic is f32. Prelude: activation.wgsl.
@@ -72,4 +73,11 @@ fn scale_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let i = index(wid, l);
     if (i >= params.n) { return; }
     y[i] = Elem(params.alpha * f32(y[i]));
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn mul_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = index(wid, l);
+    if (i >= params.n) { return; }
+    y[i] = Elem(f32(y[i]) * f32(x[i]));
 }

@@ -30,6 +30,7 @@ mod layers;
 mod model;
 mod optimizer;
 mod params;
+pub mod prune;
 mod trainer;
 
 pub use io::SavedModel;
@@ -37,4 +38,4 @@ pub use layers::{Layer, LayerSpec};
 pub use model::{Init, Sequential};
 pub use optimizer::Optimizer;
 pub use params::{HostParameters, ParamId, ParamStore, Parameter};
-pub use trainer::{MixedPrecision, Trainer};
+pub use trainer::{Distillation, MixedPrecision, Trainer};

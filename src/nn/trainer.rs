@@ -20,6 +20,16 @@ pub struct MixedPrecision {
     pub growth_interval: u32,
 }
 
+/// Knowledge distillation settings: the loss is α · T² · CE(softmax(teacher/T), softmax(student/T))
+/// + (1 − α) · CE(labels, student) (Hinton et al.), the teacher's forward recorded in the same step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Distillation {
+    /// Softening temperature T.
+    pub temperature: f32,
+    /// Weight α of the soft-target loss (0: labels only, 1: teacher only).
+    pub alpha: f32,
+}
+
 impl Default for MixedPrecision {
     fn default() -> Self {
         MixedPrecision {
@@ -43,6 +53,8 @@ pub struct Trainer {
     loss_steps: u32,
     inputs: HashMap<usize, (Tensor, Tensor)>,
     loss_scale: Option<LossScale>,
+    mask: Option<super::prune::PruningMask>,
+    teacher: Option<(Sequential, Distillation)>,
 }
 
 impl Trainer {
@@ -58,7 +70,63 @@ impl Trainer {
             loss_steps: 0,
             inputs: HashMap::new(),
             loss_scale: None,
+            mask: None,
+            teacher: None,
         }
+    }
+
+    /// Keeps the weights a mask prunes at exactly zero: applied now and after every optimizer
+    /// step, on the GPU (`None` removes it).
+    pub fn set_pruning_mask(&mut self, mask: Option<super::prune::PruningMask>) -> Result<()> {
+        if let Some(m) = &mask {
+            let gpu = self.model.gpu().clone();
+            let mut batch = Batch::new(&gpu);
+            self.apply_mask(&mut batch, m)?;
+            batch.submit()?;
+        }
+        self.mask = mask;
+        Ok(())
+    }
+
+    /// values *= mask (and the f16 copies follow in mixed precision).
+    fn apply_mask(&self, batch: &mut Batch, mask: &super::prune::PruningMask) -> Result<()> {
+        let params = self.model.params();
+        ops::mul_in_place(batch, params.values(), &mask.mask)?;
+        if let Some((half, _)) = params.half() {
+            ops::amp::cast_from_f32(batch, params.values(), half)?;
+        }
+        Ok(())
+    }
+
+    /// Trains the model as a student of `teacher` (same input shape and classes): every step
+    /// records the teacher's inference forward (fused, no saved state) and the distillation loss.
+    pub fn set_teacher(&mut self, teacher: Sequential, settings: Distillation) -> Result<()> {
+        if !(settings.temperature.is_finite() && settings.temperature > 0.0)
+            || !(0.0..=1.0).contains(&settings.alpha)
+        {
+            return Err(Error::InvalidArgument {
+                op: "Trainer::set_teacher",
+                details: format!(
+                    "temperature must be positive and alpha in [0, 1], got {settings:?}"
+                ),
+            });
+        }
+        if teacher.input_shape() != self.model.input_shape()
+            || teacher.output_shape(1)? != self.model.output_shape(1)?
+        {
+            return Err(Error::ShapeMismatch {
+                op: "Trainer::set_teacher",
+                details: "the teacher's input and output shapes must be the student's".into(),
+            });
+        }
+        if teacher.compute_dtype() != self.model.compute_dtype() {
+            return Err(Error::DtypeMismatch {
+                op: "Trainer::set_teacher",
+                details: "teacher and student must compute in the same precision".into(),
+            });
+        }
+        self.teacher = Some((teacher, settings));
+        Ok(())
     }
 
     /// A trainer in mixed precision: the model switches to f16 compute
@@ -157,6 +225,15 @@ impl Trainer {
             batch.write(&tl, labels)?;
             let logits = self.model.forward(batch, &tx, true)?;
             let loss = ops::cross_entropy(batch, &logits, &tl, self.label_smoothing)?;
+            if let Some((teacher, d)) = self.teacher.as_mut() {
+                // grad = α · soft + (1 − α) · hard; the same mix for the loss.
+                let teacher_logits = teacher.forward(batch, &tx, false)?;
+                let soft = ops::soft_cross_entropy(batch, &logits, &teacher_logits, d.temperature)?;
+                ops::scale_in_place(batch, &loss.grad_logits, 1.0 - d.alpha)?;
+                ops::axpy(batch, d.alpha, &soft.grad_logits, &loss.grad_logits)?;
+                ops::scale_in_place(batch, &loss.loss, 1.0 - d.alpha)?;
+                ops::axpy(batch, d.alpha, &soft.loss, &loss.loss)?;
+            }
             if micro_batches.len() > 1 {
                 ops::scale_in_place(batch, &loss.grad_logits, 1.0 / k)?;
             }
@@ -175,9 +252,17 @@ impl Trainer {
                 self.optimizer
                     .step_unless(batch, params, Some(&scale.found_overflow))?;
                 ops::amp::update_loss_scale(batch, scale)?;
+                if let Some(mask) = &self.mask {
+                    ops::mul_in_place(batch, params.values(), &mask.mask)?;
+                }
                 ops::amp::cast_from_f32(batch, params.values(), half_values)?;
             }
-            _ => self.optimizer.step(batch, params)?,
+            _ => {
+                self.optimizer.step(batch, params)?;
+                if let Some(mask) = &self.mask {
+                    ops::mul_in_place(batch, params.values(), &mask.mask)?;
+                }
+            }
         }
         self.loss_steps += 1;
         Ok(())

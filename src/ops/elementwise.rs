@@ -194,3 +194,21 @@ pub fn scale_in_place(batch: &mut Batch, y: &Tensor, alpha: f32) -> Result<()> {
     })?;
     batch.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), &[(2, y)], grid)
 }
+
+/// y = y · x elementwise, in place (a pruning mask). Same shape and dtype; y must not alias x.
+pub fn mul_in_place(batch: &mut Batch, y: &Tensor, x: &Tensor) -> Result<()> {
+    const OP: &str = "mul_in_place";
+    same_shape(OP, &[x, y])?;
+    same_dtype(OP, &[x, y])?;
+    float_dtype(OP, x)?;
+    crate::ops::distinct_output(OP, &[x], y)?;
+    record(
+        batch,
+        OP,
+        "mul_in_place",
+        Activation::None,
+        &[x],
+        y,
+        (1, 1, 1.0, 0.0),
+    )
+}

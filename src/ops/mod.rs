@@ -14,7 +14,9 @@ pub mod softmax;
 pub use conv::{
     conv2d, conv2d_backward, conv2d_quantized, BiasGradient, Conv2dGrads, Conv2dParams,
 };
-pub use elementwise::{activation, activation_backward, axpy, bias_add, scale_add, scale_in_place};
+pub use elementwise::{
+    activation, activation_backward, axpy, bias_add, mul_in_place, scale_add, scale_in_place,
+};
 pub use loss::{cross_entropy, soft_cross_entropy, Loss, IGNORE_INDEX};
 pub use matmul::{matmul, matmul_backward, matmul_into, matmul_with, MatmulGrads, MatmulOptions};
 pub use optim::{adam_step, clip_grad_norm, sgd_step, AdamConfig, Momentum, SgdConfig};
