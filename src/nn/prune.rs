@@ -86,7 +86,9 @@ impl PruningSchedule {
 
     /// Whether `step` is one where the mask is recomputed.
     pub fn updates_at(&self, step: u64) -> bool {
-        step >= self.start && step <= self.end && (step - self.start) % self.every.max(1) == 0
+        step >= self.start
+            && step <= self.end
+            && (step - self.start).is_multiple_of(self.every.max(1))
     }
 }
 

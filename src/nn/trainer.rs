@@ -101,9 +101,10 @@ impl Trainer {
     /// Trains the model as a student of `teacher` (same input shape and classes): every step
     /// records the teacher's inference forward (fused, no saved state) and the distillation loss.
     pub fn set_teacher(&mut self, teacher: Sequential, settings: Distillation) -> Result<()> {
-        if !(settings.temperature.is_finite() && settings.temperature > 0.0)
-            || !(0.0..=1.0).contains(&settings.alpha)
-        {
+        let valid = settings.temperature.is_finite()
+            && settings.temperature > 0.0
+            && (0.0..=1.0).contains(&settings.alpha);
+        if !valid {
             return Err(Error::InvalidArgument {
                 op: "Trainer::set_teacher",
                 details: format!(
