@@ -294,11 +294,11 @@ fn save_and_load() {
     unknown[at..at + 7].copy_from_slice(b"Flattex");
     let err = SavedModel::from_bytes(&unknown).unwrap_err();
     assert!(err.to_string().contains("layers"), "unknown layer: {err}");
-    // Wrong dtype: f16 data under a layer's name.
+    // Wrong dtype: bytes under a layer's name.
     let view = safetensors::tensor::TensorView::new(
-        safetensors::tensor::Dtype::F16,
+        safetensors::tensor::Dtype::U8,
         vec![10, 5],
-        &[0u8; 100],
+        &[0u8; 50],
     )
     .unwrap();
     let mut meta = std::collections::HashMap::new();
@@ -419,4 +419,54 @@ fn mixed_precision_skips_an_overflowing_step() {
         trainer.model().params().values().to_vec::<f32>().unwrap(),
         before
     );
+}
+
+/// f16 and int8 storage round-trip to the values they stand for (f16 rounding; per-channel int8),
+/// and an int8 file re-quantizes to exactly the same int8 weights.
+#[test]
+fn saved_storages_round_trip() {
+    use wgnn::nn::{SavedModel, Storage};
+    let gpu = gpu();
+    let model = Sequential::new(&gpu, &[1, 8, 8], cnn(), Init::KaimingUniform { seed: 4 }).unwrap();
+    let saved = model.to_saved().unwrap();
+    let f32_bytes = saved.to_bytes_as(Storage::F32).unwrap();
+    let f16_bytes = saved.to_bytes_as(Storage::F16).unwrap();
+    let i8_bytes = saved.to_bytes_as(Storage::Int8).unwrap();
+    assert!(f16_bytes.len() < f32_bytes.len() && i8_bytes.len() < f16_bytes.len());
+    let f16 = SavedModel::from_bytes(&f16_bytes).unwrap();
+    for ((_, _, a), (_, _, b)) in f16.parameters.iter().zip(&saved.parameters) {
+        assert_eq!(a, &round_f16(b));
+    }
+    let i8 = SavedModel::from_bytes(&i8_bytes).unwrap();
+    for ((name, shape, a), (_, _, b)) in i8.parameters.iter().zip(&saved.parameters) {
+        if name.ends_with("weight") {
+            let k = b.len() / shape[0];
+            let (q, scales) = wgnn::ops::quantize_int8(b, shape[0], k);
+            let want: Vec<f32> = q
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| f32::from(v) * scales[i / k])
+                .collect();
+            assert_eq!(a, &want, "{name}");
+            let (q2, scales2) = wgnn::ops::quantize_int8(a, shape[0], k);
+            assert_eq!(
+                (q2, scales2),
+                (q, scales),
+                "{name}: re-quantization is exact"
+            );
+        } else {
+            assert_eq!(a, b, "{name}");
+        }
+    }
+    // A missing scale is a typed error.
+    let mut no_scale = i8_bytes.clone();
+    let at = no_scale
+        .windows(12)
+        .position(|w| w == b"0.weight_sca")
+        .unwrap();
+    no_scale[at] = b'9';
+    assert!(matches!(
+        SavedModel::from_bytes(&no_scale),
+        Err(wgnn::Error::ModelFile { .. })
+    ));
 }

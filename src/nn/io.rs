@@ -23,6 +23,19 @@ fn corrupt(details: impl Into<String>) -> Error {
     }
 }
 
+/// How a saved model stores its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// f32 tensors.
+    #[default]
+    F32,
+    /// f16 tensors (half the bytes; weights are rounded to f16).
+    F16,
+    /// Linear and Conv2d weights as int8 (`I8`) with an f32 scale per output channel in
+    /// `"<name>_scale"`; biases f32.
+    Int8,
+}
+
 /// A model read from a file, before it is placed on a GPU.
 #[derive(Debug, Clone)]
 pub struct SavedModel {
@@ -35,17 +48,66 @@ pub struct SavedModel {
 }
 
 impl SavedModel {
-    /// The safetensors bytes of a model.
+    /// The safetensors bytes of a model, f32.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.to_bytes_as(Storage::F32)
+    }
+
+    /// The safetensors bytes of a model in `storage`.
+    pub fn to_bytes_as(&self, storage: Storage) -> Result<Vec<u8>> {
         let mut metadata = HashMap::new();
         metadata.insert(FORMAT.0.to_string(), FORMAT.1.to_string());
         metadata.insert("input_shape".into(), json(&self.input_shape)?);
         metadata.insert("layers".into(), json(&self.layers)?);
-        let views = self
-            .parameters
+        metadata.insert("storage".into(), format!("{storage:?}").to_lowercase());
+        // (name, dtype, shape, bytes)
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (name, shape, values) in &self.parameters {
+            match storage {
+                Storage::F32 => tensors.push((
+                    name.clone(),
+                    Dtype::F32,
+                    shape.clone(),
+                    bytemuck::cast_slice(values).to_vec(),
+                )),
+                Storage::F16 => {
+                    let half: Vec<half::f16> =
+                        values.iter().map(|&v| half::f16::from_f32(v)).collect();
+                    tensors.push((
+                        name.clone(),
+                        Dtype::F16,
+                        shape.clone(),
+                        bytemuck::cast_slice(&half).to_vec(),
+                    ));
+                }
+                Storage::Int8 if name.ends_with(".weight") => {
+                    let (q, scales) =
+                        crate::ops::quantize_int8(values, shape[0], values.len() / shape[0]);
+                    tensors.push((
+                        name.clone(),
+                        Dtype::I8,
+                        shape.clone(),
+                        bytemuck::cast_slice(&q).to_vec(),
+                    ));
+                    tensors.push((
+                        format!("{name}_scale"),
+                        Dtype::F32,
+                        vec![shape[0]],
+                        bytemuck::cast_slice(&scales).to_vec(),
+                    ));
+                }
+                Storage::Int8 => tensors.push((
+                    name.clone(),
+                    Dtype::F32,
+                    shape.clone(),
+                    bytemuck::cast_slice(values).to_vec(),
+                )),
+            }
+        }
+        let views = tensors
             .iter()
-            .map(|(name, shape, values)| {
-                TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(values))
+            .map(|(name, dtype, shape, bytes)| {
+                TensorView::new(*dtype, shape.clone(), bytes)
                     .map(|v| (name.clone(), v))
                     .map_err(|e| corrupt(e.to_string()))
             })
@@ -76,33 +138,59 @@ impl SavedModel {
         let layers: Vec<LayerSpec> = serde_json::from_str(field("layers")?)
             .map_err(|e| corrupt(format!("layers (an unknown layer?): {e}")))?;
         let mut parameters = Vec::new();
+        let mut expected_tensors = 0usize;
         for (i, spec) in layers.iter().enumerate() {
             for (name, shape) in spec.parameter_shapes() {
                 let name = format!("{i}.{name}");
                 let view = tensors
                     .tensor(&name)
                     .map_err(|_| corrupt(format!("missing tensor {name:?}")))?;
-                if view.dtype() != Dtype::F32 {
-                    return Err(corrupt(format!(
-                        "{name}: dtype {:?}, expected F32",
-                        view.dtype()
-                    )));
-                }
                 if view.shape() != shape.as_slice() {
                     return Err(corrupt(format!(
                         "{name}: shape {:?}, the layer needs {shape:?}",
                         view.shape()
                     )));
                 }
-                let values: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
+                expected_tensors += 1;
+                let values: Vec<f32> = match view.dtype() {
+                    Dtype::F32 => bytemuck::pod_collect_to_vec(view.data()),
+                    Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(view.data())
+                        .into_iter()
+                        .map(f32::from)
+                        .collect(),
+                    Dtype::I8 if name.ends_with(".weight") => {
+                        let scale_name = format!("{name}_scale");
+                        let scales = tensors.tensor(&scale_name).map_err(|_| {
+                            corrupt(format!("{name} is int8 but {scale_name:?} is missing"))
+                        })?;
+                        if scales.dtype() != Dtype::F32 || scales.shape() != [shape[0]] {
+                            return Err(corrupt(format!(
+                                "{scale_name}: must be F32 [{}]",
+                                shape[0]
+                            )));
+                        }
+                        expected_tensors += 1;
+                        let scales: Vec<f32> = bytemuck::pod_collect_to_vec(scales.data());
+                        let per = shape.iter().product::<usize>() / shape[0];
+                        view.data()
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &q)| f32::from(q as i8) * scales[j / per])
+                            .collect()
+                    }
+                    other => {
+                        return Err(corrupt(format!(
+                            "{name}: dtype {other:?}, expected F32, F16 or (weights) I8"
+                        )))
+                    }
+                };
                 parameters.push((name, shape, values));
             }
         }
-        if tensors.len() != parameters.len() {
+        if tensors.len() != expected_tensors {
             return Err(corrupt(format!(
-                "{} tensors in the file, the layers have {} parameters",
+                "{} tensors in the file, the layers need {expected_tensors}",
                 tensors.len(),
-                parameters.len()
             )));
         }
         Ok(SavedModel {
@@ -136,10 +224,16 @@ impl Sequential {
         })
     }
 
-    /// Saves the model as a safetensors file (see the module documentation).
+    /// Saves the model as a safetensors file (see the module documentation), f32.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save_as(path, Storage::F32)
+    }
+
+    /// Saves the model as a safetensors file with its weights in `storage`; [`Self::load`] reads
+    /// every storage back (f16 and int8 weights as the f32 values they stand for).
+    pub fn save_as(&self, path: impl AsRef<Path>, storage: Storage) -> Result<()> {
         let path = path.as_ref();
-        let bytes = self.to_saved()?.to_bytes()?;
+        let bytes = self.to_saved()?.to_bytes_as(storage)?;
         std::fs::write(path, bytes).map_err(|e| Error::Io(format!("{}: {e}", path.display())))
     }
 
