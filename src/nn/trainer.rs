@@ -98,8 +98,9 @@ impl Trainer {
         Ok(())
     }
 
-    /// Trains the model as a student of `teacher` (same input shape and classes): every step
-    /// records the teacher's inference forward (fused, no saved state) and the distillation loss.
+    /// Trains the model as a student of `teacher` (as many values per sample, in the teacher's own
+    /// shape, and the same classes): every step records the teacher's inference forward (fused, no
+    /// saved state) and the distillation loss.
     pub fn set_teacher(&mut self, teacher: Sequential, settings: Distillation) -> Result<()> {
         let valid = settings.temperature.is_finite()
             && settings.temperature > 0.0
@@ -112,12 +113,16 @@ impl Trainer {
                 ),
             });
         }
-        if teacher.input_shape() != self.model.input_shape()
+        let per_sample = |m: &Sequential| m.input_shape().iter().product::<usize>();
+        if per_sample(&teacher) != per_sample(&self.model)
             || teacher.output_shape(1)? != self.model.output_shape(1)?
         {
             return Err(Error::ShapeMismatch {
                 op: "Trainer::set_teacher",
-                details: "the teacher's input and output shapes must be the student's".into(),
+                details: "the teacher must take as many values per sample as the student (its \
+                          own shape: a CNN teacher can read an MLP student's flat rows) and give \
+                          the same outputs"
+                    .into(),
             });
         }
         if teacher.compute_dtype() != self.model.compute_dtype() {
@@ -228,7 +233,8 @@ impl Trainer {
             let loss = ops::cross_entropy(batch, &logits, &tl, self.label_smoothing)?;
             if let Some((teacher, d)) = self.teacher.as_mut() {
                 // grad = α · soft + (1 − α) · hard; the same mix for the loss.
-                let teacher_logits = teacher.forward(batch, &tx, false)?;
+                let shape = [&[rows][..], teacher.input_shape()].concat();
+                let teacher_logits = teacher.forward(batch, &tx.reshape(&shape)?, false)?;
                 let soft = ops::soft_cross_entropy(batch, &logits, &teacher_logits, d.temperature)?;
                 ops::scale_in_place(batch, &loss.grad_logits, 1.0 - d.alpha)?;
                 ops::axpy(batch, d.alpha, &soft.grad_logits, &loss.grad_logits)?;
