@@ -148,7 +148,7 @@ fn structured_pruning_equals_the_masked_original() {
     for fraction in [0.5f32, 0.8] {
         let plan = structured_plan(&original, fraction).unwrap();
         assert_eq!(plan.keep.len(), 3, "every parametric layer but the last");
-        let masked = mask_structured(&original, &plan);
+        let masked = mask_structured(&original, &plan).unwrap();
         let small = apply_structured(&original, &plan).unwrap();
         let count = |m: &SavedModel| m.parameters.iter().map(|(_, _, v)| v.len()).sum::<usize>();
         assert!(count(&small) < count(&original));
@@ -168,6 +168,21 @@ fn structured_pruning_equals_the_masked_original() {
         let context = format!("fraction {fraction} seed {seed}");
         assert_close(&run(&small).data, &run(&masked).data, 1e-5, &context);
     }
+    // A plan of another model, or units out of range, is a typed error, not a panic.
+    let bad = wgnn::nn::prune::StructuredPlan {
+        keep: vec![(1, vec![0])],
+    };
+    assert!(matches!(
+        apply_structured(&original, &bad),
+        Err(wgnn::Error::InvalidArgument { .. })
+    ));
+    let bad = wgnn::nn::prune::StructuredPlan {
+        keep: vec![(0, vec![3, 99])],
+    };
+    assert!(matches!(
+        mask_structured(&original, &bad),
+        Err(wgnn::Error::InvalidArgument { .. })
+    ));
 }
 
 /// One distillation step on the GPU against the reference: the gradient is α · soft + (1 − α) ·

@@ -142,39 +142,77 @@ fn weight_of(model: &SavedModel, layer: usize) -> Result<&(String, Vec<usize>, V
         })
 }
 
-fn param_mut<'a>(model: &'a mut SavedModel, name: &str) -> &'a mut (String, Vec<usize>, Vec<f32>) {
+fn param_mut<'a>(
+    model: &'a mut SavedModel,
+    name: &str,
+) -> Result<&'a mut (String, Vec<usize>, Vec<f32>)> {
     model
         .parameters
         .iter_mut()
         .find(|(n, _, _)| n == name)
-        .expect("the plan names parameters of this model")
+        .ok_or_else(|| Error::InvalidArgument {
+            op: "structured pruning",
+            details: format!(
+                "the plan names {name}, which this model lacks (a plan of another model?)"
+            ),
+        })
+}
+
+/// The plan's layers must be this model's Linear or Conv2d layers, with units in range.
+fn check_plan(model: &SavedModel, plan: &StructuredPlan) -> Result<()> {
+    for (layer, kept) in &plan.keep {
+        let units = match model.layers.get(*layer) {
+            Some(LayerSpec::Linear { outputs, .. }) => *outputs,
+            Some(LayerSpec::Conv2d { out_channels, .. }) => *out_channels,
+            _ => {
+                return Err(Error::InvalidArgument {
+                    op: "structured pruning",
+                    details: format!("layer {layer} is not a Linear or Conv2d of this model"),
+                })
+            }
+        };
+        if kept.is_empty()
+            || kept.iter().any(|&u| u >= units)
+            || !kept.windows(2).all(|w| w[0] < w[1])
+        {
+            return Err(Error::InvalidArgument {
+                op: "structured pruning",
+                details: format!(
+                    "layer {layer}: kept units must be increasing, in 0..{units}, and not none"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The original model with the planned units' weights and biases set to zero: it computes what
 /// the smaller model of [`apply_structured`] computes (for activations with act(0) = 0).
-pub fn mask_structured(model: &SavedModel, plan: &StructuredPlan) -> SavedModel {
+pub fn mask_structured(model: &SavedModel, plan: &StructuredPlan) -> Result<SavedModel> {
+    check_plan(model, plan)?;
     let mut out = model.clone();
     for (layer, kept) in &plan.keep {
-        let (_, shape, w) = param_mut(&mut out, &format!("{layer}.weight"));
+        let (_, shape, w) = param_mut(&mut out, &format!("{layer}.weight"))?;
         let per = w.len() / shape[0];
         for u in 0..shape[0] {
             if kept.binary_search(&u).is_err() {
                 w[u * per..(u + 1) * per].fill(0.0);
             }
         }
-        let (_, _, b) = param_mut(&mut out, &format!("{layer}.bias"));
+        let (_, _, b) = param_mut(&mut out, &format!("{layer}.bias"))?;
         for (u, v) in b.iter_mut().enumerate() {
             if kept.binary_search(&u).is_err() {
                 *v = 0.0;
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The smaller dense model the plan describes: pruned units leave their layer, and the inputs they
 /// fed leave the next parametric layer (through activations, pooling and flattening).
 pub fn apply_structured(model: &SavedModel, plan: &StructuredPlan) -> Result<SavedModel> {
+    check_plan(model, plan)?;
     let mut out = model.clone();
     // Per-sample shapes at every layer's input, to map channels to flattened features.
     let mut shapes = vec![[&[1usize][..], &model.input_shape].concat()];
@@ -185,7 +223,7 @@ pub fn apply_structured(model: &SavedModel, plan: &StructuredPlan) -> Result<Sav
     for (layer, kept) in &plan.keep {
         // This layer: keep the rows (output units) and bias entries.
         {
-            let (_, shape, w) = param_mut(&mut out, &format!("{layer}.weight"));
+            let (_, shape, w) = param_mut(&mut out, &format!("{layer}.weight"))?;
             let per = w.len() / shape[0];
             *w = kept
                 .iter()
@@ -194,7 +232,7 @@ pub fn apply_structured(model: &SavedModel, plan: &StructuredPlan) -> Result<Sav
             shape[0] = kept.len();
         }
         {
-            let (_, shape, b) = param_mut(&mut out, &format!("{layer}.bias"));
+            let (_, shape, b) = param_mut(&mut out, &format!("{layer}.bias"))?;
             *b = kept.iter().map(|&u| b[u]).collect();
             shape[0] = kept.len();
         }
@@ -217,7 +255,7 @@ pub fn apply_structured(model: &SavedModel, plan: &StructuredPlan) -> Result<Sav
                 op: "apply_structured",
                 details: "the last parametric layer cannot be pruned".into(),
             })?;
-        let (_, shape, w) = param_mut(&mut out, &format!("{next}.weight"));
+        let (_, shape, w) = param_mut(&mut out, &format!("{next}.weight"))?;
         let (rows, cols) = (shape[0], w.len() / shape[0]);
         let old_inputs = shape[1];
         let inner = cols / old_inputs; // kh·kw for a conv, 1 for a Linear
