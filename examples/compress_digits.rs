@@ -152,7 +152,7 @@ fn main() -> Result<()> {
     let mut teacher_path = PathBuf::from("target/train_digits/digits_cnn.safetensors");
     let mut price = 0.10f64;
     let mut out = PathBuf::from("target/compress_digits");
-    let mut distill = (60usize, 2e-2f32, 6.0f32, 0.8f32); // epochs, lr, temperature, alpha
+    let mut distill = (40usize, 2e-2f32, 4.0f32, 0.7f32); // epochs, lr, temperature, alpha
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
@@ -286,14 +286,12 @@ fn main() -> Result<()> {
     let mut trainer = Trainer::new(student, Optimizer::adam(AdamConfig::adam(distill.1)));
     // The student reads flat 64-pixel rows; the teacher reads the same values as 1×8×8 images.
     let teacher_model = teacher.clone().into_model(&gpu)?;
-    trainer.set_teacher(
-        teacher_model,
-        Distillation {
-            temperature: 4.0,
-            alpha: 0.7,
-        },
-    )?;
-    epochs(&mut trainer, &train, 40, 9, |_, _| Ok(()))?;
+    let settings = Distillation {
+        temperature: distill.2,
+        alpha: distill.3,
+    };
+    trainer.set_teacher(teacher_model, settings)?;
+    epochs(&mut trainer, &train, distill.0, 9, |_, _| Ok(()))?;
     let distilled = trainer.model().to_saved()?;
     rows.push(measure(
         &gpu,
