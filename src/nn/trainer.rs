@@ -49,7 +49,8 @@ pub struct Trainer {
     optimizer: Optimizer,
     /// Label smoothing of the cross-entropy.
     pub label_smoothing: f32,
-    loss_sum: Tensor,
+    /// The loss summed over the steps since the last read (made on the first step).
+    loss_sum: Option<Tensor>,
     loss_steps: u32,
     inputs: HashMap<usize, (Tensor, Tensor)>,
     loss_scale: Option<LossScale>,
@@ -60,13 +61,11 @@ pub struct Trainer {
 impl Trainer {
     /// A trainer for `model` with `optimizer`.
     pub fn new(model: Sequential, optimizer: Optimizer) -> Self {
-        let loss_sum = Tensor::zeros(model.gpu(), &[1], DType::F32)
-            .expect("a one-element tensor fits every adapter");
         Trainer {
             model,
             optimizer,
             label_smoothing: 0.0,
-            loss_sum,
+            loss_sum: None,
             loss_steps: 0,
             inputs: HashMap::new(),
             loss_scale: None,
@@ -248,7 +247,12 @@ impl Trainer {
                 ops::amp::scale_by_loss_scale(batch, &loss.grad_logits, scale)?;
             }
             self.model.backward(batch, &loss.grad_logits)?;
-            ops::axpy(batch, 1.0 / k, &loss.loss, &self.loss_sum)?;
+            if self.loss_sum.is_none() {
+                self.loss_sum = Some(Tensor::zeros(self.model.gpu(), &[1], DType::F32)?);
+            }
+            if let Some(sum) = &self.loss_sum {
+                ops::axpy(batch, 1.0 / k, &loss.loss, sum)?;
+            }
         }
         let params = self.model.params();
         match (&self.loss_scale, params.half()) {
@@ -278,9 +282,12 @@ impl Trainer {
     /// The mean training loss over the steps since the last call (NaN if there were none). One
     /// readback: call it every N steps, not every step.
     pub fn mean_loss(&mut self) -> Result<f32> {
-        let sum = self.loss_sum.to_vec::<f32>()?[0];
+        let Some(loss_sum) = &self.loss_sum else {
+            return Ok(f32::NAN);
+        };
+        let sum = loss_sum.to_vec::<f32>()?[0];
         let mean = sum / self.loss_steps as f32;
-        self.loss_sum.write(&[0.0f32])?;
+        loss_sum.write(&[0.0f32])?;
         self.loss_steps = 0;
         Ok(mean)
     }
