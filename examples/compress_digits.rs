@@ -180,36 +180,15 @@ fn main() -> Result<()> {
     let (train, test) = Digits::load()?.split(0.2, 42);
     let teacher = SavedModel::read(&teacher_path)?;
     let mut rows = Vec::new();
-    rows.push(measure(
-        &gpu,
-        "teacher f32",
-        &teacher,
-        Precision::F32,
-        Storage::F32,
-        &test,
-        price,
-        &out,
-    )?);
-    rows.push(measure(
-        &gpu,
-        "teacher f16",
-        &teacher,
-        Precision::F16,
-        Storage::F16,
-        &test,
-        price,
-        &out,
-    )?);
-    rows.push(measure(
-        &gpu,
-        "teacher int8",
-        &teacher,
-        Precision::Int8,
-        Storage::Int8,
-        &test,
-        price,
-        &out,
-    )?);
+    for (name, precision, storage) in [
+        ("teacher f32", Precision::F32, Storage::F32),
+        ("teacher f16", Precision::F16, Storage::F16),
+        ("teacher int8", Precision::Int8, Storage::Int8),
+    ] {
+        rows.push(measure(
+            &gpu, name, &teacher, precision, storage, &test, price, &out,
+        )?);
+    }
 
     for fraction in [0.5f32, 0.8] {
         // Structured: remove the weakest neurons and channels, then fine-tune the smaller model.
