@@ -6,8 +6,8 @@
 //! row makes that row NaN, as in PyTorch.
 
 use crate::batch::Batch;
-use crate::error::{Error, Result};
-use crate::ops::{distinct_output, float_dtype, same_dtype, same_gpu, same_shape};
+use crate::error::Result;
+use crate::ops::{distinct_output, float_dtype, fold_grid, same_dtype, same_gpu, same_shape};
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::DType;
 use crate::tensor::Tensor;
@@ -66,7 +66,7 @@ pub fn softmax_into(batch: &mut Batch, x: &Tensor, y: &Tensor, kind: SoftmaxKind
     let log = kind == SoftmaxKind::LogSoftmax;
     let op = if log { "log_softmax" } else { "softmax" };
     check(op, batch, &[x], y)?;
-    record(batch, op, "forward", log, &[x, y])
+    record(batch, "forward", log, &[x, y])
 }
 
 /// dL/dx of softmax, from its output `y` and dL/dy: y ⊙ (dy − Σ dy ⊙ y).
@@ -88,7 +88,7 @@ fn backward(
 ) -> Result<Tensor> {
     let dx = Tensor::uninit(batch.gpu(), y.shape(), float_dtype(op, y)?)?;
     check(op, batch, &[y, grad_y], &dx)?;
-    record(batch, op, "backward", log, &[y, &dx, grad_y])?;
+    record(batch, "backward", log, &[y, &dx, grad_y])?;
     Ok(dx)
 }
 
@@ -105,29 +105,13 @@ fn check(op: &'static str, batch: &Batch, inputs: &[&Tensor], out: &Tensor) -> R
 }
 
 /// `tensors`: bindings 1.. of the entry point: forward [x, y], backward [y, dx, dy].
-fn record(
-    batch: &mut Batch,
-    op: &'static str,
-    entry: &'static str,
-    log: bool,
-    tensors: &[&Tensor],
-) -> Result<()> {
+fn record(batch: &mut Batch, entry: &'static str, log: bool, tensors: &[&Tensor]) -> Result<()> {
     let x = tensors[0];
     let shape = x.shape();
     let cols = shape[shape.len() - 1];
     let rows = x.numel() / cols;
     let forward = entry == "forward";
     let gpu = batch.gpu().clone();
-    let max_x = gpu.limits().max_compute_workgroups_per_dimension as usize;
-    let grid = |groups: usize| -> Result<([u32; 3], usize)> {
-        let per_x = groups.min(max_x);
-        let y = u32::try_from(groups.div_ceil(per_x)).map_err(|_| Error::LimitExceeded {
-            what: format!("{op}: workgroups"),
-            requested: groups as u64,
-            limit: (max_x as u64).pow(2),
-        })?;
-        Ok(([per_x as u32, y, 1], per_x))
-    };
     let mut params = Params {
         rows: rows as u32, // numel < 2^32 is checked when tensors are made
         cols: cols as u32,
@@ -137,8 +121,8 @@ fn record(
     if cols > LONG_ROW {
         let chunks = cols.div_ceil(CHUNK);
         let stats = Tensor::uninit(&gpu, &[rows * chunks, 2], DType::F32)?;
-        let (grid, per_x) = grid(rows * chunks)?;
-        params.groups_x = per_x as u32;
+        let (grid, groups_x) = fold_grid(&gpu, rows * chunks)?;
+        params.groups_x = groups_x;
         params.chunks = chunks as u32;
         let (first, second) = if forward {
             ("forward_chunk_stats", "forward_chunks")
@@ -184,8 +168,8 @@ fn record(
     } else {
         (entry, vec![("LOG", u32::from(log))])
     };
-    let (grid, per_x) = grid(rows.div_ceil(256 / threads_per_row))?;
-    params.groups_x = per_x as u32;
+    let (grid, groups_x) = fold_grid(&gpu, rows.div_ceil(256 / threads_per_row))?;
+    params.groups_x = groups_x;
     let pipeline = gpu.pipeline(PipelineKey {
         kernel: Kernel::Softmax,
         dtype: x.dtype(),
