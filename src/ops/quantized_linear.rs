@@ -196,30 +196,7 @@ pub fn quantized_linear(
         groups_x,
         ..Default::default()
     };
-    let pipeline = batch.gpu().pipeline(PipelineKey {
-        kernel: Kernel::QuantizedLinear,
-        dtype,
-        entry: "main",
-        constants: vec![
-            ("HAS_BIAS", u32::from(bias.is_some())),
-            ("ACTIVATION", activation.code()),
-            ("FORMAT", u32::from(w.format == WeightFormat::PackedF16)),
-        ],
-    })?;
-    // Without a bias, x fills the (unread) bias slot.
-    let bias_slot = bias.unwrap_or(x);
-    batch.dispatch_bound(
-        &pipeline,
-        bytemuck::bytes_of(&params),
-        &[
-            (1, x),
-            (2, &y),
-            (3, &w.packed),
-            (4, &w.scales),
-            (5, bias_slot),
-        ],
-        grid,
-    )?;
+    dispatch(batch, "main", &params, grid, (x, &y), w, bias, activation)?;
     Ok(y)
 }
 
@@ -238,7 +215,7 @@ pub(crate) fn record_conv(
     y_offset: usize,
 ) -> Result<()> {
     const OP: &str = "conv2d_quantized";
-    let dtype = float_dtype(OP, col)?;
+    float_dtype(OP, col)?;
     if w.k > MAX_INPUTS {
         return Err(Error::LimitExceeded {
             what: format!("{OP}: filter taps C·R·S (a per-thread loop)"),
@@ -258,10 +235,26 @@ pub(crate) fn record_conv(
         y_offset: to_u32(OP, "offset", y_offset)?,
         _pad: 0,
     };
+    dispatch(batch, "conv", &params, grid, (col, y), w, bias, activation)
+}
+
+/// Records `entry` with `x` and `y` at bindings 1 and 2; without a bias, x fills the (unread)
+/// bias slot.
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    batch: &mut Batch,
+    entry: &'static str,
+    params: &Params,
+    grid: [u32; 3],
+    (x, y): (&Tensor, &Tensor),
+    w: &QuantizedWeights,
+    bias: Option<&Tensor>,
+    activation: Activation,
+) -> Result<()> {
     let pipeline = batch.gpu().pipeline(PipelineKey {
         kernel: Kernel::QuantizedLinear,
-        dtype,
-        entry: "conv",
+        dtype: x.dtype(),
+        entry,
         constants: vec![
             ("HAS_BIAS", u32::from(bias.is_some())),
             ("ACTIVATION", activation.code()),
@@ -270,13 +263,13 @@ pub(crate) fn record_conv(
     })?;
     batch.dispatch_bound(
         &pipeline,
-        bytemuck::bytes_of(&params),
+        bytemuck::bytes_of(params),
         &[
-            (1, col),
+            (1, x),
             (2, y),
             (3, &w.packed),
             (4, &w.scales),
-            (5, bias.unwrap_or(col)),
+            (5, bias.unwrap_or(x)),
         ],
         grid,
     )
