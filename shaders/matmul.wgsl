@@ -8,10 +8,13 @@
 // Every tensor is bound as array<vec4<Elem>>: rows whose length is a multiple of 4 load 16 bytes at a
 // time (ALIGNED_*), other rows read single components with bounds checks, so any M, N, K works.
 //
-// Tiling: 256 threads (16×16) compute a TILE×TILE block of C, each thread (TILE/16)² outputs in
-// groups of 4×4 spaced 64 apart (conflict-free shared reads, coalesced stores). Per k-step of
-// BK = 1024/TILE, every thread loads one vec4 of A and one of B into registers ahead of use, then
-// stores them into shared memory, k-major, so the inner loop reads vec4s of A and B.
+// Tiling (the tuned candidates, see src/tune.rs): WG×WG threads compute a TILE×TILE block of C,
+// TILE = 4·WG·GROUPS; each thread owns GROUPS² blocks of 4×4 outputs spaced 4·WG apart
+// (conflict-free shared reads, coalesced stores). Per k-step of BK = WG / GROUPS, every thread loads
+// one vec4 of A and one of B into registers ahead of use, then stores them into shared memory,
+// k-major, so the inner loop reads vec4s of A and B. DIRECT skips shared memory and barriers: each
+// thread reads its own rows of A and columns of B straight from memory, 4 k at a time (suits CPU
+// adapters, where shared memory is ordinary memory and a barrier switches coroutines).
 // Elem is f32, or f16 (wgnn rewrites the alias and adds `enable f16;`); accumulation is always f32.
 // Prelude: activation.wgsl (`activate`, `ACTIVATION`).
 //
@@ -51,7 +54,10 @@ struct Params {
     _pad2: u32,
 }
 
-override TILE: u32 = 128u;          // 64 or 128
+override WG: u32 = 16u;             // threads per side of the workgroup: 4, 8 or 16
+override GROUPS: u32 = 2u;          // 4×4 output blocks per thread along each axis: 1 or 2
+override DIRECT: bool = false;      // no shared memory (see above)
+override TILE: u32 = 4u * WG * GROUPS;
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override ALIGNED_A: bool = false;   // A's stored row length is a multiple of 4
@@ -62,8 +68,11 @@ override ACCUMULATE: bool = false;  // C += result instead of C = result
 override BIAS_PER_ROW: bool = false; // bias[M] added along rows (conv output channels), not bias[N]
 override PARTIAL_ACCUMULATE: bool = false; // main_partial adds to `part` instead of overwriting it
 
-const BK_MAX: u32 = 16u;
-const TILE_MAX: u32 = 128u;
+// k-step of one tile: BK = WG / GROUPS elements shared, or 4 read directly.
+fn k_step() -> u32 {
+    if (DIRECT) { return 4u; }
+    return WG / GROUPS;
+}
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<Elem>>;
@@ -72,9 +81,9 @@ const TILE_MAX: u32 = 128u;
 @group(0) @binding(4) var<storage, read> bias: array<vec4<Elem>>;
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>;
 
-// k-major tiles: as_[k * TILE/4 + m/4] holds opA(A)[m..m+4, k].
-var<workgroup> as_: array<vec4<f32>, BK_MAX * TILE_MAX / 4u>;
-var<workgroup> bs_: array<vec4<f32>, BK_MAX * TILE_MAX / 4u>;
+// k-major tiles: as_[k * TILE/4 + m/4] holds opA(A)[m..m+4, k]; BK·TILE/4 = WG² ≤ 256 vec4s.
+var<workgroup> as_: array<vec4<f32>, 256>;
+var<workgroup> bs_: array<vec4<f32>, 256>;
 
 // Bias element i (a row's or a column's), past the bias view's offset.
 fn bias_at(i: u32) -> f32 {
@@ -124,10 +133,11 @@ fn split_of(wz: u32, tiles: u32) -> Split {
                  t_lo, min(t_lo + params.t_per_split, tiles));
 }
 
-// This thread's 8×8 (4×4) accumulators of the TILE×TILE block at (row0, col0) over split `sp`.
+// This thread's (4·GROUPS)² accumulators of the TILE×TILE block at (row0, col0) over split `sp`;
+// acc[(gi·4 + i)·2 + gj] holds row row0 + gi·4·WG + lid.y·4 + i, columns col0 + gj·4·WG + lid.x·4 + 0..4.
 fn tile_product(lid: vec3<u32>, l: u32, row0: u32, col0: u32, sp: Split) -> array<vec4<f32>, 16> {
-    let bk = 1024u / TILE;          // k-steps per tile: 8 for 128, 16 for 64
-    let groups = TILE / 64u;        // 4×4 output groups per thread along each axis
+    if (DIRECT) { return direct_product(lid, row0, col0, sp); }
+    let bk = k_step();
     let tq = TILE / 4u;             // vec4s per tile row
     let m = params.m;
     let n = params.n;
@@ -189,13 +199,13 @@ fn tile_product(lid: vec3<u32>, l: u32, row0: u32, col0: u32, sp: Split) -> arra
             for (var kk = 0u; kk < bk; kk++) {
                 var fa: array<vec4<f32>, 2>;
                 var fb: array<vec4<f32>, 2>;
-                for (var g = 0u; g < groups; g++) {
-                    fa[g] = as_[kk * tq + g * 16u + lid.y];
-                    fb[g] = bs_[kk * tq + g * 16u + lid.x];
+                for (var g = 0u; g < GROUPS; g++) {
+                    fa[g] = as_[kk * tq + g * WG + lid.y];
+                    fb[g] = bs_[kk * tq + g * WG + lid.x];
                 }
-                for (var gi = 0u; gi < groups; gi++) {
+                for (var gi = 0u; gi < GROUPS; gi++) {
                     for (var i = 0u; i < 4u; i++) {
-                        for (var gj = 0u; gj < groups; gj++) {
+                        for (var gj = 0u; gj < GROUPS; gj++) {
                             let slot = (gi * 4u + i) * 2u + gj;
                             acc[slot] = fma(vec4<f32>(fa[gi][i]), fb[gj], acc[slot]);
                         }
@@ -205,6 +215,64 @@ fn tile_product(lid: vec3<u32>, l: u32, row0: u32, col0: u32, sp: Split) -> arra
             workgroupBarrier();
         }
     }
+    return acc;
+}
+
+// tile_product without shared memory for 4×4 outputs per thread: per step of 4 k, this thread
+// loads a 4×4 block of opA and one of opB (vec4 loads along each stored row) and multiplies them.
+// Written out without arrays or loops over registers: CPU compilers keep it all in registers.
+fn direct_product(lid: vec3<u32>, row0: u32, col0: u32, sp: Split) -> array<vec4<f32>, 16> {
+    let m = params.m;
+    let n = params.n;
+    let kdim = params.k;
+    let row = row0 + lid.y * 4u;
+    let col = col0 + lid.x * 4u;
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+    for (var r = sp.r_lo; r < sp.r_hi; r++) {
+        let a_base = params.a_offset + sp.z * params.a_stride_z + r * params.a_stride_r;
+        let b_base = params.b_offset + sp.z * params.b_stride_z + r * params.b_stride_r;
+        for (var t = sp.t_lo; t < sp.t_hi; t++) {
+            let k = t * 4u;
+            // a_i = opA[row + i, k..k+4]; b_e = opB[k + e, col..col+4].
+            var a = mat4x4<f32>();
+            var b = mat4x4<f32>();
+            if (TRANS_A) {
+                a = transpose(mat4x4<f32>(fetch_a(a_base, k, row, kdim, m),
+                                          fetch_a(a_base, k + 1u, row, kdim, m),
+                                          fetch_a(a_base, k + 2u, row, kdim, m),
+                                          fetch_a(a_base, k + 3u, row, kdim, m)));
+            } else {
+                a = mat4x4<f32>(fetch_a(a_base, row, k, m, kdim),
+                                fetch_a(a_base, row + 1u, k, m, kdim),
+                                fetch_a(a_base, row + 2u, k, m, kdim),
+                                fetch_a(a_base, row + 3u, k, m, kdim));
+            }
+            if (TRANS_B) {
+                b = transpose(mat4x4<f32>(fetch_b(b_base, col, k, n, kdim),
+                                          fetch_b(b_base, col + 1u, k, n, kdim),
+                                          fetch_b(b_base, col + 2u, k, n, kdim),
+                                          fetch_b(b_base, col + 3u, k, n, kdim)));
+            } else {
+                b = mat4x4<f32>(fetch_b(b_base, k, col, kdim, n),
+                                fetch_b(b_base, k + 1u, col, kdim, n),
+                                fetch_b(b_base, k + 2u, col, kdim, n),
+                                fetch_b(b_base, k + 3u, col, kdim, n));
+            }
+            // Row i of the product is b · a_i (b's columns are opB's rows).
+            c0 += b * a[0];
+            c1 += b * a[1];
+            c2 += b * a[2];
+            c3 += b * a[3];
+        }
+    }
+    var acc: array<vec4<f32>, 16>;
+    acc[0] = c0;
+    acc[2] = c1;
+    acc[4] = c2;
+    acc[6] = c3;
     return acc;
 }
 
@@ -241,20 +309,19 @@ fn store_c(z: u32, row: u32, col: u32, value: vec4<f32>) {
     }
 }
 
-@compute @workgroup_size(16, 16, 1)
+@compute @workgroup_size(WG, WG, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) l: u32) {
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
-    let sp = split_of(wid.z, (params.k + 1024u / TILE - 1u) / (1024u / TILE));
+    let sp = split_of(wid.z, (params.k + k_step() - 1u) / k_step());
     let acc = tile_product(lid, l, row0, col0, sp);
-    let groups = TILE / 64u;
-    for (var gi = 0u; gi < groups; gi++) {
+    for (var gi = 0u; gi < GROUPS; gi++) {
         for (var i = 0u; i < 4u; i++) {
-            let row = row0 + gi * 64u + lid.y * 4u + i;
+            let row = row0 + gi * 4u * WG + lid.y * 4u + i;
             if (row >= params.m) { continue; }
-            for (var gj = 0u; gj < groups; gj++) {
-                let col = col0 + gj * 64u + lid.x * 4u;
+            for (var gj = 0u; gj < GROUPS; gj++) {
+                let col = col0 + gj * 4u * WG + lid.x * 4u;
                 if (col >= params.n) { continue; }
                 store_c(sp.z, row, col, acc[(gi * 4u + i) * 2u + gj]);
             }
@@ -263,22 +330,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 
 // One split's sum into its slab of `part`: slab (s · batches + z) holds [M, N].
-@compute @workgroup_size(16, 16, 1)
+@compute @workgroup_size(WG, WG, 1)
 fn main_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(local_invocation_index) l: u32) {
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
-    let sp = split_of(wid.z, (params.k + 1024u / TILE - 1u) / (1024u / TILE));
+    let sp = split_of(wid.z, (params.k + k_step() - 1u) / k_step());
     let acc = tile_product(lid, l, row0, col0, sp);
     let n = params.n;
     let slab = ((wid.z % params.splits) * params.batches + sp.z) * params.m * n;
-    let groups = TILE / 64u;
-    for (var gi = 0u; gi < groups; gi++) {
+    for (var gi = 0u; gi < GROUPS; gi++) {
         for (var i = 0u; i < 4u; i++) {
-            let row = row0 + gi * 64u + lid.y * 4u + i;
+            let row = row0 + gi * 4u * WG + lid.y * 4u + i;
             if (row >= params.m) { continue; }
-            for (var gj = 0u; gj < groups; gj++) {
-                let col = col0 + gj * 64u + lid.x * 4u;
+            for (var gj = 0u; gj < GROUPS; gj++) {
+                let col = col0 + gj * 4u * WG + lid.x * 4u;
                 if (col >= n) { continue; }
                 let idx = slab + row * n + col;
                 var v = acc[(gi * 4u + i) * 2u + gj];

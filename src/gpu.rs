@@ -1,13 +1,16 @@
 //! The GPU context: adapter choice, device, features, limits, the pipeline cache and the buffer pool.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::pool::{BufferPool, PoolStats};
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::DType;
+use crate::tune::{TunedOp, Tuner, Tuning, TuningRecord};
 
 /// The device features wgnn uses when the adapter has them. None is required.
 pub const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
@@ -39,6 +42,12 @@ pub struct GpuOptions {
     /// are freed. Default [`crate::DEFAULT_POOL_IDLE_LIMIT`] (512 MiB). Keep it above one training
     /// step's working set, or steps will allocate. Env: `WGNN_POOL_IDLE_LIMIT` (bytes).
     pub pool_idle_limit_bytes: Option<u64>,
+    /// Whether ops time their candidate kernels on first use ([`crate::tune`]). Env: `WGNN_TUNE`
+    /// (`off` or `0` for [`Tuning::Off`], `session` for [`Tuning::Session`]).
+    pub tuning: Tuning,
+    /// Where tuning choices persist. Default: [`crate::tune::default_cache_dir`].
+    /// Env: `WGNN_TUNE_CACHE` (a directory).
+    pub tuning_cache_dir: Option<PathBuf>,
 }
 
 impl GpuOptions {
@@ -55,6 +64,12 @@ impl GpuOptions {
             portable_only: var("WGNN_PORTABLE").is_some_and(|v| v != "0"),
             scratch_limit_bytes: var("WGNN_SCRATCH_LIMIT").and_then(|v| v.parse().ok()),
             pool_idle_limit_bytes: var("WGNN_POOL_IDLE_LIMIT").and_then(|v| v.parse().ok()),
+            tuning: match var("WGNN_TUNE").map(|v| v.to_lowercase()).as_deref() {
+                Some("off" | "0" | "false") => Tuning::Off,
+                Some("session") => Tuning::Session,
+                _ => Tuning::Auto,
+            },
+            tuning_cache_dir: var("WGNN_TUNE_CACHE").map(PathBuf::from),
         }
     }
 }
@@ -101,6 +116,7 @@ pub(crate) struct GpuInner {
     pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
     uncaptured: Arc<Mutex<Option<Error>>>,
     lost: Arc<Mutex<Option<String>>>,
+    pub(crate) tuner: Tuner,
 }
 
 /// A GPU device and queue with wgnn's caches. Cheap to clone: clones share one device.
@@ -218,7 +234,17 @@ impl Gpu {
     }
 
     fn build(device: wgpu::Device, queue: wgpu::Queue, options: &GpuOptions) -> Self {
+        let info = device.adapter_info();
+        let cache_dir = match options.tuning {
+            Tuning::Auto => options
+                .tuning_cache_dir
+                .clone()
+                .or_else(crate::tune::default_cache_dir),
+            Tuning::Session | Tuning::Off => None,
+        };
+        let tuner = Tuner::new(&info, options.tuning, cache_dir);
         Gpu(Arc::new(GpuInner {
+            tuner,
             info: device.adapter_info(),
             features: device.features(),
             limits: device.limits(),
@@ -296,6 +322,42 @@ impl Gpu {
     /// Compiled pipelines in the cache.
     pub fn cached_pipelines(&self) -> usize {
         self.0.pipelines.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Whether ops time their candidate kernels ([`crate::tune`]).
+    pub fn tuning(&self) -> Tuning {
+        self.0.tuner.mode()
+    }
+    /// The file where this adapter's tuning choices persist, if any.
+    pub fn tuning_cache_file(&self) -> Option<&Path> {
+        self.0.tuner.file()
+    }
+    /// The choices known so far (read from the cache file or tuned in this process): shape class
+    /// → candidate.
+    pub fn tuning_choices(&self) -> BTreeMap<String, String> {
+        self.0.tuner.choices()
+    }
+    /// The tunings done in this process, with each candidate's time.
+    pub fn tuning_records(&self) -> Vec<TuningRecord> {
+        self.0.tuner.records()
+    }
+    /// Pins every selection of `op` to the named candidate (one of [`TunedOp::candidates`]),
+    /// where it fits the shape; `None` returns to tuning. For tests and experiments.
+    pub fn force_candidate(&self, op: TunedOp, candidate: Option<&str>) -> Result<()> {
+        if let Some(name) = candidate {
+            if !op.candidates().contains(&name) {
+                return Err(Error::InvalidArgument {
+                    op: "force_candidate",
+                    details: format!(
+                        "{} has no candidate {name:?}; it has {:?}",
+                        op.name(),
+                        op.candidates()
+                    ),
+                });
+            }
+        }
+        self.0.tuner.force(op, candidate);
+        Ok(())
     }
 
     /// Whether two handles share one context (device, caches and pool).

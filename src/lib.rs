@@ -35,6 +35,7 @@ mod pool;
 pub mod reference;
 pub mod shaders;
 mod tensor;
+pub mod tune;
 
 pub use batch::{Batch, GpuTimer, Plan};
 pub use error::{Error, Result, SOFTWARE_VULKAN_HINT};

@@ -57,7 +57,12 @@ fn wraps_a_device_the_application_owns() {
 
 #[test]
 fn pipelines_are_compiled_once_per_variant() {
-    let gpu = Gpu::new().expect("GPU tests need an adapter");
+    // Tuning off: exactly the default kernel's pipeline (tuning compiles every candidate's).
+    let gpu = Gpu::with_options(wgnn::GpuOptions {
+        tuning: wgnn::tune::Tuning::Off,
+        ..wgnn::GpuOptions::from_env()
+    })
+    .expect("GPU tests need an adapter");
     let a = Tensor::full(&gpu, &[20, 12], DType::F32, 0.5).unwrap();
     let b = Tensor::full(&gpu, &[12, 16], DType::F32, 0.25).unwrap();
     let run = || {

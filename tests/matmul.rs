@@ -40,7 +40,31 @@ fn check(
     dtype: DType,
     tol: f32,
 ) {
-    let gpu = gpu();
+    check_on(
+        &gpu(),
+        a_shape,
+        b_shape,
+        trans_a,
+        trans_b,
+        with_bias,
+        activation,
+        dtype,
+        tol,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_on(
+    gpu: &wgnn::Gpu,
+    a_shape: &[usize],
+    b_shape: &[usize],
+    trans_a: bool,
+    trans_b: bool,
+    with_bias: bool,
+    activation: Activation,
+    dtype: DType,
+    tol: f32,
+) {
     let (mut rng, seed) = rng();
     let mut a = random(&mut rng, a_shape.iter().product());
     let mut b = random(&mut rng, b_shape.iter().product());
@@ -61,11 +85,11 @@ fn check(
         with_bias.then_some(&bias[..]),
         activation,
     );
-    let ta = Tensor::from_f32(&gpu, &a, a_shape, dtype).unwrap();
-    let tb = Tensor::from_f32(&gpu, &b, b_shape, dtype).unwrap();
-    let tbias = Tensor::from_f32(&gpu, &bias, &[n], dtype).unwrap();
-    let out = poisoned(&gpu, &want.shape, dtype);
-    let mut batch = Batch::new(&gpu);
+    let ta = Tensor::from_f32(gpu, &a, a_shape, dtype).unwrap();
+    let tb = Tensor::from_f32(gpu, &b, b_shape, dtype).unwrap();
+    let tbias = Tensor::from_f32(gpu, &bias, &[n], dtype).unwrap();
+    let out = poisoned(gpu, &want.shape, dtype);
+    let mut batch = Batch::new(gpu);
     let options = ops::MatmulOptions {
         trans_a,
         trans_b,
@@ -277,15 +301,18 @@ fn accumulate_adds_to_the_output() {
 }
 
 fn check_backward(a_shape: &[usize], b_shape: &[usize], ta: bool, tb: bool) {
-    let gpu = gpu();
+    check_backward_on(&gpu(), a_shape, b_shape, ta, tb)
+}
+
+fn check_backward_on(gpu: &wgnn::Gpu, a_shape: &[usize], b_shape: &[usize], ta: bool, tb: bool) {
     let (mut rng, seed) = rng();
     let a = Array::new(a_shape, random(&mut rng, a_shape.iter().product()));
     let b = Array::new(b_shape, random(&mut rng, b_shape.iter().product()));
     let c = reference::matmul(&a, &b, ta, tb, None, Activation::None);
     let g = Array::new(&c.shape, random(&mut rng, c.data.len()));
     let (da, db) = reference::matmul_backward(&a, &b, &g, ta, tb);
-    let t = |x: &Array| Tensor::from_slice(&gpu, &x.data, &x.shape).unwrap();
-    let mut batch = Batch::new(&gpu);
+    let t = |x: &Array| Tensor::from_slice(gpu, &x.data, &x.shape).unwrap();
+    let mut batch = Batch::new(gpu);
     let options = ops::MatmulOptions {
         trans_a: ta,
         trans_b: tb,
@@ -623,4 +650,93 @@ fn split_k_in_waves_under_a_scratch_limit() {
         2e-5,
         &format!("seed {seed}"),
     );
+}
+
+/// Every kernel candidate, pinned in turn on a context of its own, over ragged shapes, every
+/// transpose, the fused epilogue, f16, batches, broadcast gradients and split-K.
+#[test]
+fn every_candidate_matches_the_reference() {
+    use wgnn::tune::TunedOp;
+    let gpu = wgnn::Gpu::with_options(wgnn::GpuOptions {
+        poison_new_tensors: true,
+        ..wgnn::GpuOptions::from_env()
+    })
+    .expect("GPU tests need an adapter");
+    for &candidate in TunedOp::Matmul.candidates() {
+        gpu.force_candidate(TunedOp::Matmul, Some(candidate))
+            .unwrap();
+        for &(m, n, k) in &[
+            (1, 300, 37),
+            (5, 7, 9),
+            (8, 45, 300),
+            (130, 67, 256),
+            (33, 19, 70),
+        ] {
+            for flags in 0..4 {
+                let (ta, tb) = (flags & 1 == 1, flags & 2 == 2);
+                let bias = flags == 3;
+                let act = if flags == 1 {
+                    Activation::Gelu
+                } else {
+                    Activation::None
+                };
+                check_on(
+                    &gpu,
+                    &stored(m, k, ta),
+                    &stored(k, n, tb),
+                    ta,
+                    tb,
+                    bias,
+                    act,
+                    DType::F32,
+                    1e-5,
+                );
+            }
+        }
+        // Batched, and broadcast over the batch (its gradient sums the batch).
+        check_on(
+            &gpu,
+            &[3, 6, 11],
+            &[13, 11],
+            false,
+            true,
+            true,
+            Activation::Relu,
+            DType::F32,
+            1e-5,
+        );
+        check_backward_on(&gpu, &[5, 7, 10], &[10, 3], false, false);
+        check_backward_on(&gpu, &[9, 4], &[3, 9, 6], true, false);
+        // Split-K: K past one split's loop budget.
+        check_on(
+            &gpu,
+            &[9, 20_011],
+            &[20_011, 10],
+            false,
+            false,
+            false,
+            Activation::None,
+            DType::F32,
+            2e-5,
+        );
+        if gpu.supports_f16() {
+            for &(m, n, k) in &[(3, 17, 40), (70, 33, 129)] {
+                check_on(
+                    &gpu,
+                    &[m, k],
+                    &stored(k, n, true),
+                    false,
+                    true,
+                    true,
+                    Activation::None,
+                    DType::F16,
+                    1e-2,
+                );
+            }
+        }
+    }
+    // A name that is no candidate is refused.
+    assert!(gpu
+        .force_candidate(TunedOp::Matmul, Some("tiled3x3"))
+        .is_err());
 }

@@ -22,11 +22,22 @@ fn override_sets(kernel: Kernel) -> Vec<Vec<(&'static str, f64)>> {
     match kernel {
         Kernel::Matmul => {
             let mut sets = vec![vec![]];
-            for tile in [64.0, 128.0] {
+            // (WG, GROUPS, DIRECT): every kernel shape of the matmul candidates.
+            for (wg, groups, direct) in [
+                (16.0, 2.0, 0.0),
+                (16.0, 1.0, 0.0),
+                (8.0, 2.0, 0.0),
+                (8.0, 1.0, 0.0),
+                (16.0, 1.0, 1.0),
+                (8.0, 1.0, 1.0),
+                (4.0, 1.0, 1.0),
+            ] {
                 for flags in 0..4u32 {
                     let on = |bit: u32| f64::from((flags >> bit) & 1);
                     sets.push(vec![
-                        ("TILE", tile),
+                        ("WG", wg),
+                        ("GROUPS", groups),
+                        ("DIRECT", direct),
                         ("TRANS_A", on(0)),
                         ("TRANS_B", on(1)),
                         ("ALIGNED_A", on(0)),
@@ -59,6 +70,10 @@ fn override_sets(kernel: Kernel) -> Vec<Vec<(&'static str, f64)>> {
             vec![],
             vec![("DECOUPLED", 1.0)],
             vec![("SKIP_ON_FLAG", 1.0)],
+        ],
+        Kernel::Conv => vec![
+            vec![],
+            vec![("HAS_BIAS", 1.0), ("KB", 1.0), ("ACTIVATION", 3.0)],
         ],
         _ => vec![vec![]],
     }

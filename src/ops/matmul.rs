@@ -5,10 +5,13 @@
 //! other's batch. C is `[batch, M, N]` when either operand is batched, else `[M, N]`.
 
 use crate::batch::Batch;
+use crate::batch::GpuTimer;
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
 use crate::ops::{distinct_output, float_dtype, same_dtype, same_gpu, to_u32, Activation};
-use crate::shaders::{Kernel, PipelineKey};
+use crate::shaders::PipelineKey;
 use crate::tensor::Tensor;
+use crate::tune::{TunedOp, TuningKey};
 
 /// How a matmul treats its operands and what its epilogue does.
 #[derive(Debug, Clone, Copy, Default)]
@@ -379,13 +382,75 @@ impl<'t> Launch<'t> {
     }
 }
 
-/// Tile edge for a problem: 128 where there are enough 128-tiles to fill a large GPU, else 64.
-fn tile_for(m: usize, n: usize, batches: usize) -> u32 {
-    let tiles128 = m.div_ceil(128) * n.div_ceil(128) * batches;
-    if m >= 128 && n >= 128 && tiles128 >= 96 {
-        128
+/// The matmul candidates ([`crate::tune`]): `tiledWxG` is a shared-memory tile of W×W threads, each
+/// computing G×G blocks of 4×4 outputs (tile edge 4·W·G); `directWxG` the same outputs per thread
+/// without shared memory; `gemv` the kernels for at most 8 rows.
+pub(crate) const CANDIDATES: &[&str] = &[
+    "tiled16x2",
+    "tiled16x1",
+    "tiled8x2",
+    "tiled8x1",
+    "direct16x1",
+    "direct8x1",
+    "direct4x1",
+    "gemv",
+];
+
+/// A matmul kernel: a candidate's name parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Tile { wg: u32, groups: u32, direct: bool },
+    Gemv,
+}
+
+impl Kernel {
+    fn parse(name: &str) -> Kernel {
+        let tile = |rest: &str, direct| {
+            let (w, g) = rest.split_once('x')?;
+            Some(Kernel::Tile {
+                wg: w.parse().ok()?,
+                groups: g.parse().ok()?,
+                direct,
+            })
+        };
+        let parsed = if name == "gemv" {
+            Some(Kernel::Gemv)
+        } else if let Some(rest) = name.strip_prefix("tiled") {
+            tile(rest, false)
+        } else {
+            name.strip_prefix("direct").and_then(|r| tile(r, true))
+        };
+        parsed.expect("matmul candidate names are well formed (tested)")
+    }
+
+    /// Output rows and columns per workgroup.
+    fn tile(self) -> usize {
+        match self {
+            Kernel::Tile { wg, groups, .. } => 4 * (wg * groups) as usize,
+            Kernel::Gemv => 64,
+        }
+    }
+
+    /// Elements of K per loop iteration (the unit of split-K).
+    fn k_step(self) -> usize {
+        match self {
+            Kernel::Tile { direct: true, .. } => 4,
+            Kernel::Tile { wg, groups, .. } => (wg / groups) as usize,
+            Kernel::Gemv => 16,
+        }
+    }
+}
+
+/// The fixed choice (tuning off, and the first candidate timed): the GEMV for few rows, a 128-tile
+/// where there are enough of them to fill a large GPU, else a 64-tile.
+fn default_candidate(l: &Launch, gemv_fits: bool) -> &'static str {
+    let tiles128 = l.m.div_ceil(128) * l.n.div_ceil(128) * l.out_batches;
+    if gemv_fits {
+        "gemv"
+    } else if l.m >= 128 && l.n >= 128 && tiles128 >= 96 {
+        "tiled16x2"
     } else {
-        64
+        "tiled16x1"
     }
 }
 
@@ -432,49 +497,129 @@ fn split_plan(k: usize, reduce_count: usize, bk: usize) -> SplitPlan {
     }
 }
 
-/// Records one matmul (one dispatch, or split-K dispatches for long sums). Crate-internal so conv
-/// can run matmuls on views of its tensors.
+/// Records one matmul (one dispatch, or split-K dispatches for long sums) with the kernel tuned for
+/// its shape class. Crate-internal so conv can run matmuls on views of its tensors.
 pub(crate) fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
-    const OP: &str = "matmul";
-    let summed =
-        l.k.checked_mul(l.reduce_count)
-            .ok_or(Error::LimitExceeded {
-                what: format!("{OP}: K × reduced batches"),
-                requested: u64::MAX,
-                limit: u64::from(u32::MAX),
-            })?;
-    let gemv = l.m <= GEMV_MAX_ROWS && summed <= K_PER_SPLIT;
-    let tile = if gemv {
-        64
+    let kernel = choose(batch.gpu(), l)?;
+    record_with(batch, l, kernel)
+}
+
+/// Whether the stored operand's rows allow 16-byte loads: row length, view offset and strides
+/// multiples of 4.
+fn aligned(o: &Operand, rows_if_plain: usize, cols_if_plain: usize) -> bool {
+    let len = if o.trans {
+        rows_if_plain
     } else {
-        tile_for(l.m, l.n, l.out_batches)
+        cols_if_plain
     };
-    let bk = 1024 / tile as usize;
-    let plan = split_plan(l.k, l.reduce_count, bk);
-    // 16-byte loads need the stored row length, the view's offset and its strides to be multiples of 4.
-    let row_len = |o: &Operand, rows_if_plain: usize, cols_if_plain: usize| {
-        if o.trans {
-            rows_if_plain
+    len.is_multiple_of(4)
+        && [o.offset, o.stride_z, o.stride_r]
+            .iter()
+            .all(|x| x.is_multiple_of(4))
+}
+
+/// The kernel for `l`: forced, fixed, cached, or timed now on inputs of `l`'s shape.
+fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
+    let summed = summed_k(l)?;
+    let gemv_fits = l.m <= GEMV_MAX_ROWS && summed <= K_PER_SPLIT;
+    let default = default_candidate(l, gemv_fits);
+    let mut fitting = vec![default];
+    fitting.extend(
+        CANDIDATES
+            .iter()
+            .copied()
+            .filter(|&c| c != default && (c != "gemv" || gemv_fits)),
+    );
+    let class = |x| TuningKey::size_class(x);
+    let key = TuningKey(format!(
+        "matmul/{:?}/t{}{}/a{}{}/m{}/n{}/k{}/z{}",
+        l.c.dtype(),
+        u8::from(l.a.trans),
+        u8::from(l.b.trans),
+        u8::from(aligned(&l.a, l.m, l.k)),
+        u8::from(aligned(&l.b, l.k, l.n)),
+        if l.m <= GEMV_MAX_ROWS {
+            l.m
         } else {
-            cols_if_plain
-        }
+            class(l.m)
+        },
+        class(l.n),
+        class(summed),
+        class(l.out_batches),
+    ));
+    let mut scratch: Option<(Tensor, Tensor, Tensor, GpuTimer)> = None;
+    let name = gpu
+        .0
+        .tuner
+        .choose(TunedOp::Matmul, &key, &fitting, |candidate| {
+            if scratch.is_none() {
+                scratch = Some(scratch_for(gpu, l)?);
+            }
+            let (a, b, c, timer) = scratch.as_mut().expect("made above");
+            let copy = Launch {
+                a: Operand { tensor: a, ..l.a },
+                b: Operand { tensor: b, ..l.b },
+                c,
+                bias: None,
+                activation: Activation::None,
+                accumulate: false,
+                ..*l
+            };
+            timer.time(|batch| record_with(batch, &copy, Kernel::parse(candidate)))
+        });
+    Ok(Kernel::parse(name))
+}
+
+/// Random operands and an output laid out like `l`'s views (same offsets and strides, so the
+/// same alignment), and a timer, for timing candidates.
+fn scratch_for(gpu: &Gpu, l: &Launch) -> Result<(Tensor, Tensor, Tensor, GpuTimer)> {
+    let z = l.out_batches.saturating_sub(1);
+    let r = l.reduce_count.saturating_sub(1);
+    let extent = |o: &Operand, size: usize| {
+        o.offset as usize + z * o.stride_z as usize + r * o.stride_r as usize + size
     };
-    let aligned = |o: &Operand, len: usize| {
-        len.is_multiple_of(4)
-            && [o.offset, o.stride_z, o.stride_r]
-                .iter()
-                .all(|x| x.is_multiple_of(4))
+    let dtype = l.c.dtype();
+    let random = |len: usize, seed: u64| -> Result<Tensor> {
+        let data = crate::tune::random_inputs(len, seed);
+        Tensor::from_f32(gpu, &data, &[len], dtype)
     };
-    let aligned_a = aligned(&l.a, row_len(&l.a, l.m, l.k));
-    let aligned_b = aligned(&l.b, row_len(&l.b, l.k, l.n));
+    let a = random(extent(&l.a, l.m * l.k), 1)?;
+    let b = random(extent(&l.b, l.k * l.n), 2)?;
+    let c_len = l.c_offset as usize + z * l.c_stride_z as usize + l.m * l.n;
+    let c = Tensor::uninit(gpu, &[c_len], dtype)?;
+    Ok((a, b, c, GpuTimer::new(gpu)))
+}
+
+fn summed_k(l: &Launch) -> Result<usize> {
+    l.k.checked_mul(l.reduce_count).ok_or(Error::LimitExceeded {
+        what: "matmul: K × reduced batches".into(),
+        requested: u64::MAX,
+        limit: u64::from(u32::MAX),
+    })
+}
+
+/// Records `l` with `kernel`.
+fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
+    const OP: &str = "matmul";
+    let gemv = kernel == Kernel::Gemv;
+    let tile = kernel.tile() as u32;
+    let plan = split_plan(l.k, l.reduce_count, kernel.k_step());
+    let aligned_a = aligned(&l.a, l.m, l.k);
+    let aligned_b = aligned(&l.b, l.k, l.n);
     let aligned_c =
         l.n.is_multiple_of(4) && l.c_offset.is_multiple_of(4) && l.c_stride_z.is_multiple_of(4);
+    let (wg, groups, direct) = match kernel {
+        Kernel::Tile { wg, groups, direct } => (wg, groups, direct),
+        Kernel::Gemv => (16, 1, false),
+    };
     let constants = |entry: &'static str, partial_accumulate: bool| PipelineKey {
-        kernel: Kernel::Matmul,
+        kernel: crate::shaders::Kernel::Matmul,
         dtype: l.c.dtype(),
         entry,
         constants: vec![
-            ("TILE", tile),
+            ("WG", wg),
+            ("GROUPS", groups),
+            ("DIRECT", u32::from(direct)),
             ("TRANS_A", u32::from(l.a.trans)),
             ("TRANS_B", u32::from(l.b.trans)),
             ("ALIGNED_A", u32::from(aligned_a)),

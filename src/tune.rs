@@ -1,0 +1,452 @@
+//! Per-adapter kernel selection.
+//!
+//! Some ops have several kernels (candidates) that compute the same result, each fast on a
+//! different kind of adapter: a 128×128 shared-memory tile for a large GPU, a small tile without
+//! shared memory for a CPU adapter, a GEMV for few rows. The first time an op meets a new shape
+//! class (its [`TuningKey`]) on an adapter, wgnn times every candidate that fits on inputs of that
+//! shape (GPU timestamps where the adapter has them, else the host clock around a waited
+//! submission) and keeps the fastest. Choices persist in a JSON file per adapter in the platform's
+//! cache directory (`~/.cache/wgnn` on Linux), keyed by adapter, driver and wgnn version; a file
+//! that cannot be read, or that was written for another adapter, driver or version, is ignored
+//! and rewritten.
+//!
+//! [`Tuning::Off`] (env `WGNN_TUNE=off`) always takes each op's fixed default: deterministic, no
+//! timing. `cargo run --release --example tune` tunes the common shapes ahead of time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// Whether ops time their candidates on first use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tuning {
+    /// Time the candidates for each new shape class and keep the fastest (the default).
+    #[default]
+    Auto,
+    /// Like `Auto`, but neither reads nor writes the cache file: every process tunes anew.
+    Session,
+    /// Always the fixed default candidate: deterministic, no timing, no cache file.
+    Off,
+}
+
+/// An op whose kernel is chosen per adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TunedOp {
+    /// Matrix multiply (also the GEMM inside conv's im2col path and every Linear layer).
+    Matmul,
+    /// 2-D convolution, forward.
+    Conv2d,
+}
+
+impl TunedOp {
+    /// Every tuned op.
+    pub const ALL: [TunedOp; 2] = [TunedOp::Matmul, TunedOp::Conv2d];
+
+    /// The op's name in tuning keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            TunedOp::Matmul => "matmul",
+            TunedOp::Conv2d => "conv2d",
+        }
+    }
+
+    /// Every candidate of the op, by name; the first is the fixed default's usual pick. Not every
+    /// candidate fits every shape (the GEMV needs at most 8 rows).
+    pub fn candidates(self) -> &'static [&'static str] {
+        match self {
+            TunedOp::Matmul => crate::ops::matmul::CANDIDATES,
+            TunedOp::Conv2d => crate::ops::conv::CANDIDATES,
+        }
+    }
+}
+
+/// A shape class of one op: the op, the dtype and the features of the shape that decide which
+/// candidate wins (sizes rounded up to powers of two, transposes, alignment).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TuningKey(pub String);
+
+impl TuningKey {
+    /// `x` rounded up to a power of two: the size classes of tuning keys.
+    pub fn size_class(x: usize) -> usize {
+        x.max(1).checked_next_power_of_two().unwrap_or(usize::MAX)
+    }
+}
+
+/// What the tuner knows about one adapter, as stored in its cache file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CacheHeader {
+    format: u32,
+    wgnn: String,
+    adapter: String,
+    vendor: u32,
+    device: u32,
+    backend: String,
+    driver: String,
+    driver_info: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CacheFile {
+    header: CacheHeader,
+    /// Shape class → chosen candidate.
+    choices: BTreeMap<String, String>,
+}
+
+const FORMAT: u32 = 1;
+
+/// One adapter's tuner: the mode, the choices made so far, and the cache file.
+pub(crate) struct Tuner {
+    mode: Tuning,
+    header: CacheHeader,
+    file: Option<PathBuf>,
+    /// None until the cache file has been read (on the first lookup).
+    choices: Mutex<Option<BTreeMap<String, String>>>,
+    forced: Mutex<HashMap<TunedOp, String>>,
+    timings: Mutex<Vec<TuningRecord>>,
+}
+
+/// One tuning done in this process: the class, each candidate's time, and the winner.
+#[derive(Debug, Clone)]
+pub struct TuningRecord {
+    /// The shape class.
+    pub key: TuningKey,
+    /// Each candidate timed, with its best time (its warm-up run's, compile included, where that
+    /// was already far behind); candidates that failed are absent.
+    pub times: Vec<(&'static str, Duration)>,
+    /// The candidate kept.
+    pub chosen: &'static str,
+}
+
+impl Tuner {
+    pub(crate) fn new(info: &wgpu::AdapterInfo, mode: Tuning, dir: Option<PathBuf>) -> Self {
+        let header = CacheHeader {
+            format: FORMAT,
+            wgnn: env!("CARGO_PKG_VERSION").to_string(),
+            adapter: info.name.clone(),
+            vendor: info.vendor,
+            device: info.device,
+            backend: format!("{:?}", info.backend),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+        };
+        let file = dir.map(|d| d.join(cache_file_name(&header)));
+        Tuner {
+            mode,
+            header,
+            file,
+            choices: Mutex::new(None),
+            forced: Mutex::default(),
+            timings: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn mode(&self) -> Tuning {
+        self.mode
+    }
+
+    pub(crate) fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    pub(crate) fn force(&self, op: TunedOp, candidate: Option<&str>) {
+        if let Ok(mut f) = self.forced.lock() {
+            match candidate {
+                Some(c) => f.insert(op, c.to_string()),
+                None => f.remove(&op),
+            };
+        }
+    }
+
+    pub(crate) fn records(&self) -> Vec<TuningRecord> {
+        self.timings.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn choices(&self) -> BTreeMap<String, String> {
+        self.with_choices(|c| c.clone())
+    }
+
+    fn with_choices<T>(&self, f: impl FnOnce(&mut BTreeMap<String, String>) -> T) -> T {
+        let mut guard = match self.choices.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let choices = guard.get_or_insert_with(|| self.load());
+        f(choices)
+    }
+
+    /// The cached choices, or none when the file is missing, unreadable, or for another
+    /// adapter, driver or wgnn version.
+    fn load(&self) -> BTreeMap<String, String> {
+        let Some(path) = &self.file else {
+            return BTreeMap::new();
+        };
+        std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<CacheFile>(&bytes).ok())
+            .filter(|f| f.header == self.header)
+            .map(|f| f.choices)
+            .unwrap_or_default()
+    }
+
+    /// Writes the choices (to a temporary file renamed into place, so a reader never sees half a
+    /// file). A cache that cannot be written only costs a re-tune next time.
+    fn save(&self, choices: &BTreeMap<String, String>) {
+        let Some(path) = &self.file else { return };
+        let file = CacheFile {
+            header: self.header.clone(),
+            choices: choices.clone(),
+        };
+        let Ok(json) = serde_json::to_vec_pretty(&file) else {
+            return;
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+        if std::fs::write(&tmp, json).is_ok() && std::fs::rename(&tmp, path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    /// The candidate for `key`: the forced one, the fixed default (tuning off), the cached
+    /// choice, or the fastest of `fitting` as timed now by `time` (which runs one candidate once
+    /// on inputs of the key's shape). `fitting[0]` is the fixed default; candidates whose timing
+    /// fails are passed over, and if all fail the default is used.
+    pub(crate) fn choose(
+        &self,
+        op: TunedOp,
+        key: &TuningKey,
+        fitting: &[&'static str],
+        mut time: impl FnMut(&'static str) -> Result<Duration>,
+    ) -> &'static str {
+        let default = fitting[0];
+        let forced = self.forced.lock().ok().and_then(|f| f.get(&op).cloned());
+        if let Some(name) = forced {
+            return fitting
+                .iter()
+                .copied()
+                .find(|c| *c == name)
+                .unwrap_or(default);
+        }
+        if self.mode == Tuning::Off || fitting.len() == 1 {
+            return default;
+        }
+        let cached = self.with_choices(|c| c.get(&key.0).cloned());
+        if let Some(name) = cached {
+            if let Some(c) = fitting.iter().copied().find(|c| *c == name) {
+                return c;
+            }
+        }
+        // Not holding any lock while timing: the candidates may tune nested ops themselves.
+        let mut times = Vec::new();
+        let mut best: Option<(&'static str, Duration)> = None;
+        for &candidate in fitting {
+            // The first run compiles the pipelines and warms the caches; a candidate that takes
+            // several times the best even so is not timed further.
+            let Ok(first) = time(candidate) else {
+                continue;
+            };
+            if best.is_some_and(|(_, b)| first > b * 4) {
+                times.push((candidate, first));
+                continue;
+            }
+            let mut fastest = Duration::MAX;
+            for _ in 0..TIMED_RUNS {
+                match time(candidate) {
+                    Ok(t) => fastest = fastest.min(t),
+                    Err(_) => {
+                        fastest = Duration::MAX;
+                        break;
+                    }
+                }
+                // Far behind the best: no need for more runs.
+                if best.is_some_and(|(_, b)| fastest > b * 2) {
+                    break;
+                }
+            }
+            if fastest == Duration::MAX {
+                continue;
+            }
+            times.push((candidate, fastest));
+            if best.is_none_or(|(_, b)| fastest < b) {
+                best = Some((candidate, fastest));
+            }
+        }
+        let chosen = best.map_or(default, |(c, _)| c);
+        if best.is_some() {
+            self.with_choices(|c| {
+                c.insert(key.0.clone(), chosen.to_string());
+                self.save(c);
+            });
+        }
+        if let Ok(mut t) = self.timings.lock() {
+            t.push(TuningRecord {
+                key: key.clone(),
+                times,
+                chosen,
+            });
+        }
+        chosen
+    }
+}
+
+/// Timed runs per candidate after the warm-up run (the best is kept).
+const TIMED_RUNS: usize = 2;
+
+/// `tuning-<adapter>-<backend>.json`, the adapter's name reduced to file-name-safe characters.
+fn cache_file_name(h: &CacheHeader) -> String {
+    let safe: String = format!("{}-{}", h.adapter, h.backend)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut name = String::new();
+    for part in safe.split('-').filter(|p| !p.is_empty()) {
+        if !name.is_empty() {
+            name.push('-');
+        }
+        name.push_str(part);
+    }
+    name.truncate(80);
+    format!("tuning-{name}.json")
+}
+
+/// `len` values uniform in [-1, 1): the inputs candidates are timed on (never zeros, which some
+/// adapters multiply faster).
+pub(crate) fn random_inputs(len: usize, seed: u64) -> Vec<f32> {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// The platform's cache directory for wgnn (`$XDG_CACHE_HOME/wgnn` or `~/.cache/wgnn` on Linux,
+/// `~/Library/Caches/wgnn` on macOS, `%LOCALAPPDATA%\wgnn` on Windows), if there is one.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    dirs::cache_dir().map(|d| d.join("wgnn"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(driver: &str) -> wgpu::AdapterInfo {
+        wgpu::AdapterInfo {
+            name: "llvmpipe (LLVM 19.1.7, 256 bits)".into(),
+            vendor: 0x10005,
+            device: 0,
+            device_type: wgpu::DeviceType::Cpu,
+            driver: "llvmpipe".into(),
+            driver_info: driver.into(),
+            backend: wgpu::Backend::Vulkan,
+            ..wgpu::AdapterInfo::new(wgpu::DeviceType::Cpu, wgpu::Backend::Vulkan)
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wgnn-tune-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn file_name_is_safe() {
+        let t = Tuner::new(&info("Mesa 25"), Tuning::Auto, Some("/x".into()));
+        assert_eq!(
+            t.file().unwrap(),
+            Path::new("/x/tuning-llvmpipe-llvm-19-1-7-256-bits-vulkan.json")
+        );
+    }
+
+    #[test]
+    fn choices_persist_and_stale_or_corrupt_files_are_ignored() {
+        let dir = temp_dir("persist");
+        let key = TuningKey("matmul/f32/x".into());
+        let fitting = ["a", "b", "c"];
+        let t = Tuner::new(&info("Mesa 25"), Tuning::Auto, Some(dir.clone()));
+        let mut runs = 0;
+        let chosen = t.choose(TunedOp::Matmul, &key, &fitting, |c| {
+            runs += 1;
+            Ok(Duration::from_millis(match c {
+                "a" => 30,
+                "b" => 10,
+                _ => 20,
+            }))
+        });
+        assert_eq!(chosen, "b");
+        assert!(runs >= 3 * (1 + TIMED_RUNS) - 1, "{runs} runs");
+
+        // A second tuner for the same adapter reads the choice instead of timing.
+        let again = Tuner::new(&info("Mesa 25"), Tuning::Auto, Some(dir.clone()));
+        let chosen = again.choose(TunedOp::Matmul, &key, &fitting, |_| {
+            panic!("a cached class is not timed again")
+        });
+        assert_eq!(chosen, "b");
+
+        // Another driver version: the file is stale, so the class is tuned anew.
+        let other = Tuner::new(&info("Mesa 26"), Tuning::Auto, Some(dir.clone()));
+        let mut timed = false;
+        let chosen = other.choose(TunedOp::Matmul, &key, &fitting, |c| {
+            timed = true;
+            Ok(Duration::from_millis(if c == "c" { 1 } else { 5 }))
+        });
+        assert!(timed);
+        assert_eq!(chosen, "c");
+
+        // A corrupt file is ignored, then replaced by a good one.
+        let path = other.file().unwrap().to_path_buf();
+        std::fs::write(&path, b"{ not json").unwrap();
+        let fresh = Tuner::new(&info("Mesa 26"), Tuning::Auto, Some(dir.clone()));
+        let chosen = fresh.choose(TunedOp::Matmul, &key, &fitting, |c| {
+            Ok(Duration::from_millis(if c == "a" { 1 } else { 5 }))
+        });
+        assert_eq!(chosen, "a");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"matmul/f32/x\": \"a\""), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn off_forced_and_failing_candidates() {
+        let key = TuningKey("k".into());
+        let off = Tuner::new(&info("d"), Tuning::Off, None);
+        assert_eq!(
+            off.choose(TunedOp::Matmul, &key, &["a", "b"], |_| panic!(
+                "no timing when off"
+            )),
+            "a"
+        );
+        let t = Tuner::new(&info("d"), Tuning::Auto, None);
+        t.force(TunedOp::Matmul, Some("b"));
+        assert_eq!(
+            t.choose(TunedOp::Matmul, &key, &["a", "b"], |_| panic!("forced")),
+            "b"
+        );
+        // A forced candidate that does not fit falls back to the default.
+        assert_eq!(t.choose(TunedOp::Matmul, &key, &["a"], |_| panic!()), "a");
+        t.force(TunedOp::Matmul, None);
+        // A candidate whose run fails is passed over; all failing gives the default.
+        let chosen = t.choose(TunedOp::Matmul, &key, &["a", "b"], |c| {
+            if c == "a" {
+                Err(crate::Error::Gpu("out of memory".into()))
+            } else {
+                Ok(Duration::from_millis(50))
+            }
+        });
+        assert_eq!(chosen, "b");
+        let key2 = TuningKey("k2".into());
+        let chosen = t.choose(TunedOp::Matmul, &key2, &["a", "b"], |_| {
+            Err(crate::Error::Gpu("lost".into()))
+        });
+        assert_eq!(chosen, "a");
+    }
+}
