@@ -7,7 +7,11 @@
 // One thread per output element; the flat index is split into coordinates once per thread.
 // col2im's loops walk the output positions whose windows cover the pixel (found once per thread),
 // so no division runs inside them unless the dilation is above 1.
-// Bindings: 0 params, 1 input (read: x or dcol), 2 output (read_write: col or dx).
+//   conv_direct  the convolution itself without a column matrix (implicit GEMM): each thread
+//            computes 4 consecutive output pixels of KB output channels of one image, walking its
+//            group's C/groups × R × S taps, and applies bias and activation.
+// Bindings: 0 params, 1 input (read: x or dcol), 2 output (read_write: col, dx or out),
+// 3 filters and 4 bias (read, conv_direct).
 // Grid: 256-thread workgroups, folded into y past 65,535. Elem is f32 or f16 (wgnn rewrites the alias).
 
 alias Elem = f32;
@@ -29,11 +33,20 @@ struct Params {
     dil_w: u32,
     x_offset: u32,        // first element of the chunk's first image in x (im2col) or dx (col2im)
     groups_x: u32,
+    out_channels: u32,    // conv_direct: K
+    in_per_group: u32,    // conv_direct: C / groups
+    out_per_group: u32,   // conv_direct: K / groups
+    first_image: u32,     // conv_direct: the chunk's first image
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> src: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> dst: array<Elem>;
+@group(0) @binding(3) var<storage, read> filters: array<Elem>;
+@group(0) @binding(4) var<storage, read> bias: array<Elem>;
+
+override HAS_BIAS: bool = false;
+override KB: u32 = 4u;      // output channels per thread: 4, or 1 when K / groups is not a multiple of 4
 
 fn flat(wid: vec3<u32>, l: u32) -> u32 {
     return (wid.y * params.groups_x + wid.x) * 256u + l;
@@ -113,4 +126,79 @@ fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         }
     }
     dst[params.x_offset + i] = Elem(acc);
+}
+
+// Input pixel (n·C + c, h, w) shifted by the padding, 0 outside the image.
+fn x_at(plane_base: u32, hp: u32, wp: u32) -> f32 {
+    if (hp < params.pad_h || wp < params.pad_w) { return 0.0; }
+    let h = hp - params.pad_h;
+    let w = wp - params.pad_w;
+    if (h >= params.height || w >= params.width) { return 0.0; }
+    return f32(src[plane_base + h * params.width + w]);
+}
+
+fn store_out(base: u32, p: u32, plane_out: u32, ch: u32, v: vec4<f32>) {
+    var x = v;
+    if (HAS_BIAS) { x += vec4<f32>(f32(bias[ch])); }
+    x = activate(x);
+    for (var e = 0u; e < 4u; e++) {
+        if (p + e < plane_out) { dst[base + p + e] = Elem(x[e]); }
+    }
+}
+
+// Grid: x = pixel quads / 64 (folded into y past the limit, `groups_x` along x), z = images ×
+// channel blocks (y·groups_x + x is the quad block). 64 threads along pixels; the filters a
+// workgroup reads are the same for all its threads.
+@compute @workgroup_size(64, 1, 1)
+fn conv_direct(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let plane_out = params.out_h * params.out_w;
+    let p = ((wid.y * params.groups_x + wid.x) * 64u + l) * 4u;
+    let blocks = params.out_channels / KB;
+    let n = params.first_image + wid.z / blocks;
+    let k0 = (wid.z % blocks) * KB;
+    if (p >= plane_out) { return; }
+    let g = k0 / params.out_per_group;
+    let rs = params.kernel_h * params.kernel_w;
+    // Padded input coordinates of the 4 pixels' windows' corners.
+    var hp0 = vec4<u32>(0u);
+    var wp0 = vec4<u32>(0u);
+    for (var e = 0u; e < 4u; e++) {
+        let q = min(p + e, plane_out - 1u);
+        hp0[e] = (q / params.out_w) * params.stride_h;
+        wp0[e] = (q % params.out_w) * params.stride_w;
+    }
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    let cg = params.in_per_group;
+    let w_stride = cg * rs;     // elements between consecutive output channels' filters
+    for (var c = 0u; c < cg; c++) {
+        let plane_base = params.x_offset + (n * params.channels + g * cg + c) * params.height * params.width;
+        let w_base = k0 * w_stride + c * rs;
+        for (var r = 0u; r < params.kernel_h; r++) {
+            for (var s = 0u; s < params.kernel_w; s++) {
+                let dh = r * params.dil_h;
+                let dw = s * params.dil_w;
+                let xv = vec4<f32>(x_at(plane_base, hp0.x + dh, wp0.x + dw),
+                                   x_at(plane_base, hp0.y + dh, wp0.y + dw),
+                                   x_at(plane_base, hp0.z + dh, wp0.z + dw),
+                                   x_at(plane_base, hp0.w + dh, wp0.w + dw));
+                let t = w_base + r * params.kernel_w + s;
+                a0 = fma(vec4<f32>(f32(filters[t])), xv, a0);
+                if (KB == 4u) {
+                    a1 = fma(vec4<f32>(f32(filters[t + w_stride])), xv, a1);
+                    a2 = fma(vec4<f32>(f32(filters[t + 2u * w_stride])), xv, a2);
+                    a3 = fma(vec4<f32>(f32(filters[t + 3u * w_stride])), xv, a3);
+                }
+            }
+        }
+    }
+    let base = (n * params.out_channels + k0) * plane_out;
+    store_out(base, p, plane_out, k0, a0);
+    if (KB == 4u) {
+        store_out(base + plane_out, p, plane_out, k0 + 1u, a1);
+        store_out(base + 2u * plane_out, p, plane_out, k0 + 2u, a2);
+        store_out(base + 3u * plane_out, p, plane_out, k0 + 3u, a3);
+    }
 }

@@ -98,11 +98,13 @@ impl Kernel {
     /// Prelude sources placed before the file, for the subgroup or the portable variant.
     pub fn preludes(self, subgroups: bool) -> Vec<&'static str> {
         match self {
-            Kernel::Matmul | Kernel::Elementwise | Kernel::QuantizedLinear => vec![ACTIVATION],
+            Kernel::Matmul | Kernel::Elementwise | Kernel::QuantizedLinear | Kernel::Conv => {
+                vec![ACTIVATION]
+            }
             Kernel::Softmax if subgroups => vec![NUMERICS, REDUCE_SUBGROUP],
             Kernel::Softmax => vec![NUMERICS, REDUCE_SHARED],
             Kernel::Loss => vec![NUMERICS],
-            Kernel::Reduce | Kernel::Optim | Kernel::Conv | Kernel::Pool | Kernel::Amp => vec![],
+            Kernel::Reduce | Kernel::Optim | Kernel::Pool | Kernel::Amp => vec![],
         }
     }
 

@@ -161,13 +161,23 @@ fn chunked_im2col_gives_the_same_results() {
         ..GpuOptions::from_env()
     };
     let gpu = Gpu::with_options(options).expect("GPU tests need an adapter");
+    gpu.force_candidate(wgnn::tune::TunedOp::Conv2d, Some("im2col"))
+        .unwrap();
     let c = case([7, 3, 6, 5], 4, (3, 3), 1, 1, 1, 1); // 27·30·4 = 3,240 B per image: chunks of 2, 2, 2, 1
     run_forward(&gpu, &c, DType::F32, Activation::None);
     run_backward(&gpu, &c);
     // 40 filters: dW is 40·27·4 = 4,320 B, so partials for 4 chunks (17 KB) do not fit 7,000 B and
     // the chunks accumulate into one dW instead.
     run_backward(&gpu, &case([7, 3, 6, 5], 40, (3, 3), 1, 1, 1, 1));
-    let big = case([2, 3, 60, 60], 4, (3, 3), 1, 1, 1, 1);
+    // One image's column matrix past the limit: the implicit kernel, which needs none, runs.
+    run_forward(
+        &gpu,
+        &case([2, 3, 60, 60], 4, (3, 3), 1, 1, 1, 1),
+        DType::F32,
+        Activation::None,
+    );
+    // Past the limit and too many taps for the implicit kernel's loop: a typed error.
+    let big = case([1, 2000, 3, 3], 4, (3, 3), 1, 1, 1, 1);
     let x = Tensor::zeros(&gpu, &big.x, DType::F32).unwrap();
     let w = Tensor::zeros(&gpu, &filters_shape(&big), DType::F32).unwrap();
     let mut batch = Batch::new(&gpu);
@@ -355,4 +365,33 @@ fn huge_strides_are_exact() {
         1e-5,
         &format!("seed {seed}"),
     );
+}
+
+/// Every forward candidate (im2col + matmul, implicit GEMM), pinned in turn on a context of its
+/// own, over the cases above and blocks of 4 output channels with and without groups.
+#[test]
+fn every_forward_candidate_matches_the_reference() {
+    use wgnn::tune::TunedOp;
+    let gpu = Gpu::with_options(GpuOptions {
+        poison_new_tensors: true,
+        ..GpuOptions::from_env()
+    })
+    .expect("GPU tests need an adapter");
+    let mut all = cases();
+    all.push(case([2, 5, 11, 13], 8, (3, 3), 1, 1, 1, 1));
+    all.push(case([2, 6, 9, 7], 24, (3, 3), 2, 1, 1, 3));
+    all.push(case([3, 16, 6, 5], 16, (5, 5), 1, 2, 2, 16));
+    for &candidate in TunedOp::Conv2d.candidates() {
+        gpu.force_candidate(TunedOp::Conv2d, Some(candidate))
+            .unwrap();
+        for c in &all {
+            run_forward(&gpu, c, DType::F32, Activation::None);
+        }
+        run_forward(&gpu, &all[9], DType::F32, Activation::Relu);
+        run_forward(&gpu, &all[10], DType::F32, Activation::Sigmoid);
+        if gpu.supports_f16() {
+            run_forward(&gpu, &all[9], DType::F16, Activation::None);
+            run_forward(&gpu, &all[11], DType::F16, Activation::Relu);
+        }
+    }
 }

@@ -20,7 +20,17 @@ use crate::ops::{
     MAX_WINDOW_TAPS,
 };
 use crate::shaders::{Kernel, PipelineKey};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
+use crate::tune::{TunedOp, TuningKey};
+use crate::GpuTimer;
+
+/// The forward candidates ([`crate::tune`]): `im2col` writes each image's column matrix and runs
+/// the tuned matmul on it; `implicit` reads the input in place (an implicit GEMM, one kernel, no
+/// scratch), which also makes depthwise convolutions one dispatch.
+pub(crate) const CANDIDATES: &[&str] = &["im2col", "implicit"];
+
+/// Most filter taps (C/groups × R × S) one `implicit` thread walks, under Mesa's loop limit.
+const IMPLICIT_MAX_TAPS: usize = 16_384;
 
 /// Stride, zero padding, dilation and groups of a convolution (PyTorch's `Conv2d` arguments).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,11 +203,15 @@ crate::shaders::shader_params! {
         dil_w: u32,
         x_offset: u32,
         groups_x: u32,
+        out_channels: u32,
+        in_per_group: u32,
+        out_per_group: u32,
+        first_image: u32,
     }
 }
 pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
     (Params::LAYOUT, std::mem::size_of::<Params>());
-const _: () = assert!(std::mem::size_of::<Params>() == 64);
+const _: () = assert!(std::mem::size_of::<Params>() == 80);
 
 /// Images per chunk so that one chunk's column matrices fit a storage binding.
 fn chunk_images(batch: &Batch, op: &'static str, g: &Geometry, elem: usize) -> Result<usize> {
@@ -213,23 +227,9 @@ fn chunk_images(batch: &Batch, op: &'static str, g: &Geometry, elem: usize) -> R
     Ok(((limit / per_image.max(1)) as usize).clamp(1, g.n))
 }
 
-/// im2col or col2im over `images` images starting at `first`.
-fn record_layout(
-    batch: &mut Batch,
-    entry: &'static str,
-    g: &Geometry,
-    first: usize,
-    images: usize,
-    src: &Tensor,
-    dst: &Tensor,
-) -> Result<()> {
-    let total = if entry == "im2col" {
-        images * g.crs() * g.plane_out()
-    } else {
-        images * g.c * g.h * g.w
-    };
-    let (grid, groups_x) = fold_grid(batch.gpu(), total.div_ceil(256))?;
-    let params = Params {
+/// The shared part of the kernels' parameters for `images` images from `first`.
+fn layout_params(g: &Geometry, first: usize, images: usize, groups_x: u32) -> Params {
+    Params {
         channels: g.c as u32,
         height: g.h as u32,
         width: g.w as u32,
@@ -248,7 +248,27 @@ fn record_layout(
         dil_w: g.p.dilation.1 as u32,
         x_offset: (first * g.c * g.h * g.w) as u32,
         groups_x,
+        ..Default::default()
+    }
+}
+
+/// im2col or col2im over `images` images starting at `first`.
+fn record_layout(
+    batch: &mut Batch,
+    entry: &'static str,
+    g: &Geometry,
+    first: usize,
+    images: usize,
+    src: &Tensor,
+    dst: &Tensor,
+) -> Result<()> {
+    let total = if entry == "im2col" {
+        images * g.crs() * g.plane_out()
+    } else {
+        images * g.c * g.h * g.w
     };
+    let (grid, groups_x) = fold_grid(batch.gpu(), total.div_ceil(256))?;
+    let params = layout_params(g, first, images, groups_x);
     let pipeline = batch.gpu().pipeline(PipelineKey {
         kernel: Kernel::Conv,
         dtype: src.dtype(),
@@ -311,19 +331,158 @@ pub fn conv2d(
     same_gpu(OP, batch, &all)?;
     let dtype = float_dtype(OP, x)?;
     let out = Tensor::uninit(batch.gpu(), &g.out_shape(), dtype)?;
-    let chunk = chunk_images(batch, OP, &g, dtype.size())?;
+    let candidate = choose(batch.gpu(), &g, dtype)?;
+    let forward = Forward {
+        g: &g,
+        x,
+        w,
+        bias,
+        activation,
+        out: &out,
+    };
+    if candidate == "implicit" {
+        record_implicit(batch, &forward)?;
+    } else {
+        record_im2col(batch, &forward)?;
+    }
+    Ok(out)
+}
+
+/// One forward convolution's operands.
+struct Forward<'t> {
+    g: &'t Geometry,
+    x: &'t Tensor,
+    w: &'t Tensor,
+    bias: Option<&'t Tensor>,
+    activation: Activation,
+    out: &'t Tensor,
+}
+
+/// The forward kernel for `g`: forced, fixed (`im2col`), cached, or timed now on random inputs of
+/// `g`'s shape.
+fn choose(gpu: &crate::Gpu, g: &Geometry, dtype: DType) -> Result<&'static str> {
+    // im2col needs one image's column matrix under the scratch limit; where it does not fit,
+    // the implicit kernel alone runs (or im2col reports the limit).
+    let col_bytes = (g.crs() * g.plane_out() * dtype.size()).next_multiple_of(16) as u64;
+    let im2col_fits = col_bytes <= gpu.scratch_limit_bytes();
+    let mut fitting = Vec::new();
+    if im2col_fits || g.cg() * g.r * g.s > IMPLICIT_MAX_TAPS {
+        fitting.push("im2col");
+    }
+    if g.cg() * g.r * g.s <= IMPLICIT_MAX_TAPS {
+        fitting.push("implicit");
+    }
+    let class = TuningKey::size_class;
+    let grouping = match g.groups {
+        1 => "dense".to_string(),
+        n if n == g.c && g.kg() == 1 => "depthwise".to_string(),
+        _ => format!("cg{}kg{}", class(g.cg()), class(g.kg())),
+    };
+    let key = TuningKey(format!(
+        "conv2d/{dtype:?}/n{}/c{}/k{}/{grouping}/out{}/f{}x{}/s{}x{}",
+        class(g.n),
+        class(g.c),
+        class(g.k),
+        class(g.plane_out()),
+        g.r,
+        g.s,
+        g.p.stride.0,
+        g.p.stride.1,
+    ));
+    let mut scratch: Option<(Tensor, Tensor, Tensor, GpuTimer)> = None;
+    Ok(gpu
+        .0
+        .tuner
+        .choose(TunedOp::Conv2d, &key, &fitting, |candidate| {
+            if scratch.is_none() {
+                let random = |shape: &[usize], seed| {
+                    let len = shape.iter().product();
+                    Tensor::from_f32(gpu, &crate::tune::random_inputs(len, seed), shape, dtype)
+                };
+                scratch = Some((
+                    random(&[g.n, g.c, g.h, g.w], 3)?,
+                    random(&[g.k, g.cg(), g.r, g.s], 4)?,
+                    Tensor::uninit(gpu, &g.out_shape(), dtype)?,
+                    GpuTimer::new(gpu),
+                ));
+            }
+            let (x, w, out, timer) = scratch.as_mut().expect("made above");
+            let f = Forward {
+                g,
+                x,
+                w,
+                bias: None,
+                activation: Activation::None,
+                out,
+            };
+            timer.time(|batch| {
+                if candidate == "implicit" {
+                    record_implicit(batch, &f)
+                } else {
+                    record_im2col(batch, &f)
+                }
+            })
+        }))
+}
+
+/// The `implicit` candidate: `conv_direct`, in chunks of images that keep grid z in its limit.
+fn record_implicit(batch: &mut Batch, f: &Forward) -> Result<()> {
+    let g = f.g;
+    let kb = if g.kg().is_multiple_of(4) { 4 } else { 1 };
+    let blocks = g.k / kb;
+    let max_z = batch.gpu().limits().max_compute_workgroups_per_dimension as usize;
+    let chunk = (max_z / blocks).clamp(1, g.n);
+    let quads = g.plane_out().div_ceil(4);
+    let (grid, groups_x) = fold_grid(batch.gpu(), quads.div_ceil(64))?;
+    let pipeline = batch.gpu().pipeline(PipelineKey {
+        kernel: Kernel::Conv,
+        dtype: f.x.dtype(),
+        entry: "conv_direct",
+        constants: vec![
+            ("HAS_BIAS", u32::from(f.bias.is_some())),
+            ("KB", kb as u32),
+            ("ACTIVATION", f.activation.code()),
+        ],
+    })?;
+    // Unused bias slot: bind the filters again (read-only).
+    let bias = f.bias.unwrap_or(f.w);
+    for first in (0..g.n).step_by(chunk) {
+        let images = chunk.min(g.n - first);
+        let params = Params {
+            first_image: first as u32,
+            out_channels: g.k as u32,
+            in_per_group: g.cg() as u32,
+            out_per_group: g.kg() as u32,
+            x_offset: 0,
+            ..layout_params(g, first, images, groups_x)
+        };
+        batch.dispatch(
+            &pipeline,
+            bytemuck::bytes_of(&params),
+            &[f.x, f.out, f.w, bias],
+            [grid[0], grid[1], (images * blocks) as u32],
+        )?;
+    }
+    Ok(())
+}
+
+/// The `im2col` candidate: column matrices of chunks of images, each multiplied by the filters.
+fn record_im2col(batch: &mut Batch, f: &Forward) -> Result<()> {
+    let (g, x, w, bias, activation, out) = (f.g, f.x, f.w, f.bias, f.activation, f.out);
+    let dtype = x.dtype();
+    let chunk = chunk_images(batch, "conv2d", g, dtype.size())?;
     let col = Tensor::uninit(batch.gpu(), &[chunk, g.crs(), g.plane_out()], dtype)?;
     let (cgrs, pout) = (g.cg() * g.r * g.s, g.plane_out());
     for first in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - first);
-        record_layout(batch, "im2col", &g, first, images, x, &col)?;
+        record_layout(batch, "im2col", g, first, images, x, &col)?;
         for grp in 0..g.groups {
             record_matmul(
                 batch,
                 &Launch {
                     a: view(w, false, grp * g.kg() * cgrs, 0, 0),
                     b: view(&col, false, grp * cgrs * pout, g.crs() * pout, 0),
-                    c: &out,
+                    c: out,
                     c_offset: ((first * g.k + grp * g.kg()) * pout) as u32,
                     c_stride_z: (g.k * pout) as u32,
                     bias: bias.map(|tensor| BiasView {
@@ -342,7 +501,7 @@ pub fn conv2d(
             )?;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Gradients of `conv2d(x, w) + bias` (no activation: apply its backward to `grad_out` first) with
