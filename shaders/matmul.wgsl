@@ -57,6 +57,8 @@ struct Params {
 override WG: u32 = 16u;             // threads per side of the workgroup: 4, 8 or 16
 override GROUPS: u32 = 2u;          // 4×4 output blocks per thread along each axis: 1 or 2
 override DIRECT: bool = false;      // no shared memory (see above)
+override SHARED_ROWS: bool = false; // GROUPS 2: A values through subgroup broadcasts (see prelude)
+override LOADS: u32 = 1u;           // vec4s of A and of B each thread stores per k-step: 1 or 2
 override TILE: u32 = 4u * WG * GROUPS;
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
@@ -68,10 +70,10 @@ override ACCUMULATE: bool = false;  // C += result instead of C = result
 override BIAS_PER_ROW: bool = false; // bias[M] added along rows (conv output channels), not bias[N]
 override PARTIAL_ACCUMULATE: bool = false; // main_partial adds to `part` instead of overwriting it
 
-// k-step of one tile: BK = WG / GROUPS elements shared, or 4 read directly.
+// k-step of one tile: BK = LOADS·WG / GROUPS elements shared, or 4 read directly.
 fn k_step() -> u32 {
     if (DIRECT) { return 4u; }
-    return WG / GROUPS;
+    return LOADS * WG / GROUPS;
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -81,9 +83,9 @@ fn k_step() -> u32 {
 @group(0) @binding(4) var<storage, read> bias: array<vec4<Elem>>;
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>;
 
-// k-major tiles: as_[k * TILE/4 + m/4] holds opA(A)[m..m+4, k]; BK·TILE/4 = WG² ≤ 256 vec4s.
-var<workgroup> as_: array<vec4<f32>, 256>;
-var<workgroup> bs_: array<vec4<f32>, 256>;
+// k-major tiles: as_[k * TILE/4 + m/4] holds opA(A)[m..m+4, k]; BK·TILE/4 = LOADS·WG² ≤ 512 vec4s.
+var<workgroup> as_: array<vec4<f32>, 512>;
+var<workgroup> bs_: array<vec4<f32>, 512>;
 
 // Bias element i (a row's or a column's), past the bias view's offset.
 fn bias_at(i: u32) -> f32 {
@@ -97,10 +99,11 @@ fn fetch_a(base: u32, row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
     if (row >= rows) { return vec4<f32>(0.0); }
     let i = base + row * cols + col;
     if (ALIGNED_A && col + 4u <= cols) { return vec4<f32>(a[i / 4u]); }
+    // A loop the compiler cannot unroll (its bound is not constant): the unrolled form, inlined
+    // at every call, made ragged-shape pipelines take seconds to compile on CPU adapters.
     var v = vec4<f32>(0.0);
-    for (var e = 0u; e < 4u; e++) {
-        if (col + e < cols) { v[e] = f32(a[(i + e) / 4u][(i + e) % 4u]); }
-    }
+    let count = min(4u, cols - min(col, cols));
+    for (var e = 0u; e < count; e++) { v[e] = f32(a[(i + e) / 4u][(i + e) % 4u]); }
     return v;
 }
 
@@ -109,9 +112,8 @@ fn fetch_b(base: u32, row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
     let i = base + row * cols + col;
     if (ALIGNED_B && col + 4u <= cols) { return vec4<f32>(b[i / 4u]); }
     var v = vec4<f32>(0.0);
-    for (var e = 0u; e < 4u; e++) {
-        if (col + e < cols) { v[e] = f32(b[(i + e) / 4u][(i + e) % 4u]); }
-    }
+    let count = min(4u, cols - min(col, cols));
+    for (var e = 0u; e < count; e++) { v[e] = f32(b[(i + e) / 4u][(i + e) % 4u]); }
     return v;
 }
 
@@ -133,23 +135,58 @@ fn split_of(wz: u32, tiles: u32) -> Split {
                  t_lo, min(t_lo + params.t_per_split, tiles));
 }
 
+// One vec4 of opA and one of opB that thread slot `v` (< LOADS·WG²) moves into shared memory per
+// k-step, for both layouts of a tile: "k-contiguous" (A plain, B transposed): tile row v / (BK/4),
+// k-quad v % (BK/4); "k-major" (A transposed, B plain): k v / (TILE/4), quad v % (TILE/4).
+struct Pair {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+fn load_pair(v: u32, a_base: u32, b_base: u32, k0: u32, row0: u32, col0: u32) -> Pair {
+    let bk = k_step();
+    let tq = TILE / 4u;
+    let kc_row = v / (bk / 4u);
+    let kc_k = k0 + (v % (bk / 4u)) * 4u;
+    let km_k = k0 + v / tq;
+    let km_q = (v % tq) * 4u;
+    var p: Pair;
+    if (TRANS_A) { p.a = fetch_a(a_base, km_k, row0 + km_q, params.k, params.m); }
+    else { p.a = fetch_a(a_base, row0 + kc_row, kc_k, params.m, params.k); }
+    if (TRANS_B) { p.b = fetch_b(b_base, col0 + kc_row, kc_k, params.n, params.k); }
+    else { p.b = fetch_b(b_base, km_k, col0 + km_q, params.k, params.n); }
+    return p;
+}
+
+fn store_pair(v: u32, p: Pair) {
+    let bk = k_step();
+    let tq = TILE / 4u;
+    let kc_row = v / (bk / 4u);
+    let kc_k = (v % (bk / 4u)) * 4u;
+    if (TRANS_A) {
+        as_[v] = p.a;   // k-major: slot v is (k v / tq, quad v % tq)
+    } else {
+        for (var e = 0u; e < 4u; e++) {
+            let idx = (kc_k + e) * TILE + kc_row;
+            as_[idx / 4u][idx % 4u] = p.a[e];
+        }
+    }
+    if (TRANS_B) {
+        for (var e = 0u; e < 4u; e++) {
+            let idx = (kc_k + e) * TILE + kc_row;
+            bs_[idx / 4u][idx % 4u] = p.b[e];
+        }
+    } else {
+        bs_[v] = p.b;
+    }
+}
+
 // This thread's (4·GROUPS)² accumulators of the TILE×TILE block at (row0, col0) over split `sp`;
 // acc[(gi·4 + i)·2 + gj] holds row row0 + gi·4·WG + lid.y·4 + i, columns col0 + gj·4·WG + lid.x·4 + 0..4.
 fn tile_product(lid: vec3<u32>, l: u32, row0: u32, col0: u32, sp: Split) -> array<vec4<f32>, 16> {
     if (DIRECT) { return direct_product(lid, row0, col0, sp); }
     let bk = k_step();
     let tq = TILE / 4u;             // vec4s per tile row
-    let m = params.m;
-    let n = params.n;
-    let kdim = params.k;
-
-    // Which vec4 this thread loads, for both layouts of a tile:
-    // "k-contiguous" (A plain, B transposed): tile row l / (bk/4), k-quad l % (bk/4);
-    // "k-major" (A transposed, B plain): k l / tq, quad l % tq.
-    let kc_row = l / (bk / 4u);
-    let kc_k = (l % (bk / 4u)) * 4u;
-    let km_k = l / tq;
-    let km_q = l % tq;
 
     var acc: array<vec4<f32>, 16>;
     for (var i = 0u; i < 16u; i++) { acc[i] = vec4<f32>(0.0); }
@@ -159,57 +196,61 @@ fn tile_product(lid: vec3<u32>, l: u32, row0: u32, col0: u32, sp: Split) -> arra
         let a_base = params.a_offset + sp.z * params.a_stride_z + r * params.a_stride_r;
         let b_base = params.b_offset + sp.z * params.b_stride_z + r * params.b_stride_r;
 
-        var pa: vec4<f32>;
-        var pb: vec4<f32>;
         // Prefetch the first tile.
-        let k0 = sp.t_lo * bk;
-        if (TRANS_A) { pa = fetch_a(a_base, k0 + km_k, row0 + km_q * 4u, kdim, m); }
-        else { pa = fetch_a(a_base, row0 + kc_row, k0 + kc_k, m, kdim); }
-        if (TRANS_B) { pb = fetch_b(b_base, col0 + kc_row, k0 + kc_k, n, kdim); }
-        else { pb = fetch_b(b_base, k0 + km_k, col0 + km_q * 4u, kdim, n); }
+        var pre: array<Pair, 2>;
+        for (var j = 0u; j < LOADS; j++) {
+            pre[j] = load_pair(l + j * WG * WG, a_base, b_base, sp.t_lo * bk, row0, col0);
+        }
 
         for (var t = sp.t_lo; t < sp.t_hi; t++) {
-            if (TRANS_A) {
-                as_[km_k * tq + km_q] = pa;
-            } else {
-                for (var e = 0u; e < 4u; e++) {
-                    let idx = (kc_k + e) * TILE + kc_row;
-                    as_[idx / 4u][idx % 4u] = pa[e];
-                }
-            }
-            if (TRANS_B) {
-                for (var e = 0u; e < 4u; e++) {
-                    let idx = (kc_k + e) * TILE + kc_row;
-                    bs_[idx / 4u][idx % 4u] = pb[e];
-                }
-            } else {
-                bs_[km_k * tq + km_q] = pb;
-            }
+            for (var j = 0u; j < LOADS; j++) { store_pair(l + j * WG * WG, pre[j]); }
             workgroupBarrier();
 
             // Prefetch the next tile while this one is multiplied.
             if (t + 1u < sp.t_hi) {
-                let k1 = (t + 1u) * bk;
-                if (TRANS_A) { pa = fetch_a(a_base, k1 + km_k, row0 + km_q * 4u, kdim, m); }
-                else { pa = fetch_a(a_base, row0 + kc_row, k1 + kc_k, m, kdim); }
-                if (TRANS_B) { pb = fetch_b(b_base, col0 + kc_row, k1 + kc_k, n, kdim); }
-                else { pb = fetch_b(b_base, k1 + km_k, col0 + km_q * 4u, kdim, n); }
+                for (var j = 0u; j < LOADS; j++) {
+                    pre[j] = load_pair(l + j * WG * WG, a_base, b_base, (t + 1u) * bk, row0, col0);
+                }
             }
 
             for (var kk = 0u; kk < bk; kk++) {
-                var fa: array<vec4<f32>, 2>;
-                var fb: array<vec4<f32>, 2>;
-                for (var g = 0u; g < GROUPS; g++) {
-                    fa[g] = as_[kk * tq + g * WG + lid.y];
-                    fb[g] = bs_[kk * tq + g * WG + lid.x];
-                }
-                for (var gi = 0u; gi < GROUPS; gi++) {
-                    for (var i = 0u; i < 4u; i++) {
-                        for (var gj = 0u; gj < GROUPS; gj++) {
-                            let slot = (gi * 4u + i) * 2u + gj;
-                            acc[slot] = fma(vec4<f32>(fa[gi][i]), fb[gj], acc[slot]);
-                        }
+                let b0 = bs_[kk * tq + lid.x];
+                if (GROUPS == 1u) {
+                    let a0 = as_[kk * tq + lid.y];
+                    acc[0] = fma(vec4<f32>(a0.x), b0, acc[0]);
+                    acc[2] = fma(vec4<f32>(a0.y), b0, acc[2]);
+                    acc[4] = fma(vec4<f32>(a0.z), b0, acc[4]);
+                    acc[6] = fma(vec4<f32>(a0.w), b0, acc[6]);
+                } else {
+                    var a0: vec4<f32>;
+                    var a1: vec4<f32>;
+                    if (SHARED_ROWS) {
+                        // Lane j = lid.x % 8 loads row value j of this k; the others get it by broadcast.
+                        let j = lid.x % 8u;
+                        let rows = rows_from_lanes(as_[kk * tq + (j / 4u) * WG + lid.y][j % 4u]);
+                        a0 = rows[0];
+                        a1 = rows[1];
+                    } else {
+                        a0 = as_[kk * tq + lid.y];
+                        a1 = as_[kk * tq + WG + lid.y];
                     }
+                    let b1 = bs_[kk * tq + WG + lid.x];
+                    acc[0] = fma(vec4<f32>(a0.x), b0, acc[0]);
+                    acc[1] = fma(vec4<f32>(a0.x), b1, acc[1]);
+                    acc[2] = fma(vec4<f32>(a0.y), b0, acc[2]);
+                    acc[3] = fma(vec4<f32>(a0.y), b1, acc[3]);
+                    acc[4] = fma(vec4<f32>(a0.z), b0, acc[4]);
+                    acc[5] = fma(vec4<f32>(a0.z), b1, acc[5]);
+                    acc[6] = fma(vec4<f32>(a0.w), b0, acc[6]);
+                    acc[7] = fma(vec4<f32>(a0.w), b1, acc[7]);
+                    acc[8] = fma(vec4<f32>(a1.x), b0, acc[8]);
+                    acc[9] = fma(vec4<f32>(a1.x), b1, acc[9]);
+                    acc[10] = fma(vec4<f32>(a1.y), b0, acc[10]);
+                    acc[11] = fma(vec4<f32>(a1.y), b1, acc[11]);
+                    acc[12] = fma(vec4<f32>(a1.z), b0, acc[12]);
+                    acc[13] = fma(vec4<f32>(a1.z), b1, acc[13]);
+                    acc[14] = fma(vec4<f32>(a1.w), b0, acc[14]);
+                    acc[15] = fma(vec4<f32>(a1.w), b1, acc[15]);
                 }
             }
             workgroupBarrier();
@@ -287,9 +328,8 @@ fn store_c(z: u32, row: u32, col: u32, value: vec4<f32>) {
         if (BIAS_PER_ROW) {
             v += vec4<f32>(bias_at(row));
         } else {
-            for (var e = 0u; e < 4u; e++) {
-                if (col + e < n) { v[e] += bias_at(col + e); }
-            }
+            let count = min(4u, n - col);
+            for (var e = 0u; e < count; e++) { v[e] += bias_at(col + e); }
         }
     }
     v = activate(v);
@@ -298,13 +338,13 @@ fn store_c(z: u32, row: u32, col: u32, value: vec4<f32>) {
         if (ACCUMULATE) { v += vec4<f32>(c[idx / 4u]); }
         c[idx / 4u] = vec4<Elem>(v);
     } else {
-        for (var e = 0u; e < 4u; e++) {
-            if (col + e < n) {
-                let j = idx + e;
-                var x = v[e];
-                if (ACCUMULATE) { x += f32(c[j / 4u][j % 4u]); }
-                c[j / 4u][j % 4u] = Elem(x);
-            }
+        // Not unrolled, as in fetch_a.
+        let count = min(4u, n - col);
+        for (var e = 0u; e < count; e++) {
+            let j = idx + e;
+            var x = v[e];
+            if (ACCUMULATE) { x += f32(c[j / 4u][j % 4u]); }
+            c[j / 4u][j % 4u] = Elem(x);
         }
     }
 }
@@ -352,13 +392,12 @@ fn main_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
                     if (PARTIAL_ACCUMULATE) { v += part[idx / 4u]; }
                     part[idx / 4u] = v;
                 } else {
-                    for (var e = 0u; e < 4u; e++) {
-                        if (col + e < n) {
-                            let j = idx + e;
-                            var x = v[e];
-                            if (PARTIAL_ACCUMULATE) { x += part[j / 4u][j % 4u]; }
-                            part[j / 4u][j % 4u] = x;
-                        }
+                    let count = min(4u, n - col);
+                    for (var e = 0u; e < count; e++) {
+                        let j = idx + e;
+                        var x = v[e];
+                        if (PARTIAL_ACCUMULATE) { x += part[j / 4u][j % 4u]; }
+                        part[j / 4u][j % 4u] = x;
                     }
                 }
             }

@@ -41,12 +41,16 @@ pub const PRELUDES: &[(&str, &str)] = &[
     ("numerics", NUMERICS),
     ("reduce_shared", REDUCE_SHARED),
     ("reduce_subgroup", REDUCE_SUBGROUP),
+    ("matmul_shared_rows", MATMUL_SHARED_ROWS),
+    ("matmul_lanes_portable", MATMUL_LANES_PORTABLE),
 ];
 
 const ACTIVATION: &str = include_str!("../shaders/activation.wgsl");
 const NUMERICS: &str = include_str!("../shaders/numerics.wgsl");
 const REDUCE_SHARED: &str = include_str!("../shaders/reduce_shared.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
+const MATMUL_SHARED_ROWS: &str = include_str!("../shaders/matmul_shared_rows.wgsl");
+const MATMUL_LANES_PORTABLE: &str = include_str!("../shaders/matmul_lanes_portable.wgsl");
 
 impl Kernel {
     /// Every kernel family.
@@ -98,9 +102,9 @@ impl Kernel {
     /// Prelude sources placed before the file, for the subgroup or the portable variant.
     pub fn preludes(self, subgroups: bool) -> Vec<&'static str> {
         match self {
-            Kernel::Matmul | Kernel::Elementwise | Kernel::QuantizedLinear | Kernel::Conv => {
-                vec![ACTIVATION]
-            }
+            Kernel::Matmul if subgroups => vec![ACTIVATION, MATMUL_SHARED_ROWS],
+            Kernel::Matmul => vec![ACTIVATION, MATMUL_LANES_PORTABLE],
+            Kernel::Elementwise | Kernel::QuantizedLinear | Kernel::Conv => vec![ACTIVATION],
             Kernel::Softmax if subgroups => vec![NUMERICS, REDUCE_SUBGROUP],
             Kernel::Softmax => vec![NUMERICS, REDUCE_SHARED],
             Kernel::Loss => vec![NUMERICS],
@@ -110,7 +114,7 @@ impl Kernel {
 
     /// Whether the family has a variant that uses subgroup operations.
     pub fn has_subgroup_variant(self) -> bool {
-        matches!(self, Kernel::Softmax)
+        matches!(self, Kernel::Softmax | Kernel::Matmul)
     }
 
     /// Storage types the family has variants for.

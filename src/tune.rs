@@ -213,15 +213,16 @@ impl Tuner {
         }
     }
 
-    /// The candidate for `key`: the forced one, the fixed default (tuning off), the cached
-    /// choice, or the fastest of `fitting` as timed now by `time` (which runs one candidate once
-    /// on inputs of the key's shape). `fitting[0]` is the fixed default; candidates whose timing
-    /// fails are passed over, and if all fail the default is used.
+    /// The candidate for `key`: the forced one, the fixed default (tuning off, or a problem not
+    /// `worth_timing`), the cached choice, or the fastest of `fitting` as timed now by `time`
+    /// (which runs one candidate once on inputs of the key's shape). `fitting[0]` is the fixed
+    /// default; candidates whose timing fails are passed over, and if all fail the default is used.
     pub(crate) fn choose(
         &self,
         op: TunedOp,
         key: &TuningKey,
         fitting: &[&'static str],
+        worth_timing: bool,
         mut time: impl FnMut(&'static str) -> Result<Duration>,
     ) -> &'static str {
         let default = fitting[0];
@@ -233,7 +234,7 @@ impl Tuner {
                 .find(|c| *c == name)
                 .unwrap_or(default);
         }
-        if self.mode == Tuning::Off || fitting.len() == 1 {
+        if self.mode == Tuning::Off || fitting.len() == 1 || !worth_timing {
             return default;
         }
         let cached = self.with_choices(|c| c.get(&key.0).cloned());
@@ -245,7 +246,15 @@ impl Tuner {
         // Not holding any lock while timing: the candidates may tune nested ops themselves.
         let mut times = Vec::new();
         let mut best: Option<(&'static str, Duration)> = None;
-        for &candidate in fitting {
+        let started = std::time::Instant::now();
+        for (tried, &candidate) in fitting.iter().enumerate() {
+            // Past the budget (a first run compiles its pipelines, seconds on a CPU adapter, and
+            // may tune nested ops), the candidates left, the least likely winners, are not tried;
+            // the first few always are.
+            let budget = best.map_or(BUDGET_MIN, |(_, b)| BUDGET_MIN.max(b * BUDGET_RUNS));
+            if tried >= ALWAYS_TRIED && started.elapsed() > budget {
+                break;
+            }
             // The first run compiles the pipelines and warms the caches; a candidate that takes
             // several times the best even so is not timed further.
             let Ok(first) = time(candidate) else {
@@ -298,6 +307,12 @@ impl Tuner {
 /// Timed runs per candidate after the warm-up run (the best is kept).
 const TIMED_RUNS: usize = 2;
 
+/// Tuning of one class tries no further candidate after max(BUDGET_MIN, BUDGET_RUNS × best time).
+const BUDGET_MIN: Duration = Duration::from_secs(2);
+const BUDGET_RUNS: u32 = 40;
+/// Candidates tried whatever the budget.
+const ALWAYS_TRIED: usize = 4;
+
 /// `tuning-<adapter>-<backend>.json`, the adapter's name reduced to file-name-safe characters.
 fn cache_file_name(h: &CacheHeader) -> String {
     let safe: String = format!("{}-{}", h.adapter, h.backend)
@@ -327,6 +342,65 @@ pub(crate) fn random_inputs(len: usize, seed: u64) -> Vec<f32> {
     use rand::{RngExt, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Checks a candidate's output against the first candidate's (the fixed default's), element by
+/// element: a candidate that computes something else on this adapter (a kernel whose assumptions
+/// about the hardware do not hold) must never be chosen, however fast. The first call keeps its
+/// output as the reference. Differences of rounding pass: |a - b| <= tol · (max |reference| + 1);
+/// NaN matches NaN (elements no candidate writes).
+pub(crate) struct OutputCheck {
+    reference: Option<Vec<f32>>,
+    checked: Vec<&'static str>,
+    tol: f32,
+}
+
+impl OutputCheck {
+    pub(crate) fn new(dtype: crate::DType) -> Self {
+        let tol = if dtype == crate::DType::F16 {
+            5e-2
+        } else {
+            1e-3
+        };
+        OutputCheck {
+            reference: None,
+            checked: Vec::new(),
+            tol,
+        }
+    }
+
+    /// Checks `candidate`'s output once (its first run); later runs pass unread.
+    pub(crate) fn check(&mut self, candidate: &'static str, out: &crate::Tensor) -> Result<()> {
+        if self.checked.contains(&candidate) {
+            return Ok(());
+        }
+        self.checked.push(candidate);
+        self.compare(candidate, out.to_vec_f32()?)
+    }
+
+    fn compare(&mut self, candidate: &'static str, got: Vec<f32>) -> Result<()> {
+        let Some(want) = &self.reference else {
+            self.reference = Some(got);
+            return Ok(());
+        };
+        let scale = want
+            .iter()
+            .filter(|x| x.is_finite())
+            .fold(0.0f32, |m, x| m.max(x.abs()))
+            + 1.0;
+        let agree = want.len() == got.len()
+            && want
+                .iter()
+                .zip(&got)
+                .all(|(w, g)| (w.is_nan() && g.is_nan()) || (w - g).abs() <= self.tol * scale);
+        if agree {
+            Ok(())
+        } else {
+            Err(crate::Error::Validation(format!(
+                "tuning: candidate {candidate} disagrees with the default kernel on this adapter"
+            )))
+        }
+    }
 }
 
 /// The platform's cache directory for wgnn (`$XDG_CACHE_HOME/wgnn` or `~/.cache/wgnn` on Linux,
@@ -374,7 +448,7 @@ mod tests {
         let fitting = ["a", "b", "c"];
         let t = Tuner::new(&info("Mesa 25"), Tuning::Auto, Some(dir.clone()));
         let mut runs = 0;
-        let chosen = t.choose(TunedOp::Matmul, &key, &fitting, |c| {
+        let chosen = t.choose(TunedOp::Matmul, &key, &fitting, true, |c| {
             runs += 1;
             Ok(Duration::from_millis(match c {
                 "a" => 30,
@@ -387,7 +461,7 @@ mod tests {
 
         // A second tuner for the same adapter reads the choice instead of timing.
         let again = Tuner::new(&info("Mesa 25"), Tuning::Auto, Some(dir.clone()));
-        let chosen = again.choose(TunedOp::Matmul, &key, &fitting, |_| {
+        let chosen = again.choose(TunedOp::Matmul, &key, &fitting, true, |_| {
             panic!("a cached class is not timed again")
         });
         assert_eq!(chosen, "b");
@@ -395,7 +469,7 @@ mod tests {
         // Another driver version: the file is stale, so the class is tuned anew.
         let other = Tuner::new(&info("Mesa 26"), Tuning::Auto, Some(dir.clone()));
         let mut timed = false;
-        let chosen = other.choose(TunedOp::Matmul, &key, &fitting, |c| {
+        let chosen = other.choose(TunedOp::Matmul, &key, &fitting, true, |c| {
             timed = true;
             Ok(Duration::from_millis(if c == "c" { 1 } else { 5 }))
         });
@@ -406,7 +480,7 @@ mod tests {
         let path = other.file().unwrap().to_path_buf();
         std::fs::write(&path, b"{ not json").unwrap();
         let fresh = Tuner::new(&info("Mesa 26"), Tuning::Auto, Some(dir.clone()));
-        let chosen = fresh.choose(TunedOp::Matmul, &key, &fitting, |c| {
+        let chosen = fresh.choose(TunedOp::Matmul, &key, &fitting, true, |c| {
             Ok(Duration::from_millis(if c == "a" { 1 } else { 5 }))
         });
         assert_eq!(chosen, "a");
@@ -416,11 +490,30 @@ mod tests {
     }
 
     #[test]
+    fn a_candidate_that_computes_something_else_is_refused() {
+        let mut check = OutputCheck::new(crate::DType::F32);
+        check
+            .compare("default", vec![1.0, -2.0, f32::NAN, 4.0])
+            .unwrap();
+        // Rounding differences and the same unwritten elements pass.
+        check
+            .compare("close", vec![1.0 + 1e-5, -2.0, f32::NAN, 4.0])
+            .unwrap();
+        assert!(check
+            .compare("wrong", vec![1.0, -2.0, f32::NAN, 4.5])
+            .is_err());
+        assert!(check
+            .compare("unwritten", vec![1.0, f32::NAN, f32::NAN, 4.0])
+            .is_err());
+        assert!(check.compare("short", vec![1.0, -2.0]).is_err());
+    }
+
+    #[test]
     fn off_forced_and_failing_candidates() {
         let key = TuningKey("k".into());
         let off = Tuner::new(&info("d"), Tuning::Off, None);
         assert_eq!(
-            off.choose(TunedOp::Matmul, &key, &["a", "b"], |_| panic!(
+            off.choose(TunedOp::Matmul, &key, &["a", "b"], true, |_| panic!(
                 "no timing when off"
             )),
             "a"
@@ -428,14 +521,19 @@ mod tests {
         let t = Tuner::new(&info("d"), Tuning::Auto, None);
         t.force(TunedOp::Matmul, Some("b"));
         assert_eq!(
-            t.choose(TunedOp::Matmul, &key, &["a", "b"], |_| panic!("forced")),
+            t.choose(TunedOp::Matmul, &key, &["a", "b"], true, |_| panic!(
+                "forced"
+            )),
             "b"
         );
         // A forced candidate that does not fit falls back to the default.
-        assert_eq!(t.choose(TunedOp::Matmul, &key, &["a"], |_| panic!()), "a");
+        assert_eq!(
+            t.choose(TunedOp::Matmul, &key, &["a"], true, |_| panic!()),
+            "a"
+        );
         t.force(TunedOp::Matmul, None);
         // A candidate whose run fails is passed over; all failing gives the default.
-        let chosen = t.choose(TunedOp::Matmul, &key, &["a", "b"], |c| {
+        let chosen = t.choose(TunedOp::Matmul, &key, &["a", "b"], true, |c| {
             if c == "a" {
                 Err(crate::Error::Gpu("out of memory".into()))
             } else {
@@ -444,7 +542,7 @@ mod tests {
         });
         assert_eq!(chosen, "b");
         let key2 = TuningKey("k2".into());
-        let chosen = t.choose(TunedOp::Matmul, &key2, &["a", "b"], |_| {
+        let chosen = t.choose(TunedOp::Matmul, &key2, &["a", "b"], true, |_| {
             Err(crate::Error::Gpu("lost".into()))
         });
         assert_eq!(chosen, "a");

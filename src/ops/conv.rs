@@ -21,7 +21,7 @@ use crate::ops::{
 };
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::{DType, Tensor};
-use crate::tune::{TunedOp, TuningKey};
+use crate::tune::{OutputCheck, TunedOp, TuningKey};
 use crate::GpuTimer;
 
 /// The forward candidates ([`crate::tune`]): `im2col` writes each image's column matrix and runs
@@ -390,10 +390,11 @@ fn choose(gpu: &crate::Gpu, g: &Geometry, dtype: DType) -> Result<&'static str> 
         g.p.stride.1,
     ));
     let mut scratch: Option<(Tensor, Tensor, Tensor, GpuTimer)> = None;
+    let mut output_check = OutputCheck::new(dtype);
     Ok(gpu
         .0
         .tuner
-        .choose(TunedOp::Conv2d, &key, &fitting, |candidate| {
+        .choose(TunedOp::Conv2d, &key, &fitting, true, |candidate| {
             if scratch.is_none() {
                 let random = |shape: &[usize], seed| {
                     let len = shape.iter().product();
@@ -415,13 +416,15 @@ fn choose(gpu: &crate::Gpu, g: &Geometry, dtype: DType) -> Result<&'static str> 
                 activation: Activation::None,
                 out,
             };
-            timer.time(|batch| {
+            let took = timer.time(|batch| {
                 if candidate == "implicit" {
                     record_implicit(batch, &f)
                 } else {
                     record_im2col(batch, &f)
                 }
-            })
+            })?;
+            output_check.check(candidate, out)?;
+            Ok(took)
         }))
 }
 

@@ -11,7 +11,7 @@ use crate::gpu::Gpu;
 use crate::ops::{distinct_output, float_dtype, same_dtype, same_gpu, to_u32, Activation};
 use crate::shaders::PipelineKey;
 use crate::tensor::Tensor;
-use crate::tune::{TunedOp, TuningKey};
+use crate::tune::{OutputCheck, TunedOp, TuningKey};
 
 /// How a matmul treats its operands and what its epilogue does.
 #[derive(Debug, Clone, Copy, Default)]
@@ -383,34 +383,70 @@ impl<'t> Launch<'t> {
 }
 
 /// The matmul candidates ([`crate::tune`]): `tiledWxG` is a shared-memory tile of W×W threads, each
-/// computing G×G blocks of 4×4 outputs (tile edge 4·W·G); `directWxG` the same outputs per thread
-/// without shared memory; `gemv` the kernels for at most 8 rows.
+/// computing G×G blocks of 4×4 outputs (tile edge 4·W·G), with a k-step of W/G (`l2`: twice that,
+/// each thread storing two vec4s of each operand per step); `directWxG` the same outputs per
+/// thread without shared memory; `gemv` the kernels for at most 8 rows; `s8`: K cut into 8 splits
+/// summed afterwards, for outputs too small to give every core a workgroup (offered only there). `sr` (shared rows): the
+/// 8 lanes of a subgroup share one load of their A values by broadcasts, for adapters with
+/// subgroups of exactly 8 (CPU adapters, where every per-lane load costs a scalar load per lane).
 pub(crate) const CANDIDATES: &[&str] = &[
+    // Ordered so that the likely winners are timed first (tuning stops at its time budget).
     "tiled16x2",
     "tiled16x1",
+    "gemv",
+    "tiled16x2l2sr",
+    "tiled16x2sr",
+    "tiled16x2l2",
     "tiled8x2",
-    "tiled8x1",
-    "direct16x1",
+    "tiled8x2l2",
     "direct8x1",
     "direct4x1",
-    "gemv",
+    "tiled8x1",
+    "tiled16x1l2",
+    "direct16x1",
+    "tiled16x1s8",
+    "tiled8x2s8",
 ];
+
+/// Products of fewer FLOPs run the fixed default without tuning.
+const TUNING_MIN_FLOPS: usize = 1 << 18;
 
 /// A matmul kernel: a candidate's name parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
-    Tile { wg: u32, groups: u32, direct: bool },
+    Tile {
+        wg: u32,
+        groups: u32,
+        loads: u32,
+        direct: bool,
+        shared_rows: bool,
+        /// Cut K into this many splits at least (split-K for parallelism, not only for length).
+        splits: u32,
+    },
     Gemv,
 }
 
 impl Kernel {
     fn parse(name: &str) -> Kernel {
         let tile = |rest: &str, direct| {
+            let (rest, shared_rows) = match rest.strip_suffix("sr") {
+                Some(r) => (r, true),
+                None => (rest, false),
+            };
+            let (rest, splits) = match rest.split_once('s') {
+                Some((r, s)) => (r, s.parse().ok()?),
+                None => (rest, 1),
+            };
+
             let (w, g) = rest.split_once('x')?;
+            let (g, loads) = g.split_once('l').unwrap_or((g, "1"));
             Some(Kernel::Tile {
                 wg: w.parse().ok()?,
                 groups: g.parse().ok()?,
+                loads: loads.parse().ok()?,
                 direct,
+                shared_rows,
+                splits,
             })
         };
         let parsed = if name == "gemv" {
@@ -431,11 +467,26 @@ impl Kernel {
         }
     }
 
+    /// Most k-tiles one workgroup walks: at most [`K_PER_SPLIT`] elements of K, and few enough
+    /// that its loop iterations stay in [`LOOP_BUDGET`]. Per k-tile, worst case (ragged operands,
+    /// whose loads loop over up to 4 elements): the tile loop, the k-step loop, and 4 iterations
+    /// per load of a vec4.
+    fn tiles_per_split(self) -> usize {
+        let per_tile = match self {
+            Kernel::Tile { direct: true, .. } => 1 + 8 * 4,
+            Kernel::Tile { loads, .. } => 1 + self.k_step() + 2 * loads as usize * 4,
+            Kernel::Gemv => 1,
+        };
+        (K_PER_SPLIT / self.k_step()).min(LOOP_BUDGET / per_tile)
+    }
+
     /// Elements of K per loop iteration (the unit of split-K).
     fn k_step(self) -> usize {
         match self {
             Kernel::Tile { direct: true, .. } => 4,
-            Kernel::Tile { wg, groups, .. } => (wg / groups) as usize,
+            Kernel::Tile {
+                wg, groups, loads, ..
+            } => (loads * wg / groups) as usize,
             Kernel::Gemv => 16,
         }
     }
@@ -475,9 +526,17 @@ struct SplitPlan {
     t_per_split: usize,
 }
 
-fn split_plan(k: usize, reduce_count: usize, bk: usize) -> SplitPlan {
+/// Loop iterations one invocation may run in all (Mesa stops it at 65,535), with room for the
+/// loops outside the k-tiles.
+const LOOP_BUDGET: usize = 40_000;
+
+fn split_plan(k: usize, reduce_count: usize, kernel: Kernel) -> SplitPlan {
+    let bk = kernel.k_step();
     let tiles = k.div_ceil(bk);
-    let budget = K_PER_SPLIT / bk;
+    let mut budget = kernel.tiles_per_split();
+    if let Kernel::Tile { splits, .. } = kernel {
+        budget = budget.min(tiles.div_ceil(splits as usize)).max(1);
+    }
     if tiles > budget {
         let k_splits = tiles.div_ceil(budget);
         SplitPlan {
@@ -523,13 +582,20 @@ fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
     let summed = summed_k(l)?;
     let gemv_fits = l.m <= GEMV_MAX_ROWS && summed <= K_PER_SPLIT;
     let default = default_candidate(l, gemv_fits);
+    let info = gpu.adapter_info();
+    let lanes_of_8 =
+        gpu.uses_subgroups() && info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
     let mut fitting = vec![default];
-    fitting.extend(
-        CANDIDATES
-            .iter()
-            .copied()
-            .filter(|&c| c != default && (c != "gemv" || gemv_fits)),
-    );
+    // Products this small take about a dispatch's overhead whichever kernel runs them.
+    let work = 2 * l.m * l.n * summed * l.out_batches;
+    // Split-K for parallelism: where the output has few 64-tiles and K is long.
+    let few_tiles = l.m.div_ceil(64) * l.n.div_ceil(64) * l.out_batches < 32 && summed >= 1024;
+    fitting.extend(CANDIDATES.iter().copied().filter(|&c| {
+        c != default
+            && (c != "gemv" || gemv_fits)
+            && (!c.ends_with("sr") || lanes_of_8)
+            && (!c.ends_with("s8") || few_tiles)
+    }));
     let class = |x| TuningKey::size_class(x);
     let key = TuningKey(format!(
         "matmul/{:?}/t{}{}/a{}{}/m{}/n{}/k{}/z{}",
@@ -548,10 +614,12 @@ fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
         class(l.out_batches),
     ));
     let mut scratch: Option<(Tensor, Tensor, Tensor, GpuTimer)> = None;
+    let mut output_check = OutputCheck::new(l.c.dtype());
+    let worth_timing = work >= TUNING_MIN_FLOPS;
     let name = gpu
         .0
         .tuner
-        .choose(TunedOp::Matmul, &key, &fitting, |candidate| {
+        .choose(TunedOp::Matmul, &key, &fitting, worth_timing, |candidate| {
             if scratch.is_none() {
                 scratch = Some(scratch_for(gpu, l)?);
             }
@@ -565,7 +633,9 @@ fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
                 accumulate: false,
                 ..*l
             };
-            timer.time(|batch| record_with(batch, &copy, Kernel::parse(candidate)))
+            let took = timer.time(|batch| record_with(batch, &copy, Kernel::parse(candidate)))?;
+            output_check.check(candidate, c)?;
+            Ok(took)
         });
     Ok(Kernel::parse(name))
 }
@@ -603,14 +673,21 @@ fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
     const OP: &str = "matmul";
     let gemv = kernel == Kernel::Gemv;
     let tile = kernel.tile() as u32;
-    let plan = split_plan(l.k, l.reduce_count, kernel.k_step());
+    let plan = split_plan(l.k, l.reduce_count, kernel);
     let aligned_a = aligned(&l.a, l.m, l.k);
     let aligned_b = aligned(&l.b, l.k, l.n);
     let aligned_c =
         l.n.is_multiple_of(4) && l.c_offset.is_multiple_of(4) && l.c_stride_z.is_multiple_of(4);
-    let (wg, groups, direct) = match kernel {
-        Kernel::Tile { wg, groups, direct } => (wg, groups, direct),
-        Kernel::Gemv => (16, 1, false),
+    let (wg, groups, loads, direct, shared_rows) = match kernel {
+        Kernel::Tile {
+            wg,
+            groups,
+            loads,
+            direct,
+            shared_rows,
+            ..
+        } => (wg, groups, loads, direct, shared_rows),
+        Kernel::Gemv => (16, 1, 1, false, false),
     };
     let constants = |entry: &'static str, partial_accumulate: bool| PipelineKey {
         kernel: crate::shaders::Kernel::Matmul,
@@ -620,6 +697,8 @@ fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
             ("WG", wg),
             ("GROUPS", groups),
             ("DIRECT", u32::from(direct)),
+            ("LOADS", loads),
+            ("SHARED_ROWS", u32::from(shared_rows)),
             ("TRANS_A", u32::from(l.a.trans)),
             ("TRANS_B", u32::from(l.b.trans)),
             ("ALIGNED_A", u32::from(aligned_a)),
