@@ -108,6 +108,8 @@ pub(crate) struct Tuner {
     choices: Mutex<Option<BTreeMap<String, String>>>,
     forced: Mutex<HashMap<TunedOp, String>>,
     timings: Mutex<Vec<TuningRecord>>,
+    /// Held by the thread that is timing candidates.
+    turn: Mutex<()>,
 }
 
 /// One tuning done in this process: the class, each candidate's time, and the winner.
@@ -142,6 +144,7 @@ impl Tuner {
             choices: Mutex::new(None),
             forced: Mutex::default(),
             timings: Mutex::default(),
+            turn: Mutex::default(),
         }
     }
 
@@ -237,13 +240,28 @@ impl Tuner {
         if self.mode == Tuning::Off || fitting.len() == 1 || !worth_timing {
             return default;
         }
-        let cached = self.with_choices(|c| c.get(&key.0).cloned());
-        if let Some(name) = cached {
-            if let Some(c) = fitting.iter().copied().find(|c| *c == name) {
+        let cached = |this: &Self| {
+            let name = this.with_choices(|c| c.get(&key.0).cloned())?;
+            fitting.iter().copied().find(|c| *c == name)
+        };
+        if let Some(c) = cached(self) {
+            return c;
+        }
+        // One tuning at a time per adapter: candidates timed side by side on two threads would
+        // slow each other and skew the choice. A thread already tuning (a conv timing its im2col
+        // candidate tunes the matmul inside) goes on without the lock.
+        let _turn = if TUNING_HERE.get() {
+            None
+        } else {
+            let guard = self.turn.lock().unwrap_or_else(|p| p.into_inner());
+            // Another thread may have tuned this class while this one waited.
+            if let Some(c) = cached(self) {
                 return c;
             }
-        }
-        // Not holding any lock while timing: the candidates may tune nested ops themselves.
+            Some(guard)
+        };
+        let _here = TuningHere::enter();
+        // The choices' lock is not held while timing: the candidates may tune nested ops.
         let mut times = Vec::new();
         let mut best: Option<(&'static str, Duration)> = None;
         let started = std::time::Instant::now();
@@ -301,6 +319,26 @@ impl Tuner {
             });
         }
         chosen
+    }
+}
+
+thread_local! {
+    /// Whether this thread is inside a tuning (holds its adapter's turn).
+    static TUNING_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as tuning until dropped (restoring the previous state, for nested tunings).
+struct TuningHere(bool);
+
+impl TuningHere {
+    fn enter() -> Self {
+        TuningHere(TUNING_HERE.replace(true))
+    }
+}
+
+impl Drop for TuningHere {
+    fn drop(&mut self) {
+        TUNING_HERE.set(self.0);
     }
 }
 
@@ -487,6 +525,35 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"matmul/f32/x\": \"a\""), "{text}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_tuning_at_a_time_and_nested_tunings_do_not_wait() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let t = Tuner::new(&info("d"), Tuning::Session, None);
+        let key = TuningKey("class".into());
+        let calls = AtomicUsize::new(0);
+        let tune = || {
+            t.choose(TunedOp::Conv2d, &key, &["a", "b"], true, |c| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+                // A nested op tunes its own class from inside (as conv's im2col runs a matmul).
+                let inner = TuningKey(format!("inner-{c}"));
+                t.choose(TunedOp::Matmul, &inner, &["x", "y"], true, |_| {
+                    Ok(Duration::from_millis(1))
+                });
+                Ok(Duration::from_millis(if c == "b" { 1 } else { 2 }))
+            })
+        };
+        let (first, second) = std::thread::scope(|s| {
+            let a = s.spawn(tune);
+            let b = s.spawn(tune);
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert_eq!((first, second), ("b", "b"));
+        // One thread timed the class; the other found the choice once its turn came.
+        assert_eq!(calls.load(Ordering::SeqCst), 2 * (1 + TIMED_RUNS));
+        assert_eq!(t.records().iter().filter(|r| r.key == key).count(), 1);
     }
 
     #[test]
