@@ -111,10 +111,18 @@ fn training_matches_the_reference_over_steps() {
             let mean = trainer.mean_loss().unwrap();
             let want = cpu_losses.iter().sum::<f32>() / 6.0;
             assert_close(&[mean], &[want], 1e-4, &format!("loss {context}"));
+            // Adam divides each gradient by its running RMS: an element whose gradient is of the
+            // size of f32 rounding takes a step of up to lr whose sign that rounding decides (one
+            // seed in about 60 drifted 1.07e-4 in 6 steps, with the same result on every kernel
+            // choice). A wrong gradient still moves parameters by ~lr = 1e-2, 20× this bound.
+            let tol = match optimizer {
+                reference::nn::Optimizer::Adam(_) => 5e-4,
+                _ => 1e-4,
+            };
             let got = trainer.model().params().to_host().unwrap();
             for ((gname, gshape, gv), (cname, cshape, cv)) in got.iter().zip(&cpu.params) {
                 assert_eq!((gname, gshape), (cname, cshape));
-                assert_close(gv, cv, 1e-4, &format!("{gname} {context}"));
+                assert_close(gv, cv, tol, &format!("{gname} {context}"));
             }
         }
     }
