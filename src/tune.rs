@@ -118,7 +118,7 @@ pub struct TuningRecord {
     /// The shape class.
     pub key: TuningKey,
     /// Each candidate timed, with its best time (its warm-up run's, compile included, where that
-    /// was already far behind); candidates that failed are absent.
+    /// alone was long and far behind); candidates that failed are absent.
     pub times: Vec<(&'static str, Duration)>,
     /// The candidate kept.
     pub chosen: &'static str,
@@ -273,12 +273,13 @@ impl Tuner {
             if tried >= ALWAYS_TRIED && started.elapsed() > budget {
                 break;
             }
-            // The first run compiles the pipelines and warms the caches; a candidate that takes
-            // several times the best even so is not timed further.
+            // The first run compiles the pipelines and warms the caches, so it says little about
+            // a small problem; only a first run both long and far behind the best (a kernel that
+            // suits this adapter badly) is not followed by timed runs.
             let Ok(first) = time(candidate) else {
                 continue;
             };
-            if best.is_some_and(|(_, b)| first > b * 4) {
+            if first > SLOW_FIRST_RUN && best.is_some_and(|(_, b)| first > b * 4) {
                 times.push((candidate, first));
                 continue;
             }
@@ -348,6 +349,8 @@ const TIMED_RUNS: usize = 2;
 /// Tuning of one class tries no further candidate after max(BUDGET_MIN, BUDGET_RUNS × best time).
 const BUDGET_MIN: Duration = Duration::from_secs(2);
 const BUDGET_RUNS: u32 = 40;
+/// A first run (compile included) longer than this, and 4× the best, ends a candidate's timing.
+const SLOW_FIRST_RUN: Duration = Duration::from_secs(1);
 /// Candidates tried whatever the budget.
 const ALWAYS_TRIED: usize = 4;
 
