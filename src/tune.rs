@@ -216,14 +216,15 @@ impl Tuner {
         }
     }
 
-    /// The candidate for `key`: the forced one, the fixed default (tuning off, or a problem not
-    /// `worth_timing`), the cached choice, or the fastest of `fitting` as timed now by `time`
-    /// (which runs one candidate once on inputs of the key's shape). `fitting[0]` is the fixed
-    /// default; candidates whose timing fails are passed over, and if all fail the default is used.
+    /// The candidate for the shape class `key` makes: the forced one, the fixed default (tuning
+    /// off, or a problem not `worth_timing`; the key is not made then), the cached choice, or the
+    /// fastest of `fitting` as timed now by `time` (which runs one candidate once on inputs of the
+    /// key's shape). `fitting[0]` is the fixed default; candidates whose timing fails are passed
+    /// over, and if all fail the default is used.
     pub(crate) fn choose(
         &self,
         op: TunedOp,
-        key: &TuningKey,
+        key: impl FnOnce() -> TuningKey,
         fitting: &[&'static str],
         worth_timing: bool,
         mut time: impl FnMut(&'static str) -> Result<Duration>,
@@ -240,6 +241,7 @@ impl Tuner {
         if self.mode == Tuning::Off || fitting.len() == 1 || !worth_timing {
             return default;
         }
+        let key = &key();
         let cached = |this: &Self| {
             let name = this.with_choices(|c| c.get(&key.0).cloned())?;
             fitting.iter().copied().find(|c| *c == name)
@@ -489,31 +491,47 @@ mod tests {
         let fitting = ["a", "b", "c"];
         let t = Tuner::new(&info("Mesa 25"), Tuning::Auto, Some(dir.clone()));
         let mut runs = 0;
-        let chosen = t.choose(TunedOp::Matmul, &key, &fitting, true, |c| {
-            runs += 1;
-            Ok(Duration::from_millis(match c {
-                "a" => 30,
-                "b" => 10,
-                _ => 20,
-            }))
-        });
+        let chosen = t.choose(
+            TunedOp::Matmul,
+            || key.clone(),
+            &fitting,
+            true,
+            |c| {
+                runs += 1;
+                Ok(Duration::from_millis(match c {
+                    "a" => 30,
+                    "b" => 10,
+                    _ => 20,
+                }))
+            },
+        );
         assert_eq!(chosen, "b");
         assert!(runs >= 3 * (1 + TIMED_RUNS) - 1, "{runs} runs");
 
         // A second tuner for the same adapter reads the choice instead of timing.
         let again = Tuner::new(&info("Mesa 25"), Tuning::Auto, Some(dir.clone()));
-        let chosen = again.choose(TunedOp::Matmul, &key, &fitting, true, |_| {
-            panic!("a cached class is not timed again")
-        });
+        let chosen = again.choose(
+            TunedOp::Matmul,
+            || key.clone(),
+            &fitting,
+            true,
+            |_| panic!("a cached class is not timed again"),
+        );
         assert_eq!(chosen, "b");
 
         // Another driver version: the file is stale, so the class is tuned anew.
         let other = Tuner::new(&info("Mesa 26"), Tuning::Auto, Some(dir.clone()));
         let mut timed = false;
-        let chosen = other.choose(TunedOp::Matmul, &key, &fitting, true, |c| {
-            timed = true;
-            Ok(Duration::from_millis(if c == "c" { 1 } else { 5 }))
-        });
+        let chosen = other.choose(
+            TunedOp::Matmul,
+            || key.clone(),
+            &fitting,
+            true,
+            |c| {
+                timed = true;
+                Ok(Duration::from_millis(if c == "c" { 1 } else { 5 }))
+            },
+        );
         assert!(timed);
         assert_eq!(chosen, "c");
 
@@ -521,9 +539,13 @@ mod tests {
         let path = other.file().unwrap().to_path_buf();
         std::fs::write(&path, b"{ not json").unwrap();
         let fresh = Tuner::new(&info("Mesa 26"), Tuning::Auto, Some(dir.clone()));
-        let chosen = fresh.choose(TunedOp::Matmul, &key, &fitting, true, |c| {
-            Ok(Duration::from_millis(if c == "a" { 1 } else { 5 }))
-        });
+        let chosen = fresh.choose(
+            TunedOp::Matmul,
+            || key.clone(),
+            &fitting,
+            true,
+            |c| Ok(Duration::from_millis(if c == "a" { 1 } else { 5 })),
+        );
         assert_eq!(chosen, "a");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"matmul/f32/x\": \"a\""), "{text}");
@@ -537,16 +559,26 @@ mod tests {
         let key = TuningKey("class".into());
         let calls = AtomicUsize::new(0);
         let tune = || {
-            t.choose(TunedOp::Conv2d, &key, &["a", "b"], true, |c| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(5));
-                // A nested op tunes its own class from inside (as conv's im2col runs a matmul).
-                let inner = TuningKey(format!("inner-{c}"));
-                t.choose(TunedOp::Matmul, &inner, &["x", "y"], true, |_| {
-                    Ok(Duration::from_millis(1))
-                });
-                Ok(Duration::from_millis(if c == "b" { 1 } else { 2 }))
-            })
+            t.choose(
+                TunedOp::Conv2d,
+                || key.clone(),
+                &["a", "b"],
+                true,
+                |c| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(5));
+                    // A nested op tunes its own class from inside (as conv's im2col runs a matmul).
+                    let inner = TuningKey(format!("inner-{c}"));
+                    t.choose(
+                        TunedOp::Matmul,
+                        || inner,
+                        &["x", "y"],
+                        true,
+                        |_| Ok(Duration::from_millis(1)),
+                    );
+                    Ok(Duration::from_millis(if c == "b" { 1 } else { 2 }))
+                },
+            )
         };
         let (first, second) = std::thread::scope(|s| {
             let a = s.spawn(tune);
@@ -583,38 +615,67 @@ mod tests {
         let key = TuningKey("k".into());
         let off = Tuner::new(&info("d"), Tuning::Off, None);
         assert_eq!(
-            off.choose(TunedOp::Matmul, &key, &["a", "b"], true, |_| panic!(
-                "no timing when off"
-            )),
+            off.choose(
+                TunedOp::Matmul,
+                || panic!("no key is made when off"),
+                &["a", "b"],
+                true,
+                |_| panic!("no timing when off")
+            ),
             "a"
         );
         let t = Tuner::new(&info("d"), Tuning::Auto, None);
         t.force(TunedOp::Matmul, Some("b"));
         assert_eq!(
-            t.choose(TunedOp::Matmul, &key, &["a", "b"], true, |_| panic!(
-                "forced"
-            )),
+            t.choose(
+                TunedOp::Matmul,
+                || key.clone(),
+                &["a", "b"],
+                true,
+                |_| panic!("forced")
+            ),
             "b"
         );
         // A forced candidate that does not fit falls back to the default.
         assert_eq!(
-            t.choose(TunedOp::Matmul, &key, &["a"], true, |_| panic!()),
+            t.choose(TunedOp::Matmul, || key.clone(), &["a"], true, |_| panic!()),
             "a"
         );
         t.force(TunedOp::Matmul, None);
+        // A product too small to be worth timing takes the default, without a key.
+        assert_eq!(
+            t.choose(
+                TunedOp::Matmul,
+                || panic!("no key"),
+                &["a", "b"],
+                false,
+                |_| panic!()
+            ),
+            "a"
+        );
         // A candidate whose run fails is passed over; all failing gives the default.
-        let chosen = t.choose(TunedOp::Matmul, &key, &["a", "b"], true, |c| {
-            if c == "a" {
-                Err(crate::Error::Gpu("out of memory".into()))
-            } else {
-                Ok(Duration::from_millis(50))
-            }
-        });
+        let chosen = t.choose(
+            TunedOp::Matmul,
+            || key.clone(),
+            &["a", "b"],
+            true,
+            |c| {
+                if c == "a" {
+                    Err(crate::Error::Gpu("out of memory".into()))
+                } else {
+                    Ok(Duration::from_millis(50))
+                }
+            },
+        );
         assert_eq!(chosen, "b");
         let key2 = TuningKey("k2".into());
-        let chosen = t.choose(TunedOp::Matmul, &key2, &["a", "b"], true, |_| {
-            Err(crate::Error::Gpu("lost".into()))
-        });
+        let chosen = t.choose(
+            TunedOp::Matmul,
+            || key2.clone(),
+            &["a", "b"],
+            true,
+            |_| Err(crate::Error::Gpu("lost".into())),
+        );
         assert_eq!(chosen, "a");
     }
 }

@@ -372,29 +372,31 @@ fn choose(gpu: &crate::Gpu, g: &Geometry, dtype: DType) -> Result<&'static str> 
     if g.cg() * g.r * g.s <= IMPLICIT_MAX_TAPS {
         fitting.push("implicit");
     }
-    let class = TuningKey::size_class;
-    let grouping = match g.groups {
-        1 => "dense".to_string(),
-        n if n == g.c && g.kg() == 1 => "depthwise".to_string(),
-        _ => format!("cg{}kg{}", class(g.cg()), class(g.kg())),
+    let key = || {
+        let class = TuningKey::size_class;
+        let grouping = match g.groups {
+            1 => "dense".to_string(),
+            n if n == g.c && g.kg() == 1 => "depthwise".to_string(),
+            _ => format!("cg{}kg{}", class(g.cg()), class(g.kg())),
+        };
+        TuningKey(format!(
+            "conv2d/{dtype:?}/n{}/c{}/k{}/{grouping}/out{}/f{}x{}/s{}x{}",
+            class(g.n),
+            class(g.c),
+            class(g.k),
+            class(g.plane_out()),
+            g.r,
+            g.s,
+            g.p.stride.0,
+            g.p.stride.1,
+        ))
     };
-    let key = TuningKey(format!(
-        "conv2d/{dtype:?}/n{}/c{}/k{}/{grouping}/out{}/f{}x{}/s{}x{}",
-        class(g.n),
-        class(g.c),
-        class(g.k),
-        class(g.plane_out()),
-        g.r,
-        g.s,
-        g.p.stride.0,
-        g.p.stride.1,
-    ));
     let mut scratch: Option<(Tensor, Tensor, Tensor, GpuTimer)> = None;
     let mut output_check = OutputCheck::new(dtype);
     Ok(gpu
         .0
         .tuner
-        .choose(TunedOp::Conv2d, &key, &fitting, true, |candidate| {
+        .choose(TunedOp::Conv2d, key, &fitting, true, |candidate| {
             if scratch.is_none() {
                 let random = |shape: &[usize], seed| {
                     let len = shape.iter().product();

@@ -596,30 +596,32 @@ fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
             && (!c.ends_with("sr") || lanes_of_8)
             && (!c.ends_with("s8") || few_tiles)
     }));
-    let class = |x| TuningKey::size_class(x);
-    let key = TuningKey(format!(
-        "matmul/{:?}/t{}{}/a{}{}/m{}/n{}/k{}/z{}",
-        l.c.dtype(),
-        u8::from(l.a.trans),
-        u8::from(l.b.trans),
-        u8::from(aligned(&l.a, l.m, l.k)),
-        u8::from(aligned(&l.b, l.k, l.n)),
-        if l.m <= GEMV_MAX_ROWS {
-            l.m
-        } else {
-            class(l.m)
-        },
-        class(l.n),
-        class(summed),
-        class(l.out_batches),
-    ));
+    let key = || {
+        let class = TuningKey::size_class;
+        TuningKey(format!(
+            "matmul/{:?}/t{}{}/a{}{}/m{}/n{}/k{}/z{}",
+            l.c.dtype(),
+            u8::from(l.a.trans),
+            u8::from(l.b.trans),
+            u8::from(aligned(&l.a, l.m, l.k)),
+            u8::from(aligned(&l.b, l.k, l.n)),
+            if l.m <= GEMV_MAX_ROWS {
+                l.m
+            } else {
+                class(l.m)
+            },
+            class(l.n),
+            class(summed),
+            class(l.out_batches),
+        ))
+    };
     let mut scratch: Option<(Tensor, Tensor, Tensor, GpuTimer)> = None;
     let mut output_check = OutputCheck::new(l.c.dtype());
     let worth_timing = work >= TUNING_MIN_FLOPS;
     let name = gpu
         .0
         .tuner
-        .choose(TunedOp::Matmul, &key, &fitting, worth_timing, |candidate| {
+        .choose(TunedOp::Matmul, key, &fitting, worth_timing, |candidate| {
             if scratch.is_none() {
                 scratch = Some(scratch_for(gpu, l)?);
             }
