@@ -31,30 +31,6 @@ fn stored(rows: usize, cols: usize, trans: bool) -> [usize; 2] {
 /// Runs one matmul on the GPU into a poisoned output and compares with the reference.
 #[allow(clippy::too_many_arguments)]
 fn check(
-    a_shape: &[usize],
-    b_shape: &[usize],
-    trans_a: bool,
-    trans_b: bool,
-    with_bias: bool,
-    activation: Activation,
-    dtype: DType,
-    tol: f32,
-) {
-    check_on(
-        &gpu(),
-        a_shape,
-        b_shape,
-        trans_a,
-        trans_b,
-        with_bias,
-        activation,
-        dtype,
-        tol,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check_on(
     gpu: &wgnn::Gpu,
     a_shape: &[usize],
     b_shape: &[usize],
@@ -124,6 +100,7 @@ fn f32_ragged_shapes_every_transpose() {
     for &(m, n, k) in SHAPES {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             check(
+                &gpu(),
                 &stored(m, k, ta),
                 &stored(k, n, tb),
                 ta,
@@ -141,6 +118,7 @@ fn f32_ragged_shapes_every_transpose() {
 fn f32_large_tiles() {
     // Enough 128-tiles to take the large-tile path; ragged on every axis.
     check(
+        &gpu(),
         &[1200, 131],
         &[131, 1029],
         false,
@@ -151,6 +129,7 @@ fn f32_large_tiles() {
         1e-5,
     );
     check(
+        &gpu(),
         &[131, 1200],
         &[1029, 131],
         true,
@@ -173,6 +152,7 @@ fn f16_storage_ragged_shapes_every_transpose() {
     for &(m, n, k) in SHAPES {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             check(
+                &gpu(),
                 &stored(m, k, ta),
                 &stored(k, n, tb),
                 ta,
@@ -190,6 +170,7 @@ fn f16_storage_ragged_shapes_every_transpose() {
 fn batched_and_broadcast() {
     let (m, n, k) = (33, 21, 19);
     check(
+        &gpu(),
         &[3, m, k],
         &[3, k, n],
         false,
@@ -200,6 +181,7 @@ fn batched_and_broadcast() {
         1e-5,
     );
     check(
+        &gpu(),
         &[m, k],
         &[4, k, n],
         false,
@@ -210,6 +192,7 @@ fn batched_and_broadcast() {
         1e-5,
     );
     check(
+        &gpu(),
         &[4, k, m],
         &[n, k],
         true,
@@ -220,6 +203,7 @@ fn batched_and_broadcast() {
         1e-5,
     );
     check(
+        &gpu(),
         &[1, m, k],
         &[2, n, k],
         false,
@@ -241,6 +225,7 @@ fn fused_bias_and_activations() {
         Activation::Tanh,
     ] {
         check(
+            &gpu(),
             &[37, 29],
             &[29, 45],
             false,
@@ -251,6 +236,7 @@ fn fused_bias_and_activations() {
             1e-5,
         );
         check(
+            &gpu(),
             &[2, 29, 37],
             &[44, 29],
             true,
@@ -300,11 +286,7 @@ fn accumulate_adds_to_the_output() {
     );
 }
 
-fn check_backward(a_shape: &[usize], b_shape: &[usize], ta: bool, tb: bool) {
-    check_backward_on(&gpu(), a_shape, b_shape, ta, tb)
-}
-
-fn check_backward_on(gpu: &wgnn::Gpu, a_shape: &[usize], b_shape: &[usize], ta: bool, tb: bool) {
+fn check_backward(gpu: &wgnn::Gpu, a_shape: &[usize], b_shape: &[usize], ta: bool, tb: bool) {
     let (mut rng, seed) = rng();
     let a = Array::new(a_shape, random(&mut rng, a_shape.iter().product()));
     let b = Array::new(b_shape, random(&mut rng, b_shape.iter().product()));
@@ -341,17 +323,17 @@ fn check_backward_on(gpu: &wgnn::Gpu, a_shape: &[usize], b_shape: &[usize], ta: 
 fn backward_every_transpose_and_broadcast() {
     let (m, n, k) = (37, 45, 29);
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-        check_backward(&stored(m, k, ta), &stored(k, n, tb), ta, tb);
+        check_backward(&gpu(), &stored(m, k, ta), &stored(k, n, tb), ta, tb);
         let (sa, sb) = (stored(m, k, ta), stored(k, n, tb));
         // Batched on both sides, and each side broadcast (its gradient sums over the batch).
-        check_backward(&[3, sa[0], sa[1]], &[3, sb[0], sb[1]], ta, tb);
-        check_backward(&sa, &[3, sb[0], sb[1]], ta, tb);
-        check_backward(&[3, sa[0], sa[1]], &sb, ta, tb);
+        check_backward(&gpu(), &[3, sa[0], sa[1]], &[3, sb[0], sb[1]], ta, tb);
+        check_backward(&gpu(), &sa, &[3, sb[0], sb[1]], ta, tb);
+        check_backward(&gpu(), &[3, sa[0], sa[1]], &sb, ta, tb);
     }
-    check_backward(&[1, 1], &[1, 1], false, false);
+    check_backward(&gpu(), &[1, 1], &[1, 1], false, false);
     // Small M: the forward-shaped gradient dA goes through the GEMV entry points.
-    check_backward(&[3, 5, 200], &[200, 7], false, false);
-    check_backward(&[200, 2], &[3, 7, 200], true, true);
+    check_backward(&gpu(), &[3, 5, 200], &[200, 7], false, false);
+    check_backward(&gpu(), &[200, 2], &[3, 7, 200], true, true);
 }
 
 /// The reference backward agrees with central differences of L = Σ C·G on the reference forward.
@@ -565,6 +547,7 @@ fn a_thousand_iteration_loop_allocates_no_buffers_after_the_first() {
 fn long_sums_past_the_software_loop_cap() {
     let k = (1 << 21) + 37;
     check(
+        &gpu(),
         &[9, k],
         &[k, 9],
         false,
@@ -575,6 +558,7 @@ fn long_sums_past_the_software_loop_cap() {
         2e-5,
     );
     check(
+        &gpu(),
         &[k, 9],
         &[9, k],
         true,
@@ -587,6 +571,7 @@ fn long_sums_past_the_software_loop_cap() {
     // A batch-1 GEMV against a Linear weight stored [N, K].
     let k = (1 << 22) + 5;
     check(
+        &gpu(),
         &[1, k],
         &[3, k],
         false,
@@ -599,6 +584,7 @@ fn long_sums_past_the_software_loop_cap() {
     if gpu().supports_f16() {
         let k = 40_003;
         check(
+            &gpu(),
             &[3, 70, k],
             &[k, 5],
             false,
@@ -610,7 +596,7 @@ fn long_sums_past_the_software_loop_cap() {
         );
     }
     // A gradient summed over 4000 broadcast batches: splits group several batches each.
-    check_backward(&[4000, 5, 40], &[40, 7], false, false);
+    check_backward(&gpu(), &[4000, 5, 40], &[40, 7], false, false);
 }
 
 /// Split-K under a scratch limit too small for all partial sums at once: waves of splits add into
@@ -682,7 +668,7 @@ fn every_candidate_matches_the_reference() {
                 } else {
                     Activation::None
                 };
-                check_on(
+                check(
                     &gpu,
                     &stored(m, k, ta),
                     &stored(k, n, tb),
@@ -696,7 +682,7 @@ fn every_candidate_matches_the_reference() {
             }
         }
         // Batched, and broadcast over the batch (its gradient sums the batch).
-        check_on(
+        check(
             &gpu,
             &[3, 6, 11],
             &[13, 11],
@@ -707,10 +693,10 @@ fn every_candidate_matches_the_reference() {
             DType::F32,
             1e-5,
         );
-        check_backward_on(&gpu, &[5, 7, 10], &[10, 3], false, false);
-        check_backward_on(&gpu, &[9, 4], &[3, 9, 6], true, false);
+        check_backward(&gpu, &[5, 7, 10], &[10, 3], false, false);
+        check_backward(&gpu, &[9, 4], &[3, 9, 6], true, false);
         // Split-K: K past one split's loop budget.
-        check_on(
+        check(
             &gpu,
             &[9, 20_011],
             &[20_011, 10],
@@ -723,7 +709,7 @@ fn every_candidate_matches_the_reference() {
         );
         if gpu.supports_f16() {
             for &(m, n, k) in &[(3, 17, 40), (70, 33, 129)] {
-                check_on(
+                check(
                     &gpu,
                     &[m, k],
                     &stored(k, n, true),
