@@ -340,12 +340,17 @@ pub fn conv2d(
         activation,
         out: &out,
     };
-    if candidate == "implicit" {
-        record_implicit(batch, &forward)?;
-    } else {
-        record_im2col(batch, &forward)?;
-    }
+    record_forward(batch, &forward, candidate)?;
     Ok(out)
+}
+
+/// Records the forward with the named candidate.
+fn record_forward(batch: &mut Batch, f: &Forward, candidate: &str) -> Result<()> {
+    if candidate == "implicit" {
+        record_implicit(batch, f)
+    } else {
+        record_im2col(batch, f)
+    }
 }
 
 /// One forward convolution's operands.
@@ -418,13 +423,7 @@ fn choose(gpu: &crate::Gpu, g: &Geometry, dtype: DType) -> Result<&'static str> 
                 activation: Activation::None,
                 out,
             };
-            let took = timer.time(|batch| {
-                if candidate == "implicit" {
-                    record_implicit(batch, &f)
-                } else {
-                    record_im2col(batch, &f)
-                }
-            })?;
+            let took = timer.time(|batch| record_forward(batch, &f, candidate))?;
             output_check.check(candidate, out)?;
             Ok(took)
         }))

@@ -386,9 +386,10 @@ impl<'t> Launch<'t> {
 /// computing G×G blocks of 4×4 outputs (tile edge 4·W·G), with a k-step of W/G (`l2`: twice that,
 /// each thread storing two vec4s of each operand per step); `directWxG` the same outputs per
 /// thread without shared memory; `gemv` the kernels for at most 8 rows; `s8`: K cut into 8 splits
-/// summed afterwards, for outputs too small to give every core a workgroup (offered only there). `sr` (shared rows): the
-/// 8 lanes of a subgroup share one load of their A values by broadcasts, for adapters with
-/// subgroups of exactly 8 (CPU adapters, where every per-lane load costs a scalar load per lane).
+/// summed afterwards, for outputs too small to give every core a workgroup (offered only there);
+/// `sr` (shared rows): the 8 lanes of a subgroup share one load of their A values by broadcasts,
+/// for adapters with subgroups of exactly 8 (CPU adapters, where every per-lane load costs a
+/// scalar load per lane).
 pub(crate) const CANDIDATES: &[&str] = &[
     // Ordered so that the likely winners are timed first (tuning stops at its time budget).
     "tiled16x2",
@@ -437,7 +438,6 @@ impl Kernel {
                 Some((r, s)) => (r, s.parse().ok()?),
                 None => (rest, 1),
             };
-
             let (w, g) = rest.split_once('x')?;
             let (g, loads) = g.split_once('l').unwrap_or((g, "1"));
             Some(Kernel::Tile {
@@ -587,9 +587,14 @@ fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
         gpu.uses_subgroups() && info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
     let mut fitting = vec![default];
     // Products this small take about a dispatch's overhead whichever kernel runs them.
-    let work = 2 * l.m * l.n * summed * l.out_batches;
+    let work = [l.n, summed, l.out_batches]
+        .iter()
+        .fold(2 * l.m, |w, &x| w.saturating_mul(x));
     // Split-K for parallelism: where the output has few 64-tiles and K is long.
-    let few_tiles = l.m.div_ceil(64) * l.n.div_ceil(64) * l.out_batches < 32 && summed >= 1024;
+    let tiles64 = [l.n.div_ceil(64), l.out_batches]
+        .iter()
+        .fold(l.m.div_ceil(64), |t, &x| t.saturating_mul(x));
+    let few_tiles = tiles64 < 32 && summed >= 1024;
     fitting.extend(CANDIDATES.iter().copied().filter(|&c| {
         c != default
             && (c != "gemv" || gemv_fits)
