@@ -137,6 +137,7 @@ fn bench(c: &mut Criterion) {
                 max_batch,
                 precision,
                 top_k: 3,
+                ..SessionOptions::default()
             };
             let session =
                 Arc::new(InferenceSession::new(model(&gpu, name), options).expect("session"));

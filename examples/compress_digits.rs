@@ -91,6 +91,7 @@ fn measure(
             max_batch: 1,
             precision,
             top_k: 1,
+            ..SessionOptions::default()
         },
     )?;
     let mut latencies = Vec::new();
@@ -109,6 +110,7 @@ fn measure(
             max_batch: 4096,
             precision,
             top_k: 1,
+            ..SessionOptions::default()
         },
     )?;
     let x: Vec<f32> = test

@@ -103,6 +103,7 @@ fn main() -> Result<()> {
             max_batch: 64,
             precision,
             top_k: 3,
+            ..SessionOptions::default()
         };
         let session = Arc::new(InferenceSession::new(
             saved.clone().into_model(&gpu)?,
@@ -113,6 +114,7 @@ fn main() -> Result<()> {
                 max_batch,
                 max_wait,
                 queue_capacity: 4096,
+                ..BatcherConfig::default()
             };
             let batcher = Arc::new(Batcher::new(session.clone(), config)?);
             let correct = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -151,9 +153,7 @@ fn main() -> Result<()> {
                     .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
             }
             let elapsed = start.elapsed().as_secs_f64();
-            let stats = Arc::try_unwrap(batcher)
-                .map_err(|_| anyhow::anyhow!("batcher still shared"))?
-                .shutdown();
+            let stats = batcher.shutdown();
             let batches: u64 = stats.batch_sizes.values().sum();
             rows.push(Row {
                 precision,

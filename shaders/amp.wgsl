@@ -6,8 +6,9 @@
 //   update_scale    one thread: after an overflow halve the scale and restart the count of good
 //                   steps, else count the step and double the scale every `growth_interval`
 //                   good steps; count skipped steps; clear found[0] for the next step.
-// state: [scale, good steps, skipped steps, unused] (f32). The optimizer reads found[0] and skips
-// its update when it is set (optim.wgsl, SKIP_ON_FLAG).
+// state: [scale, good steps, skipped steps, unused] (f32). found: [overflow flag, skipped steps]
+// (u32). The optimizer reads found[0] and skips its update when it is set, and numbers the
+// applied steps with found[1] (optim.wgsl, SKIP_ON_FLAG).
 // Bindings: 0 params, 1 master / grad (read), 2 half / y (read_write), 3 state (read; cast and
 // scale), 4 grad32 (read_write f32), 5 found (read_write atomic u32), 6 state (read_write;
 // update_scale). Grid: 256-thread workgroups, folded into y past 65,535.
@@ -69,6 +70,7 @@ fn update_scale() {
         state[0] = max(state[0] * 0.5, 1.0);
         state[1] = 0.0;
         state[2] = state[2] + 1.0;
+        atomicStore(&found[1], atomicLoad(&found[1]) + 1u);
     } else {
         state[1] = state[1] + 1.0;
         if (state[1] >= f32(params.growth_interval)) {

@@ -1,11 +1,13 @@
 // loss.wgsl: cross-entropy fused with softmax, one workgroup of 256 threads per row of logits.
 //   cross_entropy       integer labels, label smoothing ε: with q = (1-ε)·onehot(label) + ε/C,
 //                       row_loss = (logsumexp(x) - Σ q·x) / count, grad = (softmax(x) - q) / count,
-//                       where count is the number of rows whose label is not ignored (as PyTorch's
+//                       where count is the number of rows whose label is a class (as PyTorch's
 //                       mean reduction). A label equal to 0xFFFFFFFF is ignored (row loss 0,
-//                       gradient 0); any other label >= C gives a NaN row (visible, never silent).
-//   count_targets       counts[w] = number of labels in chunk w of rows that are not ignored (f32);
-//                       wgnn adds the counts into count[0] before cross_entropy reads it.
+//                       gradient 0, not counted); so is any other label >= C, and count_targets
+//                       counts those apart so that the caller can read how many there were.
+//   count_targets       counts[w] = number of labels in chunk w of rows that are classes, and
+//                       invalid[w] = number that are neither classes nor ignored (f32); wgnn adds
+//                       each into count[0] and count[1] before cross_entropy reads count[0].
 //   soft_cross_entropy  student logits z, teacher logits t, temperature T (distillation):
 //                       p = softmax(z/T), q = softmax(t/T), row_loss = T²·(-Σ q·log p) · grad_scale,
 //                       grad = T·(p - q) · grad_scale (grad_scale = 1 / rows).
@@ -17,8 +19,8 @@
 // chunk; chunk 0 writes the row loss).
 // Bindings: 0 params, 1 logits (read), 2 grad (read_write), 3 row_loss (read_write f32),
 // 4 labels (read u32; cross_entropy), 5 teacher logits (read; soft_cross_entropy), 6 stats
-// (read_write f32; chunked rows), 7 count (read f32; cross_entropy), 8 counts (read_write f32;
-// count_targets).
+// (read_write f32; chunked rows), 7 count (read f32; cross_entropy), 8 counts and 9 invalid
+// (read_write f32; count_targets).
 // Elem is f32 or f16 (wgnn rewrites the alias); arithmetic is f32. Prelude: numerics.wgsl.
 
 alias Elem = f32;
@@ -47,6 +49,7 @@ const IGNORE: u32 = 0xffffffffu;
 @group(0) @binding(6) var<storage, read_write> stats: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> count: array<f32>;
 @group(0) @binding(8) var<storage, read_write> counts: array<f32>;
+@group(0) @binding(9) var<storage, read_write> invalid: array<f32>;
 
 fn group_index(wid: vec3<u32>) -> u32 {
     return wid.y * params.groups_x + wid.x;
@@ -91,15 +94,13 @@ fn ce_write(l: u32, row: u32, lo: u32, hi: u32, st: vec3<f32>) {
     let label = labels[row];
     let eps = params.smoothing;
     let uniform_q = eps / f32(cols);
-    let ignored = label == IGNORE;
-    let bad = !ignored && label >= cols;
+    // Ignored: IGNORE, or a label that is no class (counted apart by count_targets).
+    let ignored = label >= cols;
     let scale = 1.0 / count[0];
     if (l == 0u && lo == 0u) {
         // An ignored row adds 0, unless every row is ignored: then the mean is 0/0 = NaN (PyTorch).
         var loss = select(0.0, nan(), count[0] == 0.0);
-        if (bad) {
-            loss = nan();
-        } else if (!ignored) {
+        if (!ignored) {
             // logsumexp - x as log(sum) + (max - x): no cancellation between large numbers.
             let log_sum = log(sum);
             loss = (1.0 - eps) * (log_sum + (row_max - f32(logits[base + label])));
@@ -114,7 +115,6 @@ fn ce_write(l: u32, row: u32, lo: u32, hi: u32, st: vec3<f32>) {
         let q = select(0.0, 1.0 - eps, j == label) + uniform_q;
         var g = (p - q) * scale;
         if (ignored) { g = 0.0; }
-        if (bad) { g = nan(); }
         grad[base + j] = Elem(g);
     }
 }
@@ -147,7 +147,7 @@ fn cross_entropy_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
     ce_write(l, row, lo, min(lo + CHUNK, params.cols), st);
 }
 
-var<workgroup> red_count: array<f32, WG>;
+var<workgroup> red_count: array<vec2<f32>, WG>;
 
 @compute @workgroup_size(256, 1, 1)
 fn count_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
@@ -155,9 +155,14 @@ fn count_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let lo = w * params.chunks;
     if (lo >= params.rows) { return; }
     let hi = min(lo + params.chunks, params.rows);
-    var n = 0.0;
+    var n = vec2<f32>(0.0, 0.0);
     for (var r = lo + l; r < hi; r += WG) {
-        if (labels[r] != IGNORE) { n += 1.0; }
+        let label = labels[r];
+        if (label < params.cols) {
+            n.x += 1.0;
+        } else if (label != IGNORE) {
+            n.y += 1.0;
+        }
     }
     red_count[l] = n;
     workgroupBarrier();
@@ -165,7 +170,10 @@ fn count_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         if (l < stride) { red_count[l] += red_count[l + stride]; }
         workgroupBarrier();
     }
-    if (l == 0u) { counts[w] = red_count[0]; }
+    if (l == 0u) {
+        counts[w] = red_count[0].x;
+        invalid[w] = red_count[0].y;
+    }
 }
 
 // ---- soft cross-entropy: statistics of the student (z/T) and the teacher (t/T) --------------

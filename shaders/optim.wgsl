@@ -5,11 +5,17 @@
 //   adam             Adam, or AdamW when DECOUPLED: p -= lr·wd·p first (AdamW) or g += wd·p (Adam);
 //                    m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²; p -= lr·(m/bc1) / (sqrt(v/bc2) + eps),
 //                    with bc = 1 - β^step computed on the host.
+// With SKIP_ON_FLAG (mixed precision) the update leaves everything unchanged while skip[0] is set,
+// and skip[1] counts the steps skipped before this one, so the step's number among the applied
+// ones is params.step - skip[1]: Adam's bias corrections (1 - pow(β, t) on the GPU, as PyTorch's
+// capturable Adam) and SGD's first momentum step follow it, as with PyTorch's GradScaler, which
+// skips optimizer.step() altogether.
 //   clip_coefficient one workgroup: norm = sqrt(Σ sq[i]) over the per-tensor sums of squares;
 //                    coef[0] = norm, coef[1] = min(1, max_norm / (norm + 1e-6)).
 //   scale_by_coefficient  g *= coef[1], in place.
 // Bindings: 0 params; sgd: 1 p, 2 g, 3 momentum buffer; adam: 1 p, 2 g, 3 m, 4 v; with
-// SKIP_ON_FLAG also 7 skip (read u32: the loss-scale overflow flag, see amp.wgsl);
+// SKIP_ON_FLAG also 7 skip (read u32: the loss-scale overflow flag and the count of skipped
+// steps, see amp.wgsl);
 // clip_coefficient: 2 sq (read), 5 coef (read_write); scale_by_coefficient: 1 g, 6 coef (read).
 // Grid: 256-thread workgroups, folded into y past 65,535 along x.
 
@@ -17,7 +23,7 @@ struct Params {
     n: u32,
     groups_x: u32,
     flags: u32,          // sgd: bit 0 momentum, bit 1 nesterov, bit 2 first step
-    _pad: u32,
+    step: u32,           // this step's number, from 1, skipped steps included (SKIP_ON_FLAG)
     lr: f32,
     weight_decay: f32,
     momentum: f32,       // sgd μ; adam β1
@@ -42,6 +48,11 @@ override SKIP_ON_FLAG: bool = false;  // leave everything unchanged when skip[0]
 
 var<workgroup> red: array<f32, 256>;
 
+// The number of this step among the applied ones (SKIP_ON_FLAG only).
+fn applied_step() -> u32 {
+    return params.step - skip[1];
+}
+
 fn index(wid: vec3<u32>, l: u32) -> u32 {
     return (wid.y * params.groups_x + wid.x) * 256u + l;
 }
@@ -55,7 +66,9 @@ fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     var d = g[i] + params.weight_decay * w;
     if ((params.flags & 1u) != 0u) {
         var buf = d;
-        if ((params.flags & 4u) == 0u) {
+        var first = (params.flags & 4u) != 0u;
+        if (SKIP_ON_FLAG) { first = applied_step() == 1u; }
+        if (!first) {
             buf = params.momentum * m[i] + (1.0 - params.dampening) * d;
         }
         m[i] = buf;
@@ -82,8 +95,15 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let v1 = b2 * v[i] + (1.0 - b2) * grad * grad;
     m[i] = m1;
     v[i] = v1;
-    let m_hat = m1 / params.bias_correction1;
-    let v_hat = v1 / params.bias_correction2;
+    var bc1 = params.bias_correction1;
+    var bc2 = params.bias_correction2;
+    if (SKIP_ON_FLAG) {
+        let t = f32(applied_step());
+        bc1 = 1.0 - pow(b1, t);
+        bc2 = 1.0 - pow(b2, t);
+    }
+    let m_hat = m1 / bc1;
+    let v_hat = v1 / bc2;
     p[i] = w - params.lr * m_hat / (sqrt(v_hat) + params.eps);
 }
 

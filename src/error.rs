@@ -104,6 +104,19 @@ pub enum Error {
         /// The queue's capacity.
         capacity: usize,
     },
+    /// A request was not answered before its deadline (the batcher's `request_timeout`, or the
+    /// GPU did not finish a replay in the session's `timeout`).
+    Timeout {
+        /// The call that gave up.
+        op: &'static str,
+        /// How long it had.
+        after: std::time::Duration,
+    },
+    /// The serving component was shut down; it accepts no more requests.
+    ShutDown {
+        /// The call that was refused.
+        op: &'static str,
+    },
     /// Any other error reported by wgpu or the driver (mapping a buffer, an internal error).
     Gpu(String),
 }
@@ -156,6 +169,10 @@ impl fmt::Display for Error {
                 f,
                 "the serving queue is full ({capacity} requests waiting): try again later"
             ),
+            Error::Timeout { op, after } => {
+                write!(f, "{op}: no answer within the deadline of {after:?}")
+            }
+            Error::ShutDown { op } => write!(f, "{op}: shut down, no more requests are accepted"),
             Error::Gpu(e) => write!(f, "GPU error: {e}"),
         }
     }

@@ -404,6 +404,15 @@ impl Gpu {
         }
     }
 
+    /// [`Error::DeviceLost`] once the device was lost; every call that makes or fills a buffer
+    /// asks first.
+    pub(crate) fn check_alive(&self) -> Result<()> {
+        match self.0.lost.lock().ok().and_then(|s| s.clone()) {
+            Some(reason) => Err(Error::DeviceLost(reason)),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn check_limit(&self, what: &str, requested: u64, limit: u64) -> Result<()> {
         if requested > limit {
             return Err(Error::LimitExceeded {

@@ -116,6 +116,7 @@ impl Tensor {
     /// An uninitialized tensor (its buffer may hold an earlier tensor's data). Ops write every element
     /// of their outputs, so this is the cheap way to make an output for `*_into` calls.
     pub fn uninit(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
+        gpu.check_alive()?;
         let numel = numel_of(shape, "Tensor::uninit")?;
         gpu.check_limit(
             "tensor elements (u32 indexing)",
@@ -203,6 +204,7 @@ impl Tensor {
     /// [`Error::PendingWork`] (the write would overtake that work).
     pub fn write<T: Element>(&self, data: &[T]) -> Result<()> {
         self.expect_dtype(T::DTYPE, "Tensor::write")?;
+        self.gpu.check_alive()?;
         if self.buffer.has_pending_uses() {
             return Err(Error::PendingWork {
                 op: "Tensor::write",

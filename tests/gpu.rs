@@ -244,3 +244,35 @@ fn views_recorded_writes_and_clears() {
     assert_eq!(all[align + 6], 7.0);
     assert_eq!(all[3 * align], 7.0);
 }
+
+/// After the device is lost, every call that makes or fills a tensor (and so every model
+/// constructor) reports `DeviceLost`, as readbacks and submissions already did.
+#[test]
+fn a_lost_device_is_reported_by_every_call() {
+    use wgnn::nn::{Init, LayerSpec, Sequential};
+    let gpu = Gpu::with_options(GpuOptions::from_env()).expect("GPU tests need an adapter");
+    let kept = Tensor::from_slice(&gpu, &[1.0f32, 2.0], &[2]).unwrap();
+    gpu.device().destroy();
+    let _ = gpu.wait();
+    let lost = |r: Result<(), Error>, what: &str| {
+        assert!(matches!(r, Err(Error::DeviceLost(_))), "{what}: {r:?}");
+    };
+    lost(
+        Tensor::from_slice(&gpu, &[1.0f32, 2.0], &[2]).map(drop),
+        "Tensor::from_slice",
+    );
+    lost(
+        Tensor::zeros(&gpu, &[4], DType::F32).map(drop),
+        "Tensor::zeros",
+    );
+    lost(kept.write(&[3.0f32, 4.0]), "Tensor::write");
+    lost(kept.to_vec::<f32>().map(drop), "Tensor::to_vec");
+    let layers = vec![LayerSpec::Linear {
+        inputs: 4,
+        outputs: 2,
+    }];
+    lost(
+        Sequential::new(&gpu, &[4], layers, Init::KaimingUniform { seed: 1 }).map(drop),
+        "Sequential::new",
+    );
+}

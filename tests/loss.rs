@@ -100,12 +100,31 @@ fn cross_entropy_adversarial_logits() {
     assert_close(&grad, &want_grad.data, 1e-5, "adversarial grad");
     assert_eq!(grad[6], 0.0, "a masked class gets exactly zero gradient");
 
-    // A label past the class count poisons its row (loss NaN), never passes silently.
+    // A label past the class count is left out like an ignored row (the other rows keep the
+    // gradient of their own mean) and counted in label_counts.
     let bad = Tensor::from_slice(&gpu, &[2u32, 7, 1], &[3]).unwrap();
     let mut batch = Batch::new(&gpu);
     let out = ops::cross_entropy(&mut batch, &tx, &bad, 0.0).unwrap();
     batch.submit().unwrap();
-    assert!(out.loss.to_vec::<f32>().unwrap()[0].is_nan());
+    let (want_loss, want_grad) = reference::loss::cross_entropy(
+        &Array::new(&[3, 3], x.to_vec()),
+        &[2, ops::IGNORE_INDEX, 1],
+        0.0,
+    );
+    assert_close(
+        &out.loss.to_vec::<f32>().unwrap(),
+        &[want_loss],
+        1e-5,
+        "bad label loss",
+    );
+    assert_close(
+        &out.grad_logits.to_vec::<f32>().unwrap(),
+        &want_grad.data,
+        1e-5,
+        "bad label grad",
+    );
+    let counts = out.label_counts.as_ref().unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(counts, [2.0, 1.0], "rows counted, labels out of range");
 
     // With smoothing, mass on a masked class makes the loss +inf: correct, not NaN.
     let mut batch = Batch::new(&gpu);
@@ -186,6 +205,50 @@ fn ignored_rows_leave_the_mean() {
     );
     assert!(all.loss.to_vec::<f32>().unwrap()[0].is_nan());
     assert_eq!(all.grad_logits.to_vec::<f32>().unwrap(), [0.0; 4]);
+    assert_eq!(
+        one.label_counts.as_ref().unwrap().to_vec::<f32>().unwrap(),
+        [1.0, 0.0]
+    );
+}
+
+/// A label past the classes (which only the GPU sees) counts like an ignored row: it does not
+/// dilute the other rows' mean, and label_counts reports it. Over many rows and chunked counts.
+#[test]
+fn labels_past_the_classes_are_left_out_and_counted() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    let (rows, classes) = (70_001usize, 3usize);
+    let x = random(&mut rng, rows * classes);
+    let mut labels: Vec<u32> = (0..rows).map(|r| (r % classes) as u32).collect();
+    let mut bad = 0;
+    for r in (0..rows).step_by(97) {
+        labels[r] = classes as u32 + (r % 5) as u32;
+        bad += 1;
+    }
+    labels[1] = ops::IGNORE_INDEX;
+    let shape = [rows, classes];
+    let (want_loss, want_grad) =
+        reference::loss::cross_entropy(&Array::new(&shape, x.clone()), &labels, 0.0);
+    let tx = Tensor::from_slice(&gpu, &x, &shape).unwrap();
+    let tl = Tensor::from_slice(&gpu, &labels, &[rows]).unwrap();
+    let mut batch = Batch::new(&gpu);
+    let out = ops::cross_entropy(&mut batch, &tx, &tl, 0.0).unwrap();
+    batch.submit().unwrap();
+    let context = format!("seed {seed}");
+    assert_close(
+        &out.loss.to_vec::<f32>().unwrap(),
+        &[want_loss],
+        1e-5,
+        &context,
+    );
+    assert_close(
+        &out.grad_logits.to_vec::<f32>().unwrap(),
+        &want_grad.data,
+        1e-5,
+        &context,
+    );
+    let counts = out.label_counts.as_ref().unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(counts, [(rows - bad - 1) as f32, bad as f32], "{context}");
 }
 
 #[test]

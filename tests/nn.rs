@@ -95,7 +95,7 @@ fn training_matches_the_reference_over_steps() {
         ] {
             let init = Init::KaimingUniform { seed };
             let model = Sequential::new(&gpu, &input, specs.clone(), init).unwrap();
-            let mut cpu = reference::nn::Model::new(specs.clone(), init.values(&specs));
+            let mut cpu = reference::nn::Model::new(specs.clone(), init.values(&specs).unwrap());
             let gpu_optimizer = match optimizer {
                 reference::nn::Optimizer::Sgd(c) => Optimizer::sgd(c),
                 reference::nn::Optimizer::Adam(c) => Optimizer::adam(c),
@@ -351,7 +351,7 @@ fn mixed_precision_follows_the_reference() {
     for (name, specs, input) in [("mlp", mlp(), vec![64]), ("cnn", cnn(), vec![1, 8, 8])] {
         let init = Init::KaimingUniform { seed };
         let model = Sequential::new(&gpu, &input, specs.clone(), init).unwrap();
-        let mut cpu = reference::nn::Model::new(specs.clone(), init.values(&specs));
+        let mut cpu = reference::nn::Model::new(specs.clone(), init.values(&specs).unwrap());
         let settings = MixedPrecision {
             initial_scale: 1024.0,
             growth_interval: 3,
@@ -476,4 +476,169 @@ fn saved_storages_round_trip() {
         SavedModel::from_bytes(&no_scale),
         Err(wgnn::Error::ModelFile { .. })
     ));
+}
+
+/// Numbers in an architecture are checked before anything is made: layers of size zero, a
+/// zero-sided window, and a layer too large for the adapter (asked of the host only after the
+/// check: a Linear 2^20 -> 2^20 would ask for 4 TiB).
+#[test]
+fn architectures_are_checked_before_anything_is_made() {
+    use wgnn::Error;
+    let gpu = gpu();
+    let init = Init::KaimingUniform { seed: 1 };
+    let linear = |inputs, outputs| LayerSpec::Linear { inputs, outputs };
+    let cases: Vec<(&str, Vec<usize>, Vec<LayerSpec>)> = vec![
+        ("Linear 4 -> 0", vec![4], vec![linear(4, 0)]),
+        ("Linear 0 -> 4", vec![4], vec![linear(0, 4)]),
+        (
+            "Conv2d with 0 output channels",
+            vec![1, 4, 4],
+            vec![LayerSpec::Conv2d {
+                in_channels: 1,
+                out_channels: 0,
+                kernel: (3, 3),
+                stride: (1, 1),
+                padding: (0, 0),
+            }],
+        ),
+        (
+            "Conv2d with stride 0",
+            vec![1, 4, 4],
+            vec![LayerSpec::Conv2d {
+                in_channels: 1,
+                out_channels: 2,
+                kernel: (3, 3),
+                stride: (0, 1),
+                padding: (0, 0),
+            }],
+        ),
+        (
+            "a pooling window with a zero side",
+            vec![1, 4, 4],
+            vec![LayerSpec::AvgPool2d {
+                kernel: (2, 0),
+                stride: (1, 1),
+            }],
+        ),
+        ("an input side of 0", vec![0], vec![linear(4, 2)]),
+        ("no layers", vec![4], vec![]),
+    ];
+    for (what, input, layers) in cases {
+        let err = Sequential::new(&gpu, &input, layers.clone(), init).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{what}: {err:?}"
+        );
+        if !layers.is_empty() {
+            assert!(
+                init.values(&layers).is_err() || input.contains(&0),
+                "{what}"
+            );
+        }
+    }
+    // The message says what is wrong with what was passed.
+    let err = Sequential::new(
+        &gpu,
+        &[1, 4, 4],
+        vec![LayerSpec::Conv2d {
+            in_channels: 1,
+            out_channels: 2,
+            kernel: (3, 3),
+            stride: (0, 1),
+            padding: (0, 0),
+        }],
+        init,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("stride must be at least 1"),
+        "{err}"
+    );
+    for (inputs, outputs) in [(1 << 20, 1 << 20), (65_536, 32_768)] {
+        let err =
+            Sequential::new(&gpu, &[inputs], vec![linear(inputs, outputs)], init).unwrap_err();
+        assert!(
+            matches!(err, Error::LimitExceeded { .. }),
+            "Linear {inputs} -> {outputs}: {err:?}"
+        );
+    }
+}
+
+/// Labels are on the host before the upload: a label past the classes is refused before anything
+/// runs (it would make the loss and every parameter NaN), and so is an empty or misshapen batch,
+/// with a message about what was passed.
+#[test]
+fn bad_labels_and_batches_are_refused_before_the_step() {
+    use wgnn::Error;
+    let gpu = gpu();
+    let model = Sequential::new(&gpu, &[64], mlp(), Init::KaimingUniform { seed: 2 }).unwrap();
+    let before = model.params().values().to_vec::<f32>().unwrap();
+    let mut trainer = Trainer::new(model, Optimizer::sgd(SgdConfig::new(0.1)));
+    let x = vec![0.25f32; 3 * 64];
+    let err = trainer.step(&x, &[1, 10, 2]).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+    assert!(err.to_string().contains("label 10"), "{err}");
+    let err = trainer.step(&[], &[]).unwrap_err();
+    assert!(err.to_string().contains("no samples"), "{err}");
+    let err = trainer.step(&x[..100], &[1, 2, 3]).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains("x holds 100 values"), "{err}");
+    // Nothing ran: the parameters are bit for bit the same, and a good step still works.
+    assert_eq!(
+        trainer.model().params().values().to_vec::<f32>().unwrap(),
+        before
+    );
+    trainer.step(&x, &[1, wgnn::ops::IGNORE_INDEX, 9]).unwrap();
+    assert!(trainer.mean_loss().unwrap().is_finite());
+}
+
+/// In mixed precision, a step skipped for overflow does not count for Adam (as PyTorch's
+/// GradScaler, which skips `optimizer.step()`): the parameters follow the f32 reference run over
+/// the applied steps alone, their bias corrections numbered from 1.
+#[test]
+fn mixed_precision_adam_numbers_only_the_applied_steps() {
+    use wgnn::nn::MixedPrecision;
+    let gpu = gpu();
+    if !gpu.supports_f16() {
+        return;
+    }
+    let (mut rng, seed) = rng();
+    let adam = AdamConfig {
+        eps: 1e-3,
+        ..AdamConfig::adam(0.05)
+    };
+    let specs = mlp();
+    let init = Init::KaimingUniform { seed };
+    let model = Sequential::new(&gpu, &[64], specs.clone(), init).unwrap();
+    let mut cpu = reference::nn::Model::new(specs.clone(), init.values(&specs).unwrap());
+    // 2^20: the f16 gradients overflow for the first few steps, until the scale has halved
+    // enough.
+    let settings = MixedPrecision {
+        initial_scale: 1_048_576.0,
+        growth_interval: 2000,
+    };
+    let mut trainer =
+        Trainer::with_mixed_precision(model, Optimizer::adam(adam), settings).unwrap();
+    let rows = 16;
+    let mut skipped = 0;
+    for _ in 0..10 {
+        let x = round_f16(&random(&mut rng, rows * 64));
+        let labels: Vec<u32> = (0..rows as u32).map(|i| (i * 7) % 10).collect();
+        trainer.step(&x, &labels).unwrap();
+        let (_, now_skipped) = trainer.loss_scale().unwrap().unwrap();
+        if now_skipped == skipped {
+            cpu.step(
+                &Array::new(&[rows, 64], x),
+                &labels,
+                &reference::nn::Optimizer::Adam(adam),
+            );
+        }
+        skipped = now_skipped;
+    }
+    let context = format!("seed {seed}, {skipped} steps skipped");
+    assert!((1..10).contains(&skipped), "{context}");
+    let got = trainer.model().params().to_host().unwrap();
+    for ((name, _, g), (_, _, want)) in got.iter().zip(&cpu.params) {
+        assert_close(g, want, 2e-2, &format!("{name} {context}"));
+    }
 }

@@ -143,7 +143,7 @@ fn structured_pruning_equals_the_masked_original() {
     let original = SavedModel {
         input_shape: vec![1, 8, 8],
         layers: layers.clone(),
-        parameters: Init::KaimingUniform { seed }.values(&layers),
+        parameters: Init::KaimingUniform { seed }.values(&layers).unwrap(),
     };
     for fraction in [0.5f32, 0.8] {
         let plan = structured_plan(&original, fraction).unwrap();
@@ -209,8 +209,8 @@ fn distillation_step_matches_the_reference() {
     let loss = trainer.mean_loss().unwrap();
 
     let xa = Array::new(&[rows, 64], x);
-    let mut s = reference::nn::Model::new(mlp(16), student_init.values(&mlp(16)));
-    let mut t = reference::nn::Model::new(mlp(48), teacher_init.values(&mlp(48)));
+    let mut s = reference::nn::Model::new(mlp(16), student_init.values(&mlp(16)).unwrap());
+    let mut t = reference::nn::Model::new(mlp(48), teacher_init.values(&mlp(48)).unwrap());
     let teacher_logits = t.forward(&xa);
     let logits = s.forward(&xa);
     let (soft_loss, soft) =

@@ -2,23 +2,79 @@
 //! batch or a maximum wait, whichever comes first.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+
 use super::InferenceSession;
 use crate::error::{Error, Result};
 
-/// How a [`Batcher`] groups requests.
+/// How a [`Batcher`] groups requests. [`Batcher::new`] checks every field against the ranges
+/// given here and refuses a value outside them with [`Error::InvalidArgument`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatcherConfig {
-    /// Most samples in one replay (at most the session's `max_batch`).
+    /// Most samples in one replay: at least 1. A value above the session's
+    /// [`super::SessionOptions::max_batch`] is lowered to it.
     pub max_batch: usize,
-    /// Longest the first request of a group waits for others.
+    /// Longest the first request of a group waits for others: 0 (no waiting) to
+    /// [`BatcherConfig::MAX_WAIT`].
     pub max_wait: Duration,
-    /// Requests waiting at most; past it a request is refused with [`Error::Overloaded`].
+    /// Requests waiting at most: 1 to [`BatcherConfig::MAX_QUEUE_CAPACITY`]; past it a request is
+    /// refused with [`Error::Overloaded`]. Nothing is allocated for it up front: memory follows
+    /// the requests actually waiting.
     pub queue_capacity: usize,
+    /// Longest a caller of [`Batcher::predict`] waits for its answer, from the moment it asks:
+    /// more than 0 and at most [`BatcherConfig::MAX_REQUEST_TIMEOUT`]. Past it the caller gets
+    /// [`Error::Timeout`], and a request still queued is dropped without being computed.
+    pub request_timeout: Duration,
+}
+
+impl BatcherConfig {
+    /// The longest `max_wait`: 10 s.
+    pub const MAX_WAIT: Duration = Duration::from_secs(10);
+    /// The largest `queue_capacity`: 2^20 requests.
+    pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+    /// The longest `request_timeout`: one hour.
+    pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+    /// Checks every field against its range.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |details: String| {
+            Err(Error::InvalidArgument {
+                op: "Batcher::new",
+                details,
+            })
+        };
+        if self.max_batch == 0 {
+            return invalid("max_batch must be at least 1, got 0".into());
+        }
+        if self.max_wait > Self::MAX_WAIT {
+            return invalid(format!(
+                "max_wait must be at most {:?}, got {:?}",
+                Self::MAX_WAIT,
+                self.max_wait
+            ));
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > Self::MAX_QUEUE_CAPACITY {
+            return invalid(format!(
+                "queue_capacity must be in 1..={}, got {}",
+                Self::MAX_QUEUE_CAPACITY,
+                self.queue_capacity
+            ));
+        }
+        if self.request_timeout.is_zero() || self.request_timeout > Self::MAX_REQUEST_TIMEOUT {
+            return invalid(format!(
+                "request_timeout must be more than 0 and at most {:?}, got {:?}",
+                Self::MAX_REQUEST_TIMEOUT,
+                self.request_timeout
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for BatcherConfig {
@@ -27,6 +83,7 @@ impl Default for BatcherConfig {
             max_batch: 64,
             max_wait: Duration::from_millis(2),
             queue_capacity: 1024,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -45,13 +102,16 @@ pub struct Prediction {
 /// What a [`Batcher`] has served.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BatcherStats {
-    /// Requests answered.
+    /// Requests answered with a prediction.
     pub requests: u64,
     /// Requests refused because the queue was full.
     pub refused_full: u64,
     /// Requests refused for their shape.
     pub refused_shape: u64,
-    /// Latency from submission to answer, in milliseconds: median, 95th and 99th percentile.
+    /// Requests whose deadline passed before their answer.
+    pub timed_out: u64,
+    /// Latency from asking to answer of the answered requests, in milliseconds: median, 95th and
+    /// 99th percentile (from a histogram with 3 significant digits, 1 µs to 1 hour).
     pub latency_ms: (f64, f64, f64),
     /// Answered requests per second since the batcher started.
     pub throughput: f64,
@@ -61,63 +121,87 @@ pub struct BatcherStats {
 
 struct Request {
     x: Vec<f32>,
-    submitted: Instant,
+    asked: Instant,
+    deadline: Instant,
     reply: mpsc::Sender<Result<Prediction>>,
 }
 
-#[derive(Default)]
 struct Record {
-    latencies_ms: Vec<f64>,
+    /// Microseconds from asking to answer.
+    latency_us: Histogram<u64>,
     batch_sizes: BTreeMap<usize, u64>,
+    requests: u64,
     refused_full: u64,
     refused_shape: u64,
+    timed_out: u64,
 }
 
-/// Latencies kept for the percentiles (the most recent).
-const KEPT_LATENCIES: usize = 1 << 20;
+impl Record {
+    fn new() -> Self {
+        Record {
+            // 1 µs to 1 hour with 3 significant digits: a fixed ~100 KiB, whatever the traffic.
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("constant histogram bounds are valid"),
+            batch_sizes: BTreeMap::new(),
+            requests: 0,
+            refused_full: 0,
+            refused_shape: 0,
+            timed_out: 0,
+        }
+    }
+}
 
 /// Groups single-sample requests from many threads into batched replays of an
 /// [`InferenceSession`], and hands each caller its own result.
+///
+/// Share it between threads with an `Arc`: [`Batcher::predict`] and [`Batcher::shutdown`] take
+/// `&self`.
 pub struct Batcher {
-    sender: Mutex<Option<SyncSender<Request>>>,
-    worker: Option<JoinHandle<()>>,
+    sender: Mutex<Option<Sender<Request>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
     record: Arc<Mutex<Record>>,
+    /// Requests sent and not yet taken by the worker.
+    waiting: Arc<AtomicUsize>,
     per_sample: usize,
-    capacity: usize,
+    config: BatcherConfig,
     started: Instant,
 }
 
 impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher").finish_non_exhaustive()
+        f.debug_struct("Batcher")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl Batcher {
-    /// Starts a batcher (and its worker thread) over `session`.
+    /// Starts a batcher (and its worker thread) over `session`. `config` is checked first (see
+    /// [`BatcherConfig`] for each field's range).
     pub fn new(session: Arc<InferenceSession>, config: BatcherConfig) -> Result<Self> {
-        if config.max_batch == 0 || config.queue_capacity == 0 {
-            return Err(Error::InvalidArgument {
-                op: "Batcher::new",
-                details: "max_batch and queue_capacity must be positive".into(),
-            });
-        }
+        config.validate()?;
         let max_batch = config.max_batch.min(session.options().max_batch);
         let per_sample = session.input_shape().iter().product();
-        let (sender, receiver) = mpsc::sync_channel::<Request>(config.queue_capacity);
-        let record = Arc::new(Mutex::new(Record::default()));
-        let worker_record = record.clone();
+        let (sender, receiver) = mpsc::channel::<Request>();
+        let record = Arc::new(Mutex::new(Record::new()));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let (worker_record, worker_waiting) = (record.clone(), waiting.clone());
         let worker = std::thread::Builder::new()
             .name("wgnn-batcher".into())
             .spawn(move || {
                 // Ends when every sender is gone and the queue is drained: nothing accepted is lost.
                 while let Ok(first) = receiver.recv() {
-                    let deadline = first.submitted + config.max_wait;
+                    worker_waiting.fetch_sub(1, Ordering::AcqRel);
+                    // max_wait is at most MAX_WAIT: the sum cannot overflow an Instant.
+                    let until = first.asked + config.max_wait;
                     let mut group = vec![first];
                     while group.len() < max_batch {
-                        let left = deadline.saturating_duration_since(Instant::now());
+                        let left = until.saturating_duration_since(Instant::now());
                         match receiver.recv_timeout(left) {
-                            Ok(r) => group.push(r),
+                            Ok(r) => {
+                                worker_waiting.fetch_sub(1, Ordering::AcqRel);
+                                group.push(r);
+                            }
                             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                                 break
                             }
@@ -129,124 +213,176 @@ impl Batcher {
             .map_err(|e| Error::Gpu(format!("could not start the batcher thread: {e}")))?;
         Ok(Batcher {
             sender: Mutex::new(Some(sender)),
-            worker: Some(worker),
+            worker: Mutex::new(Some(worker)),
             record,
+            waiting,
             per_sample,
-            capacity: config.queue_capacity,
+            config,
             started: Instant::now(),
         })
     }
 
-    /// Predicts one sample (the session's input shape, row-major), waiting for its group's replay.
-    /// A full queue gives [`Error::Overloaded`]; a sample of the wrong size gives
-    /// [`Error::ShapeMismatch`] at once, and the batcher serves everyone else as before.
+    /// The configuration in force (`max_batch` as given, before the session's cap).
+    pub fn config(&self) -> &BatcherConfig {
+        &self.config
+    }
+
+    /// Predicts one sample (the session's input shape, row-major), waiting for its group's replay
+    /// at most the configured `request_timeout`. A full queue gives [`Error::Overloaded`], a
+    /// sample of the wrong size [`Error::ShapeMismatch`], a batcher that was shut down
+    /// [`Error::ShutDown`], a missed deadline [`Error::Timeout`]; the batcher serves everyone
+    /// else as before.
     pub fn predict(&self, x: &[f32]) -> Result<Prediction> {
+        self.predict_within(x, self.config.request_timeout)
+    }
+
+    /// [`Self::predict`] with this request's own deadline, `timeout` from now (more than 0 and at
+    /// most [`BatcherConfig::MAX_REQUEST_TIMEOUT`]).
+    pub fn predict_within(&self, x: &[f32], timeout: Duration) -> Result<Prediction> {
+        const OP: &str = "Batcher::predict";
+        if timeout.is_zero() || timeout > BatcherConfig::MAX_REQUEST_TIMEOUT {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                details: format!(
+                    "the timeout must be more than 0 and at most {:?}, got {timeout:?}",
+                    BatcherConfig::MAX_REQUEST_TIMEOUT
+                ),
+            });
+        }
         if x.len() != self.per_sample {
-            if let Ok(mut r) = self.record.lock() {
-                r.refused_shape += 1;
-            }
+            self.count(|r| r.refused_shape += 1);
             return Err(Error::ShapeMismatch {
-                op: "Batcher::predict",
-                details: format!("a sample has {} values, got {}", self.per_sample, x.len()),
+                op: OP,
+                details: format!(
+                    "a sample has {} values, the request has {}",
+                    self.per_sample,
+                    x.len()
+                ),
+            });
+        }
+        let sender = self
+            .sender
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or(Error::ShutDown { op: OP })?;
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.queue_capacity {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.count(|r| r.refused_full += 1);
+            return Err(Error::Overloaded {
+                capacity: self.config.queue_capacity,
             });
         }
         let (reply, answer) = mpsc::channel();
+        let asked = Instant::now();
         let request = Request {
             x: x.to_vec(),
-            submitted: Instant::now(),
+            asked,
+            // timeout is at most an hour: no overflow.
+            deadline: asked + timeout,
             reply,
         };
-        let sender =
-            self.sender
-                .lock()
-                .ok()
-                .and_then(|s| s.clone())
-                .ok_or(Error::InvalidArgument {
-                    op: "Batcher::predict",
-                    details: "the batcher is shut down".into(),
-                })?;
-        match sender.try_send(request) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                if let Ok(mut r) = self.record.lock() {
-                    r.refused_full += 1;
-                }
-                return Err(Error::Overloaded {
-                    capacity: self.capacity,
-                });
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(Error::InvalidArgument {
-                    op: "Batcher::predict",
-                    details: "the batcher is shut down".into(),
+        if sender.send(request).is_err() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::ShutDown { op: OP });
+        }
+        drop(sender);
+        match answer.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => {
+                self.count(|r| r.timed_out += 1);
+                Err(Error::Timeout {
+                    op: OP,
+                    after: timeout,
                 })
             }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(Error::Gpu("the batcher stopped before answering".into()))
+            }
         }
-        answer
-            .recv()
-            .map_err(|_| Error::Gpu("the batcher stopped before answering".into()))?
     }
 
-    /// Statistics so far.
+    fn count(&self, f: impl FnOnce(&mut Record)) {
+        if let Ok(mut r) = self.record.lock() {
+            f(&mut r);
+        }
+    }
+
+    /// Statistics so far. Cheap: reads a fixed-size histogram, whatever the number of requests.
     pub fn stats(&self) -> BatcherStats {
         let Ok(r) = self.record.lock() else {
             return BatcherStats::default();
         };
-        let mut sorted = r.latencies_ms.clone();
-        sorted.sort_by(f64::total_cmp);
-        let pick = |q: f64| {
-            if sorted.is_empty() {
-                return 0.0;
+        let quantile_ms = |q: f64| {
+            if r.latency_us.is_empty() {
+                0.0
+            } else {
+                r.latency_us.value_at_quantile(q) as f64 / 1e3
             }
-            sorted[((sorted.len() - 1) as f64 * q).round() as usize]
         };
-        let requests: u64 = r.batch_sizes.iter().map(|(size, n)| *size as u64 * n).sum();
         BatcherStats {
-            requests,
+            requests: r.requests,
             refused_full: r.refused_full,
             refused_shape: r.refused_shape,
-            latency_ms: (pick(0.5), pick(0.95), pick(0.99)),
-            throughput: requests as f64 / self.started.elapsed().as_secs_f64(),
+            timed_out: r.timed_out,
+            latency_ms: (quantile_ms(0.5), quantile_ms(0.95), quantile_ms(0.99)),
+            throughput: r.requests as f64 / self.started.elapsed().as_secs_f64(),
             batch_sizes: r.batch_sizes.clone(),
         }
     }
 
-    /// Stops accepting requests, answers every request already accepted, and returns the final
-    /// statistics.
-    pub fn shutdown(mut self) -> BatcherStats {
-        self.stop();
-        self.stats()
-    }
-
-    fn stop(&mut self) {
+    /// Stops accepting requests (later calls get [`Error::ShutDown`]), answers every request
+    /// already accepted, waits for the worker to finish, and returns the final statistics. Any
+    /// thread holding the batcher may call it; calls after the first return at once.
+    pub fn shutdown(&self) -> BatcherStats {
         if let Ok(mut s) = self.sender.lock() {
             s.take();
         }
-        if let Some(worker) = self.worker.take() {
+        let worker = self.worker.lock().ok().and_then(|mut w| w.take());
+        if let Some(worker) = worker {
             let _ = worker.join();
         }
+        self.stats()
+    }
+
+    /// Whether [`Self::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.sender.lock().map_or(true, |s| s.is_none())
     }
 }
 
 impl Drop for Batcher {
     fn drop(&mut self) {
-        self.stop();
+        self.shutdown();
     }
 }
 
 fn serve(session: &InferenceSession, group: Vec<Request>, record: &Mutex<Record>) {
+    // Requests whose caller stopped waiting are answered without being computed.
+    let now = Instant::now();
+    let (group, late): (Vec<Request>, Vec<Request>) =
+        group.into_iter().partition(|r| r.deadline > now);
+    for req in late {
+        let _ = req.reply.send(Err(Error::Timeout {
+            op: "Batcher::predict",
+            after: req.deadline - req.asked,
+        }));
+    }
+    let Some(last_deadline) = group.iter().map(|r| r.deadline).max() else {
+        return;
+    };
     let x: Vec<f32> = group.iter().flat_map(|r| r.x.iter().copied()).collect();
-    let result = session.predict(&x);
+    let result = session.predict_until(&x, last_deadline);
     let classes = session.classes();
     let now = Instant::now();
     if let Ok(mut r) = record.lock() {
         *r.batch_sizes.entry(group.len()).or_default() += 1;
-        if r.latencies_ms.len() >= KEPT_LATENCIES {
-            r.latencies_ms.drain(..KEPT_LATENCIES / 2);
-        }
-        for req in &group {
-            r.latencies_ms
-                .push((now - req.submitted).as_secs_f64() * 1e3);
+        if result.is_ok() {
+            r.requests += group.len() as u64;
+            for req in &group {
+                let us = (now - req.asked).as_micros().clamp(1, 3_600_000_000) as u64;
+                let _ = r.latency_us.record(us);
+            }
         }
     }
     match result {

@@ -9,7 +9,8 @@ mod batcher;
 
 pub use batcher::{Batcher, BatcherConfig, BatcherStats, Prediction};
 
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, Plan};
 use crate::error::{Error, Result};
@@ -32,15 +33,37 @@ pub enum Precision {
     Int8,
 }
 
-/// How an [`InferenceSession`] is built.
+/// How an [`InferenceSession`] is built. [`InferenceSession::new`] checks every field against the
+/// ranges given here (and the model against the adapter's limits at `max_batch`) before it makes
+/// anything, and refuses a value outside them with [`Error::InvalidArgument`] or
+/// [`Error::LimitExceeded`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
-    /// The largest batch one replay serves; larger requests run in several.
+    /// The largest batch one replay serves: 1 to [`SessionOptions::MAX_BATCH`], and small enough
+    /// that every activation of the model at that batch fits the adapter's storage-binding limit.
+    /// One plan is captured per power of two up to it (and one for it); larger requests run in
+    /// several replays.
     pub max_batch: usize,
-    /// Compute precision.
+    /// Compute precision. A model that trained in mixed precision is served in the precision
+    /// asked for here (its f32 master weights for [`Precision::F32`]).
     pub precision: Precision,
-    /// How many best classes each prediction lists.
+    /// How many best classes each prediction lists: 1 to the model's number of classes.
     pub top_k: usize,
+    /// Replay every bucket once when the session is made, so that the first requests do not pay
+    /// for first-touch costs (pipelines and memory used for the first time: up to 400 ms per
+    /// bucket on software Vulkan). On by default.
+    pub warm_up: bool,
+    /// Longest [`InferenceSession::predict`] waits for the GPU to finish a replay: more than 0
+    /// and at most [`SessionOptions::MAX_TIMEOUT`]. Past it the call returns [`Error::Timeout`]
+    /// (the bucket finishes the replay before its next use).
+    pub timeout: Duration,
+}
+
+impl SessionOptions {
+    /// The largest `max_batch`: 65,536.
+    pub const MAX_BATCH: usize = 1 << 16;
+    /// The longest `timeout`: one hour.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 }
 
 impl Default for SessionOptions {
@@ -49,6 +72,8 @@ impl Default for SessionOptions {
             max_batch: 64,
             precision: Precision::F32,
             top_k: 3,
+            warm_up: true,
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -73,6 +98,14 @@ struct Bucket {
     offsets: [u64; 4],
     staging: wgpu::Buffer,
     host_input: Vec<u8>,
+    /// A replay whose wait timed out: it is finished (and its readback unmapped) before the
+    /// bucket is used again.
+    in_flight: Option<InFlight>,
+}
+
+struct InFlight {
+    submission: wgpu::SubmissionIndex,
+    mapped: mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }
 
 /// A trained model compiled for serving. Safe to share between threads: calls on different
@@ -99,9 +132,10 @@ impl std::fmt::Debug for InferenceSession {
     }
 }
 
-/// Batch-size buckets: powers of two up to `max`, and `max`.
+/// Batch-size buckets: powers of two below `max`, and `max` (`max` is at most
+/// [`SessionOptions::MAX_BATCH`]).
 fn bucket_sizes(max: usize) -> Vec<usize> {
-    let mut sizes: Vec<usize> = (0..)
+    let mut sizes: Vec<usize> = (0..usize::BITS)
         .map(|i| 1usize << i)
         .take_while(|&s| s < max)
         .collect();
@@ -110,32 +144,51 @@ fn bucket_sizes(max: usize) -> Vec<usize> {
 }
 
 impl InferenceSession {
-    /// Compiles `model` (a classifier: its output is `[batch, classes]`) for serving.
+    /// Compiles `model` (a classifier: its output is `[batch, classes]`) for serving. `options`
+    /// and the model's activations at `max_batch` are checked before any plan is made.
     pub fn new(mut model: Sequential, options: SessionOptions) -> Result<Self> {
+        const OP: &str = "InferenceSession::new";
         let gpu = model.gpu().clone();
-        if options.max_batch == 0 || options.top_k == 0 {
-            return Err(Error::InvalidArgument {
-                op: "InferenceSession::new",
-                details: "max_batch and top_k must be positive".into(),
-            });
+        let invalid = |details: String| Err(Error::InvalidArgument { op: OP, details });
+        if options.max_batch == 0 || options.max_batch > SessionOptions::MAX_BATCH {
+            return invalid(format!(
+                "max_batch must be in 1..={}, got {}",
+                SessionOptions::MAX_BATCH,
+                options.max_batch
+            ));
+        }
+        if options.timeout.is_zero() || options.timeout > SessionOptions::MAX_TIMEOUT {
+            return invalid(format!(
+                "timeout must be more than 0 and at most {:?}, got {:?}",
+                SessionOptions::MAX_TIMEOUT,
+                options.timeout
+            ));
         }
         let out = model.output_shape(1)?;
         let classes: usize = out[1..].iter().product();
-        if options.top_k > classes {
-            return Err(Error::InvalidArgument {
-                op: "InferenceSession::new",
-                details: format!("top_k {} is more than the {classes} classes", options.top_k),
-            });
+        if options.top_k == 0 || options.top_k > classes {
+            return invalid(format!(
+                "top_k must be in 1..={classes} (the model's classes), got {}",
+                options.top_k
+            ));
         }
+        // The served precision, whatever the model trained in.
         let model_bytes = match options.precision {
-            Precision::F32 => model.params().parameter_count() * 4,
             Precision::F16 if gpu.supports_f16() => {
                 model.enable_mixed_precision()?;
                 model.params().parameter_count() * 2
             }
-            Precision::F16 => model.quantize_weights(ops::WeightFormat::PackedF16)?,
-            Precision::Int8 => model.quantize_weights(ops::WeightFormat::Int8)?,
+            precision => {
+                model.disable_mixed_precision();
+                match precision {
+                    Precision::F16 => model.quantize_weights(ops::WeightFormat::PackedF16)?,
+                    Precision::Int8 => model.quantize_weights(ops::WeightFormat::Int8)?,
+                    Precision::F32 => model.params().parameter_count() * 4,
+                }
+            }
         };
+        // Every activation of the largest bucket fits the adapter, before any bucket is made.
+        model.check_batch_size(options.max_batch)?;
         let sizes = bucket_sizes(options.max_batch);
         let mut buckets = Vec::with_capacity(sizes.len());
         for &rows in &sizes {
@@ -143,7 +196,7 @@ impl InferenceSession {
                 &gpu, &mut model, rows, classes, options,
             )?));
         }
-        Ok(InferenceSession {
+        let session = InferenceSession {
             gpu,
             input_shape: model.input_shape().to_vec(),
             classes,
@@ -152,7 +205,22 @@ impl InferenceSession {
             buckets,
             sizes,
             _model: model,
-        })
+        };
+        if options.warm_up {
+            session.warm_up()?;
+        }
+        Ok(session)
+    }
+
+    /// Replays every bucket once on zeros (what [`SessionOptions::warm_up`] does when the session
+    /// is made).
+    pub fn warm_up(&self) -> Result<()> {
+        let per_sample: usize = self.input_shape.iter().product();
+        let deadline = Instant::now() + self.options.timeout;
+        for &rows in &self.sizes {
+            self.predict_bucket(&vec![0.0; rows * per_sample], rows, deadline)?;
+        }
+        Ok(())
     }
 
     fn bucket(
@@ -192,6 +260,7 @@ impl InferenceSession {
             outputs,
             offsets,
             staging,
+            in_flight: None,
         })
     }
 
@@ -228,14 +297,21 @@ impl InferenceSession {
             .unwrap_or(0)
     }
 
-    /// Predicts `x.len() / input size` samples (row-major, the model's input shape each).
+    /// Predicts `x.len() / input size` samples (row-major, the model's input shape each), waiting
+    /// for the GPU at most the session's `timeout` per replay.
     pub fn predict(&self, x: &[f32]) -> Result<Predictions> {
+        self.predict_until(x, Instant::now() + self.options.timeout)
+    }
+
+    /// [`Self::predict`] that gives up with [`Error::Timeout`] at `deadline`: one not yet passed
+    /// is needed to start, and the GPU's work is waited for until then.
+    pub fn predict_until(&self, x: &[f32], deadline: Instant) -> Result<Predictions> {
         let per_sample: usize = self.input_shape.iter().product();
         if x.is_empty() || !x.len().is_multiple_of(per_sample) {
             return Err(Error::ShapeMismatch {
                 op: "InferenceSession::predict",
                 details: format!(
-                    "{} values are not whole samples of {:?}",
+                    "{} values are not a whole number of samples of {:?} ({per_sample} values each)",
                     x.len(),
                     self.input_shape
                 ),
@@ -247,7 +323,7 @@ impl InferenceSession {
             top_k: Vec::new(),
         };
         for chunk in x.chunks(self.options.max_batch * per_sample) {
-            let part = self.predict_bucket(chunk, chunk.len() / per_sample)?;
+            let part = self.predict_bucket(chunk, chunk.len() / per_sample, deadline)?;
             all.probabilities.extend(part.probabilities);
             all.classes.extend(part.classes);
             all.top_k.extend(part.top_k);
@@ -255,7 +331,27 @@ impl InferenceSession {
         Ok(all)
     }
 
-    fn predict_bucket(&self, x: &[f32], rows: usize) -> Result<Predictions> {
+    /// Waits for `submission` until `deadline`.
+    fn wait(&self, submission: wgpu::SubmissionIndex, deadline: Instant) -> Result<()> {
+        const OP: &str = "InferenceSession::predict";
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.gpu.device().poll(wgpu::PollType::Wait {
+            submission_index: Some(submission),
+            timeout: Some(left),
+        }) {
+            Ok(_) => Ok(()),
+            Err(wgpu::PollError::Timeout) => {
+                self.gpu.take_uncaptured_error()?;
+                Err(Error::Timeout {
+                    op: OP,
+                    after: self.options.timeout,
+                })
+            }
+            Err(e) => Err(Error::DeviceLost(e.to_string())),
+        }
+    }
+
+    fn predict_bucket(&self, x: &[f32], rows: usize, deadline: Instant) -> Result<Predictions> {
         let index = self
             .sizes
             .iter()
@@ -264,6 +360,22 @@ impl InferenceSession {
         let mut bucket = self.buckets[index]
             .lock()
             .map_err(|_| Error::Gpu("an earlier request on this bucket panicked".into()))?;
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                op: "InferenceSession::predict",
+                after: self.options.timeout,
+            });
+        }
+        // A replay that timed out before is finished first: its readback is still mapped.
+        if let Some(earlier) = bucket.in_flight.take() {
+            if let Err(e) = self.wait(earlier.submission.clone(), deadline) {
+                bucket.in_flight = Some(earlier);
+                return Err(e);
+            }
+            if let Ok(Ok(())) = earlier.mapped.recv() {
+                bucket.staging.unmap();
+            }
+        }
         let b = &mut *bucket;
         // The input, padded with zeros past `rows`.
         let used = match b.input.dtype() {
@@ -295,17 +407,19 @@ impl InferenceSession {
         }
         let submission = queue.submit([encoder.finish()]);
         let slice = b.staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.gpu
-            .device()
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(submission),
-                timeout: None,
-            })
-            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        if let Err(e) = self.wait(submission.clone(), deadline) {
+            if matches!(e, Error::Timeout { .. }) {
+                b.in_flight = Some(InFlight {
+                    submission,
+                    mapped: rx,
+                });
+            }
+            return Err(e);
+        }
         rx.recv()
             .map_err(|e| Error::DeviceLost(format!("readback callback lost: {e}")))?
             .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;

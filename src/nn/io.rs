@@ -36,6 +36,33 @@ pub enum Storage {
     Int8,
 }
 
+/// How a model file is read: limits for files that may come from anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// The largest file read, in bytes (default [`ReadOptions::DEFAULT_MAX_FILE_BYTES`], 2 GiB).
+    /// A longer file is refused with [`Error::LimitExceeded`] before it is read; only regular
+    /// files are read (not a device, FIFO or directory).
+    pub max_file_bytes: u64,
+    /// Accept weights (and int8 scales) that are NaN or infinite. Off by default: such a model
+    /// answers NaN for every input (a training run that diverged, a damaged file), so loading it
+    /// is an [`Error::ModelFile`] that names the first bad tensor and element.
+    pub allow_non_finite: bool,
+}
+
+impl ReadOptions {
+    /// The default `max_file_bytes`: 2 GiB.
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 2 << 30;
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+            allow_non_finite: false,
+        }
+    }
+}
+
 /// A model read from a file, before it is placed on a GPU.
 #[derive(Debug, Clone)]
 pub struct SavedModel {
@@ -53,8 +80,73 @@ impl SavedModel {
         self.to_bytes_as(Storage::F32)
     }
 
-    /// The safetensors bytes of a model in `storage`.
+    /// Checks the model's own numbers: every layer valid ([`LayerSpec::validate`]), the parameters
+    /// named, shaped and sized as the layers need.
+    pub fn validate(&self) -> Result<()> {
+        let mut given = self.parameters.iter();
+        for (i, spec) in self.layers.iter().enumerate() {
+            spec.validate()
+                .map_err(|e| corrupt(format!("layer {i}: {e}")))?;
+            for (name, shape) in spec.parameter_shapes() {
+                let name = format!("{i}.{name}");
+                match given.next() {
+                    Some((n, s, v)) if *n == name && *s == shape => {
+                        let numel = shape
+                            .iter()
+                            .try_fold(1usize, |a, &d| a.checked_mul(d))
+                            .unwrap_or(usize::MAX);
+                        if v.len() != numel {
+                            return Err(corrupt(format!(
+                                "{name}: {} values for the shape {shape:?}",
+                                v.len()
+                            )));
+                        }
+                    }
+                    Some((n, s, _)) => {
+                        return Err(corrupt(format!(
+                            "parameter {n:?} {s:?} where the layers need {name:?} {shape:?}"
+                        )))
+                    }
+                    None => return Err(corrupt(format!("parameter {name:?} is missing"))),
+                }
+            }
+        }
+        if let Some((n, _, _)) = given.next() {
+            return Err(corrupt(format!("parameter {n:?} belongs to no layer")));
+        }
+        Ok(())
+    }
+
+    /// The name and element index of the first NaN or infinite parameter value, if any.
+    pub fn first_non_finite(&self) -> Option<(&str, usize)> {
+        self.parameters.iter().find_map(|(name, _, values)| {
+            values
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|i| (name.as_str(), i))
+        })
+    }
+
+    /// The safetensors bytes of a model in `storage`. Each parameter's values must fill its shape
+    /// (every side at least 1); whether the parameters fit the layers is [`Self::validate`]'s
+    /// check, which [`Self::from_bytes`] makes when the file is read back.
     pub fn to_bytes_as(&self, storage: Storage) -> Result<Vec<u8>> {
+        for (name, shape, values) in &self.parameters {
+            let numel = shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .unwrap_or(usize::MAX);
+            if shape.is_empty() || shape.contains(&0) || numel != values.len() {
+                return Err(Error::ShapeMismatch {
+                    op: "SavedModel::to_bytes",
+                    details: format!(
+                        "parameter {name:?} has shape {shape:?} (every side at least 1) and {} \
+                         values",
+                        values.len()
+                    ),
+                });
+            }
+        }
         let mut metadata = HashMap::new();
         metadata.insert(FORMAT.0.to_string(), FORMAT.1.to_string());
         metadata.insert("input_shape".into(), json(&self.input_shape)?);
@@ -81,6 +173,17 @@ impl SavedModel {
                     ));
                 }
                 Storage::Int8 if name.ends_with(".weight") => {
+                    // Quantization has no NaN or infinity: it would store them as some other
+                    // number without a word.
+                    if let Some(j) = values.iter().position(|v| !v.is_finite()) {
+                        return Err(Error::InvalidArgument {
+                            op: "SavedModel::to_bytes_as",
+                            details: format!(
+                                "{name}: element {j} is {}, which int8 storage cannot hold",
+                                values[j]
+                            ),
+                        });
+                    }
                     let (q, scales) =
                         crate::ops::quantize_int8(values, shape[0], values.len() / shape[0]);
                     tensors.push((
@@ -115,9 +218,16 @@ impl SavedModel {
         safetensors::serialize(views, Some(metadata)).map_err(|e| corrupt(e.to_string()))
     }
 
-    /// Parses safetensors bytes; anything truncated, corrupt or not a wgnn model is a
-    /// [`Error::ModelFile`].
+    /// Parses safetensors bytes with the default [`ReadOptions`]; anything truncated, corrupt or
+    /// not a wgnn model is a [`Error::ModelFile`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::from_bytes_with(bytes, &ReadOptions::default())
+    }
+
+    /// Parses safetensors bytes: the layers are checked ([`LayerSpec::validate`]) before any
+    /// tensor is decoded, every tensor against its layer, and (unless `options` allow them) every
+    /// value for NaN and infinity.
+    pub fn from_bytes_with(bytes: &[u8], options: &ReadOptions) -> Result<Self> {
         let (_, header) =
             SafeTensors::read_metadata(bytes).map_err(|e| corrupt(format!("header: {e}")))?;
         let tensors =
@@ -137,6 +247,10 @@ impl SavedModel {
             .map_err(|e| corrupt(format!("input_shape: {e}")))?;
         let layers: Vec<LayerSpec> = serde_json::from_str(field("layers")?)
             .map_err(|e| corrupt(format!("layers (an unknown layer?): {e}")))?;
+        for (i, spec) in layers.iter().enumerate() {
+            spec.validate()
+                .map_err(|e| corrupt(format!("layer {i}: {e}")))?;
+        }
         let mut parameters = Vec::new();
         let mut expected_tensors = 0usize;
         for (i, spec) in layers.iter().enumerate() {
@@ -171,6 +285,14 @@ impl SavedModel {
                         }
                         expected_tensors += 1;
                         let scales: Vec<f32> = bytemuck::pod_collect_to_vec(scales.data());
+                        if let Some(j) = scales.iter().position(|s| !s.is_finite()) {
+                            if !options.allow_non_finite {
+                                return Err(corrupt(format!(
+                                    "{scale_name}: element {j} is {} (NaN or infinite)",
+                                    scales[j]
+                                )));
+                            }
+                        }
                         let per = shape.iter().product::<usize>() / shape[0];
                         view.data()
                             .iter()
@@ -184,6 +306,15 @@ impl SavedModel {
                         )))
                     }
                 };
+                if !options.allow_non_finite {
+                    if let Some(j) = values.iter().position(|v| !v.is_finite()) {
+                        return Err(corrupt(format!(
+                            "{name}: element {j} is {} (NaN or infinite; ReadOptions::\
+                             allow_non_finite accepts it)",
+                            values[j]
+                        )));
+                    }
+                }
                 parameters.push((name, shape, values));
             }
         }
@@ -200,12 +331,15 @@ impl SavedModel {
         })
     }
 
-    /// Reads a model file.
+    /// Reads a model file with the default [`ReadOptions`].
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes =
-            std::fs::read(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-        Self::from_bytes(&bytes)
+        Self::read_with(path, &ReadOptions::default())
+    }
+
+    /// Reads a model file: only a regular file, at most `options.max_file_bytes` long.
+    pub fn read_with(path: impl AsRef<Path>, options: &ReadOptions) -> Result<Self> {
+        let bytes = read_capped(path.as_ref(), options.max_file_bytes)?;
+        Self::from_bytes_with(&bytes, options)
     }
 
     /// Places the model on `gpu`.
@@ -237,10 +371,50 @@ impl Sequential {
         std::fs::write(path, bytes).map_err(|e| Error::Io(format!("{}: {e}", path.display())))
     }
 
-    /// Loads a model saved by [`Self::save`] onto `gpu`.
+    /// Loads a model saved by [`Self::save`] onto `gpu`, with the default [`ReadOptions`].
     pub fn load(gpu: &Gpu, path: impl AsRef<Path>) -> Result<Self> {
-        SavedModel::read(path)?.into_model(gpu)
+        Self::load_with(gpu, path, &ReadOptions::default())
     }
+
+    /// Loads a model saved by [`Self::save`] onto `gpu` under `options`.
+    pub fn load_with(gpu: &Gpu, path: impl AsRef<Path>, options: &ReadOptions) -> Result<Self> {
+        SavedModel::read_with(path, options)?.into_model(gpu)
+    }
+}
+
+/// Reads a regular file of at most `limit` bytes (a device such as `/dev/zero` or a FIFO is
+/// refused before it is opened: one would never end, the other would block).
+fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(Error::Io(format!(
+            "{}: not a regular file (a directory, device or FIFO); a model is read from a file",
+            path.display()
+        )));
+    }
+    let too_long = |len: u64| Error::LimitExceeded {
+        what: format!(
+            "{}: model file bytes (ReadOptions::max_file_bytes)",
+            path.display()
+        ),
+        requested: len,
+        limit,
+    };
+    if meta.len() > limit {
+        return Err(too_long(meta.len()));
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow after the size check: never read more than the limit.
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_long(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<String> {

@@ -54,12 +54,84 @@ pub enum LayerSpec {
     },
 }
 
+/// The largest padded side (size + 2 · padding) a layer accepts, as the convolution op does.
+const MAX_PADDED_SIDE: usize = 1 << 31;
+
 impl LayerSpec {
-    /// The output shape for an input of `input` (batch dimension first).
+    /// The layer's kind, as a user names it in messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LayerSpec::Linear { .. } => "Linear",
+            LayerSpec::Conv2d { .. } => "Conv2d",
+            LayerSpec::MaxPool2d { .. } => "MaxPool2d",
+            LayerSpec::AvgPool2d { .. } => "AvgPool2d",
+            LayerSpec::Flatten => "Flatten",
+            LayerSpec::Activation { .. } => "Activation",
+        }
+    }
+
+    /// Checks the layer's own numbers: every size, window and stride at least 1. (Whether the
+    /// layer fits its input is [`Self::output_shape`]'s check.)
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |details: String| {
+            Err(Error::InvalidArgument {
+                op: "LayerSpec",
+                details,
+            })
+        };
+        let at_least_one = |what: &str, pair: (usize, usize)| {
+            if pair.0 == 0 || pair.1 == 0 {
+                invalid(format!(
+                    "{} {what} must be at least 1 in both directions, got {pair:?}",
+                    self.kind()
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match *self {
+            LayerSpec::Linear { inputs, outputs } => {
+                if inputs == 0 || outputs == 0 {
+                    return invalid(format!(
+                        "Linear needs at least 1 input and 1 output feature, got {inputs} -> {outputs}"
+                    ));
+                }
+            }
+            LayerSpec::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                ..
+            } => {
+                if in_channels == 0 || out_channels == 0 {
+                    return invalid(format!(
+                        "Conv2d needs at least 1 input and 1 output channel, got {in_channels} -> \
+                         {out_channels}"
+                    ));
+                }
+                at_least_one("kernel", kernel)?;
+                at_least_one("stride", stride)?;
+            }
+            LayerSpec::MaxPool2d { kernel, stride } | LayerSpec::AvgPool2d { kernel, stride } => {
+                at_least_one("window", kernel)?;
+                at_least_one("stride", stride)?;
+            }
+            LayerSpec::Flatten | LayerSpec::Activation { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// The output shape for an input of `input` (batch dimension first). Checks the layer
+    /// ([`Self::validate`]) and that it fits `input`; sizes are checked arithmetic.
     pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        let mismatch = |details: String| Error::ShapeMismatch {
-            op: "LayerSpec::output_shape",
-            details,
+        const OP: &str = "LayerSpec::output_shape";
+        self.validate()?;
+        let mismatch = |details: String| Error::ShapeMismatch { op: OP, details };
+        let too_large = |what: String| Error::LimitExceeded {
+            what,
+            requested: u64::MAX,
+            limit: MAX_PADDED_SIDE as u64,
         };
         match *self {
             LayerSpec::Linear { inputs, outputs } => match input {
@@ -76,44 +148,65 @@ impl LayerSpec {
                 padding,
             } => match input {
                 [b, c, h, w] if *c == in_channels => {
-                    let axis = |size: usize, k: usize, s: usize, p: usize| {
-                        if s == 0 || size + 2 * p < k {
-                            Err(mismatch(format!("conv window {k} does not fit {size}")))
-                        } else {
-                            Ok((size + 2 * p - k) / s + 1)
+                    let axis = |name: &str, size: usize, k: usize, s: usize, p: usize| {
+                        let padded = p
+                            .checked_mul(2)
+                            .and_then(|p2| size.checked_add(p2))
+                            .filter(|&padded| padded <= MAX_PADDED_SIDE)
+                            .ok_or_else(|| {
+                                too_large(format!(
+                                    "Conv2d: {name} {size} with padding {p} on each side"
+                                ))
+                            })?;
+                        if padded < k {
+                            return Err(mismatch(format!(
+                                "Conv2d kernel {name} {k} is larger than the padded input {name} \
+                                 {padded} ({size} + 2 x {p})"
+                            )));
                         }
+                        Ok((padded - k) / s + 1)
                     };
                     Ok(vec![
                         *b,
                         out_channels,
-                        axis(*h, kernel.0, stride.0, padding.0)?,
-                        axis(*w, kernel.1, stride.1, padding.1)?,
+                        axis("height", *h, kernel.0, stride.0, padding.0)?,
+                        axis("width", *w, kernel.1, stride.1, padding.1)?,
                     ])
                 }
                 _ => Err(mismatch(format!(
-                    "Conv2d takes [batch, {in_channels}, h, w], got {input:?}"
+                    "Conv2d takes [batch, {in_channels}, height, width], got {input:?}"
                 ))),
             },
             LayerSpec::MaxPool2d { kernel, stride } | LayerSpec::AvgPool2d { kernel, stride } => {
                 match input {
-                    [b, c, h, w]
-                        if stride.0 > 0 && stride.1 > 0 && *h >= kernel.0 && *w >= kernel.1 =>
-                    {
-                        Ok(vec![
-                            *b,
-                            *c,
-                            (h - kernel.0) / stride.0 + 1,
-                            (w - kernel.1) / stride.1 + 1,
-                        ])
-                    }
+                    [b, c, h, w] if *h >= kernel.0 && *w >= kernel.1 => Ok(vec![
+                        *b,
+                        *c,
+                        (h - kernel.0) / stride.0 + 1,
+                        (w - kernel.1) / stride.1 + 1,
+                    ]),
                     _ => Err(mismatch(format!(
-                        "pooling {kernel:?} stride {stride:?} does not fit {input:?}"
+                        "{} window {kernel:?} does not fit the input {input:?} ([batch, channels, \
+                         height, width] at least as large as the window)",
+                        self.kind()
                     ))),
                 }
             }
             LayerSpec::Flatten => match input {
-                [b, rest @ ..] if !rest.is_empty() => Ok(vec![*b, rest.iter().product()]),
-                _ => Err(mismatch(format!("Flatten takes rank >= 2, got {input:?}"))),
+                [b, rest @ ..] if !rest.is_empty() => {
+                    let features = rest
+                        .iter()
+                        .try_fold(1usize, |n, &d| n.checked_mul(d))
+                        .ok_or_else(|| Error::LimitExceeded {
+                            what: format!("Flatten: features of {input:?}"),
+                            requested: u64::MAX,
+                            limit: u64::from(u32::MAX),
+                        })?;
+                    Ok(vec![*b, features])
+                }
+                _ => Err(mismatch(format!(
+                    "Flatten takes [batch, ...] of rank >= 2, got {input:?}"
+                ))),
             },
             LayerSpec::Activation { .. } => Ok(input.to_vec()),
         }

@@ -28,10 +28,13 @@ pub enum Init {
 
 impl Init {
     /// Initial values of every parameter of `specs`, as (name, shape, values), in layer order.
-    pub fn values(&self, specs: &[LayerSpec]) -> HostParameters {
+    /// The layers are checked first ([`LayerSpec::validate`]), and their parameters must number
+    /// at most `u32::MAX` elements in all (what one arena can index), before anything is made.
+    pub fn values(&self, specs: &[LayerSpec]) -> Result<HostParameters> {
         let seed = match *self {
             Init::KaimingUniform { seed } | Init::XavierUniform { seed } => seed,
         };
+        parameter_elements(specs)?;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut out = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
@@ -40,7 +43,8 @@ impl Init {
                 let data = if name == "bias" {
                     vec![0.0; numel]
                 } else {
-                    // Weights are [out, in, ...]: fan_in = numel / out, fan_out = numel / in.
+                    // Weights are [out, in, ...]: fan_in = numel / out, fan_out = numel / in
+                    // (sizes are at least 1: validated above).
                     let fan_in = (numel / shape[0]) as f64;
                     let fan_out = (numel / shape[1]) as f64;
                     let bound = match self {
@@ -54,8 +58,98 @@ impl Init {
                 out.push((format!("{i}.{name}"), shape, data));
             }
         }
-        out
+        Ok(out)
     }
+}
+
+/// The number of parameter elements of `specs`, each layer validated, in checked arithmetic, at
+/// most `u32::MAX`.
+fn parameter_elements(specs: &[LayerSpec]) -> Result<usize> {
+    let too_many = || Error::LimitExceeded {
+        what: "parameter elements of the model (u32 indexing)".into(),
+        requested: u64::MAX,
+        limit: u64::from(u32::MAX),
+    };
+    let mut total = 0usize;
+    for spec in specs {
+        spec.validate()?;
+        for (_, shape) in spec.parameter_shapes() {
+            let numel = shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .ok_or_else(too_many)?;
+            total = total.checked_add(numel).ok_or_else(too_many)?;
+        }
+    }
+    if total > u32::MAX as usize {
+        return Err(Error::LimitExceeded {
+            what: "parameter elements of the model (u32 indexing)".into(),
+            requested: total as u64,
+            limit: u64::from(u32::MAX),
+        });
+    }
+    Ok(total)
+}
+
+/// Checks an architecture before anything is made for it: the input shape (each side at least 1,
+/// its element count in u32), every layer ([`LayerSpec::validate`]), that the layers chain from
+/// the input, and that the parameters fit one arena on `gpu` (its storage-binding and buffer
+/// limits, with the arena's alignment gaps).
+pub(crate) fn check_architecture(
+    gpu: &Gpu,
+    input_shape: &[usize],
+    specs: &[LayerSpec],
+) -> Result<()> {
+    if specs.is_empty() {
+        return Err(Error::InvalidArgument {
+            op: "Sequential::new",
+            details: "a model needs at least one layer".into(),
+        });
+    }
+    if input_shape.is_empty() || input_shape.contains(&0) {
+        return Err(Error::InvalidArgument {
+            op: "Sequential::new",
+            details: format!(
+                "the per-sample input shape needs at least one dimension, each at least 1, got \
+                 {input_shape:?}"
+            ),
+        });
+    }
+    let fits = input_shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .is_some_and(|n| n <= u32::MAX as usize);
+    if !fits {
+        return Err(Error::LimitExceeded {
+            what: format!("Sequential::new: elements of one sample of {input_shape:?}"),
+            requested: u64::MAX,
+            limit: u64::from(u32::MAX),
+        });
+    }
+    // The shapes chain, with a batch of 1.
+    let mut shape = [&[1usize][..], input_shape].concat();
+    for spec in specs {
+        shape = spec.output_shape(&shape)?;
+    }
+    let elements = parameter_elements(specs)?;
+    // One arena: each parameter rounded up to the view alignment (as ParamStore lays it out).
+    let align = ParamStore::alignment(gpu);
+    let tensors: usize = specs.iter().map(|s| s.parameter_shapes().len()).sum();
+    let arena = (tensors as u64)
+        .saturating_mul(align as u64)
+        .saturating_add(elements as u64);
+    let bytes = arena.saturating_mul(4);
+    let limits = gpu.limits();
+    gpu.check_limit(
+        "parameter arena bytes (max_storage_buffer_binding_size)",
+        bytes,
+        limits.max_storage_buffer_binding_size,
+    )?;
+    gpu.check_limit(
+        "parameter arena bytes (max_buffer_size)",
+        bytes,
+        limits.max_buffer_size,
+    )
 }
 
 /// Layers applied in order, with their parameters in one [`ParamStore`]. A ReLU right after a
@@ -89,6 +183,67 @@ impl Sequential {
                 .filter_map(|p| p.half.clone())
                 .collect();
             layer.set_params(half);
+        }
+        Ok(())
+    }
+
+    /// Returns the model to f32 compute (the f16 copies are dropped; the f32 master weights,
+    /// which the optimizer updated all along, are what the layers read again). Does nothing for
+    /// a model in f32.
+    pub fn disable_mixed_precision(&mut self) {
+        if self.params.half().is_none() {
+            return;
+        }
+        self.params.disable_half();
+        let mut views = self.params.params().iter();
+        for layer in &mut self.layers {
+            let n = layer.spec().parameter_shapes().len();
+            let own = views
+                .by_ref()
+                .take(n)
+                .map(|p| (p.value.clone(), p.grad.clone()))
+                .collect();
+            layer.set_params(own);
+        }
+    }
+
+    /// Checks that a batch of `batch_size` fits the adapter: every activation of the forward pass
+    /// (the input included) within u32 indexing and the storage-binding limit, in checked
+    /// arithmetic. [`crate::infer::InferenceSession::new`] runs it for its largest bucket before
+    /// it makes anything.
+    pub fn check_batch_size(&self, batch_size: usize) -> Result<()> {
+        if batch_size == 0 {
+            return Err(Error::InvalidArgument {
+                op: "Sequential::check_batch_size",
+                details: "a batch needs at least one sample".into(),
+            });
+        }
+        let bytes_per = self.compute_dtype().size() as u64;
+        let limit = self.gpu.limits().max_storage_buffer_binding_size;
+        let mut shape = [&[batch_size][..], &self.input_shape].concat();
+        let check = |shape: &[usize], what: &str| {
+            let numel = shape
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+                .unwrap_or(u64::MAX);
+            self.gpu.check_limit(
+                &format!("batch of {batch_size}: elements of the {what} {shape:?} (u32 indexing)"),
+                numel,
+                u64::from(u32::MAX),
+            )?;
+            self.gpu.check_limit(
+                &format!(
+                    "batch of {batch_size}: bytes of the {what} {shape:?} \
+                     (max_storage_buffer_binding_size)"
+                ),
+                numel.saturating_mul(bytes_per),
+                limit,
+            )
+        };
+        check(&shape, "input")?;
+        for spec in &self.specs {
+            shape = spec.output_shape(&shape)?;
+            check(&shape, &format!("{} output", spec.kind()))?;
         }
         Ok(())
     }
@@ -149,35 +304,31 @@ impl Sequential {
 
 impl Sequential {
     /// A model for inputs of `input_shape` per sample (e.g. `[64]`, or `[1, 8, 8]` for images),
-    /// with weights from `init`.
+    /// with weights from `init`. The architecture is checked first (every size at least 1, the
+    /// layers chain from the input, the parameters fit the adapter's limits), before any value is
+    /// made.
     pub fn new(
         gpu: &Gpu,
         input_shape: &[usize],
         specs: Vec<LayerSpec>,
         init: Init,
     ) -> Result<Self> {
-        let values = init.values(&specs);
+        gpu.check_alive()?;
+        check_architecture(gpu, input_shape, &specs)?;
+        let values = init.values(&specs)?;
         Self::with_parameters(gpu, input_shape, specs, values)
     }
 
     /// A model with the given parameter values (name, shape, values), in layer order: what loading
-    /// a saved model does.
+    /// a saved model does. Checked as [`Self::new`] checks, and the values against the layers.
     pub fn with_parameters(
         gpu: &Gpu,
         input_shape: &[usize],
         specs: Vec<LayerSpec>,
         values: HostParameters,
     ) -> Result<Self> {
-        if specs.is_empty() || input_shape.is_empty() {
-            return Err(Error::EmptyTensor {
-                op: "Sequential::new",
-            });
-        }
-        // Check that the shapes chain, with a batch of 1.
-        let mut shape = [&[1usize][..], input_shape].concat();
-        for spec in &specs {
-            shape = spec.output_shape(&shape)?;
-        }
+        gpu.check_alive()?;
+        check_architecture(gpu, input_shape, &specs)?;
         let expected: Vec<(String, Vec<usize>)> = specs
             .iter()
             .enumerate()
@@ -192,9 +343,26 @@ impl Sequential {
             .map(|(n, s, _)| (n.clone(), s.clone()))
             .collect();
         if expected != given {
+            let first = expected
+                .iter()
+                .zip(&given)
+                .find(|(e, g)| e != g)
+                .map(|(e, g)| {
+                    format!(
+                        "the first difference: {} {:?} against {} {:?}",
+                        e.0, e.1, g.0, g.1
+                    )
+                })
+                .unwrap_or_else(|| {
+                    format!(
+                        "{} parameters needed, {} given",
+                        expected.len(),
+                        given.len()
+                    )
+                });
             return Err(Error::ShapeMismatch {
                 op: "Sequential::with_parameters",
-                details: format!("the layers need parameters {expected:?}, got {given:?}"),
+                details: format!("the values do not match the layers' parameters: {first}"),
             });
         }
         let params = ParamStore::new(gpu, &values)?;

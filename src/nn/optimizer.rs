@@ -63,7 +63,8 @@ impl Optimizer {
         }
     }
 
-    /// Steps taken so far.
+    /// Steps recorded so far (in mixed precision, steps skipped for overflow included; see
+    /// [`crate::nn::Trainer::loss_scale`] for those).
     pub fn steps(&self) -> u32 {
         self.state.as_ref().map_or(0, |s| s.steps)
     }
@@ -96,8 +97,10 @@ impl Optimizer {
         self.step_unless(batch, store, None)
     }
 
-    /// [`Self::step`] that changes nothing while the U32 flag `skip` is set (a loss-scale
-    /// overflow). The step count advances either way (it sets Adam's bias correction).
+    /// [`Self::step`] that changes nothing while the U32 flag `skip[0]` is set (a loss-scale
+    /// overflow). The host's step count advances either way; the kernels number the applied
+    /// steps with `skip[1]`, the count of skipped ones, so Adam's bias correction and SGD's first
+    /// momentum step are those of PyTorch's GradScaler, which skips `optimizer.step()`.
     pub(crate) fn step_unless(
         &mut self,
         batch: &mut Batch,
@@ -141,7 +144,15 @@ impl Optimizer {
                     Some(b) if state.steps == 0 => Momentum::Start(b),
                     Some(b) => Momentum::Continue(b),
                 };
-                sgd_step_unless(batch, values, grads, momentum, config, skip)?;
+                sgd_step_unless(
+                    batch,
+                    values,
+                    grads,
+                    momentum,
+                    config,
+                    state.steps + 1,
+                    skip,
+                )?;
             }
             (Kind::Adam(config), Some(m), Some(v)) => {
                 adam_step_unless(batch, values, grads, m, v, config, state.steps + 1, skip)?;

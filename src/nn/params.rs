@@ -59,19 +59,25 @@ impl ParamStore {
                 op: "ParamStore::new",
             });
         }
-        // Aligned for f16 views too (mixed precision keeps f16 arenas of the same layout).
-        let align = (gpu.limits().min_storage_buffer_offset_alignment as usize / 2).max(8);
+        let align = Self::alignment(gpu);
         let mut offsets = Vec::with_capacity(specs.len());
+        let mut names = std::collections::HashSet::with_capacity(specs.len());
         let mut total = 0usize;
         for (name, shape, data) in specs {
-            let numel: usize = shape.iter().product();
-            if numel == 0 || numel != data.len() {
-                return Err(Error::DataLength {
-                    expected: numel,
-                    found: data.len(),
+            let numel = shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .unwrap_or(usize::MAX);
+            if shape.is_empty() || numel == 0 || numel != data.len() {
+                return Err(Error::ShapeMismatch {
+                    op: "ParamStore::new",
+                    details: format!(
+                        "parameter {name:?} has shape {shape:?} but {} values",
+                        data.len()
+                    ),
                 });
             }
-            if specs.iter().filter(|(n, _, _)| n == name).count() > 1 {
+            if !names.insert(name.as_str()) {
                 return Err(Error::InvalidArgument {
                     op: "ParamStore::new",
                     details: format!("parameter name {name:?} is not unique"),
@@ -86,6 +92,19 @@ impl ParamStore {
                     limit: u64::from(u32::MAX),
                 })?;
         }
+        // Checked against the adapter before the host copy is made.
+        let limits = gpu.limits();
+        let bytes = (total as u64).saturating_mul(4);
+        gpu.check_limit(
+            "parameter arena bytes (max_storage_buffer_binding_size)",
+            bytes,
+            limits.max_storage_buffer_binding_size,
+        )?;
+        gpu.check_limit(
+            "parameter arena bytes (max_buffer_size)",
+            bytes,
+            limits.max_buffer_size,
+        )?;
         let mut host = vec![0.0f32; total];
         for ((_, _, data), &offset) in specs.iter().zip(&offsets) {
             host[offset..offset + data.len()].copy_from_slice(data);
@@ -111,6 +130,20 @@ impl ParamStore {
             half: None,
             params,
         })
+    }
+
+    /// Elements each parameter's offset is a multiple of: the adapter's offset alignment for
+    /// views, for f16 views too (mixed precision keeps f16 arenas of the same layout).
+    pub fn alignment(gpu: &Gpu) -> usize {
+        (gpu.limits().min_storage_buffer_offset_alignment as usize / 2).max(8)
+    }
+
+    /// Drops the f16 arenas: the parameters are f32 only again.
+    pub fn disable_half(&mut self) {
+        self.half = None;
+        for p in &mut self.params {
+            p.half = None;
+        }
     }
 
     /// Adds f16 arenas (values cast from the f32 masters, gradients zero) for mixed precision.

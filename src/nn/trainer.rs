@@ -209,17 +209,11 @@ impl Trainer {
                 op: "Trainer::step_accumulate",
             });
         }
-        let per_sample: usize = self.model.input_shape().iter().product();
+        self.check_micro_batches(micro_batches)?;
         let k = micro_batches.len() as f32;
         self.model.zero_grads(batch)?;
         for (x, labels) in micro_batches {
             let rows = labels.len();
-            if rows == 0 || x.len() != rows * per_sample {
-                return Err(Error::DataLength {
-                    expected: rows * per_sample,
-                    found: x.len(),
-                });
-            }
             let (tx, tl) = self.input_tensors(rows)?;
             if tx.dtype() == DType::F16 {
                 let half: Vec<crate::f16> = x.iter().map(|&v| crate::f16::from_f32(v)).collect();
@@ -290,6 +284,54 @@ impl Trainer {
         loss_sum.write(&[0.0f32])?;
         self.loss_steps = 0;
         Ok(mean)
+    }
+
+    /// Checks every micro-batch on the host before anything is recorded: at least one sample,
+    /// `x` holding exactly that many samples, and every label a class of the model (or
+    /// [`ops::IGNORE_INDEX`]). A label past the classes would make the loss and every parameter
+    /// NaN.
+    fn check_micro_batches(&self, micro_batches: &[(&[f32], &[u32])]) -> Result<()> {
+        const OP: &str = "Trainer::step";
+        let input_shape = self.model.input_shape();
+        let per_sample: usize = input_shape.iter().product();
+        let classes: usize = self.model.output_shape(1)?[1..].iter().product();
+        for (i, (x, labels)) in micro_batches.iter().enumerate() {
+            let rows = labels.len();
+            if rows == 0 {
+                return Err(Error::InvalidArgument {
+                    op: OP,
+                    details: format!(
+                        "mini-batch {i} has no samples (its labels are empty): a step needs at \
+                         least one"
+                    ),
+                });
+            }
+            let needed = rows.checked_mul(per_sample);
+            if needed != Some(x.len()) {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    details: format!(
+                        "mini-batch {i}: {rows} labels need {rows} samples of {input_shape:?} \
+                         ({per_sample} values each), but x holds {} values",
+                        x.len()
+                    ),
+                });
+            }
+            let bad = labels
+                .iter()
+                .enumerate()
+                .find(|(_, &l)| l as usize >= classes && l != ops::IGNORE_INDEX);
+            if let Some((j, &label)) = bad {
+                return Err(Error::InvalidArgument {
+                    op: OP,
+                    details: format!(
+                        "mini-batch {i}, sample {j}: label {label} is not one of the model's \
+                         {classes} classes (0..{classes}; ops::IGNORE_INDEX ignores a sample)"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Input and label tensors for mini-batches of `rows`, made once per size.

@@ -26,7 +26,8 @@ pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
 pub struct LossScale {
     /// `[scale, good steps, skipped steps, 0]`.
     pub state: Tensor,
-    /// Non-zero while the current step's gradients hold an inf or NaN.
+    /// U32 `[2]`: `[0]` is non-zero while the current step's gradients hold an inf or NaN;
+    /// `[1]` counts the steps skipped so far (the optimizer numbers the applied steps with it).
     pub found_overflow: Tensor,
     /// Good steps after which the scale doubles.
     pub growth_interval: u32,
@@ -46,7 +47,7 @@ impl LossScale {
         }
         Ok(LossScale {
             state: Tensor::from_slice(gpu, &[initial, 0.0, 0.0, 0.0], &[4])?,
-            found_overflow: Tensor::zeros(gpu, &[1], DType::U32)?,
+            found_overflow: Tensor::zeros(gpu, &[2], DType::U32)?,
             growth_interval,
         })
     }

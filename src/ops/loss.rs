@@ -4,6 +4,14 @@
 //! count (rows labelled [`IGNORE_INDEX`] are left out of the mean, as PyTorch's `ignore_index`; if
 //! every row is ignored the loss is NaN, as in PyTorch), returned as an f32 `[1]` tensor; the
 //! gradient has the logits' shape and dtype and is exactly the gradient of the reported loss.
+//!
+//! A label that is neither a class nor [`IGNORE_INDEX`] (a label >= the number of classes, which
+//! only the GPU sees when the labels are on the GPU) is left out exactly like an ignored row: no
+//! loss, zero gradient, not counted in the mean, so the other rows' gradients are the ones of
+//! their own mean. PyTorch stops with a device assertion instead; wgnn cannot stop a kernel, so
+//! it counts such labels where the caller can read them: [`Loss::label_counts`] holds `[rows
+//! counted, labels out of range]`. (`nn::Trainer` checks its labels on the host and refuses a bad
+//! one before anything runs.)
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
@@ -21,6 +29,10 @@ pub struct Loss {
     pub loss: Tensor,
     /// dLoss/dLogits, the logits' shape and dtype.
     pub grad_logits: Tensor,
+    /// For [`cross_entropy`]: f32 `[2]`, the rows counted in the mean and the labels that were
+    /// out of range (neither a class nor [`IGNORE_INDEX`]; left out like ignored rows). Read it
+    /// (after the batch is submitted) to notice bad labels. `None` for [`soft_cross_entropy`].
+    pub label_counts: Option<Tensor>,
 }
 
 /// Rows longer than this take the chunked entry points (one workgroup per chunk of [`CHUNK`]
@@ -61,8 +73,9 @@ fn rows_cols(op: &'static str, logits: &Tensor) -> Result<(usize, usize)> {
 }
 
 /// Mean cross-entropy of `logits` against integer `labels` (U32, shape `logits.shape[..-1]`), with
-/// label smoothing `smoothing` in [0, 1] (0: none). A label of [`IGNORE_INDEX`] ignores its row; any
-/// other label past the class count makes its row's loss and gradient NaN.
+/// label smoothing `smoothing` in [0, 1] (0: none). A label of [`IGNORE_INDEX`] ignores its row; so
+/// does any other label past the class count, which [`Loss::label_counts`] counts (see the module
+/// documentation).
 pub fn cross_entropy(
     batch: &mut Batch,
     logits: &Tensor,
@@ -96,8 +109,8 @@ pub fn cross_entropy(
         temperature: 1.0,
         ..Default::default()
     };
-    let count = count_targets(batch, labels)?;
-    record(
+    let count = count_targets(batch, labels, cols)?;
+    let mut loss = record(
         batch,
         "cross_entropy",
         logits,
@@ -105,7 +118,9 @@ pub fn cross_entropy(
         params,
         rows,
         cols,
-    )
+    )?;
+    loss.label_counts = Some(count);
+    Ok(loss)
 }
 
 /// Distillation loss: T² · mean over rows of the cross-entropy between the teacher's softened
@@ -224,19 +239,23 @@ fn record(
     Ok(Loss {
         loss,
         grad_logits: grad,
+        label_counts: None,
     })
 }
 
-/// The number of labels that are not [`IGNORE_INDEX`], as an f32 `[1]` tensor.
-fn count_targets(batch: &mut Batch, labels: &Tensor) -> Result<Tensor> {
+/// The number of labels that are classes (below `cols`) and the number that are neither classes
+/// nor [`IGNORE_INDEX`], as an f32 `[2]` tensor.
+fn count_targets(batch: &mut Batch, labels: &Tensor, cols: usize) -> Result<Tensor> {
     let gpu = batch.gpu().clone();
     let rows = labels.numel();
     let chunk = rows.div_ceil(4096).max(COUNT_CHUNK);
     let parts = rows.div_ceil(chunk);
     let counts = Tensor::uninit(&gpu, &[parts], DType::F32)?;
+    let invalid = Tensor::uninit(&gpu, &[parts], DType::F32)?;
     let (grid, groups_x) = fold_grid(&gpu, parts)?;
     let params = Params {
         rows: rows as u32,
+        cols: cols as u32,
         groups_x,
         chunks: chunk as u32,
         ..Default::default()
@@ -250,10 +269,11 @@ fn count_targets(batch: &mut Batch, labels: &Tensor) -> Result<Tensor> {
     batch.dispatch_bound(
         &pipeline,
         bytemuck::bytes_of(&params),
-        &[(4, labels), (8, &counts)],
+        &[(4, labels), (8, &counts), (9, &invalid)],
         grid,
     )?;
-    let count = Tensor::uninit(&gpu, &[1], DType::F32)?;
+    let count = Tensor::uninit(&gpu, &[2], DType::F32)?;
     crate::ops::reduce::total_into(batch, "cross_entropy", &counts, false, 1.0, &count, 0)?;
+    crate::ops::reduce::total_into(batch, "cross_entropy", &invalid, false, 1.0, &count, 1)?;
     Ok(count)
 }

@@ -81,7 +81,7 @@ crate::shaders::shader_params! {
         n: u32,
         groups_x: u32,
         flags: u32,
-        _pad: u32,
+        step: u32,
         lr: f32,
         weight_decay: f32,
         momentum: f32,
@@ -168,6 +168,12 @@ fn record(
     match skip {
         Some(flag) => {
             flag.expect_dtype(DType::U32, entry)?;
+            if flag.numel() < 2 {
+                return Err(Error::ShapeMismatch {
+                    op: entry,
+                    details: "the skip flag holds [flag, skipped steps]".into(),
+                });
+            }
             bound.push((7, flag));
         }
         // The layout has the flag's slot either way: bind the (read-only) gradient there; the
@@ -202,16 +208,19 @@ pub fn sgd_step(
     momentum: Momentum,
     config: &SgdConfig,
 ) -> Result<()> {
-    sgd_step_unless(batch, param, grad, momentum, config, None)
+    sgd_step_unless(batch, param, grad, momentum, config, 0, None)
 }
 
-/// [`sgd_step`] that changes nothing while the U32 flag `skip` (if given) is non-zero.
+/// [`sgd_step`] that changes nothing while `skip[0]` (a U32 `[2]` flag and skipped-step count, if
+/// given) is non-zero; then the step numbered `step` (from 1, skipped steps included) starts the
+/// momentum when it is the first applied one.
 pub(crate) fn sgd_step_unless(
     batch: &mut Batch,
     param: &Tensor,
     grad: &Tensor,
     momentum: Momentum,
     config: &SgdConfig,
+    step: u32,
     skip: Option<&Tensor>,
 ) -> Result<()> {
     const OP: &str = "sgd_step";
@@ -261,6 +270,7 @@ pub(crate) fn sgd_step_unless(
     let flags = 1 | (u32::from(config.nesterov) << 1) | (u32::from(first_step) << 2);
     let params = Params {
         flags,
+        step,
         lr: config.lr,
         weight_decay: config.weight_decay,
         momentum: config.momentum,
@@ -292,7 +302,8 @@ pub fn adam_step(
     adam_step_unless(batch, param, grad, m, v, config, step, None)
 }
 
-/// [`adam_step`] that changes nothing while the U32 flag `skip` (if given) is non-zero.
+/// [`adam_step`] that changes nothing while `skip[0]` (a U32 `[2]` flag and skipped-step count, if
+/// given) is non-zero; then the bias corrections are those of step `step - skip[1]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn adam_step_unless(
     batch: &mut Batch,
@@ -341,6 +352,7 @@ pub(crate) fn adam_step_unless(
         eps: config.eps,
         bias_correction1: 1.0 - config.beta1.powi(t),
         bias_correction2: 1.0 - config.beta2.powi(t),
+        step,
         ..Default::default()
     };
     record(

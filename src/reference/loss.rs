@@ -1,7 +1,6 @@
 //! Reference losses, mirroring [`crate::ops::loss`]: (mean loss, gradient of it w.r.t. the logits).
 
 use super::Array;
-use crate::ops::IGNORE_INDEX;
 
 fn log_softmax_row(row: &[f64]) -> Vec<f64> {
     let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -9,17 +8,19 @@ fn log_softmax_row(row: &[f64]) -> Vec<f64> {
     row.iter().map(|v| v - lse).collect()
 }
 
-/// Mean cross-entropy with label smoothing over the rows not labelled [`IGNORE_INDEX`] (NaN when
-/// every row is ignored, as PyTorch), and its gradient.
+/// Mean cross-entropy with label smoothing over the rows whose label is a class (rows labelled
+/// [`IGNORE_INDEX`](crate::ops::IGNORE_INDEX) or past the classes are left out; NaN when no row counts, as PyTorch), and its
+/// gradient.
 pub fn cross_entropy(logits: &Array, labels: &[u32], smoothing: f32) -> (f32, Array) {
     let cols = *logits.shape.last().expect("rank >= 2");
-    let rows = labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+    let counts = |l: u32| (l as usize) < cols;
+    let rows = labels.iter().filter(|&&l| counts(l)).count();
     let eps = f64::from(smoothing);
     let mut total = 0.0f64;
     let mut grad = Vec::with_capacity(logits.data.len());
     for (r, row) in logits.data.chunks(cols).enumerate() {
         let label = labels[r];
-        if label == IGNORE_INDEX {
+        if !counts(label) {
             grad.extend(std::iter::repeat_n(0.0, cols));
             continue;
         }
