@@ -11,6 +11,8 @@
 //! `cargo run --release --example compress_digits [-- --teacher PATH] [--price-per-hour USD]
 //! [--out DIR] [--distill-epochs N] [--distill-lr X] [--temperature T] [--alpha A]`
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -151,6 +153,7 @@ fn measure(
 }
 
 fn main() -> Result<()> {
+    common::quiet_vulkan_layers();
     let mut teacher_path = PathBuf::from("target/train_digits/digits_cnn.safetensors");
     let mut price = 0.10f64;
     let mut out = PathBuf::from("target/compress_digits");

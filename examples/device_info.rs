@@ -2,10 +2,13 @@
 //!
 //! Run: `cargo run --example device_info` (narrow the choice with WGNN_ADAPTER / WGNN_BACKEND).
 
+mod common;
+
 use anyhow::Result;
 use wgnn::{Gpu, WANTED_FEATURES};
 
 fn main() -> Result<()> {
+    common::quiet_vulkan_layers();
     let gpu = Gpu::new()?;
     let info = gpu.adapter_info();
     println!("adapter:  {}", info.name);

@@ -4,11 +4,14 @@
 //!
 //! Run: `cargo run --release --example linear_regression`
 
+mod common;
+
 use anyhow::Result;
 use wgnn::ops::{self, Momentum, SgdConfig};
 use wgnn::{Batch, DType, Gpu, Tensor};
 
 fn main() -> Result<()> {
+    common::quiet_vulkan_layers();
     let gpu = Gpu::new()?;
     let xs = [1.0f32, 2.0, 3.0, 4.0, 5.0];
     let ys: Vec<f32> = xs.iter().map(|x| 2.0 * x).collect();

@@ -3,6 +3,8 @@
 //!
 //! Run: `cargo run --release --example quickstart`
 
+mod common;
+
 use anyhow::{ensure, Result};
 use wgnn::data::Digits;
 use wgnn::nn::{Init, LayerSpec, Optimizer, Sequential, Trainer};
@@ -10,6 +12,7 @@ use wgnn::ops::{self, AdamConfig};
 use wgnn::{Activation, Batch, Gpu, Tensor};
 
 fn main() -> Result<()> {
+    common::quiet_vulkan_layers();
     let gpu = Gpu::new()?;
     println!("adapter: {:?}", gpu.adapter_info().name);
 

@@ -7,6 +7,8 @@
 //! `cargo run --release --example serve_digits [-- --mlp] [--model PATH] [--threads N]
 //! [--rate REQUESTS_PER_S] [--repeat N] [--out DIR]`
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +72,7 @@ struct Row {
 }
 
 fn main() -> Result<()> {
+    common::quiet_vulkan_layers();
     let args = parse_args()?;
     if !args.model.exists() {
         bail!(
@@ -201,15 +204,19 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Latency against throughput: one colour per row, a hue per precision (F32 blue, F16 green,
+/// Int8 red) and a shade per batching setting; filled circle p50, ring p99, joined by a line. The
+/// legend is drawn beside the chart, never over its points.
 fn plot(path: &std::path::Path, rows: &[Row]) -> Result<()> {
     static FONT: &[u8] = include_bytes!("assets/DejaVuSans.ttf");
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
         .map_err(|_| anyhow::anyhow!("the bundled font does not load"))?;
-    let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1150, 520)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max_x = rows.iter().map(|r| r.throughput).fold(1.0, f64::max) * 1.15;
-    let max_y = rows.iter().map(|r| r.p99).fold(0.01, f64::max) * 1.15;
-    let mut chart = ChartBuilder::on(&root)
+    let (chart_area, legend_area) = root.split_horizontally(800);
+    let max_x = rows.iter().map(|r| r.throughput).fold(1.0, f64::max) * 1.1;
+    let max_y = rows.iter().map(|r| r.p99).fold(0.01, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&chart_area)
         .caption(
             "serve_digits: latency against throughput",
             ("sans-serif", 22),
@@ -223,27 +230,44 @@ fn plot(path: &std::path::Path, rows: &[Row]) -> Result<()> {
         .x_desc("requests per second")
         .y_desc("latency (ms)")
         .draw()?;
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
-    for (i, r) in rows.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let label = format!("{:?}, {}", r.precision, r.setting);
-        chart
-            .draw_series([
-                Circle::new((r.throughput, r.p50), 5, color.filled()),
-                Circle::new((r.throughput, r.p99), 5, color.stroke_width(2)),
-            ])?
-            .label(format!("{label} (filled: p50, ring: p99)"))
-            .legend(move |(x, y)| Circle::new((x, y), 5, color.filled()));
+    let mut settings: Vec<&str> = Vec::new();
+    for r in rows {
+        if !settings.contains(&r.setting.as_str()) {
+            settings.push(&r.setting);
+        }
+    }
+    let colour = |r: &Row| {
+        let shade = settings.iter().position(|s| *s == r.setting).unwrap_or(0) as u8;
+        let (strong, light) = (200 - 60 * shade.min(2), 40 * shade.min(2));
+        match r.precision {
+            Precision::F32 => RGBColor(light, light, strong),
+            Precision::F16 => RGBColor(light, strong, light),
+            Precision::Int8 => RGBColor(strong, light, light),
+        }
+    };
+    for r in rows {
+        let c = colour(r);
         chart.draw_series(LineSeries::new(
             [(r.throughput, r.p50), (r.throughput, r.p99)],
-            color,
+            c,
         ))?;
+        chart.draw_series([
+            Circle::new((r.throughput, r.p50), 6, c.filled()),
+            Circle::new((r.throughput, r.p99), 6, c.stroke_width(2)),
+        ])?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    let legend = legend_area.margin(50, 10, 10, 10);
+    let text = |s: String, y: i32| Text::new(s, (26, y), ("sans-serif", 15));
+    legend.draw(&Text::new(
+        "filled: p50, ring: p99",
+        (0, 0),
+        ("sans-serif", 15),
+    ))?;
+    for (i, r) in rows.iter().enumerate() {
+        let y = 30 + 26 * i as i32;
+        legend.draw(&Circle::new((10, y + 8), 6, colour(r).filled()))?;
+        legend.draw(&text(format!("{:?}, {}", r.precision, r.setting), y))?;
+    }
     root.present()?;
     Ok(())
 }

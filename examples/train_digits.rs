@@ -6,6 +6,8 @@
 //! Run: `cargo run --release --example train_digits [-- --mlp] [--mixed-precision] [--epochs N]
 //! [--batch-size N] [--lr X] [--seed N] [--out DIR]`
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -118,6 +120,7 @@ fn mlp() -> Vec<LayerSpec> {
 }
 
 fn main() -> Result<()> {
+    common::quiet_vulkan_layers();
     let args = parse_args()?;
     let gpu = Gpu::new()?;
     let kind = if args.mlp { "mlp" } else { "cnn" };

@@ -3,14 +3,24 @@
 //!
 //! Run: `cargo run --release --example tune` (all classes below), or name what to tune:
 //! `... --example tune -- 1024x1024x1024 1000x1000x1000` (matmul M×N×K), `matmul` or `conv` (that
-//! op's classes below). The choices are written to
-//! the cache file printed at the end and read by every later process on this adapter. With
+//! op's classes below). Ahead of time the budget is `TuningBudget::thorough()` (every candidate
+//! of most classes), not the first call's default. The choices are written to the cache file
+//! printed at the end and read by every later process on this adapter. `--retune` times classes
+//! already in the file again (after the machine was busy during a tuning, say). With
 //! `WGNN_TUNE=session` nothing is read or written (a fresh tuning every run, for experiments).
+//!
+//! `--first-call MxNxK` measures what tuning costs a user: the first f32 matmul of that shape
+//! (compile included) with tuning off, then in a fresh context with tuning on and the default
+//! budget, and a second call of each.
+
+mod common;
+
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use wgnn::ops::{self, Conv2dParams};
-use wgnn::tune::Tuning;
-use wgnn::{Activation, Batch, DType, Gpu, Tensor};
+use wgnn::tune::{Tuning, TuningBudget};
+use wgnn::{Activation, Batch, DType, Gpu, GpuOptions, Tensor};
 
 fn random(len: usize, seed: u32) -> Vec<f32> {
     // A cheap deterministic generator; timing only needs non-zero, non-constant data.
@@ -59,8 +69,94 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// The first and second call of an f32 matmul of `shape` in a fresh context with `tuning`.
+fn first_and_second_call(
+    tuning: Tuning,
+    shape: (usize, usize, usize),
+) -> Result<(Duration, Duration, Gpu)> {
+    let gpu = Gpu::with_options(GpuOptions {
+        tuning,
+        ..GpuOptions::from_env()
+    })?;
+    let (m, n, k) = shape;
+    let a = Tensor::from_f32(&gpu, &random(m * k, 1), &[m, k], DType::F32)?;
+    let b = Tensor::from_f32(&gpu, &random(k * n, 2), &[k, n], DType::F32)?;
+    let mut calls = [Duration::ZERO; 2];
+    for call in &mut calls {
+        let start = Instant::now();
+        let mut batch = Batch::new(&gpu);
+        ops::matmul(&mut batch, &a, &b)?;
+        batch.submit_and_wait()?;
+        *call = start.elapsed();
+    }
+    Ok((calls[0], calls[1], gpu))
+}
+
+fn first_call(shape: &str) -> Result<()> {
+    let shape = parse_shape(shape)?;
+    let (off_first, off_second, gpu) = first_and_second_call(Tuning::Off, shape)?;
+    println!(
+        "{shape:?} on {}: tuning off: first call {:.2} s, second {:.2} s",
+        gpu.adapter_info().name,
+        off_first.as_secs_f64(),
+        off_second.as_secs_f64()
+    );
+    drop(gpu);
+    let (on_first, on_second, gpu) = first_and_second_call(Tuning::Session, shape)?;
+    println!(
+        "tuning on (default budget): first call {:.2} s ({:.2}x the untuned first call), \
+         second {:.2} s",
+        on_first.as_secs_f64(),
+        on_first.as_secs_f64() / off_first.as_secs_f64(),
+        on_second.as_secs_f64()
+    );
+    print_records(&gpu);
+    Ok(())
+}
+
+fn print_records(gpu: &Gpu) {
+    for record in gpu.tuning_records() {
+        let times: Vec<String> = record
+            .times
+            .iter()
+            .map(|(c, t)| format!("{c} {:.3} ms", t.as_secs_f64() * 1e3))
+            .collect();
+        println!(
+            "{:<48} -> {:<11} [{}] in {:.2} s of a {:.2} s budget{}",
+            record.key.0,
+            record.chosen,
+            times.join(", "),
+            record.took.as_secs_f64(),
+            record.budget.as_secs_f64(),
+            if record.skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; not tried: {}", record.skipped.join(", "))
+            }
+        );
+    }
+}
+
 fn main() -> Result<()> {
-    let gpu = Gpu::new()?;
+    common::quiet_vulkan_layers();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--first-call") {
+        let Some(shape) = args.get(i + 1) else {
+            bail!("--first-call takes a shape, like 4097x4095x4099");
+        };
+        return first_call(shape);
+    }
+    let from_env = GpuOptions::from_env();
+    let retune = args.iter().any(|a| a == "--retune");
+    let gpu = Gpu::with_options(GpuOptions {
+        tuning: if retune && from_env.tuning == Tuning::Auto {
+            Tuning::Retune
+        } else {
+            from_env.tuning
+        },
+        tuning_budget: TuningBudget::thorough(),
+        ..from_env
+    })?;
     let info = gpu.adapter_info();
     println!(
         "tuning on {} ({:?}, {})",
@@ -70,7 +166,7 @@ fn main() -> Result<()> {
         bail!("WGNN_TUNE=off: nothing to tune (unset it, or set WGNN_TUNE=session)");
     }
     let software = info.device_type == wgnn::wgpu::DeviceType::Cpu;
-    let named: Vec<String> = std::env::args().skip(1).collect();
+    let named: Vec<String> = args.into_iter().filter(|a| a != "--retune").collect();
     let shapes: Vec<&String> = named.iter().filter(|a| a.contains('x')).collect();
     let op = |name: &str| named.is_empty() || named.iter().any(|a| a == name);
     for s in &shapes {
@@ -103,19 +199,7 @@ fn main() -> Result<()> {
         }
         conv(&gpu, [64, 32, 16, 16], 32, 3, 1, 32)?; // depthwise
     }
-    for record in gpu.tuning_records() {
-        let times: Vec<String> = record
-            .times
-            .iter()
-            .map(|(c, t)| format!("{c} {:.3} ms", t.as_secs_f64() * 1e3))
-            .collect();
-        println!(
-            "{:<48} -> {:<11} [{}]",
-            record.key.0,
-            record.chosen,
-            times.join(", ")
-        );
-    }
+    print_records(&gpu);
     match gpu.tuning_cache_file() {
         Some(path) => println!("choices kept in {}", path.display()),
         None => println!("choices not kept (WGNN_TUNE=session)"),

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::pool::{BufferPool, PoolStats};
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::DType;
-use crate::tune::{TunedOp, Tuner, Tuning, TuningRecord};
+use crate::tune::{TunedOp, Tuner, Tuning, TuningBudget, TuningRecord};
 
 /// The device features wgnn uses when the adapter has them. None is required.
 pub const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
@@ -35,42 +35,99 @@ pub struct GpuOptions {
     /// Use only the portable code paths, even where the adapter has subgroups (tests run both).
     /// Env: `WGNN_PORTABLE=1`.
     pub portable_only: bool,
-    /// Largest scratch buffer an op may allocate (conv's im2col matrix); ops work in chunks to stay
-    /// under it. Default: the storage-binding limit. Env: `WGNN_SCRATCH_LIMIT` (bytes).
+    /// Largest scratch buffer an op may allocate (conv's im2col matrix, split-K's partial sums);
+    /// ops work in chunks to stay under it. Default: the storage-binding limit. Any value: one
+    /// above the storage-binding limit is lowered to it, and an op whose smallest chunk does not
+    /// fit returns [`Error::LimitExceeded`]. Env: `WGNN_SCRATCH_LIMIT` (bytes).
     pub scratch_limit_bytes: Option<u64>,
     /// Most bytes of idle buffers the pool keeps for reuse; past it, the least recently returned
-    /// are freed. Default [`crate::DEFAULT_POOL_IDLE_LIMIT`] (512 MiB). Keep it above one training
-    /// step's working set, or steps will allocate. Env: `WGNN_POOL_IDLE_LIMIT` (bytes).
+    /// are freed. Default [`crate::DEFAULT_POOL_IDLE_LIMIT`] (512 MiB). Any value (0 keeps no idle
+    /// buffer: every new tensor allocates). Keep it above one training step's working set, or
+    /// steps will allocate. Env: `WGNN_POOL_IDLE_LIMIT` (bytes).
     pub pool_idle_limit_bytes: Option<u64>,
     /// Whether ops time their candidate kernels on first use ([`crate::tune`]). Env: `WGNN_TUNE`
-    /// (`off` or `0` for [`Tuning::Off`], `session` for [`Tuning::Session`]).
+    /// (`off` or `0` for [`Tuning::Off`], `session` for [`Tuning::Session`], `retune` for
+    /// [`Tuning::Retune`]; anything else is [`Tuning::Auto`]).
     pub tuning: Tuning,
+    /// How long tuning one shape class may take ([`TuningBudget`]; checked by
+    /// [`Gpu::with_options`]).
+    pub tuning_budget: TuningBudget,
     /// Where tuning choices persist. Default: [`crate::tune::default_cache_dir`].
     /// Env: `WGNN_TUNE_CACHE` (a directory).
     pub tuning_cache_dir: Option<PathBuf>,
 }
 
 impl GpuOptions {
-    /// Options from the environment variables named on each field.
+    /// Options from the environment variables named on each field. A value that cannot be read
+    /// (a limit that is not a number of bytes, an unknown `WGNN_TUNE` or backend) is ignored here;
+    /// [`Self::from_env_checked`], which [`Gpu::new`] uses, refuses it.
     pub fn from_env() -> Self {
+        Self::read_env().0
+    }
+
+    /// [`Self::from_env`], refusing a value it cannot read with [`Error::InvalidArgument`] that
+    /// names the variable.
+    pub fn from_env_checked() -> Result<Self> {
+        let (options, problems) = Self::read_env();
+        match problems.first() {
+            None => Ok(options),
+            Some(problem) => Err(Error::InvalidArgument {
+                op: "GpuOptions::from_env",
+                details: problem.clone(),
+            }),
+        }
+    }
+
+    fn read_env() -> (Self, Vec<String>) {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        GpuOptions {
+        let mut problems = Vec::new();
+        let mut bytes = |name: &str| {
+            let value = var(name)?;
+            let parsed = value.trim().parse::<u64>().ok();
+            if parsed.is_none() {
+                problems.push(format!("{name}={value:?} is not a number of bytes"));
+            }
+            parsed
+        };
+        let scratch_limit_bytes = bytes("WGNN_SCRATCH_LIMIT");
+        let pool_idle_limit_bytes = bytes("WGNN_POOL_IDLE_LIMIT");
+        let tuning = match var("WGNN_TUNE").map(|v| v.trim().to_lowercase()).as_deref() {
+            Some("off" | "0" | "false") => Tuning::Off,
+            Some("session") => Tuning::Session,
+            Some("retune") => Tuning::Retune,
+            None | Some("auto" | "on" | "1" | "true") => Tuning::Auto,
+            Some(other) => {
+                problems.push(format!(
+                    "WGNN_TUNE={other:?}: expected auto, off, session or retune"
+                ));
+                Tuning::Auto
+            }
+        };
+        let backends = var("WGNN_BACKEND")
+            .map(|v| ("WGNN_BACKEND", v))
+            .or_else(|| var("WGPU_BACKEND").map(|v| ("WGPU_BACKEND", v)))
+            .map(|(name, v)| {
+                let b = wgpu::Backends::from_comma_list(&v);
+                if b.is_empty() {
+                    problems.push(format!(
+                        "{name}={v:?} names no backend (vulkan, metal, dx12, gl)"
+                    ));
+                }
+                b
+            });
+        let options = GpuOptions {
             adapter_name: var("WGNN_ADAPTER"),
-            backends: var("WGNN_BACKEND")
-                .or_else(|| var("WGPU_BACKEND"))
-                .map(|v| wgpu::Backends::from_comma_list(&v)),
+            backends,
             shader_runtime_checks: var("WGNN_SHADER_CHECKS").is_some_and(|v| v != "0"),
             poison_new_tensors: var("WGNN_POISON").is_some_and(|v| v != "0"),
             portable_only: var("WGNN_PORTABLE").is_some_and(|v| v != "0"),
-            scratch_limit_bytes: var("WGNN_SCRATCH_LIMIT").and_then(|v| v.parse().ok()),
-            pool_idle_limit_bytes: var("WGNN_POOL_IDLE_LIMIT").and_then(|v| v.parse().ok()),
-            tuning: match var("WGNN_TUNE").map(|v| v.to_lowercase()).as_deref() {
-                Some("off" | "0" | "false") => Tuning::Off,
-                Some("session") => Tuning::Session,
-                _ => Tuning::Auto,
-            },
+            scratch_limit_bytes,
+            pool_idle_limit_bytes,
+            tuning,
             tuning_cache_dir: var("WGNN_TUNE_CACHE").map(PathBuf::from),
-        }
+            tuning_budget: TuningBudget::default(),
+        };
+        (options, problems)
     }
 }
 
@@ -147,13 +204,15 @@ fn type_rank(info: &wgpu::AdapterInfo) -> u32 {
 
 impl Gpu {
     /// The best adapter (discrete, then integrated, then software), narrowed by the environment
-    /// variables of [`GpuOptions::from_env`].
+    /// variables of [`GpuOptions::from_env_checked`] (a value it cannot read is an
+    /// [`Error::InvalidArgument`]).
     pub fn new() -> Result<Self> {
-        Self::with_options(GpuOptions::from_env())
+        Self::with_options(GpuOptions::from_env_checked()?)
     }
 
     /// The best adapter that `options` allow.
     pub fn with_options(options: GpuOptions) -> Result<Self> {
+        options.tuning_budget.validate()?;
         let backends = options.backends.unwrap_or(wgpu::Backends::all());
         let wanted = options.adapter_name.as_ref().map(|n| n.to_lowercase());
         let usable = |a: &wgpu::Adapter| {
@@ -236,13 +295,13 @@ impl Gpu {
     fn build(device: wgpu::Device, queue: wgpu::Queue, options: &GpuOptions) -> Self {
         let info = device.adapter_info();
         let cache_dir = match options.tuning {
-            Tuning::Auto => options
+            Tuning::Auto | Tuning::Retune => options
                 .tuning_cache_dir
                 .clone()
                 .or_else(crate::tune::default_cache_dir),
             Tuning::Session | Tuning::Off => None,
         };
-        let tuner = Tuner::new(&info, options.tuning, cache_dir);
+        let tuner = Tuner::new(&info, options.tuning, options.tuning_budget, cache_dir);
         Gpu(Arc::new(GpuInner {
             tuner,
             info: device.adapter_info(),
@@ -336,6 +395,11 @@ impl Gpu {
     /// → candidate.
     pub fn tuning_choices(&self) -> BTreeMap<String, String> {
         self.0.tuner.choices()
+    }
+    /// Forgets every tuning choice, in this process and in the cache file: each class is timed
+    /// again on its next use (after a driver change, or choices made while the machine was busy).
+    pub fn forget_tuning(&self) {
+        self.0.tuner.forget()
     }
     /// The tunings done in this process, with each candidate's time.
     pub fn tuning_records(&self) -> Vec<TuningRecord> {

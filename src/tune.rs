@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,8 +30,78 @@ pub enum Tuning {
     Auto,
     /// Like `Auto`, but neither reads nor writes the cache file: every process tunes anew.
     Session,
+    /// Like `Auto`, but ignores the choices in the cache file: each class is timed again on its
+    /// first use in this process and its new choice replaces the old one in the file (after a
+    /// driver update that kept its version, or choices timed while the machine was busy).
+    Retune,
     /// Always the fixed default candidate: deterministic, no timing, no cache file.
     Off,
+}
+
+/// How long the tuning of one shape class may take, in wall time (compiles included), so that the
+/// first call of a class costs at most a bounded multiple of its untuned cost. The budget of a
+/// class is `relative ×` the default candidate's first run (compile included), but at least
+/// `floor` and at most `ceiling`; a candidate whose expected cost (its runs at the best time so
+/// far) would pass it is not tried, and the fastest of those tried is kept. The untried ones are
+/// listed in [`TuningRecord::skipped`]; [`Tuning::Retune`] or the `tune` example with a larger
+/// budget times them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TuningBudget {
+    /// Always allowed: small classes are timed in full within it. Default 0.5 s.
+    pub floor: Duration,
+    /// The budget as a multiple of the default candidate's first run. Default 2.5: a large
+    /// class's first call then costs at most about 3.5× its untuned time (the default's run, room
+    /// for one more candidate's run, then the call itself).
+    pub relative: f64,
+    /// Never more than this per class. Default 30 s.
+    pub ceiling: Duration,
+}
+
+impl Default for TuningBudget {
+    fn default() -> Self {
+        TuningBudget {
+            floor: Duration::from_millis(500),
+            relative: 2.5,
+            ceiling: Duration::from_secs(30),
+        }
+    }
+}
+
+impl TuningBudget {
+    /// A budget for tuning ahead of time (the `tune` example): every candidate of most classes.
+    pub fn thorough() -> Self {
+        TuningBudget {
+            floor: Duration::from_secs(10),
+            relative: 40.0,
+            ceiling: Duration::from_secs(600),
+        }
+    }
+
+    /// Checks the fields: `floor <= ceiling`, `relative` finite and at least 0, `ceiling` at
+    /// most an hour.
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.floor <= self.ceiling
+            && self.relative.is_finite()
+            && self.relative >= 0.0
+            && self.ceiling <= Duration::from_secs(3600);
+        if ok {
+            Ok(())
+        } else {
+            Err(crate::Error::InvalidArgument {
+                op: "TuningBudget",
+                details: format!(
+                    "needs floor <= ceiling <= 1 hour and a finite relative >= 0, got {self:?}"
+                ),
+            })
+        }
+    }
+
+    /// The budget of a class whose default candidate's first run took `default_run`.
+    fn for_class(&self, default_run: Duration) -> Duration {
+        default_run
+            .mul_f64(self.relative)
+            .clamp(self.floor, self.ceiling)
+    }
 }
 
 /// An op whose kernel is chosen per adapter.
@@ -102,6 +172,7 @@ const FORMAT: u32 = 1;
 /// One adapter's tuner: the mode, the choices made so far, and the cache file.
 pub(crate) struct Tuner {
     mode: Tuning,
+    budget: TuningBudget,
     header: CacheHeader,
     file: Option<PathBuf>,
     /// None until the cache file has been read (on the first lookup).
@@ -120,12 +191,23 @@ pub struct TuningRecord {
     /// Each candidate timed, with its best time (its warm-up run's, compile included, where that
     /// alone was long and far behind); candidates that failed are absent.
     pub times: Vec<(&'static str, Duration)>,
+    /// Candidates not tried: the class's budget would have been passed.
+    pub skipped: Vec<&'static str>,
     /// The candidate kept.
     pub chosen: &'static str,
+    /// Wall time the tuning took, compiles included.
+    pub took: Duration,
+    /// The class's budget.
+    pub budget: Duration,
 }
 
 impl Tuner {
-    pub(crate) fn new(info: &wgpu::AdapterInfo, mode: Tuning, dir: Option<PathBuf>) -> Self {
+    pub(crate) fn new(
+        info: &wgpu::AdapterInfo,
+        mode: Tuning,
+        budget: TuningBudget,
+        dir: Option<PathBuf>,
+    ) -> Self {
         let header = CacheHeader {
             format: FORMAT,
             wgnn: env!("CARGO_PKG_VERSION").to_string(),
@@ -139,6 +221,7 @@ impl Tuner {
         let file = dir.map(|d| d.join(cache_file_name(&header)));
         Tuner {
             mode,
+            budget,
             header,
             file,
             choices: Mutex::new(None),
@@ -165,6 +248,14 @@ impl Tuner {
         }
     }
 
+    /// Forgets every choice, here and in the cache file: classes are timed again on next use.
+    pub(crate) fn forget(&self) {
+        self.with_choices(|c| {
+            c.clear();
+            self.save(c);
+        });
+    }
+
     pub(crate) fn records(&self) -> Vec<TuningRecord> {
         self.timings.lock().map(|t| t.clone()).unwrap_or_default()
     }
@@ -188,6 +279,9 @@ impl Tuner {
         let Some(path) = &self.file else {
             return BTreeMap::new();
         };
+        if self.mode == Tuning::Retune {
+            return BTreeMap::new();
+        }
         std::fs::read(path)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<CacheFile>(&bytes).ok())
@@ -264,29 +358,42 @@ impl Tuner {
         };
         let _here = TuningHere::enter();
         // The choices' lock is not held while timing: the candidates may tune nested ops.
+        let started = Instant::now();
         let mut times = Vec::new();
+        let mut skipped = Vec::new();
         let mut best: Option<(&'static str, Duration)> = None;
-        let started = std::time::Instant::now();
+        let mut budget = self.budget.floor;
+        // What a first run costs beyond a timed run (the pipeline's compile), from the default's.
+        let mut compile = Duration::ZERO;
         for (tried, &candidate) in fitting.iter().enumerate() {
-            // Past the budget (a first run compiles its pipelines, seconds on a CPU adapter, and
-            // may tune nested ops), the candidates left, the least likely winners, are not tried;
-            // the first few always are.
-            let budget = best.map_or(BUDGET_MIN, |(_, b)| BUDGET_MIN.max(b * BUDGET_RUNS));
-            if tried >= ALWAYS_TRIED && started.elapsed() > budget {
-                break;
+            // A candidate is tried only when its expected cost (a first run and the timed runs
+            // at the best time so far, plus a compile) fits in what is left of the budget.
+            if let Some((_, b)) = best {
+                let runs = 1 + timed_runs(b) as u32;
+                if started.elapsed() + b * runs + compile > budget {
+                    skipped.extend_from_slice(&fitting[tried..]);
+                    break;
+                }
             }
-            // The first run compiles the pipelines and warms the caches, so it says little about
-            // a small problem; only a first run both long and far behind the best (a kernel that
-            // suits this adapter badly) is not followed by timed runs.
+            let run_started = Instant::now();
             let Ok(first) = time(candidate) else {
                 continue;
             };
-            if first > SLOW_FIRST_RUN && best.is_some_and(|(_, b)| first > b * 4) {
+            let first_wall = run_started.elapsed();
+            if tried == 0 {
+                budget = self.budget.for_class(first_wall);
+            }
+            // A first run (compile included) far behind the best says enough about a kernel
+            // that suits this adapter badly.
+            if best.is_some_and(|(_, b)| first > b * 4) {
                 times.push((candidate, first));
                 continue;
             }
-            let mut fastest = Duration::MAX;
-            for _ in 0..TIMED_RUNS {
+            let mut fastest = first;
+            for _ in 0..timed_runs(first) {
+                if started.elapsed() + fastest > budget {
+                    break;
+                }
                 match time(candidate) {
                     Ok(t) => fastest = fastest.min(t),
                     Err(_) => {
@@ -301,6 +408,9 @@ impl Tuner {
             }
             if fastest == Duration::MAX {
                 continue;
+            }
+            if tried == 0 {
+                compile = first_wall.saturating_sub(fastest);
             }
             times.push((candidate, fastest));
             if best.is_none_or(|(_, b)| fastest < b) {
@@ -318,10 +428,25 @@ impl Tuner {
             t.push(TuningRecord {
                 key: key.clone(),
                 times,
+                skipped,
                 chosen,
+                took: started.elapsed(),
+                budget,
             });
         }
         chosen
+    }
+}
+
+/// Timed runs after the first: two for runs short enough to be noisy, one past 50 ms, none past
+/// 500 ms (where a run's noise is small against its length, and runs are costly).
+fn timed_runs(run: Duration) -> usize {
+    if run > Duration::from_millis(500) {
+        0
+    } else if run > Duration::from_millis(50) {
+        1
+    } else {
+        2
     }
 }
 
@@ -344,17 +469,6 @@ impl Drop for TuningHere {
         TUNING_HERE.set(self.0);
     }
 }
-
-/// Timed runs per candidate after the warm-up run (the best is kept).
-const TIMED_RUNS: usize = 2;
-
-/// Tuning of one class tries no further candidate after max(BUDGET_MIN, BUDGET_RUNS × best time).
-const BUDGET_MIN: Duration = Duration::from_secs(2);
-const BUDGET_RUNS: u32 = 40;
-/// A first run (compile included) longer than this, and 4× the best, ends a candidate's timing.
-const SLOW_FIRST_RUN: Duration = Duration::from_secs(1);
-/// Candidates tried whatever the budget.
-const ALWAYS_TRIED: usize = 4;
 
 /// `tuning-<adapter>-<backend>.json`, the adapter's name reduced to file-name-safe characters.
 fn cache_file_name(h: &CacheHeader) -> String {
@@ -477,7 +591,12 @@ mod tests {
 
     #[test]
     fn file_name_is_safe() {
-        let t = Tuner::new(&info("Mesa 25"), Tuning::Auto, Some("/x".into()));
+        let t = Tuner::new(
+            &info("Mesa 25"),
+            Tuning::Auto,
+            TuningBudget::default(),
+            Some("/x".into()),
+        );
         assert_eq!(
             t.file().unwrap(),
             Path::new("/x/tuning-llvmpipe-llvm-19-1-7-256-bits-vulkan.json")
@@ -489,7 +608,12 @@ mod tests {
         let dir = temp_dir("persist");
         let key = TuningKey("matmul/f32/x".into());
         let fitting = ["a", "b", "c"];
-        let t = Tuner::new(&info("Mesa 25"), Tuning::Auto, Some(dir.clone()));
+        let t = Tuner::new(
+            &info("Mesa 25"),
+            Tuning::Auto,
+            TuningBudget::default(),
+            Some(dir.clone()),
+        );
         let mut runs = 0;
         let chosen = t.choose(
             TunedOp::Matmul,
@@ -506,10 +630,15 @@ mod tests {
             },
         );
         assert_eq!(chosen, "b");
-        assert!(runs >= 3 * (1 + TIMED_RUNS) - 1, "{runs} runs");
+        assert!(runs >= 3 * (1 + 2) - 1, "{runs} runs");
 
         // A second tuner for the same adapter reads the choice instead of timing.
-        let again = Tuner::new(&info("Mesa 25"), Tuning::Auto, Some(dir.clone()));
+        let again = Tuner::new(
+            &info("Mesa 25"),
+            Tuning::Auto,
+            TuningBudget::default(),
+            Some(dir.clone()),
+        );
         let chosen = again.choose(
             TunedOp::Matmul,
             || key.clone(),
@@ -520,7 +649,12 @@ mod tests {
         assert_eq!(chosen, "b");
 
         // Another driver version: the file is stale, so the class is tuned anew.
-        let other = Tuner::new(&info("Mesa 26"), Tuning::Auto, Some(dir.clone()));
+        let other = Tuner::new(
+            &info("Mesa 26"),
+            Tuning::Auto,
+            TuningBudget::default(),
+            Some(dir.clone()),
+        );
         let mut timed = false;
         let chosen = other.choose(
             TunedOp::Matmul,
@@ -538,7 +672,12 @@ mod tests {
         // A corrupt file is ignored, then replaced by a good one.
         let path = other.file().unwrap().to_path_buf();
         std::fs::write(&path, b"{ not json").unwrap();
-        let fresh = Tuner::new(&info("Mesa 26"), Tuning::Auto, Some(dir.clone()));
+        let fresh = Tuner::new(
+            &info("Mesa 26"),
+            Tuning::Auto,
+            TuningBudget::default(),
+            Some(dir.clone()),
+        );
         let chosen = fresh.choose(
             TunedOp::Matmul,
             || key.clone(),
@@ -555,7 +694,7 @@ mod tests {
     #[test]
     fn one_tuning_at_a_time_and_nested_tunings_do_not_wait() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let t = Tuner::new(&info("d"), Tuning::Session, None);
+        let t = Tuner::new(&info("d"), Tuning::Session, TuningBudget::default(), None);
         let key = TuningKey("class".into());
         let calls = AtomicUsize::new(0);
         let tune = || {
@@ -587,8 +726,126 @@ mod tests {
         });
         assert_eq!((first, second), ("b", "b"));
         // One thread timed the class; the other found the choice once its turn came.
-        assert_eq!(calls.load(Ordering::SeqCst), 2 * (1 + TIMED_RUNS));
+        assert_eq!(calls.load(Ordering::SeqCst), 2 * (1 + 2));
         assert_eq!(t.records().iter().filter(|r| r.key == key).count(), 1);
+    }
+
+    /// A class's tuning stops at its budget (a multiple of the default's first run): candidates
+    /// whose expected cost would pass it are skipped, and the fastest of those tried is kept.
+    #[test]
+    fn tuning_stops_at_its_budget() {
+        let budget = TuningBudget {
+            floor: Duration::ZERO,
+            relative: 2.5,
+            ceiling: Duration::from_secs(10),
+        };
+        let t = Tuner::new(&info("d"), Tuning::Session, budget, None);
+        let mut runs = Vec::new();
+        let chosen = t.choose(
+            TunedOp::Matmul,
+            || TuningKey("big".into()),
+            &["a", "b", "c"],
+            true,
+            |c| {
+                runs.push(c);
+                std::thread::sleep(Duration::from_millis(100));
+                Ok(Duration::from_millis(100))
+            },
+        );
+        assert_eq!(chosen, "a");
+        // The default's first run (100 ms) sets a budget of 250 ms: one more run of it fits,
+        // another candidate's two runs do not.
+        assert_eq!(runs, ["a", "a"]);
+        let record = &t.records()[0];
+        assert_eq!(record.skipped, ["b", "c"]);
+        assert!(record.budget >= Duration::from_millis(250), "{record:?}");
+        // The same candidates, each 1 ms: all are timed within the floor.
+        let t = Tuner::new(&info("d"), Tuning::Session, TuningBudget::default(), None);
+        let chosen = t.choose(
+            TunedOp::Matmul,
+            || TuningKey("small".into()),
+            &["a", "b", "c"],
+            true,
+            |c| {
+                std::thread::sleep(Duration::from_millis(1));
+                Ok(Duration::from_millis(if c == "c" { 1 } else { 2 }))
+            },
+        );
+        assert_eq!(chosen, "c");
+        assert!(t.records()[0].skipped.is_empty());
+    }
+
+    #[test]
+    fn retune_ignores_the_file_and_forget_clears_it() {
+        let dir = temp_dir("retune");
+        let key = || TuningKey("k".into());
+        let fitting = ["a", "b"];
+        let fast = |winner: &'static str| {
+            move |c: &'static str| Ok(Duration::from_millis(if c == winner { 1 } else { 5 }))
+        };
+        let t = Tuner::new(
+            &info("d"),
+            Tuning::Auto,
+            TuningBudget::default(),
+            Some(dir.clone()),
+        );
+        assert_eq!(
+            t.choose(TunedOp::Matmul, key, &fitting, true, fast("a")),
+            "a"
+        );
+        let again = Tuner::new(
+            &info("d"),
+            Tuning::Retune,
+            TuningBudget::default(),
+            Some(dir.clone()),
+        );
+        assert_eq!(
+            again.choose(TunedOp::Matmul, key, &fitting, true, fast("b")),
+            "b"
+        );
+        let reader = Tuner::new(
+            &info("d"),
+            Tuning::Auto,
+            TuningBudget::default(),
+            Some(dir.clone()),
+        );
+        assert_eq!(reader.choices().get("k").map(String::as_str), Some("b"));
+        reader.forget();
+        let fresh = Tuner::new(
+            &info("d"),
+            Tuning::Auto,
+            TuningBudget::default(),
+            Some(dir.clone()),
+        );
+        assert!(fresh.choices().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn budgets_are_checked() {
+        assert!(TuningBudget::default().validate().is_ok());
+        assert!(TuningBudget::thorough().validate().is_ok());
+        for bad in [
+            TuningBudget {
+                relative: f64::NAN,
+                ..TuningBudget::default()
+            },
+            TuningBudget {
+                relative: -1.0,
+                ..TuningBudget::default()
+            },
+            TuningBudget {
+                floor: Duration::from_secs(60),
+                ..TuningBudget::default()
+            },
+            TuningBudget {
+                ceiling: Duration::MAX,
+                floor: Duration::ZERO,
+                ..TuningBudget::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -613,7 +870,7 @@ mod tests {
     #[test]
     fn off_forced_and_failing_candidates() {
         let key = TuningKey("k".into());
-        let off = Tuner::new(&info("d"), Tuning::Off, None);
+        let off = Tuner::new(&info("d"), Tuning::Off, TuningBudget::default(), None);
         assert_eq!(
             off.choose(
                 TunedOp::Matmul,
@@ -624,7 +881,7 @@ mod tests {
             ),
             "a"
         );
-        let t = Tuner::new(&info("d"), Tuning::Auto, None);
+        let t = Tuner::new(&info("d"), Tuning::Auto, TuningBudget::default(), None);
         t.force(TunedOp::Matmul, Some("b"));
         assert_eq!(
             t.choose(

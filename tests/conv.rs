@@ -156,9 +156,8 @@ fn backward_matches_the_reference() {
 fn chunked_im2col_gives_the_same_results() {
     // A scratch limit far below one batch's column matrices forces several chunks.
     let options = GpuOptions {
-        poison_new_tensors: true,
         scratch_limit_bytes: Some(7000),
-        ..GpuOptions::from_env()
+        ..options()
     };
     let gpu = Gpu::with_options(options).expect("GPU tests need an adapter");
     gpu.force_candidate(wgnn::tune::TunedOp::Conv2d, Some("im2col"))
@@ -372,11 +371,7 @@ fn huge_strides_are_exact() {
 #[test]
 fn every_forward_candidate_matches_the_reference() {
     use wgnn::tune::TunedOp;
-    let gpu = Gpu::with_options(GpuOptions {
-        poison_new_tensors: true,
-        ..GpuOptions::from_env()
-    })
-    .expect("GPU tests need an adapter");
+    let gpu = Gpu::with_options(options()).expect("GPU tests need an adapter");
     let mut all = cases();
     all.push(case([2, 5, 11, 13], 8, (3, 3), 1, 1, 1, 1));
     all.push(case([2, 6, 9, 7], 24, (3, 3), 2, 1, 1, 3));

@@ -181,7 +181,7 @@ fn the_pool_keeps_idle_memory_under_its_limit() {
     let limit = 2 << 20;
     let gpu = Gpu::with_options(GpuOptions {
         pool_idle_limit_bytes: Some(limit),
-        ..GpuOptions::from_env()
+        ..options()
     })
     .expect("GPU tests need an adapter");
     let mut sizes = Vec::new();
@@ -250,7 +250,7 @@ fn views_recorded_writes_and_clears() {
 #[test]
 fn a_lost_device_is_reported_by_every_call() {
     use wgnn::nn::{Init, LayerSpec, Sequential};
-    let gpu = Gpu::with_options(GpuOptions::from_env()).expect("GPU tests need an adapter");
+    let gpu = Gpu::with_options(options()).expect("GPU tests need an adapter");
     let kept = Tensor::from_slice(&gpu, &[1.0f32, 2.0], &[2]).unwrap();
     gpu.device().destroy();
     let _ = gpu.wait();

@@ -541,11 +541,13 @@ fn a_thousand_iteration_loop_allocates_no_buffers_after_the_first() {
 }
 
 /// Mesa's software drivers stop an invocation after 65,535 loop iterations, silently. Sums longer
-/// than one workgroup may walk are split across workgroups (split-K): these shapes were wrong
-/// before (every element of the 9×9 product with K = 2^21, the GEMV with K = 2^22).
+/// than one workgroup may walk are split across workgroups (split-K). Unsplit, the default
+/// kernel walks K / 16 k-tiles of at least 17 iterations each: K = 2^17 is 139,000 iterations,
+/// twice past the cap (the shapes first found wrong, K = 2^21 and a GEMV of K = 2^22, cost 55 s of
+/// this test on lavapipe for the same check: a 64-tile per split whatever M and N).
 #[test]
 fn long_sums_past_the_software_loop_cap() {
-    let k = (1 << 21) + 37;
+    let k = (1 << 17) + 37;
     check(
         &gpu(),
         &[9, k],
@@ -569,7 +571,7 @@ fn long_sums_past_the_software_loop_cap() {
         2e-5,
     );
     // A batch-1 GEMV against a Linear weight stored [N, K].
-    let k = (1 << 22) + 5;
+    let k = (1 << 18) + 5;
     check(
         &gpu(),
         &[1, k],
@@ -605,8 +607,7 @@ fn long_sums_past_the_software_loop_cap() {
 fn split_k_in_waves_under_a_scratch_limit() {
     let gpu = wgnn::Gpu::with_options(wgnn::GpuOptions {
         scratch_limit_bytes: Some(4096),
-        poison_new_tensors: true,
-        ..wgnn::GpuOptions::from_env()
+        ..options()
     })
     .expect("GPU tests need an adapter");
     let (mut rng, seed) = rng();
@@ -643,11 +644,7 @@ fn split_k_in_waves_under_a_scratch_limit() {
 #[test]
 fn every_candidate_matches_the_reference() {
     use wgnn::tune::TunedOp;
-    let gpu = wgnn::Gpu::with_options(wgnn::GpuOptions {
-        poison_new_tensors: true,
-        ..wgnn::GpuOptions::from_env()
-    })
-    .expect("GPU tests need an adapter");
+    let gpu = wgnn::Gpu::with_options(options()).expect("GPU tests need an adapter");
     for &candidate in TunedOp::Matmul.candidates() {
         gpu.force_candidate(TunedOp::Matmul, Some(candidate))
             .unwrap();

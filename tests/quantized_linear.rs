@@ -139,8 +139,7 @@ fn quantized_convolutions_match_the_reference() {
     let (mut rng, seed) = rng();
     let small_scratch = wgnn::Gpu::with_options(wgnn::GpuOptions {
         scratch_limit_bytes: Some(6000), // one image per chunk
-        poison_new_tensors: true,
-        ..wgnn::GpuOptions::from_env()
+        ..options()
     })
     .expect("GPU tests need an adapter");
     for gpu in [gpu(), small_scratch] {

@@ -11,14 +11,22 @@ use wgnn::{DType, Gpu, Tensor};
 /// The poison written into outputs before a run: a NaN no kernel produces by accident.
 pub const POISON: f32 = f32::NAN;
 
-/// One shared context per test binary, poisoning every new tensor. Fails, never skips, when there
-/// is no adapter.
+/// The options of the tests' contexts: the environment's (backend, adapter), every new tensor
+/// poisoned, and the fixed default kernels (tuning off: a test pins the candidate it checks, and
+/// only `tests/tune.rs` times candidates).
+pub fn options() -> wgnn::GpuOptions {
+    wgnn::GpuOptions {
+        poison_new_tensors: true,
+        tuning: wgnn::tune::Tuning::Off,
+        ..wgnn::GpuOptions::from_env()
+    }
+}
+
+/// One shared context per test binary (see [`options`]). Fails, never skips, when there is no
+/// adapter.
 pub fn gpu() -> Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    let options = wgnn::GpuOptions {
-        poison_new_tensors: true,
-        ..wgnn::GpuOptions::from_env()
-    };
+    let options = options();
     GPU.get_or_init(|| match Gpu::with_options(options) {
         Ok(gpu) => gpu,
         Err(e) => panic!("GPU tests need an adapter: {e}"),
@@ -37,9 +45,8 @@ pub fn both_paths() -> Vec<Gpu> {
     let portable = PORTABLE
         .get_or_init(|| {
             let options = wgnn::GpuOptions {
-                poison_new_tensors: true,
                 portable_only: true,
-                ..wgnn::GpuOptions::from_env()
+                ..options()
             };
             Gpu::with_options(options).expect("GPU tests need an adapter")
         })
