@@ -228,6 +228,7 @@ fn main() -> Result<()> {
             end: 4 * steps_per_epoch,
             every: steps_per_epoch / 2,
         };
+        schedule.validate()?;
         epochs(&mut trainer, &train, 6, 8, |t, step| {
             if schedule.updates_at(step) {
                 let mask = magnitude_mask(t.model(), schedule.sparsity_at(step))?;

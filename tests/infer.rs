@@ -342,6 +342,12 @@ fn predictions_have_a_deadline() {
     let x = random(&mut rng, 16 * 64);
     let late = session.predict_until(&x, std::time::Instant::now());
     assert!(matches!(late, Err(Error::Timeout { .. })), "{late:?}");
+    for bad in [Duration::ZERO, Duration::MAX] {
+        assert!(matches!(
+            session.predict_within(&x, bad),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
     // The GPU cannot finish 16 samples in a microsecond: this one times out while it waits (or,
     // on a very fast device, answers).
     let soon = std::time::Instant::now() + Duration::from_micros(1);

@@ -123,6 +123,24 @@ fn the_schedule_prunes_gradually() {
         end: 110,
         every: 10,
     };
+    s.validate().unwrap();
+    for bad in [
+        PruningSchedule {
+            final_sparsity: f32::NAN,
+            ..s
+        },
+        PruningSchedule {
+            final_sparsity: 1.5,
+            ..s
+        },
+        PruningSchedule { end: 5, ..s },
+        PruningSchedule { every: 0, ..s },
+    ] {
+        assert!(
+            matches!(bad.validate(), Err(wgnn::Error::InvalidArgument { .. })),
+            "{bad:?}"
+        );
+    }
     assert_eq!(s.sparsity_at(0), 0.0);
     assert_eq!(s.sparsity_at(10), 0.0);
     assert!((s.sparsity_at(110) - 0.8).abs() < 1e-6);

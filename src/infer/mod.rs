@@ -103,6 +103,29 @@ struct Bucket {
     in_flight: Option<InFlight>,
 }
 
+/// When a call gives up, and how long it was given.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    allowed: Duration,
+}
+
+impl Deadline {
+    fn after(allowed: Duration) -> Self {
+        Deadline {
+            at: Instant::now() + allowed,
+            allowed,
+        }
+    }
+
+    fn missed(&self, op: &'static str) -> Error {
+        Error::Timeout {
+            op,
+            after: self.allowed,
+        }
+    }
+}
+
 struct InFlight {
     submission: wgpu::SubmissionIndex,
     mapped: mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
@@ -216,7 +239,7 @@ impl InferenceSession {
     /// is made).
     pub fn warm_up(&self) -> Result<()> {
         let per_sample: usize = self.input_shape.iter().product();
-        let deadline = Instant::now() + self.options.timeout;
+        let deadline = Deadline::after(self.options.timeout);
         for &rows in &self.sizes {
             self.predict_bucket(&vec![0.0; rows * per_sample], rows, deadline)?;
         }
@@ -303,9 +326,28 @@ impl InferenceSession {
         self.predict_until(x, Instant::now() + self.options.timeout)
     }
 
+    /// [`Self::predict`] that waits for the GPU at most `timeout` in all (more than 0 and at
+    /// most [`SessionOptions::MAX_TIMEOUT`]).
+    pub fn predict_within(&self, x: &[f32], timeout: Duration) -> Result<Predictions> {
+        if timeout.is_zero() || timeout > SessionOptions::MAX_TIMEOUT {
+            return Err(Error::InvalidArgument {
+                op: "InferenceSession::predict_within",
+                details: format!(
+                    "the timeout must be more than 0 and at most {:?}, got {timeout:?}",
+                    SessionOptions::MAX_TIMEOUT
+                ),
+            });
+        }
+        self.predict_until(x, Instant::now() + timeout)
+    }
+
     /// [`Self::predict`] that gives up with [`Error::Timeout`] at `deadline`: one not yet passed
     /// is needed to start, and the GPU's work is waited for until then.
     pub fn predict_until(&self, x: &[f32], deadline: Instant) -> Result<Predictions> {
+        let deadline = Deadline {
+            at: deadline,
+            allowed: deadline.saturating_duration_since(Instant::now()),
+        };
         let per_sample: usize = self.input_shape.iter().product();
         if x.is_empty() || !x.len().is_multiple_of(per_sample) {
             return Err(Error::ShapeMismatch {
@@ -332,9 +374,9 @@ impl InferenceSession {
     }
 
     /// Waits for `submission` until `deadline`.
-    fn wait(&self, submission: wgpu::SubmissionIndex, deadline: Instant) -> Result<()> {
+    fn wait(&self, submission: wgpu::SubmissionIndex, deadline: Deadline) -> Result<()> {
         const OP: &str = "InferenceSession::predict";
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.at.saturating_duration_since(Instant::now());
         match self.gpu.device().poll(wgpu::PollType::Wait {
             submission_index: Some(submission),
             timeout: Some(left),
@@ -342,16 +384,13 @@ impl InferenceSession {
             Ok(_) => Ok(()),
             Err(wgpu::PollError::Timeout) => {
                 self.gpu.take_uncaptured_error()?;
-                Err(Error::Timeout {
-                    op: OP,
-                    after: self.options.timeout,
-                })
+                Err(deadline.missed(OP))
             }
             Err(e) => Err(Error::DeviceLost(e.to_string())),
         }
     }
 
-    fn predict_bucket(&self, x: &[f32], rows: usize, deadline: Instant) -> Result<Predictions> {
+    fn predict_bucket(&self, x: &[f32], rows: usize, deadline: Deadline) -> Result<Predictions> {
         let index = self
             .sizes
             .iter()
@@ -360,11 +399,8 @@ impl InferenceSession {
         let mut bucket = self.buckets[index]
             .lock()
             .map_err(|_| Error::Gpu("an earlier request on this bucket panicked".into()))?;
-        if Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                op: "InferenceSession::predict",
-                after: self.options.timeout,
-            });
+        if Instant::now() >= deadline.at {
+            return Err(deadline.missed("InferenceSession::predict"));
         }
         // A replay that timed out before is finished first: its readback is still mapped.
         if let Some(earlier) = bucket.in_flight.take() {

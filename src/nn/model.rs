@@ -131,13 +131,16 @@ pub(crate) fn check_architecture(
     for spec in specs {
         shape = spec.output_shape(&shape)?;
     }
-    let elements = parameter_elements(specs)?;
+    parameter_elements(specs)?;
     // One arena: each parameter rounded up to the view alignment (as ParamStore lays it out).
-    let align = ParamStore::alignment(gpu);
-    let tensors: usize = specs.iter().map(|s| s.parameter_shapes().len()).sum();
-    let arena = (tensors as u64)
-        .saturating_mul(align as u64)
-        .saturating_add(elements as u64);
+    let align = ParamStore::alignment(gpu) as u64;
+    let arena = specs
+        .iter()
+        .flat_map(|s| s.parameter_shapes())
+        .map(|(_, shape)| shape.iter().product::<usize>() as u64)
+        .fold(0u64, |total, n| {
+            total.saturating_add(n.div_ceil(align).saturating_mul(align))
+        });
     let bytes = arena.saturating_mul(4);
     let limits = gpu.limits();
     gpu.check_limit(
@@ -480,7 +483,7 @@ impl Sequential {
             });
         }
         let mut out = Vec::with_capacity(x.len() / per_sample);
-        for chunk in x.chunks(batch_size * per_sample) {
+        for chunk in x.chunks(batch_size.saturating_mul(per_sample)) {
             let rows = chunk.len() / per_sample;
             let shape = [&[rows][..], &self.input_shape].concat();
             let tx = Tensor::from_f32(&self.gpu, chunk, &shape, self.compute_dtype())?;

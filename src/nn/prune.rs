@@ -60,20 +60,36 @@ pub fn magnitude_mask(model: &Sequential, sparsity: f32) -> Result<PruningMask> 
 }
 
 /// Gradual pruning (Zhu & Gupta): sparsity rises from 0 at `start` to `final_sparsity` at `end`
-/// as final · (1 − (1 − t)³), new masks every `every` steps.
+/// as final · (1 − (1 − t)³), new masks every `every` steps. [`Self::validate`] checks the ranges
+/// given on each field.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PruningSchedule {
-    /// The sparsity reached at `end`.
+    /// The sparsity reached at `end`, in [0, 1).
     pub final_sparsity: f32,
     /// First step that prunes.
     pub start: u64,
-    /// Step from which the sparsity stays final.
+    /// Step from which the sparsity stays final: at least `start`.
     pub end: u64,
-    /// Steps between mask updates.
+    /// Steps between mask updates: at least 1.
     pub every: u64,
 }
 
 impl PruningSchedule {
+    /// Checks the fields against their ranges ([`Error::InvalidArgument`] names the one outside).
+    pub fn validate(&self) -> Result<()> {
+        check_fraction("PruningSchedule", self.final_sparsity)?;
+        if self.end < self.start || self.every == 0 {
+            return Err(Error::InvalidArgument {
+                op: "PruningSchedule",
+                details: format!(
+                    "needs start <= end and every >= 1, got start {}, end {}, every {}",
+                    self.start, self.end, self.every
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The target sparsity at `step`.
     pub fn sparsity_at(&self, step: u64) -> f32 {
         if step < self.start {

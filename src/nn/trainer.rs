@@ -13,10 +13,11 @@ use crate::tensor::{DType, Tensor};
 /// weights, and a dynamic loss scale (PyTorch's `GradScaler` defaults: 65,536 and 2,000).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MixedPrecision {
-    /// The first loss scale.
+    /// The first loss scale: finite and at least 1 (the scale stays within 1 and 2^24).
     pub initial_scale: f32,
     /// Steps without overflow after which the scale doubles (it halves on every overflow, and
-    /// that step's update is skipped).
+    /// that step's update is skipped): at least 1. Outside either range,
+    /// [`Trainer::with_mixed_precision`] returns [`Error::InvalidArgument`].
     pub growth_interval: u32,
 }
 
@@ -24,9 +25,10 @@ pub struct MixedPrecision {
 /// + (1 − α) · CE(labels, student) (Hinton et al.), the teacher's forward recorded in the same step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Distillation {
-    /// Softening temperature T.
+    /// Softening temperature T: finite and positive.
     pub temperature: f32,
-    /// Weight α of the soft-target loss (0: labels only, 1: teacher only).
+    /// Weight α of the soft-target loss (0: labels only, 1: teacher only), in [0, 1]. Outside
+    /// either range, [`Trainer::set_teacher`] returns [`Error::InvalidArgument`].
     pub alpha: f32,
 }
 

@@ -8,18 +8,20 @@ use crate::ops::{fold_grid, same_gpu};
 use crate::shaders::{Kernel, PipelineKey};
 use crate::tensor::{DType, Tensor};
 
-/// SGD hyperparameters, as PyTorch's `torch.optim.SGD`.
+/// SGD hyperparameters, as PyTorch's `torch.optim.SGD`. Every value must be finite and in the range
+/// given on its field; a step with one outside returns [`Error::InvalidArgument`] and records
+/// nothing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SgdConfig {
-    /// Learning rate.
+    /// Learning rate, at least 0.
     pub lr: f32,
-    /// Momentum factor μ (0: plain SGD).
+    /// Momentum factor μ (0: plain SGD), at least 0.
     pub momentum: f32,
-    /// Dampening of the momentum's new contribution.
+    /// Dampening of the momentum's new contribution (any finite value).
     pub dampening: f32,
-    /// L2 penalty added to the gradient.
+    /// L2 penalty added to the gradient, at least 0.
     pub weight_decay: f32,
-    /// Nesterov momentum.
+    /// Nesterov momentum (needs momentum > 0 and zero dampening).
     pub nesterov: bool,
 }
 
@@ -36,18 +38,20 @@ impl SgdConfig {
     }
 }
 
-/// Adam / AdamW hyperparameters, as PyTorch's `torch.optim.Adam` and `AdamW`.
+/// Adam / AdamW hyperparameters, as PyTorch's `torch.optim.Adam` and `AdamW`. Every value must be
+/// finite and in the range given on its field; a step with one outside returns
+/// [`Error::InvalidArgument`] and records nothing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamConfig {
-    /// Learning rate.
+    /// Learning rate, at least 0.
     pub lr: f32,
-    /// Decay of the first moment.
+    /// Decay of the first moment, in [0, 1).
     pub beta1: f32,
-    /// Decay of the second moment.
+    /// Decay of the second moment, in [0, 1).
     pub beta2: f32,
-    /// Added to the denominator.
+    /// Added to the denominator, at least 0.
     pub eps: f32,
-    /// L2 penalty (Adam) or decoupled decay (AdamW).
+    /// L2 penalty (Adam) or decoupled decay (AdamW), at least 0.
     pub weight_decay: f32,
     /// AdamW: decay the weights directly instead of adding to the gradient.
     pub decoupled: bool,
