@@ -236,14 +236,16 @@ fn plot(path: &std::path::Path, rows: &[Row]) -> Result<()> {
             settings.push(&r.setting);
         }
     }
+    // Per precision: a base, light and dark shade of its hue, one per batching setting.
     let colour = |r: &Row| {
-        let shade = settings.iter().position(|s| *s == r.setting).unwrap_or(0) as u8;
-        let (strong, light) = (200 - 60 * shade.min(2), 40 * shade.min(2));
-        match r.precision {
-            Precision::F32 => RGBColor(light, light, strong),
-            Precision::F16 => RGBColor(light, strong, light),
-            Precision::Int8 => RGBColor(strong, light, light),
-        }
+        let shade = settings.iter().position(|s| *s == r.setting).unwrap_or(0) % 3;
+        let palette = match r.precision {
+            Precision::F32 => [(20, 60, 230), (120, 160, 255), (10, 20, 120)],
+            Precision::F16 => [(0, 170, 0), (120, 220, 120), (0, 90, 0)],
+            Precision::Int8 => [(220, 20, 20), (255, 140, 140), (120, 0, 0)],
+        };
+        let (red, green, blue) = palette[shade];
+        RGBColor(red, green, blue)
     };
     for r in rows {
         let c = colour(r);
