@@ -500,7 +500,7 @@ fn bad_input_gives_typed_errors() {
 #[test]
 fn a_thousand_iteration_loop_allocates_no_buffers_after_the_first() {
     // Its own context: the shared one's pool also serves the tests running beside this one.
-    let gpu = wgnn::Gpu::new().expect("GPU tests need an adapter");
+    let gpu = wgnn::Gpu::with_options(options()).expect("GPU tests need an adapter");
     let (mut rng, seed) = rng();
     let (m, n, k) = (24, 40, 8);
     let a_data = random(&mut rng, m * k);
