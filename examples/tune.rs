@@ -123,7 +123,7 @@ fn print_records(gpu: &Gpu) {
             .collect();
         println!(
             "{:<48} -> {:<11} [{}] in {:.2} s of a {:.2} s budget{}",
-            record.key.0,
+            format!("{}/{}", record.op, record.class),
             record.chosen,
             times.join(", "),
             record.took.as_secs_f64(),

@@ -29,7 +29,7 @@ struct Params {
     rows: u32,
     cols: u32,
     groups_x: u32,
-    chunks: u32,        // chunks per row (chunked entry points); rows per chunk (count_targets)
+    chunks: u32,        // chunks per row (chunked entry points)
     smoothing: f32,
     temperature: f32,
     grad_scale: f32,
@@ -40,7 +40,16 @@ const WG: u32 = 256u;
 const CHUNK: u32 = 16384u;
 const IGNORE: u32 = 0xffffffffu;
 
+// count_targets reads its own struct at binding 0.
+struct CountParams {
+    rows: u32,
+    cols: u32,
+    groups_x: u32,
+    rows_per_chunk: u32,
+}
+
 @group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(0) var<uniform> count_params: CountParams;
 @group(0) @binding(1) var<storage, read> logits: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> grad: array<Elem>;
 @group(0) @binding(3) var<storage, read_write> row_loss: array<f32>;
@@ -151,10 +160,11 @@ var<workgroup> red_count: array<vec2<f32>, WG>;
 
 @compute @workgroup_size(256, 1, 1)
 fn count_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let w = group_index(wid);
-    let lo = w * params.chunks;
+    let params = count_params;
+    let w = wid.y * params.groups_x + wid.x;
+    let lo = w * params.rows_per_chunk;
     if (lo >= params.rows) { return; }
-    let hi = min(lo + params.chunks, params.rows);
+    let hi = min(lo + params.rows_per_chunk, params.rows);
     var n = vec2<f32>(0.0, 0.0);
     for (var r = lo + l; r < hi; r += WG) {
         let label = labels[r];

@@ -7,37 +7,58 @@
 //                    with bc = 1 - β^step computed on the host.
 // With SKIP_ON_FLAG (mixed precision) the update leaves everything unchanged while skip[0] is set,
 // and skip[1] counts the steps skipped before this one, so the step's number among the applied
-// ones is params.step - skip[1]: Adam's bias corrections (1 - pow(β, t) on the GPU, as PyTorch's
+// ones is step - skip[1]: Adam's bias corrections (1 - pow(β, t) on the GPU, as PyTorch's
 // capturable Adam) and SGD's first momentum step follow it, as with PyTorch's GradScaler, which
 // skips optimizer.step() altogether.
 //   clip_coefficient one workgroup: norm = sqrt(Σ sq[i]) over the per-tensor sums of squares;
 //                    coef[0] = norm, coef[1] = min(1, max_norm / (norm + 1e-6)).
 //   scale_by_coefficient  g *= coef[1], in place.
-// Bindings: 0 params; sgd: 1 p, 2 g, 3 momentum buffer; adam: 1 p, 2 g, 3 m, 4 v; with
+// Bindings: 0 the entry point's params (SgdParams, AdamParams, ClipParams); sgd: 1 p, 2 g, 3 momentum buffer; adam: 1 p, 2 g, 3 m, 4 v; with
 // SKIP_ON_FLAG also 7 skip (read u32: the loss-scale overflow flag and the count of skipped
 // steps, see amp.wgsl);
 // clip_coefficient: 2 sq (read), 5 coef (read_write); scale_by_coefficient: 1 g, 6 coef (read).
 // Grid: 256-thread workgroups, folded into y past 65,535 along x.
 
-struct Params {
+// Each entry point reads its own uniform struct at binding 0.
+struct SgdParams {
     n: u32,
     groups_x: u32,
-    flags: u32,          // sgd: bit 0 momentum, bit 1 nesterov, bit 2 first step
+    flags: u32,          // bit 0 momentum, bit 1 nesterov, bit 2 first step
     step: u32,           // this step's number, from 1, skipped steps included (SKIP_ON_FLAG)
     lr: f32,
     weight_decay: f32,
-    momentum: f32,       // sgd μ; adam β1
-    dampening: f32,      // sgd; adam β2
+    momentum: f32,
+    dampening: f32,
+}
+
+struct AdamParams {
+    n: u32,
+    groups_x: u32,
+    step: u32,           // this step's number, from 1, skipped steps included (SKIP_ON_FLAG)
+    _pad: u32,
+    lr: f32,
+    weight_decay: f32,
+    beta1: f32,
+    beta2: f32,
     eps: f32,
     bias_correction1: f32,
     bias_correction2: f32,
+    _pad2: u32,
+}
+
+struct ClipParams {
+    n: u32,              // clip_coefficient: tensors; scale_by_coefficient: elements
+    groups_x: u32,
     max_norm: f32,
+    _pad: u32,
 }
 
 override DECOUPLED: bool = false;
 override SKIP_ON_FLAG: bool = false;  // leave everything unchanged when skip[0] != 0 (loss-scale overflow)
 
-@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(0) var<uniform> sgd_params: SgdParams;
+@group(0) @binding(0) var<uniform> adam_params: AdamParams;
+@group(0) @binding(0) var<uniform> clip_params: ClipParams;
 @group(0) @binding(1) var<storage, read_write> p: array<f32>;
 @group(0) @binding(2) var<storage, read> g: array<f32>;
 @group(0) @binding(3) var<storage, read_write> m: array<f32>;
@@ -49,17 +70,18 @@ override SKIP_ON_FLAG: bool = false;  // leave everything unchanged when skip[0]
 var<workgroup> red: array<f32, 256>;
 
 // The number of this step among the applied ones (SKIP_ON_FLAG only).
-fn applied_step() -> u32 {
-    return params.step - skip[1];
+fn applied_step(step: u32) -> u32 {
+    return step - skip[1];
 }
 
-fn index(wid: vec3<u32>, l: u32) -> u32 {
-    return (wid.y * params.groups_x + wid.x) * 256u + l;
+fn index(wid: vec3<u32>, l: u32, groups_x: u32) -> u32 {
+    return (wid.y * groups_x + wid.x) * 256u + l;
 }
 
 @compute @workgroup_size(256, 1, 1)
 fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let i = index(wid, l);
+    let params = sgd_params;
+    let i = index(wid, l, params.groups_x);
     if (i >= params.n) { return; }
     if (SKIP_ON_FLAG) { if (skip[0] != 0u) { return; } }
     let w = p[i];
@@ -67,7 +89,7 @@ fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     if ((params.flags & 1u) != 0u) {
         var buf = d;
         var first = (params.flags & 4u) != 0u;
-        if (SKIP_ON_FLAG) { first = applied_step() == 1u; }
+        if (SKIP_ON_FLAG) { first = applied_step(params.step) == 1u; }
         if (!first) {
             buf = params.momentum * m[i] + (1.0 - params.dampening) * d;
         }
@@ -79,7 +101,8 @@ fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
 
 @compute @workgroup_size(256, 1, 1)
 fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let i = index(wid, l);
+    let params = adam_params;
+    let i = index(wid, l, params.groups_x);
     if (i >= params.n) { return; }
     if (SKIP_ON_FLAG) { if (skip[0] != 0u) { return; } }
     var w = p[i];
@@ -89,8 +112,8 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     } else {
         grad = grad + params.weight_decay * w;
     }
-    let b1 = params.momentum;
-    let b2 = params.dampening;
+    let b1 = params.beta1;
+    let b2 = params.beta2;
     let m1 = b1 * m[i] + (1.0 - b1) * grad;
     let v1 = b2 * v[i] + (1.0 - b2) * grad * grad;
     m[i] = m1;
@@ -98,7 +121,7 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var bc1 = params.bias_correction1;
     var bc2 = params.bias_correction2;
     if (SKIP_ON_FLAG) {
-        let t = f32(applied_step());
+        let t = f32(applied_step(params.step));
         bc1 = 1.0 - pow(b1, t);
         bc2 = 1.0 - pow(b2, t);
     }
@@ -109,6 +132,7 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 @compute @workgroup_size(256, 1, 1)
 fn clip_coefficient(@builtin(local_invocation_index) l: u32) {
+    let params = clip_params;
     var s = 0.0;
     for (var j = l; j < params.n; j += 256u) { s += g[j]; }
     red[l] = s;
@@ -126,7 +150,8 @@ fn clip_coefficient(@builtin(local_invocation_index) l: u32) {
 
 @compute @workgroup_size(256, 1, 1)
 fn scale_by_coefficient(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let i = index(wid, l);
+    let params = clip_params;
+    let i = index(wid, l, params.groups_x);
     if (i >= params.n) { return; }
     p[i] = p[i] * coef_in[1];
 }

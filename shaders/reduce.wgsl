@@ -18,7 +18,8 @@
 //   top_k             x [rows, cols] -> out [rows, k] values, argmax [rows, k] indices, in the order
 //                     of row_max_argmax (NaN first, then larger, then lower index). One thread per
 //                     row, k passes over the row (k · cols is kept small by ops::top_k).
-// Bindings: 0 params, 1 x (read), 2 out (read_write; sum_channels, leading_*_out, row_max_argmax),
+// Bindings: 0 params (TopKParams for top_k), 1 x (read), 2 out (read_write; sum_channels,
+// leading_*_out, row_max_argmax),
 // 3 argmax (read_write u32; row_max_argmax), 4 sums (read_write f32; partial_sums, *_sums),
 // 5 partials (read f32; leading_p_*), 6 pairs (read_write (f32 bits, u32); row_max_argmax_*).
 // Elem is f32 or f16 (wgnn rewrites the alias); sums are f32.
@@ -36,9 +37,18 @@ struct Params {
     offset: u32,         // partial_sums writes sums[offset + w]
 }
 
+// top_k reads its own struct at binding 0.
+struct TopKParams {
+    rows: u32,
+    cols: u32,
+    groups_x: u32,
+    k: u32,
+}
+
 override SQUARES: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(0) var<uniform> top_k_params: TopKParams;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> out: array<Elem>;
 @group(0) @binding(3) var<storage, read_write> argmax: array<u32>;
@@ -235,16 +245,17 @@ fn row_max_argmax_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
     }
 }
 
-// `n` is k here. Each pass takes the best element that comes after the previous pass's pick.
+// Each pass takes the best element that comes after the previous pass's pick.
 @compute @workgroup_size(256, 1, 1)
 fn top_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let row = group_index(wid) * 256u + l;
-    if (row >= params.outer) { return; }
-    let cols = params.inner;
+    let params = top_k_params;
+    let row = (wid.y * params.groups_x + wid.x) * 256u + l;
+    if (row >= params.rows) { return; }
+    let cols = params.cols;
     let base = row * cols;
     var prev = 0.0;
     var prev_i = 0xffffffffu;
-    for (var t = 0u; t < params.n; t++) {
+    for (var t = 0u; t < params.k; t++) {
         var best = 0.0;
         var best_i = 0xffffffffu;
         for (var j = 0u; j < cols; j++) {
@@ -255,8 +266,8 @@ fn top_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
                 best_i = j;
             }
         }
-        out[row * params.n + t] = Elem(best);
-        argmax[row * params.n + t] = best_i;
+        out[row * params.k + t] = Elem(best);
+        argmax[row * params.k + t] = best_i;
         prev = best;
         prev_i = best_i;
     }

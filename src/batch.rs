@@ -357,7 +357,7 @@ impl Batch {
     /// Records an upload of `data` into `t`, in order with the recorded work: work recorded before
     /// it reads the old contents, work after it the new ones (unlike [`Tensor::write`], which lands
     /// before the whole submission). The bytes go through a pooled staging buffer.
-    pub fn write<T: crate::Element>(&mut self, t: &Tensor, data: &[T]) -> Result<()> {
+    pub fn write<T: crate::dtype::Element>(&mut self, t: &Tensor, data: &[T]) -> Result<()> {
         self.refuse_in_capture("Batch::write")?;
         self.same_context("Batch::write", &[t])?;
         t.expect_dtype(T::DTYPE, "Batch::write")?;

@@ -6,11 +6,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::pool::{BufferPool, PoolStats};
-use crate::shaders::{Kernel, PipelineKey};
-use crate::tensor::DType;
-use crate::tune::{TunedOp, Tuner, Tuning, TuningBudget, TuningRecord};
+use crate::shaders::{KernelSpec, PipelineKey};
+use crate::tune::{Candidate, Tuner, Tuning, TuningBudget, TuningRecord};
 
 /// The device features wgnn uses when the adapter has them. None is required.
 pub const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
@@ -135,7 +135,7 @@ struct CachedPipeline {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
     /// Bindings the kernel may write (declared `read_write`).
-    writes: Vec<u32>,
+    writes: &'static [u32],
     name: &'static str,
 }
 
@@ -169,7 +169,7 @@ pub(crate) struct GpuInner {
     portable_only: bool,
     scratch_limit_bytes: Option<u64>,
     pub(crate) pool: Arc<BufferPool>,
-    modules: Mutex<HashMap<(Kernel, DType, bool), wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(&'static str, DType, bool), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
     uncaptured: Arc<Mutex<Option<Error>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -405,23 +405,11 @@ impl Gpu {
     pub fn tuning_records(&self) -> Vec<TuningRecord> {
         self.0.tuner.records()
     }
-    /// Pins every selection of `op` to the named candidate (one of [`TunedOp::candidates`]),
-    /// where it fits the shape; `None` returns to tuning. For tests and experiments.
-    pub fn force_candidate(&self, op: TunedOp, candidate: Option<&str>) -> Result<()> {
-        if let Some(name) = candidate {
-            if !op.candidates().contains(&name) {
-                return Err(Error::InvalidArgument {
-                    op: "force_candidate",
-                    details: format!(
-                        "{} has no candidate {name:?}; it has {:?}",
-                        op.name(),
-                        op.candidates()
-                    ),
-                });
-            }
-        }
-        self.0.tuner.force(op, candidate);
-        Ok(())
+    /// Pins every selection of `C`'s op family to `candidate` where it fits the shape (else the
+    /// family's default runs); `None` returns the family to tuning. For tests and experiments:
+    /// `gpu.force_candidate(Some(wgnn::ops::matmul::MatmulCandidate::Gemv))`.
+    pub fn force_candidate<C: Candidate>(&self, candidate: Option<C>) {
+        self.0.tuner.force(candidate);
     }
 
     /// Whether two handles share one context (device, caches and pool).
@@ -502,7 +490,7 @@ impl Gpu {
         if key.dtype == DType::F16 && !self.supports_f16() {
             return Err(Error::UnsupportedFeature {
                 feature: "SHADER_F16",
-                op: key.kernel.name(),
+                op: key.kernel.name,
             });
         }
         let subgroups = key.kernel.has_subgroup_variant() && self.uses_subgroups();
@@ -513,7 +501,7 @@ impl Gpu {
             self.0
                 .device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(key.kernel.name()),
+                    label: Some(key.kernel.name),
                     layout: None,
                     module: &module,
                     entry_point: Some(key.entry),
@@ -526,14 +514,11 @@ impl Gpu {
                 })
         })?;
         let layout = pipeline.get_bind_group_layout(0);
-        let writes = crate::shaders::writable_bindings(&crate::shaders::source(
-            key.kernel, key.dtype, subgroups,
-        ));
         let p = Pipeline(Arc::new(CachedPipeline {
             pipeline,
             layout,
-            writes,
-            name: key.kernel.name(),
+            writes: key.kernel.writes,
+            name: key.kernel.name,
         }));
         if let Ok(mut cache) = self.0.pipelines.lock() {
             cache.insert(key, p.clone());
@@ -541,8 +526,13 @@ impl Gpu {
         Ok(p)
     }
 
-    fn module(&self, kernel: Kernel, dtype: DType, subgroups: bool) -> Result<wgpu::ShaderModule> {
-        let key = (kernel, dtype, subgroups);
+    fn module(
+        &self,
+        kernel: &'static KernelSpec,
+        dtype: DType,
+        subgroups: bool,
+    ) -> Result<wgpu::ShaderModule> {
+        let key = (kernel.name, dtype, subgroups);
         if let Some(m) = self
             .0
             .modules
@@ -554,7 +544,7 @@ impl Gpu {
         }
         let source = crate::shaders::source(kernel, dtype, subgroups);
         let desc = wgpu::ShaderModuleDescriptor {
-            label: Some(kernel.name()),
+            label: Some(kernel.name),
             source: wgpu::ShaderSource::Wgsl(source),
         };
         let module = self.scoped(|| {

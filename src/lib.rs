@@ -25,6 +25,7 @@
 
 mod batch;
 pub mod data;
+mod dtype;
 mod error;
 mod gpu;
 pub mod infer;
@@ -38,11 +39,12 @@ mod tensor;
 pub mod tune;
 
 pub use batch::{Batch, GpuTimer, Plan};
+pub use dtype::{DType, Element};
 pub use error::{Error, Result, SOFTWARE_VULKAN_HINT};
 pub use gpu::{Gpu, GpuOptions, WANTED_FEATURES};
 pub use ops::Activation;
 pub use pool::{PoolStats, DEFAULT_POOL_IDLE_LIMIT};
-pub use tensor::{DType, Element, Tensor};
+pub use tensor::Tensor;
 
 pub use half::f16;
 pub use wgpu;

@@ -2,9 +2,10 @@
 //! step) and record their updates into a [`Batch`], so a training step stays one submission.
 
 use crate::batch::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::optim::{adam_step, sgd_step, AdamConfig, Momentum, SgdConfig};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 fn check_lists(
     op: &'static str,

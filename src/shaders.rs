@@ -1,139 +1,196 @@
-//! The WGSL sources, named by a typed id, and their f16 variants.
+//! The kernel contract: what Rust knows about a WGSL file, declared once by the op family that owns
+//! it ([`KernelSpec`]), and the assembly of the source wgnn compiles (f16 storage, preludes).
 //!
-//! Each kernel family is one file in `shaders/`, written as plain WGSL for f32 storage. Two things
-//! WGSL cannot say are supplied here: the storage element type (the f16 variant adds `enable f16;`
-//! and turns `alias Elem = f32;` into `alias Elem = f16;`), and includes (a kernel names prelude
-//! files, such as `activation.wgsl`, that are placed before it).
+//! Each kernel family is one file in `shaders/`, written as plain WGSL for f32 storage, and one
+//! `src/ops/<family>.rs` that declares its `KernelSpec`: entry points (a typed enum per family,
+//! made by the crate's `entry_points!` macro), the `Params` struct each entry point reads (made by
+//! `shader_params!`, its layout checked against the WGSL by `tests/shaders.rs`), override
+//! constants, the bindings it writes, and its preludes.
+//! [`crate::ops::KERNELS`] lists every family; the shader tests iterate it. Two things WGSL cannot
+//! say are supplied here: the storage element type (the f16 variant adds `enable f16;` and turns
+//! `alias Elem = f32;` into `alias Elem = f16;`), and includes (preludes placed before the file).
+//!
+//! This module sits on the floor: it names no op.
 
 use std::borrow::Cow;
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 
-/// One WGSL file, i.e. one kernel family.
+/// A WGSL file placed before the kernels that name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Kernel {
-    /// `shaders/matmul.wgsl`
-    Matmul,
-    /// `shaders/softmax.wgsl`
-    Softmax,
-    /// `shaders/elementwise.wgsl`
-    Elementwise,
-    /// `shaders/reduce.wgsl`
-    Reduce,
-    /// `shaders/loss.wgsl`
-    Loss,
-    /// `shaders/optim.wgsl`
-    Optim,
-    /// `shaders/conv.wgsl`
-    Conv,
-    /// `shaders/pool.wgsl`
-    Pool,
-    /// `shaders/amp.wgsl`
-    Amp,
-    /// `shaders/quantized_linear.wgsl`
-    QuantizedLinear,
+pub enum Prelude {
+    /// `activation.wgsl`: the epilogue activations.
+    Activation,
+    /// `numerics.wgsl`: NaN, infinities, online max/sum.
+    Numerics,
+    /// `reduce_shared.wgsl`: workgroup reductions through shared memory.
+    ReduceShared,
+    /// `reduce_subgroup.wgsl`: workgroup reductions through subgroup operations.
+    ReduceSubgroup,
+    /// `matmul_shared_rows.wgsl`: subgroup broadcasts of a tile's rows.
+    MatmulSharedRows,
+    /// `matmul_lanes_portable.wgsl`: the same without subgroups.
+    MatmulLanesPortable,
 }
 
-/// Prelude files: WGSL placed before the kernels that name them (name, source).
-pub const PRELUDES: &[(&str, &str)] = &[
-    ("activation", ACTIVATION),
-    ("numerics", NUMERICS),
-    ("reduce_shared", REDUCE_SHARED),
-    ("reduce_subgroup", REDUCE_SUBGROUP),
-    ("matmul_shared_rows", MATMUL_SHARED_ROWS),
-    ("matmul_lanes_portable", MATMUL_LANES_PORTABLE),
-];
-
-const ACTIVATION: &str = include_str!("../shaders/activation.wgsl");
-const NUMERICS: &str = include_str!("../shaders/numerics.wgsl");
-const REDUCE_SHARED: &str = include_str!("../shaders/reduce_shared.wgsl");
-const REDUCE_SUBGROUP: &str = include_str!("../shaders/reduce_subgroup.wgsl");
-const MATMUL_SHARED_ROWS: &str = include_str!("../shaders/matmul_shared_rows.wgsl");
-const MATMUL_LANES_PORTABLE: &str = include_str!("../shaders/matmul_lanes_portable.wgsl");
-
-impl Kernel {
-    /// Every kernel family.
-    pub const ALL: &'static [Kernel] = &[
-        Kernel::Matmul,
-        Kernel::Softmax,
-        Kernel::Elementwise,
-        Kernel::Reduce,
-        Kernel::Loss,
-        Kernel::Optim,
-        Kernel::Conv,
-        Kernel::Pool,
-        Kernel::Amp,
-        Kernel::QuantizedLinear,
+impl Prelude {
+    /// Every prelude.
+    pub const ALL: &'static [Prelude] = &[
+        Prelude::Activation,
+        Prelude::Numerics,
+        Prelude::ReduceShared,
+        Prelude::ReduceSubgroup,
+        Prelude::MatmulSharedRows,
+        Prelude::MatmulLanesPortable,
     ];
 
     /// The file's stem in `shaders/`.
     pub fn name(self) -> &'static str {
         match self {
-            Kernel::Matmul => "matmul",
-            Kernel::Softmax => "softmax",
-            Kernel::Elementwise => "elementwise",
-            Kernel::Reduce => "reduce",
-            Kernel::Loss => "loss",
-            Kernel::Optim => "optim",
-            Kernel::Conv => "conv",
-            Kernel::Pool => "pool",
-            Kernel::Amp => "amp",
-            Kernel::QuantizedLinear => "quantized_linear",
+            Prelude::Activation => "activation",
+            Prelude::Numerics => "numerics",
+            Prelude::ReduceShared => "reduce_shared",
+            Prelude::ReduceSubgroup => "reduce_subgroup",
+            Prelude::MatmulSharedRows => "matmul_shared_rows",
+            Prelude::MatmulLanesPortable => "matmul_lanes_portable",
         }
     }
 
-    /// The WGSL as written (f32 storage, without preludes).
+    /// The WGSL.
     pub fn wgsl(self) -> &'static str {
         match self {
-            Kernel::Matmul => include_str!("../shaders/matmul.wgsl"),
-            Kernel::Softmax => include_str!("../shaders/softmax.wgsl"),
-            Kernel::Elementwise => include_str!("../shaders/elementwise.wgsl"),
-            Kernel::Reduce => include_str!("../shaders/reduce.wgsl"),
-            Kernel::Loss => include_str!("../shaders/loss.wgsl"),
-            Kernel::Optim => include_str!("../shaders/optim.wgsl"),
-            Kernel::Conv => include_str!("../shaders/conv.wgsl"),
-            Kernel::Pool => include_str!("../shaders/pool.wgsl"),
-            Kernel::Amp => include_str!("../shaders/amp.wgsl"),
-            Kernel::QuantizedLinear => include_str!("../shaders/quantized_linear.wgsl"),
+            Prelude::Activation => include_str!("../shaders/activation.wgsl"),
+            Prelude::Numerics => include_str!("../shaders/numerics.wgsl"),
+            Prelude::ReduceShared => include_str!("../shaders/reduce_shared.wgsl"),
+            Prelude::ReduceSubgroup => include_str!("../shaders/reduce_subgroup.wgsl"),
+            Prelude::MatmulSharedRows => include_str!("../shaders/matmul_shared_rows.wgsl"),
+            Prelude::MatmulLanesPortable => include_str!("../shaders/matmul_lanes_portable.wgsl"),
         }
     }
+}
 
-    /// Prelude sources placed before the file, for the subgroup or the portable variant.
-    pub fn preludes(self, subgroups: bool) -> Vec<&'static str> {
-        match self {
-            Kernel::Matmul if subgroups => vec![ACTIVATION, MATMUL_SHARED_ROWS],
-            Kernel::Matmul => vec![ACTIVATION, MATMUL_LANES_PORTABLE],
-            Kernel::Elementwise | Kernel::QuantizedLinear | Kernel::Conv => vec![ACTIVATION],
-            Kernel::Softmax if subgroups => vec![NUMERICS, REDUCE_SUBGROUP],
-            Kernel::Softmax => vec![NUMERICS, REDUCE_SHARED],
-            Kernel::Loss => vec![NUMERICS],
-            Kernel::Reduce | Kernel::Optim | Kernel::Pool | Kernel::Amp => vec![],
-        }
-    }
+/// The Rust side of a WGSL uniform struct: its name in the WGSL, (member, byte offset) in order,
+/// and its size. `tests/shaders.rs` checks it against the struct the entry point reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamsLayout {
+    /// The WGSL struct's name.
+    pub name: &'static str,
+    /// Members and byte offsets, in order (members named `_…` are padding).
+    pub members: &'static [(&'static str, usize)],
+    /// The struct's size in bytes.
+    pub size: usize,
+}
 
-    /// Whether the family has a variant that uses subgroup operations.
-    pub fn has_subgroup_variant(self) -> bool {
-        matches!(self, Kernel::Softmax | Kernel::Matmul)
-    }
+/// One entry point of a kernel file and the uniform struct it reads at binding 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryPoint {
+    /// The WGSL function's name.
+    pub name: &'static str,
+    /// Its `Params`.
+    pub params: ParamsLayout,
+}
 
+/// An override constant and the values the family's dispatchers give it (the shader tests
+/// translate the file with each); no values: derived from others in the WGSL, never set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Override {
+    /// The WGSL `override` name.
+    pub name: &'static str,
+    /// The values used.
+    pub values: &'static [u32],
+}
+
+/// Override sets a family's dispatchers combine, as (name, value) pairs.
+pub type OverrideSets = fn() -> Vec<Vec<(&'static str, u32)>>;
+
+/// A kernel family's contract: one WGSL file and everything Rust needs to know about it. Declared
+/// once, in the family's `src/ops/<family>.rs`, and listed in [`crate::ops::KERNELS`].
+#[derive(Debug)]
+pub struct KernelSpec {
+    /// The file's stem in `shaders/` (unique: it names the pipelines).
+    pub name: &'static str,
+    /// The WGSL as written (f32 storage, without preludes).
+    pub wgsl: &'static str,
+    /// Preludes of the portable variant, in order.
+    pub preludes: &'static [Prelude],
+    /// Preludes of the subgroup variant, for a family that has one.
+    pub subgroup_preludes: Option<&'static [Prelude]>,
     /// Storage types the family has variants for.
-    pub fn dtypes(self) -> &'static [DType] {
-        match self {
-            // Optimizers update f32 master weights only.
-            Kernel::Optim => &[DType::F32],
-            _ => &[DType::F32, DType::F16],
+    pub dtypes: &'static [DType],
+    /// Every entry point, with the `Params` it reads.
+    pub entries: &'static [EntryPoint],
+    /// Every override constant.
+    pub overrides: &'static [Override],
+    /// Override sets the dispatchers combine (where the values of one constant depend on
+    /// another's); `None`: the tests derive the sets from [`Self::overrides`].
+    pub override_sets: Option<OverrideSets>,
+    /// Bindings the kernel may write (declared `read_write`): what a dispatch of it writes, for
+    /// the pending-work checks of [`crate::Batch`].
+    pub writes: &'static [u32],
+}
+
+impl KernelSpec {
+    /// Whether the family has a variant that uses subgroup operations.
+    pub fn has_subgroup_variant(&self) -> bool {
+        self.subgroup_preludes.is_some()
+    }
+
+    /// The preludes of the subgroup or the portable variant.
+    pub fn preludes(&self, subgroups: bool) -> &'static [Prelude] {
+        match self.subgroup_preludes {
+            Some(p) if subgroups => p,
+            _ => self.preludes,
         }
     }
+
+    /// The entry point called `name`.
+    pub fn entry(&self, name: &str) -> Option<&EntryPoint> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    /// The key of the pipeline for `entry` with `dtype` storage and `constants` (override values
+    /// by name; bools as 0/1).
+    pub(crate) fn pipeline(
+        &'static self,
+        entry: impl EntryName,
+        dtype: DType,
+        constants: Vec<(&'static str, u32)>,
+    ) -> PipelineKey {
+        debug_assert!(
+            self.entry(entry.name()).is_some(),
+            "{}: no entry point {}",
+            self.name,
+            entry.name()
+        );
+        debug_assert!(
+            constants
+                .iter()
+                .all(|(n, _)| self.overrides.iter().any(|o| o.name == *n)),
+            "{}: an override constant it does not declare",
+            self.name
+        );
+        PipelineKey {
+            kernel: self,
+            dtype,
+            entry: entry.name(),
+            constants,
+        }
+    }
+}
+
+/// A family's typed entry point: its WGSL function's name.
+pub trait EntryName: Copy {
+    /// The WGSL function's name.
+    fn name(self) -> &'static str;
 }
 
 const ELEM_F32: &str = "alias Elem = f32;";
 
 /// The WGSL of `kernel` as compiled for `dtype` storage, with the subgroup or the portable
 /// preludes: directives, preludes, then the file.
-pub fn source(kernel: Kernel, dtype: DType, subgroups: bool) -> Cow<'static, str> {
-    let wgsl = kernel.wgsl();
-    let preludes = kernel.preludes(subgroups && kernel.has_subgroup_variant());
+pub fn source(kernel: &KernelSpec, dtype: DType, subgroups: bool) -> Cow<'static, str> {
+    let wgsl = kernel.wgsl;
+    let preludes = kernel.preludes(subgroups);
     if preludes.is_empty() && dtype == DType::F32 {
         return Cow::Borrowed(wgsl);
     }
@@ -145,15 +202,15 @@ pub fn source(kernel: Kernel, dtype: DType, subgroups: bool) -> Cow<'static, str
         wgsl.to_string()
     };
     for prelude in preludes {
-        out.push_str(prelude);
+        out.push_str(prelude.wgsl());
         out.push('\n');
     }
     out.push_str(&body);
     Cow::Owned(out)
 }
 
-/// Declares a kernel's `Params` uniform: a `#[repr(C)]` Pod struct, plus its member offsets
-/// (`Params::LAYOUT`), which a test compares with the WGSL struct of the same name.
+/// Declares a `Params` uniform: a `#[repr(C)]` Pod struct, plus its [`ParamsLayout`]
+/// (`Name::LAYOUT`), which the shader tests compare with the WGSL struct of the same name.
 macro_rules! shader_params {
     (struct $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
         #[repr(C)]
@@ -162,72 +219,67 @@ macro_rules! shader_params {
             $($field: $ty),*
         }
         impl $name {
-            /// Member names and byte offsets, in order.
-            pub(crate) const LAYOUT: &'static [(&'static str, usize)] =
-                &[$((stringify!($field), std::mem::offset_of!($name, $field))),*];
+            /// The struct's layout, for the kernel contract.
+            pub(crate) const LAYOUT: $crate::shaders::ParamsLayout = $crate::shaders::ParamsLayout {
+                name: stringify!($name),
+                members: &[$((stringify!($field), std::mem::offset_of!($name, $field))),*],
+                size: std::mem::size_of::<$name>(),
+            };
         }
     };
 }
 pub(crate) use shader_params;
 
-/// The Rust side of a kernel family's `Params` uniform: (member, byte offset) in order, and the
-/// struct's size. `tests/shaders.rs` checks it against the WGSL struct, so the two cannot drift.
-#[doc(hidden)]
-pub fn params_layout(kernel: Kernel) -> (&'static [(&'static str, usize)], usize) {
-    use crate::ops;
-    match kernel {
-        Kernel::Matmul => ops::matmul::PARAMS_LAYOUT,
-        Kernel::Softmax => ops::softmax::PARAMS_LAYOUT,
-        Kernel::Elementwise => ops::elementwise::PARAMS_LAYOUT,
-        Kernel::Reduce => ops::reduce::PARAMS_LAYOUT,
-        Kernel::Loss => ops::loss::PARAMS_LAYOUT,
-        Kernel::Optim => ops::optim::PARAMS_LAYOUT,
-        Kernel::Conv => ops::conv::PARAMS_LAYOUT,
-        Kernel::Pool => ops::pool::PARAMS_LAYOUT,
-        Kernel::Amp => ops::amp::PARAMS_LAYOUT,
-        Kernel::QuantizedLinear => ops::quantized_linear::PARAMS_LAYOUT,
-    }
+/// Declares a family's entry points: an enum whose variants name WGSL functions, each with the
+/// `Params` struct it reads, and `ENTRY_POINTS`, the list the family's [`KernelSpec`] holds.
+macro_rules! entry_points {
+    ($(#[$meta:meta])* enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $wgsl:literal: $params:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub(crate) enum $name {
+            $($(#[$vmeta])* $variant),*
+        }
+        impl $crate::shaders::EntryName for $name {
+            fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wgsl),*
+                }
+            }
+        }
+        /// Every entry point of the file, with its `Params`.
+        const ENTRY_POINTS: &[$crate::shaders::EntryPoint] = &[
+            $($crate::shaders::EntryPoint { name: $wgsl, params: <$params>::LAYOUT }),*
+        ];
+    };
 }
+pub(crate) use entry_points;
 
 /// Identifies one compiled pipeline: kernel, storage type, entry point and override values.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub(crate) struct PipelineKey {
-    pub kernel: Kernel,
+    pub kernel: &'static KernelSpec,
     pub dtype: DType,
     pub entry: &'static str,
     /// Override constants by name; bools as 0/1.
     pub constants: Vec<(&'static str, u32)>,
 }
 
-/// The bindings that `source` declares `read_write`: what a dispatch of it may write.
-pub(crate) fn writable_bindings(source: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for piece in source.split("@binding(").skip(1) {
-        let Some((number, rest)) = piece.split_once(')') else {
-            continue;
-        };
-        let declaration = rest.split(';').next().unwrap_or("");
-        if declaration.contains("read_write") {
-            if let Ok(n) = number.trim().parse() {
-                out.push(n);
-            }
-        }
+impl PartialEq for PipelineKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.kernel.name == other.kernel.name
+            && self.dtype == other.dtype
+            && self.entry == other.entry
+            && self.constants == other.constants
     }
-    out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn writable_bindings_are_the_read_write_ones() {
-        for &kernel in super::Kernel::ALL {
-            let w = super::writable_bindings(kernel.wgsl());
-            assert!(!w.is_empty(), "{}", kernel.name());
-            assert!(!w.contains(&0), "{}: params are uniform", kernel.name());
-        }
-        assert_eq!(
-            super::writable_bindings(super::Kernel::Matmul.wgsl()),
-            [3, 5]
-        );
+impl Eq for PipelineKey {}
+
+impl std::hash::Hash for PipelineKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.kernel.name.hash(state);
+        self.dtype.hash(state);
+        self.entry.hash(state);
+        self.constants.hash(state);
     }
 }

@@ -160,8 +160,7 @@ fn chunked_im2col_gives_the_same_results() {
         ..options()
     };
     let gpu = Gpu::with_options(options).expect("GPU tests need an adapter");
-    gpu.force_candidate(wgnn::tune::TunedOp::Conv2d, Some("im2col"))
-        .unwrap();
+    gpu.force_candidate(Some(wgnn::ops::conv::Conv2dCandidate::Im2col));
     let c = case([7, 3, 6, 5], 4, (3, 3), 1, 1, 1, 1); // 27·30·4 = 3,240 B per image: chunks of 2, 2, 2, 1
     run_forward(&gpu, &c, DType::F32, Activation::None);
     run_backward(&gpu, &c);
@@ -370,15 +369,15 @@ fn huge_strides_are_exact() {
 /// own, over the cases above and blocks of 4 output channels with and without groups.
 #[test]
 fn every_forward_candidate_matches_the_reference() {
-    use wgnn::tune::TunedOp;
+    use wgnn::ops::conv::Conv2dCandidate;
+    use wgnn::tune::Candidate;
     let gpu = Gpu::with_options(options()).expect("GPU tests need an adapter");
     let mut all = cases();
     all.push(case([2, 5, 11, 13], 8, (3, 3), 1, 1, 1, 1));
     all.push(case([2, 6, 9, 7], 24, (3, 3), 2, 1, 1, 3));
     all.push(case([3, 16, 6, 5], 16, (5, 5), 1, 2, 2, 16));
-    for &candidate in TunedOp::Conv2d.candidates() {
-        gpu.force_candidate(TunedOp::Conv2d, Some(candidate))
-            .unwrap();
+    for &candidate in Conv2dCandidate::ALL {
+        gpu.force_candidate(Some(candidate));
         for c in &all {
             run_forward(&gpu, c, DType::F32, Activation::None);
         }

@@ -643,11 +643,11 @@ fn split_k_in_waves_under_a_scratch_limit() {
 /// transpose, the fused epilogue, f16, batches, broadcast gradients and split-K.
 #[test]
 fn every_candidate_matches_the_reference() {
-    use wgnn::tune::TunedOp;
+    use wgnn::ops::matmul::MatmulCandidate;
+    use wgnn::tune::Candidate;
     let gpu = wgnn::Gpu::with_options(options()).expect("GPU tests need an adapter");
-    for &candidate in TunedOp::Matmul.candidates() {
-        gpu.force_candidate(TunedOp::Matmul, Some(candidate))
-            .unwrap();
+    for &candidate in MatmulCandidate::ALL {
+        gpu.force_candidate(Some(candidate));
         // Small outputs with long K also take the `s8` (split-K) candidates.
         for &(m, n, k) in &[
             (1, 300, 37),
@@ -720,8 +720,12 @@ fn every_candidate_matches_the_reference() {
             }
         }
     }
-    // A name that is no candidate is refused.
-    assert!(gpu
-        .force_candidate(TunedOp::Matmul, Some("tiled3x3"))
-        .is_err());
+    // Names round-trip (cache files hold them); a name that is no candidate is none.
+    for &candidate in MatmulCandidate::ALL {
+        assert_eq!(
+            MatmulCandidate::from_name(candidate.name()),
+            Some(candidate)
+        );
+    }
+    assert_eq!(MatmulCandidate::from_name("tiled3x3"), None);
 }

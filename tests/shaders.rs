@@ -1,10 +1,13 @@
-//! Every WGSL file parses and validates with naga as written, and every variant wgnn compiles
-//! (f32 and f16 storage, several override sets) translates to SPIR-V, MSL and HLSL, so portability
-//! is checked without those GPUs.
+//! Every kernel family's contract ([`wgnn::ops::KERNELS`]) against its WGSL: every file parses and
+//! validates with naga, every variant wgnn compiles (f32 and f16 storage, every override set its
+//! dispatchers use) translates to SPIR-V, MSL and HLSL (portability checked without those GPUs),
+//! and the declared entry points, `Params` layouts, override constants and written bindings are
+//! exactly the WGSL's.
 
 use naga::back::PipelineConstants;
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
-use wgnn::shaders::{source, Kernel, PRELUDES};
+use wgnn::ops::KERNELS;
+use wgnn::shaders::{source, KernelSpec, Prelude};
 
 fn validate(module: &naga::Module, name: &str) -> ModuleInfo {
     Validator::new(ValidationFlags::all(), Capabilities::all())
@@ -17,66 +20,37 @@ fn parse(wgsl: &str, name: &str) -> naga::Module {
         .unwrap_or_else(|e| panic!("{name}: WGSL parse error:\n{}", e.emit_to_string(wgsl)))
 }
 
-/// Override sets each kernel is translated with: its defaults and the values its dispatcher uses.
-fn override_sets(kernel: Kernel) -> Vec<Vec<(&'static str, f64)>> {
-    match kernel {
-        Kernel::Matmul => {
-            let mut sets = vec![vec![]];
-            // (WG, GROUPS, DIRECT): every kernel shape of the matmul candidates.
-            for (wg, groups, direct) in [
-                (16.0, 2.0, 0.0),
-                (16.0, 1.0, 0.0),
-                (8.0, 2.0, 0.0),
-                (8.0, 1.0, 0.0),
-                (16.0, 1.0, 1.0),
-                (8.0, 1.0, 1.0),
-                (4.0, 1.0, 1.0),
-            ] {
-                for flags in 0..4u32 {
-                    let on = |bit: u32| f64::from((flags >> bit) & 1);
-                    sets.push(vec![
-                        ("WG", wg),
-                        ("GROUPS", groups),
-                        ("DIRECT", direct),
-                        ("TRANS_A", on(0)),
-                        ("TRANS_B", on(1)),
-                        ("ALIGNED_A", on(0)),
-                        ("ALIGNED_B", on(1)),
-                        ("ALIGNED_C", on(0)),
-                        ("HAS_BIAS", on(1)),
-                        ("ACTIVATION", f64::from(flags)),
-                        ("ACCUMULATE", on(0)),
-                        ("BIAS_PER_ROW", on(1)),
-                        ("PARTIAL_ACCUMULATE", on(0)),
-                    ]);
-                }
+/// Override sets each kernel is translated with: its defaults, the sets its contract combines,
+/// and otherwise one set per value index with every constant at its own value of that index.
+fn override_sets(kernel: &KernelSpec) -> Vec<Vec<(&'static str, f64)>> {
+    let mut sets = vec![vec![]];
+    let as_f64 = |set: Vec<(&'static str, u32)>| {
+        set.into_iter()
+            .map(|(n, v)| (n, f64::from(v)))
+            .collect::<Vec<_>>()
+    };
+    match kernel.override_sets {
+        Some(make) => sets.extend(make().into_iter().map(as_f64)),
+        None => {
+            let most = kernel
+                .overrides
+                .iter()
+                .map(|o| o.values.len())
+                .max()
+                .unwrap_or(0);
+            for i in 0..most {
+                sets.push(
+                    kernel
+                        .overrides
+                        .iter()
+                        .filter(|o| !o.values.is_empty())
+                        .map(|o| (o.name, f64::from(o.values[i % o.values.len()])))
+                        .collect(),
+                );
             }
-            sets
         }
-        Kernel::Softmax => vec![
-            vec![],
-            vec![("LOG", 1.0)],
-            vec![("LOG", 1.0), ("THREADS_PER_ROW", 1.0)],
-            vec![("THREADS_PER_ROW", 128.0)],
-        ],
-        Kernel::Elementwise => (0..5).map(|a| vec![("ACTIVATION", f64::from(a))]).collect(),
-        Kernel::Reduce => vec![vec![], vec![("SQUARES", 1.0)]],
-        Kernel::Loss => vec![vec![]],
-        Kernel::QuantizedLinear => vec![
-            vec![],
-            vec![("FORMAT", 1.0), ("HAS_BIAS", 1.0), ("ACTIVATION", 2.0)],
-        ],
-        Kernel::Optim => vec![
-            vec![],
-            vec![("DECOUPLED", 1.0)],
-            vec![("SKIP_ON_FLAG", 1.0)],
-        ],
-        Kernel::Conv => vec![
-            vec![],
-            vec![("HAS_BIAS", 1.0), ("KB", 1.0), ("ACTIVATION", 3.0)],
-        ],
-        _ => vec![vec![]],
     }
+    sets
 }
 
 #[test]
@@ -89,47 +63,61 @@ fn every_shader_file_is_a_known_kernel_or_prelude() {
         .filter(|n| n.ends_with(".wgsl"))
         .collect();
     files.sort();
-    let mut known: Vec<String> = Kernel::ALL
+    let mut known: Vec<String> = KERNELS
         .iter()
-        .map(|k| k.name())
-        .chain(PRELUDES.iter().map(|(name, _)| *name))
+        .map(|k| k.name)
+        .chain(Prelude::ALL.iter().map(|p| p.name()))
         .map(|n| format!("{n}.wgsl"))
         .collect();
     known.sort();
     assert_eq!(
         files, known,
-        "shaders/ must hold exactly Kernel::ALL and PRELUDES"
+        "shaders/ must hold exactly the files of ops::KERNELS and Prelude::ALL"
     );
+    let mut names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+    names.dedup();
+    assert_eq!(names.len(), KERNELS.len(), "kernel names are unique");
+    for kernel in KERNELS {
+        assert_eq!(
+            kernel.wgsl,
+            std::fs::read_to_string(format!("{dir}/{}.wgsl", kernel.name)).unwrap(),
+            "{}: the contract holds its own file",
+            kernel.name
+        );
+    }
     // Kernel files validate as wgnn compiles them (preludes first), in every variant; every prelude
     // is part of at least one of them.
     let mut used = std::collections::HashSet::new();
-    for &kernel in Kernel::ALL {
+    for &kernel in KERNELS {
         for subgroups in [false, true] {
             let wgsl = source(kernel, wgnn::DType::F32, subgroups);
-            validate(&parse(&wgsl, kernel.name()), kernel.name());
-            used.extend(kernel.preludes(subgroups));
+            validate(&parse(&wgsl, kernel.name), kernel.name);
+            used.extend(kernel.preludes(subgroups).iter().copied());
         }
     }
-    for (name, wgsl) in PRELUDES {
-        assert!(used.contains(wgsl), "prelude {name} is used by no kernel");
+    for prelude in Prelude::ALL {
+        assert!(
+            used.contains(prelude),
+            "prelude {prelude:?} is used by no kernel"
+        );
     }
 }
 
 #[test]
 fn every_variant_translates_to_spirv_msl_and_hlsl() {
-    for &kernel in Kernel::ALL {
+    for &kernel in KERNELS {
         let variants: &[bool] = if kernel.has_subgroup_variant() {
             &[false, true]
         } else {
             &[false]
         };
         for (&dtype, &subgroups) in kernel
-            .dtypes()
+            .dtypes
             .iter()
             .flat_map(|d| variants.iter().map(move |s| (d, s)))
         {
             let wgsl = source(kernel, dtype, subgroups);
-            let name = format!("{} {dtype:?} subgroups {subgroups}", kernel.name());
+            let name = format!("{} {dtype:?} subgroups {subgroups}", kernel.name);
             let module = parse(&wgsl, &name);
             let info = validate(&module, &name);
             for set in override_sets(kernel) {
@@ -175,43 +163,98 @@ fn every_variant_translates_to_spirv_msl_and_hlsl() {
     }
 }
 
-/// Each kernel's WGSL `Params` struct has the Rust struct's members at the same offsets, and the
-/// same size: a member added on one side only, or reordered, fails here rather than on a GPU.
+/// The uniform struct each entry point reads (the global at binding 0 it uses) has the Rust
+/// struct's name, members at the same offsets, and size: a member added on one side only, or
+/// reordered, or an entry point reading another struct than its contract says, fails here rather
+/// than on a GPU.
 #[test]
-fn params_structs_match_their_rust_mirrors() {
-    for &kernel in Kernel::ALL {
-        let name = kernel.name();
+fn every_entry_points_params_match_its_rust_struct() {
+    for &kernel in KERNELS {
+        let name = kernel.name;
         let module = parse(&source(kernel, wgnn::DType::F32, false), name);
-        let (rust, rust_size) = wgnn::shaders::params_layout(kernel);
-        let (members, span) = module
-            .types
-            .iter()
-            .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
-                (Some(n), naga::TypeInner::Struct { members, span }) if n == "Params" => {
-                    Some((members.clone(), *span))
+        let info = validate(&module, name);
+        for (index, ep) in module.entry_points.iter().enumerate() {
+            let contract = kernel.entry(&ep.name).unwrap_or_else(|| {
+                panic!("{name}: entry point {} is not in the contract", ep.name)
+            });
+            let uses = info.get_entry_point(index);
+            let uniform = module
+                .global_variables
+                .iter()
+                .find(|(handle, g)| {
+                    g.space == naga::AddressSpace::Uniform && !uses[*handle].is_empty()
+                })
+                .map(|(_, g)| g)
+                .unwrap_or_else(|| panic!("{name}::{}: reads no uniform", ep.name));
+            let ty = &module.types[uniform.ty];
+            let naga::TypeInner::Struct { members, span } = &ty.inner else {
+                panic!("{name}::{}: the uniform is no struct", ep.name);
+            };
+            let rust = contract.params;
+            let what = format!("{name}::{} reads {:?}", ep.name, ty.name);
+            assert_eq!(ty.name.as_deref(), Some(rust.name), "{what}");
+            assert_eq!(*span as usize, rust.size, "{what}: size");
+            for m in members {
+                let member = m.name.as_deref().unwrap_or("");
+                if member.starts_with('_') {
+                    continue;
                 }
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("{name}: no Params struct"));
-        assert_eq!(span as usize, rust_size, "{name}: Params size");
-        for m in &members {
-            let member = m.name.as_deref().unwrap_or("");
-            if member.starts_with('_') {
-                continue;
+                let found = rust.members.iter().find(|(n, _)| *n == member);
+                assert_eq!(
+                    found.map(|(_, offset)| *offset),
+                    Some(m.offset as usize),
+                    "{what}: .{member} is at {} in WGSL",
+                    m.offset
+                );
             }
-            let found = rust.iter().find(|(n, _)| *n == member);
-            assert_eq!(
-                found.map(|(_, offset)| *offset),
-                Some(m.offset as usize),
-                "{name}: Params.{member} is at {} in WGSL",
-                m.offset
+            for (field, _) in rust.members.iter().filter(|(n, _)| !n.starts_with('_')) {
+                assert!(
+                    members.iter().any(|m| m.name.as_deref() == Some(field)),
+                    "{what}: Rust .{field} is missing from the WGSL struct"
+                );
+            }
+        }
+        // Every entry point of the contract is in the WGSL.
+        for entry in kernel.entries {
+            assert!(
+                module.entry_points.iter().any(|ep| ep.name == entry.name),
+                "{name}: the contract's entry point {} is not in the WGSL",
+                entry.name
             );
         }
-        for (field, _) in rust.iter().filter(|(n, _)| !n.starts_with('_')) {
-            assert!(
-                members.iter().any(|m| m.name.as_deref() == Some(field)),
-                "{name}: Rust Params.{field} is missing from the WGSL struct"
-            );
+    }
+}
+
+/// The contract's override constants are exactly the WGSL's (preludes included), and its written
+/// bindings exactly the `read_write` storage ones: the pending-work checks of `Batch` rely on the
+/// latter.
+#[test]
+fn overrides_and_written_bindings_match_the_wgsl() {
+    for &kernel in KERNELS {
+        let name = kernel.name;
+        for subgroups in [false, true] {
+            let module = parse(&source(kernel, wgnn::DType::F32, subgroups), name);
+            let mut wgsl: Vec<&str> = module
+                .overrides
+                .iter()
+                .filter_map(|(_, o)| o.name.as_deref())
+                .collect();
+            wgsl.sort();
+            let mut declared: Vec<&str> = kernel.overrides.iter().map(|o| o.name).collect();
+            declared.sort();
+            assert_eq!(wgsl, declared, "{name}: override constants");
+            let mut writes: Vec<u32> = module
+                .global_variables
+                .iter()
+                .filter(|(_, g)| {
+                    matches!(g.space, naga::AddressSpace::Storage { access }
+                        if access.contains(naga::StorageAccess::STORE))
+                })
+                .filter_map(|(_, g)| g.binding.as_ref().map(|b| b.binding))
+                .collect();
+            writes.sort();
+            writes.dedup();
+            assert_eq!(writes, kernel.writes, "{name}: written bindings");
         }
     }
 }
@@ -234,11 +277,11 @@ fn f16_variants_are_rewritten() {
             _ => false,
         }
     }
-    for &kernel in Kernel::ALL {
-        let name = kernel.name();
+    for &kernel in KERNELS {
+        let name = kernel.name;
         let f32_module = parse(&source(kernel, wgnn::DType::F32, false), name);
         assert!(!stores_f16(&f32_module), "{name}: f32 variant stores f16");
-        if kernel.dtypes().contains(&wgnn::DType::F16) {
+        if kernel.dtypes.contains(&wgnn::DType::F16) {
             let f16_module = parse(&source(kernel, wgnn::DType::F16, false), name);
             assert!(stores_f16(&f16_module), "{name}: f16 variant stores no f16");
         }
@@ -297,10 +340,10 @@ fn no_select_evaluates_a_storage_read() {
             _ => false,
         }
     }
-    for &kernel in Kernel::ALL {
+    for &kernel in KERNELS {
         for subgroups in [false, true] {
             let wgsl = source(kernel, wgnn::DType::F32, subgroups);
-            let module = parse(&wgsl, kernel.name());
+            let module = parse(&wgsl, kernel.name);
             // Callees come before their callers in naga's function arena.
             let mut callees = Vec::new();
             for (_, f) in module.functions.iter() {
@@ -324,7 +367,7 @@ fn no_select_evaluates_a_storage_read() {
                         assert!(
                             !unnamed_read(accept) && !unnamed_read(reject),
                             "{}: a select() in {:?} evaluates a storage read",
-                            kernel.name(),
+                            kernel.name,
                             f.name
                         );
                     }
@@ -338,10 +381,10 @@ fn no_select_evaluates_a_storage_read() {
 /// it the last bits of a float sum. Same input, same bits.
 #[test]
 fn no_reduction_orders_its_terms_by_atomics() {
-    for (name, wgsl) in PRELUDES
+    for (name, wgsl) in Prelude::ALL
         .iter()
-        .copied()
-        .chain(Kernel::ALL.iter().map(|k| (k.name(), k.wgsl())))
+        .map(|p| (p.name(), p.wgsl()))
+        .chain(KERNELS.iter().map(|k| (k.name, k.wgsl)))
     {
         assert!(
             !wgsl.contains("atomicAdd"),

@@ -13,11 +13,12 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, Plan};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::nn::Sequential;
 use crate::ops;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// The precision an [`InferenceSession`] computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -256,7 +256,7 @@ impl Sequential {
     /// activations stay f32. For inference: a quantized model cannot train. Returns the bytes all
     /// parameters now take.
     pub fn quantize_weights(&mut self, format: crate::ops::WeightFormat) -> Result<usize> {
-        if self.compute_dtype() != crate::DType::F32 {
+        if self.compute_dtype() != crate::dtype::DType::F32 {
             return Err(Error::InvalidArgument {
                 op: "Sequential::quantize_weights",
                 details: "quantize an f32 model (int8 weights take f32 activations)".into(),
@@ -296,11 +296,11 @@ impl Sequential {
     }
 
     /// The dtype of activations and compute: F32, or F16 in mixed precision.
-    pub fn compute_dtype(&self) -> crate::DType {
+    pub fn compute_dtype(&self) -> crate::dtype::DType {
         if self.params.half().is_some() {
-            crate::DType::F16
+            crate::dtype::DType::F16
         } else {
-            crate::DType::F32
+            crate::dtype::DType::F32
         }
     }
 }

@@ -4,9 +4,10 @@
 
 use super::params::{ParamId, ParamStore};
 use crate::batch::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::optim::{adam_step_unless, sgd_step_unless, AdamConfig, Momentum, SgdConfig};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {

@@ -3,9 +3,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -154,7 +155,7 @@ impl ParamStore {
         let gpu = self.values.gpu().clone();
         let values = Tensor::uninit(&gpu, &[self.len()], DType::F16)?;
         let grads = Tensor::zeros(&gpu, &[self.len()], DType::F16)?;
-        let mut batch = crate::Batch::new(&gpu);
+        let mut batch = crate::batch::Batch::new(&gpu);
         crate::ops::amp::cast_from_f32(&mut batch, &self.values, &values)?;
         batch.submit()?;
         for p in &mut self.params {

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use super::model::Sequential;
 use super::optimizer::Optimizer;
 use crate::batch::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::{self, amp::LossScale};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// Mixed-precision settings: f16 weights copies, activations and gradients with f32 master
 /// weights, and a dynamic loss scale (PyTorch's `GradScaler` defaults: 65,536 and 2,000).

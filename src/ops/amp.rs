@@ -4,10 +4,12 @@
 //! and the scale adjusted, as PyTorch's `GradScaler`, without a readback.
 
 use crate::batch::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{fold_grid, same_gpu};
-use crate::shaders::{Kernel, PipelineKey};
-use crate::tensor::{DType, Tensor};
+use crate::ops::checks::{fold_grid, same_gpu};
+use crate::shaders::EntryName;
+use crate::shaders::{entry_points, KernelSpec};
+use crate::tensor::Tensor;
 
 crate::shaders::shader_params! {
     struct Params {
@@ -17,8 +19,29 @@ crate::shaders::shader_params! {
         _pad: u32,
     }
 }
-pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
-    (Params::LAYOUT, std::mem::size_of::<Params>());
+
+entry_points! {
+    /// The entry points of `shaders/amp.wgsl`.
+    enum Entry {
+        CastFromF32 = "cast_from_f32": Params,
+        ScaleByState = "scale_by_state": Params,
+        UnscaleCheck = "unscale_check": Params,
+        UpdateScale = "update_scale": Params,
+    }
+}
+
+/// The contract of `shaders/amp.wgsl`.
+pub(crate) static KERNEL: KernelSpec = KernelSpec {
+    name: "amp",
+    wgsl: include_str!("../../shaders/amp.wgsl"),
+    preludes: &[],
+    subgroup_preludes: None,
+    dtypes: &[DType::F32, DType::F16],
+    entries: ENTRY_POINTS,
+    overrides: &[],
+    override_sets: None,
+    writes: &[2, 4, 5, 6],
+};
 
 /// The loss scale's state on the GPU: `[scale, good steps, skipped steps, 0]` (f32), and the
 /// overflow flag the optimizer reads (U32 `[1]`).
@@ -36,7 +59,7 @@ pub struct LossScale {
 impl LossScale {
     /// A loss scale starting at `initial` (PyTorch: 65,536), doubling after `growth_interval`
     /// steps without overflow (PyTorch: 2,000) and halving on each overflow.
-    pub fn new(gpu: &crate::Gpu, initial: f32, growth_interval: u32) -> Result<Self> {
+    pub fn new(gpu: &crate::gpu::Gpu, initial: f32, growth_interval: u32) -> Result<Self> {
         if !(initial.is_finite() && initial >= 1.0) || growth_interval == 0 {
             return Err(Error::InvalidArgument {
                 op: "LossScale::new",
@@ -55,14 +78,14 @@ impl LossScale {
 
 fn record(
     batch: &mut Batch,
-    entry: &'static str,
+    entry: Entry,
     dtype: DType,
     n: usize,
     growth_interval: u32,
     bound: &[(u32, &Tensor)],
 ) -> Result<()> {
     let tensors: Vec<&Tensor> = bound.iter().map(|(_, t)| *t).collect();
-    same_gpu(entry, batch, &tensors)?;
+    same_gpu(entry.name(), batch, &tensors)?;
     let (grid, groups_x) = fold_grid(batch.gpu(), n.div_ceil(256))?;
     let params = Params {
         n: n as u32,
@@ -70,13 +93,10 @@ fn record(
         growth_interval,
         _pad: 0,
     };
-    let pipeline = batch.gpu().pipeline(PipelineKey {
-        kernel: Kernel::Amp,
-        dtype,
-        entry,
-        constants: vec![],
-    })?;
-    let grid = if entry == "update_scale" {
+    let pipeline = batch
+        .gpu()
+        .pipeline(KERNEL.pipeline(entry, dtype, vec![]))?;
+    let grid = if entry == Entry::UpdateScale {
         [1, 1, 1]
     } else {
         grid
@@ -100,8 +120,8 @@ pub fn cast_from_f32(batch: &mut Batch, master: &Tensor, half: &Tensor) -> Resul
     master.expect_dtype(DType::F32, "cast_from_f32")?;
     record(
         batch,
-        "cast_from_f32",
-        crate::ops::float_dtype("cast_from_f32", half)?,
+        Entry::CastFromF32,
+        crate::ops::checks::float_dtype("cast_from_f32", half)?,
         half.numel(),
         0,
         &[(7, master), (2, half)],
@@ -110,10 +130,10 @@ pub fn cast_from_f32(batch: &mut Batch, master: &Tensor, half: &Tensor) -> Resul
 
 /// y *= the loss scale (the loss gradient, before the backward pass).
 pub fn scale_by_loss_scale(batch: &mut Batch, y: &Tensor, scale: &LossScale) -> Result<()> {
-    let dtype = crate::ops::float_dtype("scale_by_loss_scale", y)?;
+    let dtype = crate::ops::checks::float_dtype("scale_by_loss_scale", y)?;
     record(
         batch,
-        "scale_by_state",
+        Entry::ScaleByState,
         dtype,
         y.numel(),
         0,
@@ -132,8 +152,8 @@ pub fn unscale_gradients(
     grad32.expect_dtype(DType::F32, "unscale_gradients")?;
     record(
         batch,
-        "unscale_check",
-        crate::ops::float_dtype("unscale_gradients", grad)?,
+        Entry::UnscaleCheck,
+        crate::ops::checks::float_dtype("unscale_gradients", grad)?,
         grad.numel(),
         0,
         &[
@@ -150,7 +170,7 @@ pub fn unscale_gradients(
 pub fn update_loss_scale(batch: &mut Batch, scale: &LossScale) -> Result<()> {
     record(
         batch,
-        "update_scale",
+        Entry::UpdateScale,
         DType::F32,
         1,
         scale.growth_interval,

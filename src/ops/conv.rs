@@ -13,21 +13,73 @@
 //! would avoid. Images are processed in chunks so the col buffer fits one storage binding.
 
 use crate::batch::Batch;
+use crate::batch::GpuTimer;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::matmul::{record as record_matmul, BiasView, Launch, Operand};
-use crate::ops::{
-    checked, float_dtype, fold_grid, same_dtype, same_gpu, shader_stride, window_axis, Activation,
+use crate::ops::activation::Activation;
+use crate::ops::checks::{
+    checked, float_dtype, fold_grid, same_dtype, same_gpu, shader_stride, window_axis,
     MAX_WINDOW_TAPS,
 };
-use crate::shaders::{Kernel, PipelineKey};
-use crate::tensor::{DType, Tensor};
-use crate::tune::{OutputCheck, TunedOp, TuningKey};
-use crate::GpuTimer;
+use crate::ops::matmul::{record as record_matmul, BiasView, Launch, Operand};
+use crate::ops::output_check::OutputCheck;
+use crate::shaders::{entry_points, KernelSpec, Override, Prelude};
+use crate::tensor::Tensor;
+use crate::tune::{size_class, Candidate};
 
-/// The forward candidates ([`crate::tune`]): `im2col` writes each image's column matrix and runs
-/// the tuned matmul on it; `implicit` reads the input in place (an implicit GEMM, one kernel, no
-/// scratch), which also makes depthwise convolutions one dispatch.
-pub(crate) const CANDIDATES: &[&str] = &["im2col", "implicit"];
+/// The forward candidates ([`crate::tune`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Conv2dCandidate {
+    /// Writes each image's column matrix and runs the tuned matmul on it.
+    Im2col,
+    /// Reads the input in place (an implicit GEMM, one kernel, no scratch), which also makes
+    /// depthwise convolutions one dispatch.
+    Implicit,
+}
+
+impl Candidate for Conv2dCandidate {
+    const OP: &'static str = "conv2d";
+    const ALL: &'static [Self] = &[Self::Im2col, Self::Implicit];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Im2col => "im2col",
+            Self::Implicit => "implicit",
+        }
+    }
+}
+
+/// A forward convolution's shape class: sizes rounded up to powers of two; the filter and the
+/// stride exactly.
+struct Conv2dClass {
+    dtype: DType,
+    n: usize,
+    c: usize,
+    k: usize,
+    grouping: String,
+    plane_out: usize,
+    filter: (usize, usize),
+    stride: (usize, usize),
+}
+
+impl std::fmt::Display for Conv2dClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?}/n{}/c{}/k{}/{}/out{}/f{}x{}/s{}x{}",
+            self.dtype,
+            self.n,
+            self.c,
+            self.k,
+            self.grouping,
+            self.plane_out,
+            self.filter.0,
+            self.filter.1,
+            self.stride.0,
+            self.stride.1
+        )
+    }
+}
 
 /// Most filter taps (C/groups × R × S) one `implicit` thread walks, under Mesa's loop limit.
 const IMPLICIT_MAX_TAPS: usize = 16_384;
@@ -209,8 +261,41 @@ crate::shaders::shader_params! {
         first_image: u32,
     }
 }
-pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
-    (Params::LAYOUT, std::mem::size_of::<Params>());
+
+entry_points! {
+    /// The entry points of `shaders/conv.wgsl`.
+    enum Entry {
+        Im2col = "im2col": Params,
+        Col2im = "col2im": Params,
+        ConvDirect = "conv_direct": Params,
+    }
+}
+
+/// The contract of `shaders/conv.wgsl`.
+pub(crate) static KERNEL: KernelSpec = KernelSpec {
+    name: "conv",
+    wgsl: include_str!("../../shaders/conv.wgsl"),
+    preludes: &[Prelude::Activation],
+    subgroup_preludes: None,
+    dtypes: &[DType::F32, DType::F16],
+    entries: ENTRY_POINTS,
+    overrides: &[
+        Override {
+            name: "HAS_BIAS",
+            values: &[0, 1],
+        },
+        Override {
+            name: "KB",
+            values: &[1, 4],
+        },
+        Override {
+            name: "ACTIVATION",
+            values: &[0, 1, 2, 3, 4],
+        },
+    ],
+    override_sets: None,
+    writes: &[2],
+};
 const _: () = assert!(std::mem::size_of::<Params>() == 80);
 
 /// Images per chunk so that one chunk's column matrices fit a storage binding.
@@ -255,26 +340,23 @@ fn layout_params(g: &Geometry, first: usize, images: usize, groups_x: u32) -> Pa
 /// im2col or col2im over `images` images starting at `first`.
 fn record_layout(
     batch: &mut Batch,
-    entry: &'static str,
+    entry: Entry,
     g: &Geometry,
     first: usize,
     images: usize,
     src: &Tensor,
     dst: &Tensor,
 ) -> Result<()> {
-    let total = if entry == "im2col" {
+    let total = if entry == Entry::Im2col {
         images * g.crs() * g.plane_out()
     } else {
         images * g.c * g.h * g.w
     };
     let (grid, groups_x) = fold_grid(batch.gpu(), total.div_ceil(256))?;
     let params = layout_params(g, first, images, groups_x);
-    let pipeline = batch.gpu().pipeline(PipelineKey {
-        kernel: Kernel::Conv,
-        dtype: src.dtype(),
-        entry,
-        constants: vec![],
-    })?;
+    let pipeline = batch
+        .gpu()
+        .pipeline(KERNEL.pipeline(entry, src.dtype(), vec![]))?;
     batch.dispatch(&pipeline, bytemuck::bytes_of(&params), &[src, dst], grid)
 }
 
@@ -345,11 +427,10 @@ pub fn conv2d(
 }
 
 /// Records the forward with the named candidate.
-fn record_forward(batch: &mut Batch, f: &Forward, candidate: &str) -> Result<()> {
-    if candidate == "implicit" {
-        record_implicit(batch, f)
-    } else {
-        record_im2col(batch, f)
+fn record_forward(batch: &mut Batch, f: &Forward, candidate: Conv2dCandidate) -> Result<()> {
+    match candidate {
+        Conv2dCandidate::Implicit => record_implicit(batch, f),
+        Conv2dCandidate::Im2col => record_im2col(batch, f),
     }
 }
 
@@ -365,68 +446,60 @@ struct Forward<'t> {
 
 /// The forward kernel for `g`: forced, fixed (`im2col`), cached, or timed now on random inputs of
 /// `g`'s shape.
-fn choose(gpu: &crate::Gpu, g: &Geometry, dtype: DType) -> Result<&'static str> {
+fn choose(gpu: &crate::gpu::Gpu, g: &Geometry, dtype: DType) -> Result<Conv2dCandidate> {
     // im2col needs one image's column matrix under the scratch limit; where it does not fit,
     // the implicit kernel alone runs (or im2col reports the limit).
     let col_bytes = (g.crs() * g.plane_out() * dtype.size()).next_multiple_of(16) as u64;
     let im2col_fits = col_bytes <= gpu.scratch_limit_bytes();
     let mut fitting = Vec::new();
     if im2col_fits || g.cg() * g.r * g.s > IMPLICIT_MAX_TAPS {
-        fitting.push("im2col");
+        fitting.push(Conv2dCandidate::Im2col);
     }
     if g.cg() * g.r * g.s <= IMPLICIT_MAX_TAPS {
-        fitting.push("implicit");
+        fitting.push(Conv2dCandidate::Implicit);
     }
-    let key = || {
-        let class = TuningKey::size_class;
-        let grouping = match g.groups {
+    let class = || Conv2dClass {
+        dtype,
+        n: size_class(g.n),
+        c: size_class(g.c),
+        k: size_class(g.k),
+        grouping: match g.groups {
             1 => "dense".to_string(),
             n if n == g.c && g.kg() == 1 => "depthwise".to_string(),
-            _ => format!("cg{}kg{}", class(g.cg()), class(g.kg())),
-        };
-        TuningKey(format!(
-            "conv2d/{dtype:?}/n{}/c{}/k{}/{grouping}/out{}/f{}x{}/s{}x{}",
-            class(g.n),
-            class(g.c),
-            class(g.k),
-            class(g.plane_out()),
-            g.r,
-            g.s,
-            g.p.stride.0,
-            g.p.stride.1,
-        ))
+            _ => format!("cg{}kg{}", size_class(g.cg()), size_class(g.kg())),
+        },
+        plane_out: size_class(g.plane_out()),
+        filter: (g.r, g.s),
+        stride: g.p.stride,
     };
     let mut scratch: Option<(Tensor, Tensor, Tensor, GpuTimer)> = None;
     let mut output_check = OutputCheck::new(dtype);
-    Ok(gpu
-        .0
-        .tuner
-        .choose(TunedOp::Conv2d, key, &fitting, true, |candidate| {
-            if scratch.is_none() {
-                let random = |shape: &[usize], seed| {
-                    let len = shape.iter().product();
-                    Tensor::from_f32(gpu, &crate::tune::random_inputs(len, seed), shape, dtype)
-                };
-                scratch = Some((
-                    random(&[g.n, g.c, g.h, g.w], 3)?,
-                    random(&[g.k, g.cg(), g.r, g.s], 4)?,
-                    Tensor::uninit(gpu, &g.out_shape(), dtype)?,
-                    GpuTimer::new(gpu),
-                ));
-            }
-            let (x, w, out, timer) = scratch.as_mut().expect("made above");
-            let f = Forward {
-                g,
-                x,
-                w,
-                bias: None,
-                activation: Activation::None,
-                out,
+    Ok(gpu.0.tuner.choose(class, &fitting, true, |candidate| {
+        if scratch.is_none() {
+            let random = |shape: &[usize], seed| {
+                let len = shape.iter().product();
+                Tensor::from_f32(gpu, &crate::tune::random_inputs(len, seed), shape, dtype)
             };
-            let took = timer.time(|batch| record_forward(batch, &f, candidate))?;
-            output_check.check(candidate, out)?;
-            Ok(took)
-        }))
+            scratch = Some((
+                random(&[g.n, g.c, g.h, g.w], 3)?,
+                random(&[g.k, g.cg(), g.r, g.s], 4)?,
+                Tensor::uninit(gpu, &g.out_shape(), dtype)?,
+                GpuTimer::new(gpu),
+            ));
+        }
+        let (x, w, out, timer) = scratch.as_mut().expect("made above");
+        let f = Forward {
+            g,
+            x,
+            w,
+            bias: None,
+            activation: Activation::None,
+            out,
+        };
+        let took = timer.time(|batch| record_forward(batch, &f, candidate))?;
+        output_check.check(candidate.name(), out)?;
+        Ok(took)
+    }))
 }
 
 /// The `implicit` candidate: `conv_direct`, in chunks of images that keep grid z in its limit.
@@ -438,16 +511,15 @@ fn record_implicit(batch: &mut Batch, f: &Forward) -> Result<()> {
     let chunk = (max_z / blocks).clamp(1, g.n);
     let quads = g.plane_out().div_ceil(4);
     let (grid, groups_x) = fold_grid(batch.gpu(), quads.div_ceil(64))?;
-    let pipeline = batch.gpu().pipeline(PipelineKey {
-        kernel: Kernel::Conv,
-        dtype: f.x.dtype(),
-        entry: "conv_direct",
-        constants: vec![
+    let pipeline = batch.gpu().pipeline(KERNEL.pipeline(
+        Entry::ConvDirect,
+        f.x.dtype(),
+        vec![
             ("HAS_BIAS", u32::from(f.bias.is_some())),
             ("KB", kb as u32),
             ("ACTIVATION", f.activation.code()),
         ],
-    })?;
+    ))?;
     // Unused bias slot: bind the filters again (read-only).
     let bias = f.bias.unwrap_or(f.w);
     for first in (0..g.n).step_by(chunk) {
@@ -479,7 +551,7 @@ fn record_im2col(batch: &mut Batch, f: &Forward) -> Result<()> {
     let (cgrs, pout) = (g.cg() * g.r * g.s, g.plane_out());
     for first in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - first);
-        record_layout(batch, "im2col", g, first, images, x, &col)?;
+        record_layout(batch, Entry::Im2col, g, first, images, x, &col)?;
         for grp in 0..g.groups {
             record_matmul(
                 batch,
@@ -566,7 +638,7 @@ pub fn conv2d_backward(
     let partial = Tensor::uninit(&gpu, &[total_parts, dw_size], dtype)?;
     let mut part0 = 0;
     for (chunk_index, &(first, images)) in chunks.iter().enumerate() {
-        record_layout(batch, "im2col", &g, first, images, x, &col)?;
+        record_layout(batch, Entry::Im2col, &g, first, images, x, &col)?;
         let parts = parts_of(images);
         let per_part = images / parts;
         for grp in 0..g.groups {
@@ -616,7 +688,7 @@ pub fn conv2d_backward(
                 },
             )?;
         }
-        record_layout(batch, "col2im", &g, first, images, &dcol, &dx)?;
+        record_layout(batch, Entry::Col2im, &g, first, images, &dcol, &dx)?;
         if split {
             part0 += parts;
         }
@@ -624,10 +696,10 @@ pub fn conv2d_backward(
     let dw = if total_parts == 1 {
         partial.reshape(w.shape())?
     } else {
-        crate::ops::channel_sum(batch, &partial, 1)?.reshape(w.shape())?
+        crate::ops::reduce::channel_sum(batch, &partial, 1)?.reshape(w.shape())?
     };
     let bias = if bias == BiasGradient::Compute {
-        Some(crate::ops::channel_sum(batch, grad_out, 1)?)
+        Some(crate::ops::reduce::channel_sum(batch, grad_out, 1)?)
     } else {
         None
     };
@@ -639,14 +711,14 @@ pub fn conv2d_backward(
 }
 
 /// act(conv2d(x, W) + bias) with compact filters (int8 with per-output-channel scales, or packed
-/// f16; see [`crate::ops::QuantizedWeights`], made from the KCRS filters as `[K, C·R·S]`):
+/// f16; see [`crate::ops::quantized_linear::QuantizedWeights`], made from the KCRS filters as `[K, C·R·S]`):
 /// im2col, then the dequantizing kernel writes NCHW. `filter_shape` is the KCRS shape. Dense
 /// convolutions only (groups 1).
 pub fn conv2d_quantized(
     batch: &mut Batch,
     x: &Tensor,
     filter_shape: [usize; 4],
-    w: &crate::ops::QuantizedWeights,
+    w: &crate::ops::quantized_linear::QuantizedWeights,
     bias: Option<&Tensor>,
     params: &Conv2dParams,
     activation: Activation,
@@ -687,7 +759,7 @@ pub fn conv2d_quantized(
     let col = Tensor::uninit(batch.gpu(), &[chunk, g.crs(), g.plane_out()], dtype)?;
     for first in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - first);
-        record_layout(batch, "im2col", &g, first, images, x, &col)?;
+        record_layout(batch, Entry::Im2col, &g, first, images, x, &col)?;
         crate::ops::quantized_linear::record_conv(
             batch,
             &col,

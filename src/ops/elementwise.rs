@@ -4,9 +4,11 @@
 //! as in PyTorch, whose ReLU gradient passes only where the input is positive).
 
 use crate::batch::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{float_dtype, fold_grid, same_dtype, same_gpu, same_shape, Activation};
-use crate::shaders::{Kernel, PipelineKey};
+use crate::ops::activation::Activation;
+use crate::ops::checks::{float_dtype, fold_grid, same_dtype, same_gpu, same_shape};
+use crate::shaders::{entry_points, KernelSpec, Override, Prelude};
 use crate::tensor::Tensor;
 
 crate::shaders::shader_params! {
@@ -20,15 +22,42 @@ crate::shaders::shader_params! {
         _pad: [u32; 2],
     }
 }
-pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
-    (Params::LAYOUT, std::mem::size_of::<Params>());
+
+entry_points! {
+    /// The entry points of `shaders/elementwise.wgsl`.
+    enum Entry {
+        ActivationForward = "activation_forward": Params,
+        ActivationBackward = "activation_backward": Params,
+        BiasAdd = "bias_add": Params,
+        ScaleAdd = "scale_add": Params,
+        Axpy = "axpy": Params,
+        ScaleInPlace = "scale_in_place": Params,
+        MulInPlace = "mul_in_place": Params,
+    }
+}
+
+/// The contract of `shaders/elementwise.wgsl`.
+pub(crate) static KERNEL: KernelSpec = KernelSpec {
+    name: "elementwise",
+    wgsl: include_str!("../../shaders/elementwise.wgsl"),
+    preludes: &[Prelude::Activation],
+    subgroup_preludes: None,
+    dtypes: &[DType::F32, DType::F16],
+    entries: ENTRY_POINTS,
+    overrides: &[Override {
+        name: "ACTIVATION",
+        values: &[0, 1, 2, 3, 4],
+    }],
+    override_sets: None,
+    writes: &[2],
+};
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
 /// Records `entry` over every element of `out`; `inputs` are bindings 1 and 3 (x, then z if any).
 fn record(
     batch: &mut Batch,
     op: &'static str,
-    entry: &'static str,
+    entry: Entry,
     activation: Activation,
     inputs: &[&Tensor],
     out: &Tensor,
@@ -49,12 +78,11 @@ fn record(
         beta,
         _pad: [0; 2],
     };
-    let pipeline = batch.gpu().pipeline(PipelineKey {
-        kernel: Kernel::Elementwise,
-        dtype,
+    let pipeline = batch.gpu().pipeline(KERNEL.pipeline(
         entry,
-        constants: vec![("ACTIVATION", activation.code())],
-    })?;
+        dtype,
+        vec![("ACTIVATION", activation.code())],
+    ))?;
     let mut bindings = vec![inputs[0], out];
     bindings.extend_from_slice(&inputs[1..]);
     batch.dispatch(&pipeline, bytemuck::bytes_of(&params), &bindings, grid)
@@ -67,7 +95,7 @@ pub fn activation(batch: &mut Batch, x: &Tensor, act: Activation) -> Result<Tens
     record(
         batch,
         "activation",
-        "activation_forward",
+        Entry::ActivationForward,
         act,
         &[x],
         &y,
@@ -91,7 +119,7 @@ pub fn activation_backward(
     record(
         batch,
         OP,
-        "activation_backward",
+        Entry::ActivationBackward,
         act,
         &[x, grad_y],
         &dx,
@@ -123,7 +151,7 @@ pub fn bias_add(batch: &mut Batch, x: &Tensor, bias: &Tensor, axis: usize) -> Re
     record(
         batch,
         OP,
-        "bias_add",
+        Entry::BiasAdd,
         Activation::None,
         &[x, bias],
         &y,
@@ -148,7 +176,7 @@ pub fn scale_add(
     record(
         batch,
         OP,
-        "scale_add",
+        Entry::ScaleAdd,
         Activation::None,
         &[x, z],
         &y,
@@ -163,11 +191,11 @@ pub fn axpy(batch: &mut Batch, alpha: f32, x: &Tensor, y: &Tensor) -> Result<()>
     same_shape(OP, &[x, y])?;
     same_dtype(OP, &[x, y])?;
     float_dtype(OP, x)?;
-    crate::ops::distinct_output(OP, &[x], y)?;
+    crate::ops::checks::distinct_output(OP, &[x], y)?;
     record(
         batch,
         OP,
-        "axpy",
+        Entry::Axpy,
         Activation::None,
         &[x],
         y,
@@ -186,12 +214,11 @@ pub fn scale_in_place(batch: &mut Batch, y: &Tensor, alpha: f32) -> Result<()> {
         alpha,
         ..Default::default()
     };
-    let pipeline = batch.gpu().pipeline(PipelineKey {
-        kernel: Kernel::Elementwise,
-        dtype: y.dtype(),
-        entry: "scale_in_place",
-        constants: vec![("ACTIVATION", 0)],
-    })?;
+    let pipeline = batch.gpu().pipeline(KERNEL.pipeline(
+        Entry::ScaleInPlace,
+        y.dtype(),
+        vec![("ACTIVATION", 0)],
+    ))?;
     batch.dispatch_bound(&pipeline, bytemuck::bytes_of(&params), &[(2, y)], grid)
 }
 
@@ -201,11 +228,11 @@ pub fn mul_in_place(batch: &mut Batch, y: &Tensor, x: &Tensor) -> Result<()> {
     same_shape(OP, &[x, y])?;
     same_dtype(OP, &[x, y])?;
     float_dtype(OP, x)?;
-    crate::ops::distinct_output(OP, &[x], y)?;
+    crate::ops::checks::distinct_output(OP, &[x], y)?;
     record(
         batch,
         OP,
-        "mul_in_place",
+        Entry::MulInPlace,
         Activation::None,
         &[x],
         y,

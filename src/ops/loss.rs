@@ -14,10 +14,11 @@
 //! one before anything runs.)
 
 use crate::batch::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{float_dtype, fold_grid, same_dtype, same_gpu, same_shape};
-use crate::shaders::{Kernel, PipelineKey};
-use crate::tensor::{DType, Tensor};
+use crate::ops::checks::{float_dtype, fold_grid, same_dtype, same_gpu, same_shape};
+use crate::shaders::{entry_points, shader_params, KernelSpec, Prelude};
+use crate::tensor::Tensor;
 
 /// A label that marks its row as ignored: no loss, zero gradient.
 pub const IGNORE_INDEX: u32 = u32::MAX;
@@ -55,9 +56,42 @@ crate::shaders::shader_params! {
         _pad: u32,
     }
 }
-pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
-    (Params::LAYOUT, std::mem::size_of::<Params>());
+
+entry_points! {
+    /// The entry points of `shaders/loss.wgsl`.
+    enum Entry {
+        CrossEntropy = "cross_entropy": Params,
+        CrossEntropyChunkStats = "cross_entropy_chunk_stats": Params,
+        CrossEntropyChunks = "cross_entropy_chunks": Params,
+        CountTargets = "count_targets": CountParams,
+        SoftCrossEntropy = "soft_cross_entropy": Params,
+        SoftCrossEntropyChunkStats = "soft_cross_entropy_chunk_stats": Params,
+        SoftCrossEntropyChunks = "soft_cross_entropy_chunks": Params,
+    }
+}
+
+/// The contract of `shaders/loss.wgsl`.
+pub(crate) static KERNEL: KernelSpec = KernelSpec {
+    name: "loss",
+    wgsl: include_str!("../../shaders/loss.wgsl"),
+    preludes: &[Prelude::Numerics],
+    subgroup_preludes: None,
+    dtypes: &[DType::F32, DType::F16],
+    entries: ENTRY_POINTS,
+    overrides: &[],
+    override_sets: None,
+    writes: &[2, 3, 6, 8, 9],
+};
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+shader_params! {
+    struct CountParams {
+        rows: u32,
+        cols: u32,
+        groups_x: u32,
+        rows_per_chunk: u32,
+    }
+}
 
 fn rows_cols(op: &'static str, logits: &Tensor) -> Result<(usize, usize)> {
     float_dtype(op, logits)?;
@@ -112,7 +146,7 @@ pub fn cross_entropy(
     let count = count_targets(batch, labels, cols)?;
     let mut loss = record(
         batch,
-        "cross_entropy",
+        Entry::CrossEntropy,
         logits,
         &[(4, labels), (7, &count)],
         params,
@@ -149,7 +183,7 @@ pub fn soft_cross_entropy(
     };
     record(
         batch,
-        "soft_cross_entropy",
+        Entry::SoftCrossEntropy,
         student_logits,
         &[(5, teacher_logits)],
         params,
@@ -162,7 +196,7 @@ pub fn soft_cross_entropy(
 /// row losses. `bound`: the entry's inputs past the logits, at their bindings.
 fn record(
     batch: &mut Batch,
-    entry: &'static str,
+    entry: Entry,
     logits: &Tensor,
     bound: &[(u32, &Tensor)],
     mut params: Params,
@@ -175,14 +209,7 @@ fn record(
     params.rows = rows as u32;
     params.cols = cols as u32;
     params.grad_scale = 1.0 / rows as f32;
-    let pipeline = |entry| {
-        gpu.pipeline(PipelineKey {
-            kernel: Kernel::Loss,
-            dtype: logits.dtype(),
-            entry,
-            constants: vec![],
-        })
-    };
+    let pipeline = |entry| gpu.pipeline(KERNEL.pipeline(entry, logits.dtype(), vec![]));
     let mut tensors = vec![(1, logits), (2, &grad), (3, &row_loss)];
     tensors.extend_from_slice(bound);
     if cols <= LONG_ROW {
@@ -197,7 +224,7 @@ fn record(
         )?;
     } else {
         let chunks = cols.div_ceil(CHUNK);
-        let soft = entry == "soft_cross_entropy";
+        let soft = entry == Entry::SoftCrossEntropy;
         let stats = Tensor::uninit(
             &gpu,
             &[rows * chunks * if soft { 2 } else { 1 }, 4],
@@ -208,11 +235,11 @@ fn record(
         params.chunks = chunks as u32;
         let (first, second) = if soft {
             (
-                "soft_cross_entropy_chunk_stats",
-                "soft_cross_entropy_chunks",
+                Entry::SoftCrossEntropyChunkStats,
+                Entry::SoftCrossEntropyChunks,
             )
         } else {
-            ("cross_entropy_chunk_stats", "cross_entropy_chunks")
+            (Entry::CrossEntropyChunkStats, Entry::CrossEntropyChunks)
         };
         // The statistics pass reads the logits (and the teacher's) only.
         let mut stat_bindings: Vec<(u32, &Tensor)> = tensors
@@ -235,7 +262,7 @@ fn record(
             grid,
         )?;
     }
-    let loss = crate::ops::sum(batch, &row_loss)?;
+    let loss = crate::ops::reduce::sum(batch, &row_loss)?;
     Ok(Loss {
         loss,
         grad_logits: grad,
@@ -253,19 +280,13 @@ fn count_targets(batch: &mut Batch, labels: &Tensor, cols: usize) -> Result<Tens
     let counts = Tensor::uninit(&gpu, &[parts], DType::F32)?;
     let invalid = Tensor::uninit(&gpu, &[parts], DType::F32)?;
     let (grid, groups_x) = fold_grid(&gpu, parts)?;
-    let params = Params {
+    let params = CountParams {
         rows: rows as u32,
         cols: cols as u32,
         groups_x,
-        chunks: chunk as u32,
-        ..Default::default()
+        rows_per_chunk: chunk as u32,
     };
-    let pipeline = gpu.pipeline(PipelineKey {
-        kernel: Kernel::Loss,
-        dtype: DType::F32,
-        entry: "count_targets",
-        constants: vec![],
-    })?;
+    let pipeline = gpu.pipeline(KERNEL.pipeline(Entry::CountTargets, DType::F32, vec![]))?;
     batch.dispatch_bound(
         &pipeline,
         bytemuck::bytes_of(&params),

@@ -6,12 +6,15 @@
 
 use crate::batch::Batch;
 use crate::batch::GpuTimer;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::ops::{distinct_output, float_dtype, same_dtype, same_gpu, to_u32, Activation};
-use crate::shaders::PipelineKey;
+use crate::ops::activation::Activation;
+use crate::ops::checks::{distinct_output, float_dtype, same_dtype, same_gpu, to_u32};
+use crate::ops::output_check::OutputCheck;
+use crate::shaders::{entry_points, KernelSpec, Override, Prelude};
 use crate::tensor::Tensor;
-use crate::tune::{OutputCheck, TunedOp, TuningKey};
+use crate::tune::{size_class, Candidate};
 
 /// How a matmul treats its operands and what its epilogue does.
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,8 +68,128 @@ crate::shaders::shader_params! {
         _pad2: u32,
     }
 }
-pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
-    (Params::LAYOUT, std::mem::size_of::<Params>());
+
+entry_points! {
+    /// The entry points of `shaders/matmul.wgsl`.
+    enum Entry {
+        Main = "main": Params,
+        MainPartial = "main_partial": Params,
+        SplitkSum = "splitk_sum": Params,
+        GemvPlainB = "gemv_plain_b": Params,
+        GemvTransB = "gemv_trans_b": Params,
+    }
+}
+
+const BOOL: &[u32] = &[0, 1];
+
+/// The contract of `shaders/matmul.wgsl`.
+pub(crate) static KERNEL: KernelSpec = KernelSpec {
+    name: "matmul",
+    wgsl: include_str!("../../shaders/matmul.wgsl"),
+    preludes: &[Prelude::Activation, Prelude::MatmulLanesPortable],
+    subgroup_preludes: Some(&[Prelude::Activation, Prelude::MatmulSharedRows]),
+    dtypes: &[DType::F32, DType::F16],
+    entries: ENTRY_POINTS,
+    overrides: &[
+        Override {
+            name: "WG",
+            values: &[4, 8, 16],
+        },
+        Override {
+            name: "GROUPS",
+            values: &[1, 2],
+        },
+        Override {
+            name: "DIRECT",
+            values: BOOL,
+        },
+        Override {
+            name: "LOADS",
+            values: &[1, 2],
+        },
+        Override {
+            name: "SHARED_ROWS",
+            values: BOOL,
+        },
+        // Derived in the WGSL (4 · WG · GROUPS); never set.
+        Override {
+            name: "TILE",
+            values: &[],
+        },
+        Override {
+            name: "TRANS_A",
+            values: BOOL,
+        },
+        Override {
+            name: "TRANS_B",
+            values: BOOL,
+        },
+        Override {
+            name: "ALIGNED_A",
+            values: BOOL,
+        },
+        Override {
+            name: "ALIGNED_B",
+            values: BOOL,
+        },
+        Override {
+            name: "ALIGNED_C",
+            values: BOOL,
+        },
+        Override {
+            name: "HAS_BIAS",
+            values: BOOL,
+        },
+        Override {
+            name: "BIAS_PER_ROW",
+            values: BOOL,
+        },
+        Override {
+            name: "ACTIVATION",
+            values: &[0, 1, 2, 3, 4],
+        },
+        Override {
+            name: "ACCUMULATE",
+            values: BOOL,
+        },
+        Override {
+            name: "PARTIAL_ACCUMULATE",
+            values: BOOL,
+        },
+    ],
+    override_sets: Some(override_sets),
+    writes: &[3, 5],
+};
+
+/// The override sets the candidates make: each candidate's kernel shape with the flags in four
+/// combinations.
+fn override_sets() -> Vec<Vec<(&'static str, u32)>> {
+    let mut sets = Vec::new();
+    for &candidate in MatmulCandidate::ALL {
+        let (wg, groups, loads, direct, shared_rows) = candidate.kernel().shape();
+        for flags in 0..4u32 {
+            let on = |bit: u32| (flags >> bit) & 1;
+            sets.push(vec![
+                ("WG", wg),
+                ("GROUPS", groups),
+                ("DIRECT", u32::from(direct)),
+                ("LOADS", loads),
+                ("SHARED_ROWS", u32::from(shared_rows)),
+                ("TRANS_A", on(0)),
+                ("TRANS_B", on(1)),
+                ("ALIGNED_A", on(0)),
+                ("ALIGNED_B", on(1)),
+                ("ALIGNED_C", on(0)),
+                ("HAS_BIAS", on(1)),
+                ("ACTIVATION", flags),
+                ("ACCUMULATE", on(0)),
+                ("BIAS_PER_ROW", on(1)),
+                ("PARTIAL_ACCUMULATE", on(0)),
+            ]);
+        }
+    }
+    sets
+}
 const _: () = assert!(std::mem::size_of::<Params>() == 96);
 
 /// One operand as the kernel sees it: a matrix view into a tensor.
@@ -390,24 +513,128 @@ impl<'t> Launch<'t> {
 /// `sr` (shared rows): the 8 lanes of a subgroup share one load of their A values by broadcasts,
 /// for adapters with subgroups of exactly 8 (CPU adapters, where every per-lane load costs a
 /// scalar load per lane).
-pub(crate) const CANDIDATES: &[&str] = &[
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatmulCandidate {
+    /// 16×16 threads, 2×2 blocks of 4×4 outputs each: a 128-tile.
+    Tiled16x2,
+    /// 16×16 threads, one 4×4 block each: a 64-tile.
+    Tiled16x1,
+    /// The kernels for at most 8 rows.
+    Gemv,
+    /// [`Self::Tiled16x2`] with a doubled k-step and shared rows.
+    Tiled16x2L2Sr,
+    /// [`Self::Tiled16x2`] with shared rows.
+    Tiled16x2Sr,
+    /// [`Self::Tiled16x2`] with a doubled k-step.
+    Tiled16x2L2,
+    /// 8×8 threads, 2×2 blocks each: a 64-tile.
+    Tiled8x2,
+    /// [`Self::Tiled8x2`] with a doubled k-step.
+    Tiled8x2L2,
+    /// 8×8 threads without shared memory.
+    Direct8x1,
+    /// 4×4 threads without shared memory.
+    Direct4x1,
+    /// 8×8 threads, one block each: a 32-tile.
+    Tiled8x1,
+    /// [`Self::Tiled16x1`] with a doubled k-step.
+    Tiled16x1L2,
+    /// 16×16 threads without shared memory.
+    Direct16x1,
+    /// [`Self::Tiled16x1`] with K cut into 8 splits.
+    Tiled16x1S8,
+    /// [`Self::Tiled8x2`] with K cut into 8 splits.
+    Tiled8x2S8,
+}
+
+impl crate::tune::Candidate for MatmulCandidate {
+    const OP: &'static str = "matmul";
     // Ordered so that the likely winners are timed first (tuning stops at its time budget).
-    "tiled16x2",
-    "tiled16x1",
-    "gemv",
-    "tiled16x2l2sr",
-    "tiled16x2sr",
-    "tiled16x2l2",
-    "tiled8x2",
-    "tiled8x2l2",
-    "direct8x1",
-    "direct4x1",
-    "tiled8x1",
-    "tiled16x1l2",
-    "direct16x1",
-    "tiled16x1s8",
-    "tiled8x2s8",
-];
+    const ALL: &'static [Self] = &[
+        Self::Tiled16x2,
+        Self::Tiled16x1,
+        Self::Gemv,
+        Self::Tiled16x2L2Sr,
+        Self::Tiled16x2Sr,
+        Self::Tiled16x2L2,
+        Self::Tiled8x2,
+        Self::Tiled8x2L2,
+        Self::Direct8x1,
+        Self::Direct4x1,
+        Self::Tiled8x1,
+        Self::Tiled16x1L2,
+        Self::Direct16x1,
+        Self::Tiled16x1S8,
+        Self::Tiled8x2S8,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tiled16x2 => "tiled16x2",
+            Self::Tiled16x1 => "tiled16x1",
+            Self::Gemv => "gemv",
+            Self::Tiled16x2L2Sr => "tiled16x2l2sr",
+            Self::Tiled16x2Sr => "tiled16x2sr",
+            Self::Tiled16x2L2 => "tiled16x2l2",
+            Self::Tiled8x2 => "tiled8x2",
+            Self::Tiled8x2L2 => "tiled8x2l2",
+            Self::Direct8x1 => "direct8x1",
+            Self::Direct4x1 => "direct4x1",
+            Self::Tiled8x1 => "tiled8x1",
+            Self::Tiled16x1L2 => "tiled16x1l2",
+            Self::Direct16x1 => "direct16x1",
+            Self::Tiled16x1S8 => "tiled16x1s8",
+            Self::Tiled8x2S8 => "tiled8x2s8",
+        }
+    }
+}
+
+impl MatmulCandidate {
+    /// The kernel configuration the candidate stands for.
+    fn kernel(self) -> Kernel {
+        let tile = |wg, groups, loads, direct, shared_rows, splits| Kernel::Tile {
+            wg,
+            groups,
+            loads,
+            direct,
+            shared_rows,
+            splits,
+        };
+        match self {
+            Self::Tiled16x2 => tile(16, 2, 1, false, false, 1),
+            Self::Tiled16x1 => tile(16, 1, 1, false, false, 1),
+            Self::Gemv => Kernel::Gemv,
+            Self::Tiled16x2L2Sr => tile(16, 2, 2, false, true, 1),
+            Self::Tiled16x2Sr => tile(16, 2, 1, false, true, 1),
+            Self::Tiled16x2L2 => tile(16, 2, 2, false, false, 1),
+            Self::Tiled8x2 => tile(8, 2, 1, false, false, 1),
+            Self::Tiled8x2L2 => tile(8, 2, 2, false, false, 1),
+            Self::Direct8x1 => tile(8, 1, 1, true, false, 1),
+            Self::Direct4x1 => tile(4, 1, 1, true, false, 1),
+            Self::Tiled8x1 => tile(8, 1, 1, false, false, 1),
+            Self::Tiled16x1L2 => tile(16, 1, 2, false, false, 1),
+            Self::Direct16x1 => tile(16, 1, 1, true, false, 1),
+            Self::Tiled16x1S8 => tile(16, 1, 1, false, false, 8),
+            Self::Tiled8x2S8 => tile(8, 2, 1, false, false, 8),
+        }
+    }
+
+    /// Whether it shares loads across the lanes of an 8-wide subgroup.
+    fn shared_rows(self) -> bool {
+        matches!(
+            self.kernel(),
+            Kernel::Tile {
+                shared_rows: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether it always splits K (for outputs with few tiles).
+    fn splits_k(self) -> bool {
+        matches!(self.kernel(), Kernel::Tile { splits, .. } if splits > 1)
+    }
+}
 
 /// Products of fewer FLOPs run the fixed default without tuning.
 const TUNING_MIN_FLOPS: usize = 1 << 18;
@@ -428,35 +655,19 @@ enum Kernel {
 }
 
 impl Kernel {
-    fn parse(name: &str) -> Kernel {
-        let tile = |rest: &str, direct| {
-            let (rest, shared_rows) = match rest.strip_suffix("sr") {
-                Some(r) => (r, true),
-                None => (rest, false),
-            };
-            let (rest, splits) = match rest.split_once('s') {
-                Some((r, s)) => (r, s.parse().ok()?),
-                None => (rest, 1),
-            };
-            let (w, g) = rest.split_once('x')?;
-            let (g, loads) = g.split_once('l').unwrap_or((g, "1"));
-            Some(Kernel::Tile {
-                wg: w.parse().ok()?,
-                groups: g.parse().ok()?,
-                loads: loads.parse().ok()?,
+    /// (WG, GROUPS, LOADS, DIRECT, SHARED_ROWS): the override constants of its shape.
+    fn shape(self) -> (u32, u32, u32, bool, bool) {
+        match self {
+            Kernel::Tile {
+                wg,
+                groups,
+                loads,
                 direct,
                 shared_rows,
-                splits,
-            })
-        };
-        let parsed = if name == "gemv" {
-            Some(Kernel::Gemv)
-        } else if let Some(rest) = name.strip_prefix("tiled") {
-            tile(rest, false)
-        } else {
-            name.strip_prefix("direct").and_then(|r| tile(r, true))
-        };
-        parsed.expect("matmul candidate names are well formed (tested)")
+                ..
+            } => (wg, groups, loads, direct, shared_rows),
+            Kernel::Gemv => (16, 1, 1, false, false),
+        }
     }
 
     /// Output rows and columns per workgroup.
@@ -494,14 +705,14 @@ impl Kernel {
 
 /// The fixed choice (tuning off, and the first candidate timed): the GEMV for few rows, a 128-tile
 /// where there are enough of them to fill a large GPU, else a 64-tile.
-fn default_candidate(l: &Launch, gemv_fits: bool) -> &'static str {
+fn default_candidate(l: &Launch, gemv_fits: bool) -> MatmulCandidate {
     let tiles128 = l.m.div_ceil(128) * l.n.div_ceil(128) * l.out_batches;
     if gemv_fits {
-        "gemv"
+        MatmulCandidate::Gemv
     } else if l.m >= 128 && l.n >= 128 && tiles128 >= 96 {
-        "tiled16x2"
+        MatmulCandidate::Tiled16x2
     } else {
-        "tiled16x1"
+        MatmulCandidate::Tiled16x1
     }
 }
 
@@ -563,6 +774,36 @@ pub(crate) fn record(batch: &mut Batch, l: &Launch) -> Result<()> {
     record_with(batch, l, kernel)
 }
 
+/// A matmul's shape class: what decides which candidate wins, sizes rounded up to powers of two
+/// (M exactly where the GEMV may run).
+struct MatmulClass {
+    dtype: DType,
+    trans: (bool, bool),
+    aligned: (bool, bool),
+    m: usize,
+    n: usize,
+    k: usize,
+    batches: usize,
+}
+
+impl std::fmt::Display for MatmulClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?}/t{}{}/a{}{}/m{}/n{}/k{}/z{}",
+            self.dtype,
+            u8::from(self.trans.0),
+            u8::from(self.trans.1),
+            u8::from(self.aligned.0),
+            u8::from(self.aligned.1),
+            self.m,
+            self.n,
+            self.k,
+            self.batches
+        )
+    }
+}
+
 /// Whether the stored operand's rows allow 16-byte loads: row length, view offset and strides
 /// multiples of 4.
 fn aligned(o: &Operand, rows_if_plain: usize, cols_if_plain: usize) -> bool {
@@ -595,38 +836,32 @@ fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
         .iter()
         .fold(l.m.div_ceil(64), |t, &x| t.saturating_mul(x));
     let few_tiles = tiles64 < 32 && summed >= 1024;
-    fitting.extend(CANDIDATES.iter().copied().filter(|&c| {
+    fitting.extend(MatmulCandidate::ALL.iter().copied().filter(|&c| {
         c != default
-            && (c != "gemv" || gemv_fits)
-            && (!c.ends_with("sr") || lanes_of_8)
-            && (!c.ends_with("s8") || few_tiles)
+            && (c != MatmulCandidate::Gemv || gemv_fits)
+            && (!c.shared_rows() || lanes_of_8)
+            && (!c.splits_k() || few_tiles)
     }));
-    let key = || {
-        let class = TuningKey::size_class;
-        TuningKey(format!(
-            "matmul/{:?}/t{}{}/a{}{}/m{}/n{}/k{}/z{}",
-            l.c.dtype(),
-            u8::from(l.a.trans),
-            u8::from(l.b.trans),
-            u8::from(aligned(&l.a, l.m, l.k)),
-            u8::from(aligned(&l.b, l.k, l.n)),
-            if l.m <= GEMV_MAX_ROWS {
-                l.m
-            } else {
-                class(l.m)
-            },
-            class(l.n),
-            class(summed),
-            class(l.out_batches),
-        ))
+    let class = || MatmulClass {
+        dtype: l.c.dtype(),
+        trans: (l.a.trans, l.b.trans),
+        aligned: (aligned(&l.a, l.m, l.k), aligned(&l.b, l.k, l.n)),
+        m: if l.m <= GEMV_MAX_ROWS {
+            l.m
+        } else {
+            size_class(l.m)
+        },
+        n: size_class(l.n),
+        k: size_class(summed),
+        batches: size_class(l.out_batches),
     };
     let mut scratch: Option<(Tensor, Tensor, Tensor, GpuTimer)> = None;
     let mut output_check = OutputCheck::new(l.c.dtype());
     let worth_timing = work >= TUNING_MIN_FLOPS;
-    let name = gpu
+    let chosen = gpu
         .0
         .tuner
-        .choose(TunedOp::Matmul, key, &fitting, worth_timing, |candidate| {
+        .choose(class, &fitting, worth_timing, |candidate| {
             if scratch.is_none() {
                 scratch = Some(scratch_for(gpu, l)?);
             }
@@ -640,11 +875,11 @@ fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
                 accumulate: false,
                 ..*l
             };
-            let took = timer.time(|batch| record_with(batch, &copy, Kernel::parse(candidate)))?;
-            output_check.check(candidate, c)?;
+            let took = timer.time(|batch| record_with(batch, &copy, candidate.kernel()))?;
+            output_check.check(candidate.name(), c)?;
             Ok(took)
         });
-    Ok(Kernel::parse(name))
+    Ok(chosen.kernel())
 }
 
 /// Random operands and an output laid out like `l`'s views (same offsets and strides, so the
@@ -685,38 +920,29 @@ fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
     let aligned_b = aligned(&l.b, l.k, l.n);
     let aligned_c =
         l.n.is_multiple_of(4) && l.c_offset.is_multiple_of(4) && l.c_stride_z.is_multiple_of(4);
-    let (wg, groups, loads, direct, shared_rows) = match kernel {
-        Kernel::Tile {
-            wg,
-            groups,
-            loads,
-            direct,
-            shared_rows,
-            ..
-        } => (wg, groups, loads, direct, shared_rows),
-        Kernel::Gemv => (16, 1, 1, false, false),
-    };
-    let constants = |entry: &'static str, partial_accumulate: bool| PipelineKey {
-        kernel: crate::shaders::Kernel::Matmul,
-        dtype: l.c.dtype(),
-        entry,
-        constants: vec![
-            ("WG", wg),
-            ("GROUPS", groups),
-            ("DIRECT", u32::from(direct)),
-            ("LOADS", loads),
-            ("SHARED_ROWS", u32::from(shared_rows)),
-            ("TRANS_A", u32::from(l.a.trans)),
-            ("TRANS_B", u32::from(l.b.trans)),
-            ("ALIGNED_A", u32::from(aligned_a)),
-            ("ALIGNED_B", u32::from(aligned_b)),
-            ("ALIGNED_C", u32::from(aligned_c)),
-            ("HAS_BIAS", u32::from(l.bias.is_some())),
-            ("BIAS_PER_ROW", u32::from(l.bias.is_some_and(|b| b.per_row))),
-            ("ACTIVATION", l.activation.code()),
-            ("ACCUMULATE", u32::from(l.accumulate)),
-            ("PARTIAL_ACCUMULATE", u32::from(partial_accumulate)),
-        ],
+    let (wg, groups, loads, direct, shared_rows) = kernel.shape();
+    let constants = |entry: Entry, partial_accumulate: bool| {
+        KERNEL.pipeline(
+            entry,
+            l.c.dtype(),
+            vec![
+                ("WG", wg),
+                ("GROUPS", groups),
+                ("DIRECT", u32::from(direct)),
+                ("LOADS", loads),
+                ("SHARED_ROWS", u32::from(shared_rows)),
+                ("TRANS_A", u32::from(l.a.trans)),
+                ("TRANS_B", u32::from(l.b.trans)),
+                ("ALIGNED_A", u32::from(aligned_a)),
+                ("ALIGNED_B", u32::from(aligned_b)),
+                ("ALIGNED_C", u32::from(aligned_c)),
+                ("HAS_BIAS", u32::from(l.bias.is_some())),
+                ("BIAS_PER_ROW", u32::from(l.bias.is_some_and(|b| b.per_row))),
+                ("ACTIVATION", l.activation.code()),
+                ("ACCUMULATE", u32::from(l.accumulate)),
+                ("PARTIAL_ACCUMULATE", u32::from(partial_accumulate)),
+            ],
+        )
     };
     let mut params = Params {
         m: to_u32(OP, "M", l.m)?,
@@ -747,9 +973,15 @@ fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
     if gemv || plan.splits == 1 {
         // Columns per workgroup along x, rows per workgroup along y.
         let (entry, groups) = match (gemv, l.b.trans) {
-            (false, _) => ("main", [tiles_x, tiles_y]),
-            (true, false) => ("gemv_plain_b", [to_u32(OP, "tiles", l.n.div_ceil(64))?, 1]),
-            (true, true) => ("gemv_trans_b", [to_u32(OP, "tiles", l.n.div_ceil(8))?, 1]),
+            (false, _) => (Entry::Main, [tiles_x, tiles_y]),
+            (true, false) => (
+                Entry::GemvPlainB,
+                [to_u32(OP, "tiles", l.n.div_ceil(64))?, 1],
+            ),
+            (true, true) => (
+                Entry::GemvTransB,
+                [to_u32(OP, "tiles", l.n.div_ceil(8))?, 1],
+            ),
         };
         let pipeline = batch.gpu().pipeline(constants(entry, false))?;
         return batch.dispatch(
@@ -779,7 +1011,7 @@ fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
             limit,
         });
     }
-    let part = Tensor::uninit(&gpu, &[per_wave, slab], crate::tensor::DType::F32)?;
+    let part = Tensor::uninit(&gpu, &[per_wave, slab], crate::dtype::DType::F32)?;
     params.k_splits = to_u32(OP, "splits", plan.k_splits)?;
     params.r_per_split = to_u32(OP, "splits", plan.r_per_split)?;
     params.t_per_split = to_u32(OP, "splits", plan.t_per_split)?;
@@ -787,7 +1019,7 @@ fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
         let splits = per_wave.min(plan.splits - first);
         params.splits = splits as u32;
         params.split_base = to_u32(OP, "splits", first)?;
-        let pipeline = gpu.pipeline(constants("main_partial", wave > 0))?;
+        let pipeline = gpu.pipeline(constants(Entry::MainPartial, wave > 0))?;
         batch.dispatch_bound(
             &pipeline,
             bytemuck::bytes_of(&params),
@@ -795,10 +1027,10 @@ fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
             [tiles_x, tiles_y, (splits * l.out_batches) as u32],
         )?;
     }
-    let (grid, groups_x) = crate::ops::fold_grid(&gpu, slab.div_ceil(256))?;
+    let (grid, groups_x) = crate::ops::checks::fold_grid(&gpu, slab.div_ceil(256))?;
     params.groups_x = groups_x;
     params.slabs = per_wave as u32;
-    let pipeline = gpu.pipeline(constants("splitk_sum", false))?;
+    let pipeline = gpu.pipeline(constants(Entry::SplitkSum, false))?;
     batch.dispatch_bound(
         &pipeline,
         bytemuck::bytes_of(&params),

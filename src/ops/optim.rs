@@ -3,10 +3,11 @@
 //! f32. The stateful optimizers that own the state tensors are in [`crate::optim`].
 
 use crate::batch::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{fold_grid, same_gpu};
-use crate::shaders::{Kernel, PipelineKey};
-use crate::tensor::{DType, Tensor};
+use crate::ops::checks::{fold_grid, same_gpu};
+use crate::shaders::{entry_points, shader_params, EntryName, KernelSpec, Override};
+use crate::tensor::Tensor;
 
 /// SGD hyperparameters, as PyTorch's `torch.optim.SGD`. Every value must be finite and in the range
 /// given on its field; a step with one outside returns [`Error::InvalidArgument`] and records
@@ -80,8 +81,8 @@ impl AdamConfig {
     }
 }
 
-crate::shaders::shader_params! {
-    struct Params {
+shader_params! {
+    struct SgdParams {
         n: u32,
         groups_x: u32,
         flags: u32,
@@ -90,15 +91,67 @@ crate::shaders::shader_params! {
         weight_decay: f32,
         momentum: f32,
         dampening: f32,
+    }
+}
+
+shader_params! {
+    struct AdamParams {
+        n: u32,
+        groups_x: u32,
+        step: u32,
+        _pad: u32,
+        lr: f32,
+        weight_decay: f32,
+        beta1: f32,
+        beta2: f32,
         eps: f32,
         bias_correction1: f32,
         bias_correction2: f32,
-        max_norm: f32,
+        _pad2: u32,
     }
 }
-pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
-    (Params::LAYOUT, std::mem::size_of::<Params>());
-const _: () = assert!(std::mem::size_of::<Params>() == 48);
+
+shader_params! {
+    struct ClipParams {
+        n: u32,
+        groups_x: u32,
+        max_norm: f32,
+        _pad: u32,
+    }
+}
+
+entry_points! {
+    /// The entry points of `shaders/optim.wgsl`.
+    enum Entry {
+        Sgd = "sgd": SgdParams,
+        Adam = "adam": AdamParams,
+        ClipCoefficient = "clip_coefficient": ClipParams,
+        ScaleByCoefficient = "scale_by_coefficient": ClipParams,
+    }
+}
+
+/// The contract of `shaders/optim.wgsl` (f32 only: parameters, gradients and optimizer state are
+/// f32 master copies).
+pub(crate) static KERNEL: KernelSpec = KernelSpec {
+    name: "optim",
+    wgsl: include_str!("../../shaders/optim.wgsl"),
+    preludes: &[],
+    subgroup_preludes: None,
+    dtypes: &[DType::F32],
+    entries: ENTRY_POINTS,
+    overrides: &[
+        Override {
+            name: "DECOUPLED",
+            values: &[0, 1],
+        },
+        Override {
+            name: "SKIP_ON_FLAG",
+            values: &[0, 1],
+        },
+    ],
+    override_sets: None,
+    writes: &[1, 3, 4, 5],
+};
 
 fn check_scalar(op: &'static str, name: &str, value: f32, ok: bool) -> Result<()> {
     if !value.is_finite() || !ok {
@@ -145,36 +198,35 @@ fn check_tensors(
     Ok(())
 }
 
-/// Records `entry`; with `skip` (a U32 flag), the update leaves everything unchanged while the
-/// flag is set (a loss-scale overflow in mixed precision).
-fn record(
+/// Records `entry` over `n` elements with the params `make(groups_x)` gives; with `skip` (a U32
+/// `[flag, skipped steps]`), the update leaves everything unchanged while the flag is set (a
+/// loss-scale overflow in mixed precision).
+fn record<P: bytemuck::Pod>(
     batch: &mut Batch,
-    entry: &'static str,
+    entry: Entry,
     decoupled: bool,
-    mut params: Params,
+    make: impl FnOnce(u32) -> P,
     bound: &[(u32, &Tensor)],
     n: usize,
     skip: Option<&Tensor>,
 ) -> Result<()> {
     let (grid, groups_x) = fold_grid(batch.gpu(), n.div_ceil(256))?;
-    params.n = n as u32;
-    params.groups_x = groups_x;
-    let pipeline = batch.gpu().pipeline(PipelineKey {
-        kernel: Kernel::Optim,
-        dtype: DType::F32,
+    let params = make(groups_x);
+    let pipeline = batch.gpu().pipeline(KERNEL.pipeline(
         entry,
-        constants: vec![
+        DType::F32,
+        vec![
             ("DECOUPLED", u32::from(decoupled)),
             ("SKIP_ON_FLAG", u32::from(skip.is_some())),
         ],
-    })?;
+    ))?;
     let mut bound = bound.to_vec();
     match skip {
         Some(flag) => {
-            flag.expect_dtype(DType::U32, entry)?;
+            flag.expect_dtype(DType::U32, entry.name())?;
             if flag.numel() < 2 {
                 return Err(Error::ShapeMismatch {
-                    op: entry,
+                    op: entry.name(),
                     details: "the skip flag holds [flag, skipped steps]".into(),
                 });
             }
@@ -182,7 +234,7 @@ fn record(
         }
         // The layout has the flag's slot either way: bind the (read-only) gradient there; the
         // kernel does not read it without SKIP_ON_FLAG.
-        None if entry == "sgd" || entry == "adam" => {
+        None if matches!(entry, Entry::Sgd | Entry::Adam) => {
             if let Some(&(_, g)) = bound.iter().find(|(b, _)| *b == 2) {
                 bound.push((7, g));
             }
@@ -261,33 +313,39 @@ pub(crate) fn sgd_step_unless(
             check_tensors(OP, batch, param, &[grad])?;
             // The kernel leaves the momentum slot alone without momentum, but the layout has it.
             let unused = Tensor::uninit(batch.gpu(), &[1], DType::F32)?;
-            let params = Params {
+            let n = param.numel();
+            let params = |groups_x| SgdParams {
+                n: n as u32,
+                groups_x,
+                step,
                 lr: config.lr,
                 weight_decay: config.weight_decay,
                 ..Default::default()
             };
             let bound = [(1, param), (2, grad), (3, &unused)];
-            return record(batch, "sgd", false, params, &bound, param.numel(), skip);
+            return record(batch, Entry::Sgd, false, params, &bound, n, skip);
         }
     };
     check_tensors(OP, batch, param, &[grad, buffer])?;
     let flags = 1 | (u32::from(config.nesterov) << 1) | (u32::from(first_step) << 2);
-    let params = Params {
+    let n = param.numel();
+    let params = |groups_x| SgdParams {
+        n: n as u32,
+        groups_x,
         flags,
         step,
         lr: config.lr,
         weight_decay: config.weight_decay,
         momentum: config.momentum,
         dampening: config.dampening,
-        ..Default::default()
     };
     record(
         batch,
-        "sgd",
+        Entry::Sgd,
         false,
         params,
         &[(1, param), (2, grad), (3, buffer)],
-        param.numel(),
+        n,
         skip,
     )
 }
@@ -348,24 +406,27 @@ pub(crate) fn adam_step_unless(
     }
     check_tensors(OP, batch, param, &[grad, m, v])?;
     let t = step as i32;
-    let params = Params {
+    let n = param.numel();
+    let params = |groups_x| AdamParams {
+        n: n as u32,
+        groups_x,
+        step,
         lr: config.lr,
         weight_decay: config.weight_decay,
-        momentum: config.beta1,
-        dampening: config.beta2,
+        beta1: config.beta1,
+        beta2: config.beta2,
         eps: config.eps,
         bias_correction1: 1.0 - config.beta1.powi(t),
         bias_correction2: 1.0 - config.beta2.powi(t),
-        step,
         ..Default::default()
     };
     record(
         batch,
-        "adam",
+        Entry::Adam,
         config.decoupled,
         params,
         &[(1, param), (2, grad), (3, m), (4, v)],
-        param.numel(),
+        n,
         skip,
     )
 }
@@ -391,32 +452,33 @@ pub fn clip_grad_norm(batch: &mut Batch, grads: &[&Tensor], max_norm: f32) -> Re
         crate::ops::reduce::total_into(batch, OP, g, true, 1.0, &squares, i)?;
     }
     let coef = Tensor::uninit(&gpu, &[2], DType::F32)?;
-    let params = Params {
+    let params = ClipParams {
+        n: grads.len() as u32,
         max_norm,
         ..Default::default()
     };
-    let mut p = params;
-    p.n = grads.len() as u32;
-    let pipeline = gpu.pipeline(PipelineKey {
-        kernel: Kernel::Optim,
-        dtype: DType::F32,
-        entry: "clip_coefficient",
-        constants: vec![("DECOUPLED", 0)],
-    })?;
+    let pipeline = gpu.pipeline(KERNEL.pipeline(Entry::ClipCoefficient, DType::F32, vec![]))?;
     batch.dispatch_bound(
         &pipeline,
-        bytemuck::bytes_of(&p),
+        bytemuck::bytes_of(&params),
         &[(2, &squares), (5, &coef)],
         [1, 1, 1],
     )?;
     for g in grads {
+        let n = g.numel();
+        let params = |groups_x| ClipParams {
+            n: n as u32,
+            groups_x,
+            max_norm,
+            _pad: 0,
+        };
         record(
             batch,
-            "scale_by_coefficient",
+            Entry::ScaleByCoefficient,
             false,
             params,
             &[(1, g), (6, &coef)],
-            g.numel(),
+            n,
             None,
         )?;
     }

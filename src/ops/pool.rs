@@ -6,12 +6,13 @@
 //! Padding may be at most half the kernel, as in PyTorch, so no window is all padding.
 
 use crate::batch::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{
+use crate::ops::checks::{
     checked, float_dtype, fold_grid, same_gpu, shader_stride, window_axis, MAX_WINDOW_TAPS,
 };
-use crate::shaders::{Kernel, PipelineKey};
-use crate::tensor::{DType, Tensor};
+use crate::shaders::{entry_points, KernelSpec};
+use crate::tensor::Tensor;
 
 /// Window, stride and padding of a pooling layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +52,29 @@ crate::shaders::shader_params! {
         pad_w: u32,
     }
 }
-pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
-    (Params::LAYOUT, std::mem::size_of::<Params>());
+
+entry_points! {
+    /// The entry points of `shaders/pool.wgsl`.
+    enum Entry {
+        MaxForward = "max_forward": Params,
+        MaxBackward = "max_backward": Params,
+        AvgForward = "avg_forward": Params,
+        AvgBackward = "avg_backward": Params,
+    }
+}
+
+/// The contract of `shaders/pool.wgsl`.
+pub(crate) static KERNEL: KernelSpec = KernelSpec {
+    name: "pool",
+    wgsl: include_str!("../../shaders/pool.wgsl"),
+    preludes: &[],
+    subgroup_preludes: None,
+    dtypes: &[DType::F32, DType::F16],
+    entries: ENTRY_POINTS,
+    overrides: &[],
+    override_sets: None,
+    writes: &[2, 3],
+};
 const _: () = assert!(std::mem::size_of::<Params>() == 48);
 
 /// The output shape for an NCHW `input_shape`.
@@ -102,7 +124,7 @@ struct PoolGeometry {
 #[allow(clippy::too_many_arguments)]
 fn record(
     batch: &mut Batch,
-    entry: &'static str,
+    entry: Entry,
     input_shape: &[usize],
     geometry: &PoolGeometry,
     p: &Pool2dParams,
@@ -128,12 +150,9 @@ fn record(
         pad_h: p.padding.0 as u32,
         pad_w: p.padding.1 as u32,
     };
-    let pipeline = batch.gpu().pipeline(PipelineKey {
-        kernel: Kernel::Pool,
-        dtype: src.dtype(),
-        entry,
-        constants: vec![],
-    })?;
+    let pipeline = batch
+        .gpu()
+        .pipeline(KERNEL.pipeline(entry, src.dtype(), vec![]))?;
     let mut bound = vec![(1, src), (2, dst)];
     if let Some(i) = indices {
         bound.push((3, i));
@@ -157,7 +176,7 @@ pub fn max_pool2d(
     let n = out.numel();
     record(
         batch,
-        "max_forward",
+        Entry::MaxForward,
         x.shape(),
         &geometry,
         params,
@@ -199,7 +218,7 @@ pub fn max_pool2d_backward(
     let n = dx.numel();
     record(
         batch,
-        "max_backward",
+        Entry::MaxBackward,
         input_shape,
         &geometry,
         params,
@@ -222,7 +241,7 @@ pub fn avg_pool2d(batch: &mut Batch, x: &Tensor, params: &Pool2dParams) -> Resul
     let n = out.numel();
     record(
         batch,
-        "avg_forward",
+        Entry::AvgForward,
         x.shape(),
         &geometry,
         params,
@@ -259,7 +278,7 @@ pub fn avg_pool2d_backward(
     let n = dx.numel();
     record(
         batch,
-        "avg_backward",
+        Entry::AvgBackward,
         input_shape,
         &geometry,
         params,

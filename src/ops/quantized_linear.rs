@@ -4,10 +4,12 @@
 //! `SHADER_F16`). Dequantized inside the kernel.
 
 use crate::batch::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::ops::{float_dtype, fold_grid, same_dtype, same_gpu, to_u32, Activation};
-use crate::shaders::{Kernel, PipelineKey};
+use crate::ops::activation::Activation;
+use crate::ops::checks::{float_dtype, fold_grid, same_dtype, same_gpu, to_u32};
+use crate::shaders::{entry_points, KernelSpec, Override, Prelude};
 use crate::tensor::Tensor;
 
 crate::shaders::shader_params! {
@@ -22,8 +24,40 @@ crate::shaders::shader_params! {
         _pad: u32,
     }
 }
-pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
-    (Params::LAYOUT, std::mem::size_of::<Params>());
+
+entry_points! {
+    /// The entry points of `shaders/quantized_linear.wgsl`.
+    enum Entry {
+        Main = "main": Params,
+        Conv = "conv": Params,
+    }
+}
+
+/// The contract of `shaders/quantized_linear.wgsl`.
+pub(crate) static KERNEL: KernelSpec = KernelSpec {
+    name: "quantized_linear",
+    wgsl: include_str!("../../shaders/quantized_linear.wgsl"),
+    preludes: &[Prelude::Activation],
+    subgroup_preludes: None,
+    dtypes: &[DType::F32, DType::F16],
+    entries: ENTRY_POINTS,
+    overrides: &[
+        Override {
+            name: "FORMAT",
+            values: &[0, 1],
+        },
+        Override {
+            name: "HAS_BIAS",
+            values: &[0, 1],
+        },
+        Override {
+            name: "ACTIVATION",
+            values: &[0, 1, 2, 3, 4],
+        },
+    ],
+    override_sets: None,
+    writes: &[2],
+};
 
 /// Most inputs (K) the kernel takes: each thread walks K / 4 packed words.
 pub const MAX_INPUTS: usize = 65_536;
@@ -124,7 +158,7 @@ impl QuantizedWeights {
         }
         Ok(QuantizedWeights {
             packed: Tensor::from_slice(gpu, &packed, &[n, words])?,
-            scales: Tensor::full(gpu, &[n], crate::DType::F32, 1.0)?,
+            scales: Tensor::full(gpu, &[n], crate::dtype::DType::F32, 1.0)?,
             format: WeightFormat::PackedF16,
             n,
             k,
@@ -196,7 +230,16 @@ pub fn quantized_linear(
         groups_x,
         ..Default::default()
     };
-    dispatch(batch, "main", &params, grid, (x, &y), w, bias, activation)?;
+    dispatch(
+        batch,
+        Entry::Main,
+        &params,
+        grid,
+        (x, &y),
+        w,
+        bias,
+        activation,
+    )?;
     Ok(y)
 }
 
@@ -235,7 +278,16 @@ pub(crate) fn record_conv(
         y_offset: to_u32(OP, "offset", y_offset)?,
         _pad: 0,
     };
-    dispatch(batch, "conv", &params, grid, (col, y), w, bias, activation)
+    dispatch(
+        batch,
+        Entry::Conv,
+        &params,
+        grid,
+        (col, y),
+        w,
+        bias,
+        activation,
+    )
 }
 
 /// Records `entry` with `x` and `y` at bindings 1 and 2; without a bias, x fills the (unread)
@@ -243,7 +295,7 @@ pub(crate) fn record_conv(
 #[allow(clippy::too_many_arguments)]
 fn dispatch(
     batch: &mut Batch,
-    entry: &'static str,
+    entry: Entry,
     params: &Params,
     grid: [u32; 3],
     (x, y): (&Tensor, &Tensor),
@@ -251,16 +303,15 @@ fn dispatch(
     bias: Option<&Tensor>,
     activation: Activation,
 ) -> Result<()> {
-    let pipeline = batch.gpu().pipeline(PipelineKey {
-        kernel: Kernel::QuantizedLinear,
-        dtype: x.dtype(),
+    let pipeline = batch.gpu().pipeline(KERNEL.pipeline(
         entry,
-        constants: vec![
+        x.dtype(),
+        vec![
             ("HAS_BIAS", u32::from(bias.is_some())),
             ("ACTIVATION", activation.code()),
             ("FORMAT", u32::from(w.format == WeightFormat::PackedF16)),
         ],
-    })?;
+    ))?;
     batch.dispatch_bound(
         &pipeline,
         bytemuck::bytes_of(params),

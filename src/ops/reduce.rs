@@ -1,10 +1,11 @@
 //! Reductions: per-channel sums (bias gradients), totals, means, sums of squares, row max/argmax.
 
 use crate::batch::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{float_dtype, fold_grid, same_gpu};
-use crate::shaders::{Kernel, PipelineKey};
-use crate::tensor::{DType, Tensor};
+use crate::ops::checks::{float_dtype, fold_grid, same_gpu};
+use crate::shaders::{entry_points, shader_params, KernelSpec, Override};
+use crate::tensor::Tensor;
 
 crate::shaders::shader_params! {
     struct Params {
@@ -18,9 +19,48 @@ crate::shaders::shader_params! {
         offset: u32,
     }
 }
-pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
-    (Params::LAYOUT, std::mem::size_of::<Params>());
+
+entry_points! {
+    /// The entry points of `shaders/reduce.wgsl`.
+    enum Entry {
+        SumChannels = "sum_channels": Params,
+        LeadingXOut = "leading_x_out": Params,
+        LeadingXSums = "leading_x_sums": Params,
+        LeadingPOut = "leading_p_out": Params,
+        LeadingPSums = "leading_p_sums": Params,
+        PartialSums = "partial_sums": Params,
+        RowMaxArgmax = "row_max_argmax": Params,
+        RowMaxArgmaxChunks = "row_max_argmax_chunks": Params,
+        RowMaxArgmaxMerge = "row_max_argmax_merge": Params,
+        TopK = "top_k": TopKParams,
+    }
+}
+
+/// The contract of `shaders/reduce.wgsl`.
+pub(crate) static KERNEL: KernelSpec = KernelSpec {
+    name: "reduce",
+    wgsl: include_str!("../../shaders/reduce.wgsl"),
+    preludes: &[],
+    subgroup_preludes: None,
+    dtypes: &[DType::F32, DType::F16],
+    entries: ENTRY_POINTS,
+    overrides: &[Override {
+        name: "SQUARES",
+        values: &[0, 1],
+    }],
+    override_sets: None,
+    writes: &[2, 3, 4, 6],
+};
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+shader_params! {
+    struct TopKParams {
+        rows: u32,
+        cols: u32,
+        groups_x: u32,
+        k: u32,
+    }
+}
 
 /// Most partial sums the second stage reads with one workgroup.
 const MAX_PARTIALS: usize = 4096;
@@ -28,15 +68,12 @@ const MAX_PARTIALS: usize = 4096;
 fn pipeline(
     batch: &Batch,
     dtype: DType,
-    entry: &'static str,
+    entry: Entry,
     squares: bool,
 ) -> Result<crate::gpu::Pipeline> {
-    batch.gpu().pipeline(PipelineKey {
-        kernel: Kernel::Reduce,
-        dtype,
-        entry,
-        constants: vec![("SQUARES", u32::from(squares))],
-    })
+    batch
+        .gpu()
+        .pipeline(KERNEL.pipeline(entry, dtype, vec![("SQUARES", u32::from(squares))]))
 }
 
 /// Most loop iterations one thread of a reduction runs: far below the 65,535 after which Mesa's
@@ -79,7 +116,7 @@ pub fn channel_sum(batch: &mut Batch, x: &Tensor, axis: usize) -> Result<Tensor>
         chunk: chunk as u32,
         ..Default::default()
     };
-    let p = pipeline(batch, dtype, "sum_channels", false)?;
+    let p = pipeline(batch, dtype, Entry::SumChannels, false)?;
     batch.dispatch_bound(
         &p,
         bytemuck::bytes_of(&params),
@@ -122,9 +159,9 @@ fn leading_sum(
         let dtype = out.dtype();
         if chunks == 1 {
             let entry = if from_x {
-                "leading_x_out"
+                Entry::LeadingXOut
             } else {
-                "leading_p_out"
+                Entry::LeadingPOut
             };
             let p = pipeline(batch, dtype, entry, false)?;
             return batch.dispatch_bound(
@@ -136,9 +173,9 @@ fn leading_sum(
         }
         let sums = Tensor::uninit(&gpu, &[chunks * channels], DType::F32)?;
         let entry = if from_x {
-            "leading_x_sums"
+            Entry::LeadingXSums
         } else {
-            "leading_p_sums"
+            Entry::LeadingPSums
         };
         let p = pipeline(batch, dtype, entry, false)?;
         batch.dispatch_bound(
@@ -205,7 +242,7 @@ pub(crate) fn total_into(
             offset: offset as u32,
             ..Default::default()
         };
-        let p = pipeline(batch, dtype, "partial_sums", squares)?;
+        let p = pipeline(batch, dtype, Entry::PartialSums, squares)?;
         batch.dispatch_bound(
             &p,
             bytemuck::bytes_of(&params),
@@ -256,7 +293,7 @@ pub fn row_max_argmax(batch: &mut Batch, x: &Tensor) -> Result<(Tensor, Tensor)>
         ..Default::default()
     };
     if cols <= LONG_ROW {
-        let p = pipeline(batch, dtype, "row_max_argmax", false)?;
+        let p = pipeline(batch, dtype, Entry::RowMaxArgmax, false)?;
         batch.dispatch(&p, bytemuck::bytes_of(&params), &[x, &max, &argmax], grid)?;
         return Ok((max, argmax));
     }
@@ -268,7 +305,7 @@ pub fn row_max_argmax(batch: &mut Batch, x: &Tensor) -> Result<(Tensor, Tensor)>
     params.n = chunks as u32;
     params.chunk = chunk as u32;
     params.groups_x = chunk_groups_x;
-    let p = pipeline(batch, dtype, "row_max_argmax_chunks", false)?;
+    let p = pipeline(batch, dtype, Entry::RowMaxArgmaxChunks, false)?;
     batch.dispatch_bound(
         &p,
         bytemuck::bytes_of(&params),
@@ -276,7 +313,7 @@ pub fn row_max_argmax(batch: &mut Batch, x: &Tensor) -> Result<(Tensor, Tensor)>
         chunk_grid,
     )?;
     params.groups_x = groups_x;
-    let p = pipeline(batch, dtype, "row_max_argmax_merge", false)?;
+    let p = pipeline(batch, dtype, Entry::RowMaxArgmaxMerge, false)?;
     batch.dispatch_bound(
         &p,
         bytemuck::bytes_of(&params),
@@ -315,14 +352,13 @@ pub fn top_k(batch: &mut Batch, x: &Tensor, k: usize) -> Result<(Tensor, Tensor)
     let values = Tensor::uninit(batch.gpu(), &[rows, k], dtype)?;
     let indices = Tensor::uninit(batch.gpu(), &[rows, k], DType::U32)?;
     let (grid, groups_x) = fold_grid(batch.gpu(), rows.div_ceil(256))?;
-    let params = Params {
-        outer: rows as u32,
-        inner: cols as u32,
+    let params = TopKParams {
+        rows: rows as u32,
+        cols: cols as u32,
         groups_x,
-        n: k as u32,
-        ..Default::default()
+        k: k as u32,
     };
-    let p = pipeline(batch, dtype, "top_k", false)?;
+    let p = pipeline(batch, dtype, Entry::TopK, false)?;
     batch.dispatch(
         &p,
         bytemuck::bytes_of(&params),

@@ -6,10 +6,12 @@
 //! row makes that row NaN, as in PyTorch.
 
 use crate::batch::Batch;
+use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::{distinct_output, float_dtype, fold_grid, same_dtype, same_gpu, same_shape};
-use crate::shaders::{Kernel, PipelineKey};
-use crate::tensor::DType;
+use crate::ops::checks::{
+    distinct_output, float_dtype, fold_grid, same_dtype, same_gpu, same_shape,
+};
+use crate::shaders::{entry_points, KernelSpec, Override, Prelude};
 use crate::tensor::Tensor;
 
 /// Rows up to this many columns take the `*_rows` entry points (several rows per workgroup).
@@ -41,8 +43,42 @@ crate::shaders::shader_params! {
         chunks: u32,
     }
 }
-pub(crate) const PARAMS_LAYOUT: (&[(&str, usize)], usize) =
-    (Params::LAYOUT, std::mem::size_of::<Params>());
+
+entry_points! {
+    /// The entry points of `shaders/softmax.wgsl`.
+    enum Entry {
+        Forward = "forward": Params,
+        Backward = "backward": Params,
+        ForwardChunkStats = "forward_chunk_stats": Params,
+        ForwardChunks = "forward_chunks": Params,
+        BackwardChunkStats = "backward_chunk_stats": Params,
+        BackwardChunks = "backward_chunks": Params,
+        ForwardRows = "forward_rows": Params,
+        BackwardRows = "backward_rows": Params,
+    }
+}
+
+/// The contract of `shaders/softmax.wgsl`.
+pub(crate) static KERNEL: KernelSpec = KernelSpec {
+    name: "softmax",
+    wgsl: include_str!("../../shaders/softmax.wgsl"),
+    preludes: &[Prelude::Numerics, Prelude::ReduceShared],
+    subgroup_preludes: Some(&[Prelude::Numerics, Prelude::ReduceSubgroup]),
+    dtypes: &[DType::F32, DType::F16],
+    entries: ENTRY_POINTS,
+    overrides: &[
+        Override {
+            name: "LOG",
+            values: &[0, 1],
+        },
+        Override {
+            name: "THREADS_PER_ROW",
+            values: &[1, 2, 4, 8, 16, 32, 64, 128],
+        },
+    ],
+    override_sets: None,
+    writes: &[2, 4],
+};
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
 /// softmax(x) over the last axis, into a new tensor.
@@ -66,7 +102,7 @@ pub fn softmax_into(batch: &mut Batch, x: &Tensor, y: &Tensor, kind: SoftmaxKind
     let log = kind == SoftmaxKind::LogSoftmax;
     let op = if log { "log_softmax" } else { "softmax" };
     check(op, batch, &[x], y)?;
-    record(batch, "forward", log, &[x, y])
+    record(batch, Entry::Forward, log, &[x, y])
 }
 
 /// dL/dx of softmax, from its output `y` and dL/dy: y ⊙ (dy − Σ dy ⊙ y).
@@ -88,7 +124,7 @@ fn backward(
 ) -> Result<Tensor> {
     let dx = Tensor::uninit(batch.gpu(), y.shape(), float_dtype(op, y)?)?;
     check(op, batch, &[y, grad_y], &dx)?;
-    record(batch, "backward", log, &[y, &dx, grad_y])?;
+    record(batch, Entry::Backward, log, &[y, &dx, grad_y])?;
     Ok(dx)
 }
 
@@ -105,12 +141,12 @@ fn check(op: &'static str, batch: &Batch, inputs: &[&Tensor], out: &Tensor) -> R
 }
 
 /// `tensors`: bindings 1.. of the entry point: forward [x, y], backward [y, dx, dy].
-fn record(batch: &mut Batch, entry: &'static str, log: bool, tensors: &[&Tensor]) -> Result<()> {
+fn record(batch: &mut Batch, entry: Entry, log: bool, tensors: &[&Tensor]) -> Result<()> {
     let x = tensors[0];
     let shape = x.shape();
     let cols = shape[shape.len() - 1];
     let rows = x.numel() / cols;
-    let forward = entry == "forward";
+    let forward = entry == Entry::Forward;
     let gpu = batch.gpu().clone();
     let mut params = Params {
         rows: rows as u32, // numel < 2^32 is checked when tensors are made
@@ -125,20 +161,16 @@ fn record(batch: &mut Batch, entry: &'static str, log: bool, tensors: &[&Tensor]
         params.groups_x = groups_x;
         params.chunks = chunks as u32;
         let (first, second) = if forward {
-            ("forward_chunk_stats", "forward_chunks")
+            (Entry::ForwardChunkStats, Entry::ForwardChunks)
         } else {
-            ("backward_chunk_stats", "backward_chunks")
+            (Entry::BackwardChunkStats, Entry::BackwardChunks)
         };
         for entry in [first, second] {
-            let pipeline = gpu.pipeline(PipelineKey {
-                kernel: Kernel::Softmax,
-                dtype: x.dtype(),
-                entry,
-                constants: vec![("LOG", u32::from(log))],
-            })?;
+            let pipeline =
+                gpu.pipeline(KERNEL.pipeline(entry, x.dtype(), vec![("LOG", u32::from(log))]))?;
             // forward [x, y], backward [y, dx, dy] at bindings 1..; the stats pass writes no output.
             let mut bound: Vec<(u32, &Tensor)> = (1..).zip(tensors.iter().copied()).collect();
-            if entry.ends_with("_stats") {
+            if matches!(entry, Entry::ForwardChunkStats | Entry::BackwardChunkStats) {
                 bound.retain(|&(b, _)| b != 2);
             }
             bound.push((4, &stats));
@@ -154,9 +186,9 @@ fn record(batch: &mut Batch, entry: &'static str, log: bool, tensors: &[&Tensor]
     };
     let (entry, constants) = if threads_per_row < 256 {
         let e = if forward {
-            "forward_rows"
+            Entry::ForwardRows
         } else {
-            "backward_rows"
+            Entry::BackwardRows
         };
         (
             e,
@@ -170,11 +202,6 @@ fn record(batch: &mut Batch, entry: &'static str, log: bool, tensors: &[&Tensor]
     };
     let (grid, groups_x) = fold_grid(&gpu, rows.div_ceil(256 / threads_per_row))?;
     params.groups_x = groups_x;
-    let pipeline = gpu.pipeline(PipelineKey {
-        kernel: Kernel::Softmax,
-        dtype: x.dtype(),
-        entry,
-        constants,
-    })?;
+    let pipeline = gpu.pipeline(KERNEL.pipeline(entry, x.dtype(), constants))?;
     batch.dispatch(&pipeline, bytemuck::bytes_of(&params), tensors, grid)
 }
