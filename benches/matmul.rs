@@ -60,7 +60,14 @@ fn bench(c: &mut Criterion) {
                     for _ in 0..iters {
                         total += timer
                             .time(|batch| {
-                                ops::matmul_into(batch, &a, &b, &Default::default(), &out)
+                                ops::matmul_into(
+                                    batch,
+                                    &a,
+                                    &b,
+                                    &Default::default(),
+                                    &out,
+                                    ops::Write::Overwrite,
+                                )
                             })
                             .unwrap();
                     }

@@ -24,9 +24,7 @@ use rand::SeedableRng;
 use wgnn::data::Digits;
 use wgnn::infer::{InferenceSession, Precision, SessionOptions};
 use wgnn::nn::prune::{apply_structured, magnitude_mask, structured_plan, PruningSchedule};
-use wgnn::nn::{
-    Distillation, Init, LayerSpec, Optimizer, SavedModel, Sequential, Storage, Trainer,
-};
+use wgnn::nn::{Distillation, Init, LayerSpec, Optimizer, SavedModel, Sequential, Trainer};
 use wgnn::ops::AdamConfig;
 use wgnn::{Activation, Gpu};
 
@@ -73,7 +71,7 @@ fn measure(
     name: &str,
     saved: &SavedModel,
     precision: Precision,
-    storage: Storage,
+    storage: Precision,
     test: &Digits,
     price: f64,
     out: &std::path::Path,
@@ -186,9 +184,9 @@ fn main() -> Result<()> {
     let teacher = SavedModel::read(&teacher_path)?;
     let mut rows = Vec::new();
     for (name, precision, storage) in [
-        ("teacher f32", Precision::F32, Storage::F32),
-        ("teacher f16", Precision::F16, Storage::F16),
-        ("teacher int8", Precision::Int8, Storage::Int8),
+        ("teacher f32", Precision::F32, Precision::F32),
+        ("teacher f16", Precision::F16, Precision::F16),
+        ("teacher int8", Precision::Int8, Precision::Int8),
     ] {
         rows.push(measure(
             &gpu, name, &teacher, precision, storage, &test, price, &out,
@@ -211,7 +209,7 @@ fn main() -> Result<()> {
             &name,
             &tuned,
             Precision::F32,
-            Storage::F32,
+            Precision::F32,
             &test,
             price,
             &out,
@@ -242,7 +240,7 @@ fn main() -> Result<()> {
             "pruned 80% gradual (unstructured)",
             &tuned,
             Precision::F32,
-            Storage::F32,
+            Precision::F32,
             &test,
             price,
             &out,
@@ -283,7 +281,7 @@ fn main() -> Result<()> {
         "distilled MLP",
         &distilled,
         Precision::F32,
-        Storage::F32,
+        Precision::F32,
         &test,
         price,
         &out,
@@ -293,7 +291,7 @@ fn main() -> Result<()> {
         "distilled MLP int8",
         &distilled,
         Precision::Int8,
-        Storage::Int8,
+        Precision::Int8,
         &test,
         price,
         &out,

@@ -29,11 +29,11 @@ fn main() -> Result<()> {
                 bias: Some(&b),
                 ..Default::default()
             };
-            let pred = ops::matmul_with(&mut batch, &x, &w, &options)?;
+            let pred = ops::matmul(&mut batch, &x, &w, &options)?;
             // d(mean (pred - y)²)/d pred = 2 (pred - y) / n.
             let scale = 2.0 / n as f32;
             let grad = ops::scale_add(&mut batch, scale, &pred, -scale, &y)?;
-            let dw = ops::matmul_backward(&mut batch, &x, &w, &grad, &Default::default())?.b;
+            let dw = ops::matmul_backward(&mut batch, &x, &w, &grad, Default::default())?.b;
             let db = ops::channel_sum(&mut batch, &grad, 1)?;
             ops::sgd_step(&mut batch, &w, &dw, Momentum::None, &config)?;
             ops::sgd_step(&mut batch, &b, &db, Momentum::None, &config)?;
@@ -52,7 +52,7 @@ fn main() -> Result<()> {
         bias: Some(&b),
         ..Default::default()
     };
-    let pred = ops::matmul_with(&mut batch, &new_x, &w, &options)?;
+    let pred = ops::matmul(&mut batch, &new_x, &w, &options)?;
     batch.submit()?;
     for (x, p) in [6, 7, 8].iter().zip(pred.to_vec::<f32>()?) {
         println!("prediction for x = {x}: {}", show(p));

@@ -20,7 +20,7 @@ fn main() -> Result<()> {
     let a = Tensor::from_slice(&gpu, &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
     let b = Tensor::from_slice(&gpu, &[1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2])?;
     let mut batch = Batch::new(&gpu);
-    let c = ops::matmul(&mut batch, &a, &b)?;
+    let c = ops::matmul(&mut batch, &a, &b, &Default::default())?;
     batch.submit()?;
     let c = c.to_vec::<f32>()?;
     println!("[[1,2,3],[4,5,6]] x [[1,0],[0,1],[1,1]] = {c:?}");

@@ -36,7 +36,7 @@ fn matmul(gpu: &Gpu, m: usize, n: usize, k: usize, dtype: DType) -> Result<()> {
     let a = Tensor::from_f32(gpu, &random(m * k, 1), &[m, k], dtype)?;
     let b = Tensor::from_f32(gpu, &random(k * n, 2), &[k, n], dtype)?;
     let mut batch = Batch::new(gpu);
-    ops::matmul(&mut batch, &a, &b)?;
+    ops::matmul(&mut batch, &a, &b, &Default::default())?;
     batch.submit_and_wait()?;
     Ok(())
 }
@@ -85,7 +85,7 @@ fn first_and_second_call(
     for call in &mut calls {
         let start = Instant::now();
         let mut batch = Batch::new(&gpu);
-        ops::matmul(&mut batch, &a, &b)?;
+        ops::matmul(&mut batch, &a, &b, &Default::default())?;
         batch.submit_and_wait()?;
         *call = start.elapsed();
     }

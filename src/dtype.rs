@@ -63,3 +63,18 @@ impl Element for f16 {
         f16::to_f32(self)
     }
 }
+
+/// The one precision vocabulary: how weights are stored and computed with, wherever wgnn asks
+/// (a saved file, [`crate::infer::SessionOptions::precision`], a layer's compact weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// f32.
+    #[default]
+    F32,
+    /// f16 (half the bytes). Serving computes in f16 where the adapter has `SHADER_F16`, else
+    /// reads f16 weights packed in pairs with f32 activations.
+    F16,
+    /// Linear and Conv2d weights as int8 with an f32 scale per output channel (biases and
+    /// activations f32), dequantized inside the kernels.
+    Int8,
+}

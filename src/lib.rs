@@ -10,7 +10,7 @@
 //! let a = Tensor::from_slice(&gpu, &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
 //! let b = Tensor::from_slice(&gpu, &[1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2])?;
 //! let mut batch = Batch::new(&gpu);
-//! let c = ops::matmul(&mut batch, &a, &b)?; // recorded, not run
+//! let c = ops::matmul(&mut batch, &a, &b, &Default::default())?; // recorded, not run
 //! batch.submit()?; // one submission for everything recorded
 //! assert_eq!(c.to_vec::<f32>()?, vec![4.0, 5.0, 10.0, 11.0]);
 //! # Ok(()) }
@@ -31,7 +31,6 @@ mod gpu;
 pub mod infer;
 pub mod nn;
 pub mod ops;
-pub mod optim;
 mod pool;
 pub mod reference;
 pub mod shaders;
@@ -39,7 +38,7 @@ mod tensor;
 pub mod tune;
 
 pub use batch::{Batch, GpuTimer, Plan};
-pub use dtype::{DType, Element};
+pub use dtype::{DType, Element, Precision};
 pub use error::{Error, Result, SOFTWARE_VULKAN_HINT};
 pub use gpu::{Gpu, GpuOptions, WANTED_FEATURES};
 pub use ops::Activation;

@@ -245,7 +245,7 @@ fn axpy_and_scale_in_place() {
         let tx = Tensor::from_slice(&gpu, &x, &[n]).unwrap();
         let ty = Tensor::from_slice(&gpu, &y0, &[n]).unwrap();
         let mut batch = Batch::new(&gpu);
-        ops::axpy(&mut batch, -0.5, &tx, &ty).unwrap();
+        ops::axpy(&mut batch, &ty, -0.5, &tx).unwrap();
         ops::scale_in_place(&mut batch, &ty, 3.0).unwrap();
         batch.submit().unwrap();
         let want: Vec<f32> = y0
@@ -264,7 +264,7 @@ fn axpy_and_scale_in_place() {
     let mut batch = Batch::new(&gpu);
     let t = Tensor::zeros(&gpu, &[4], DType::F32).unwrap();
     assert!(matches!(
-        ops::axpy(&mut batch, 1.0, &t, &t),
+        ops::axpy(&mut batch, &t, 1.0, &t),
         Err(Error::Aliasing { .. })
     ));
 }

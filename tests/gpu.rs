@@ -34,14 +34,14 @@ fn wraps_a_device_the_application_owns() {
     let a = Tensor::from_slice(&gpu, &[1.0f32, 2.0], &[1, 2]).unwrap();
     let b = Tensor::from_slice(&gpu, &[3.0f32, 4.0], &[2, 1]).unwrap();
     let mut batch = Batch::new(&gpu);
-    let c = ops::matmul(&mut batch, &a, &b).unwrap();
+    let c = ops::matmul(&mut batch, &a, &b, &Default::default()).unwrap();
     batch.submit().unwrap();
     assert_eq!(c.to_vec::<f32>().unwrap(), [11.0]);
     // The default device has no SHADER_F16: f16 work is refused with a typed error.
     if !gpu.supports_f16() {
         let h = Tensor::zeros(&gpu, &[2, 2], DType::F16).unwrap();
         let mut batch = Batch::new(&gpu);
-        let r = ops::matmul(&mut batch, &h, &h);
+        let r = ops::matmul(&mut batch, &h, &h, &Default::default());
         assert!(
             matches!(
                 r,
@@ -67,7 +67,7 @@ fn pipelines_are_compiled_once_per_variant() {
     let b = Tensor::full(&gpu, &[12, 16], DType::F32, 0.25).unwrap();
     let run = || {
         let mut batch = Batch::new(&gpu);
-        let c = ops::matmul(&mut batch, &a, &b).unwrap();
+        let c = ops::matmul(&mut batch, &a, &b, &Default::default()).unwrap();
         batch.submit().unwrap();
         c
     };
@@ -86,15 +86,22 @@ fn timer_measures_recorded_work() {
     let a = Tensor::from_slice(&gpu, &random(&mut rng, 256 * 256), &[256, 256]).unwrap();
     let mut timer = GpuTimer::new(&gpu);
     let t = timer
-        .time(|batch| ops::matmul(batch, &a, &a).map(drop))
+        .time(|batch| ops::matmul(batch, &a, &a, &Default::default()).map(drop))
         .unwrap();
     assert!(t.as_nanos() > 0, "{t:?}");
     // A failure while recording is returned, and the timer stays usable.
-    let bad = timer
-        .time(|batch| ops::matmul(batch, &a, &Tensor::zeros(&gpu, &[3, 3], DType::F32)?).map(drop));
+    let bad = timer.time(|batch| {
+        ops::matmul(
+            batch,
+            &a,
+            &Tensor::zeros(&gpu, &[3, 3], DType::F32)?,
+            &Default::default(),
+        )
+        .map(drop)
+    });
     assert!(matches!(bad, Err(Error::ShapeMismatch { .. })));
     assert!(timer
-        .time(|batch| ops::matmul(batch, &a, &a).map(drop))
+        .time(|batch| ops::matmul(batch, &a, &a, &Default::default()).map(drop))
         .is_ok());
 }
 
@@ -135,7 +142,7 @@ fn tensors_of_another_context_are_refused() {
     assert!(matches!(r, Err(Error::ContextMismatch { .. })), "{r:?}");
     let r = batch.copy(&mine, &theirs);
     assert!(matches!(r, Err(Error::ContextMismatch { .. })), "{r:?}");
-    let r = ops::matmul(&mut batch, &mine, &theirs);
+    let r = ops::matmul(&mut batch, &mine, &theirs, &Default::default());
     assert!(matches!(r, Err(Error::ContextMismatch { .. })), "{r:?}");
     batch.submit().unwrap();
     assert_eq!(mine.to_vec::<f32>().unwrap(), [1.5; 16]);
@@ -149,7 +156,7 @@ fn pending_work_is_not_read_back_stale() {
     let a = Tensor::full(&gpu, &[2, 2], DType::F32, 1.0).unwrap();
     let b = Tensor::full(&gpu, &[2, 2], DType::F32, 2.0).unwrap();
     let mut batch = Batch::new(&gpu);
-    let c = ops::matmul(&mut batch, &a, &b).unwrap();
+    let c = ops::matmul(&mut batch, &a, &b, &Default::default()).unwrap();
     let r = c.to_vec::<f32>();
     assert!(matches!(r, Err(Error::PendingWork { .. })), "{r:?}");
     // Inputs of the pending work can be read, not overwritten.
@@ -168,7 +175,7 @@ fn pending_work_is_not_read_back_stale() {
     a.write(&[3.0f32; 4]).unwrap();
     // A batch dropped unsubmitted leaves nothing pending.
     let mut dropped = Batch::new(&gpu);
-    let d = ops::matmul(&mut dropped, &a, &b).unwrap();
+    let d = ops::matmul(&mut dropped, &a, &b, &Default::default()).unwrap();
     drop(dropped);
     a.write(&[1.0f32; 4]).unwrap();
     assert!(d.to_vec::<f32>().is_ok());
@@ -229,11 +236,11 @@ fn views_recorded_writes_and_clears() {
     ));
     let mut batch = Batch::new(&gpu);
     batch.write(&a, &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
-    let first = ops::matmul(&mut batch, &a, &b).unwrap(); // b still holds 7s
+    let first = ops::matmul(&mut batch, &a, &b, &Default::default()).unwrap(); // b still holds 7s
     batch.write(&b, &[1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap();
-    let second = ops::matmul(&mut batch, &a, &b).unwrap();
+    let second = ops::matmul(&mut batch, &a, &b, &Default::default()).unwrap();
     batch.clear(&a).unwrap();
-    let third = ops::matmul(&mut batch, &a, &b).unwrap();
+    let third = ops::matmul(&mut batch, &a, &b, &Default::default()).unwrap();
     batch.submit().unwrap();
     assert_eq!(first.to_vec::<f32>().unwrap(), [42.0, 42.0, 105.0, 105.0]);
     assert_eq!(second.to_vec::<f32>().unwrap(), [4.0, 5.0, 10.0, 11.0]);

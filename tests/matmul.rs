@@ -67,13 +67,14 @@ fn check(
     let out = poisoned(gpu, &want.shape, dtype);
     let mut batch = Batch::new(gpu);
     let options = ops::MatmulOptions {
-        trans_a,
-        trans_b,
+        transposes: ops::Transposes {
+            a: trans_a,
+            b: trans_b,
+        },
         bias: with_bias.then_some(&tbias),
         activation,
-        accumulate: false,
     };
-    ops::matmul_into(&mut batch, &ta, &tb, &options, &out).unwrap();
+    ops::matmul_into(&mut batch, &ta, &tb, &options, &out, ops::Write::Overwrite).unwrap();
     batch.submit().unwrap();
     let context = format!(
         "A {a_shape:?} B {b_shape:?} trans ({trans_a}, {trans_b}) bias {with_bias} {activation:?} {dtype:?} seed {seed}"
@@ -88,8 +89,8 @@ fn tells_a_times_b_from_b_times_a() {
     let a = Tensor::from_slice(&gpu, &[1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
     let b = Tensor::from_slice(&gpu, &[5.0f32, 6.0, 7.0, 8.0], &[2, 2]).unwrap();
     let mut batch = Batch::new(&gpu);
-    let ab = ops::matmul(&mut batch, &a, &b).unwrap();
-    let ba = ops::matmul(&mut batch, &b, &a).unwrap();
+    let ab = ops::matmul(&mut batch, &a, &b, &Default::default()).unwrap();
+    let ba = ops::matmul(&mut batch, &b, &a, &Default::default()).unwrap();
     batch.submit().unwrap();
     assert_eq!(ab.to_vec::<f32>().unwrap(), [19.0, 22.0, 43.0, 50.0]);
     assert_eq!(ba.to_vec::<f32>().unwrap(), [23.0, 34.0, 31.0, 46.0]);
@@ -272,11 +273,15 @@ fn accumulate_adds_to_the_output() {
     let tb = Tensor::from_slice(&gpu, &b, &[k, n]).unwrap();
     let tc = Tensor::from_slice(&gpu, &c0, &[m, n]).unwrap();
     let mut batch = Batch::new(&gpu);
-    let options = ops::MatmulOptions {
-        accumulate: true,
-        ..Default::default()
-    };
-    ops::matmul_into(&mut batch, &ta, &tb, &options, &tc).unwrap();
+    ops::matmul_into(
+        &mut batch,
+        &ta,
+        &tb,
+        &Default::default(),
+        &tc,
+        ops::Write::Accumulate,
+    )
+    .unwrap();
     batch.submit().unwrap();
     assert_close(
         &tc.to_vec::<f32>().unwrap(),
@@ -295,12 +300,8 @@ fn check_backward(gpu: &wgnn::Gpu, a_shape: &[usize], b_shape: &[usize], ta: boo
     let (da, db) = reference::matmul_backward(&a, &b, &g, ta, tb);
     let t = |x: &Array| Tensor::from_slice(gpu, &x.data, &x.shape).unwrap();
     let mut batch = Batch::new(gpu);
-    let options = ops::MatmulOptions {
-        trans_a: ta,
-        trans_b: tb,
-        ..Default::default()
-    };
-    let grads = ops::matmul_backward(&mut batch, &t(&a), &t(&b), &t(&g), &options).unwrap();
+    let transposes = ops::Transposes { a: ta, b: tb };
+    let grads = ops::matmul_backward(&mut batch, &t(&a), &t(&b), &t(&g), transposes).unwrap();
     batch.submit().unwrap();
     let context = format!("backward A {a_shape:?} B {b_shape:?} trans ({ta}, {tb}) seed {seed}");
     assert_eq!(grads.a.shape(), a_shape);
@@ -388,24 +389,36 @@ fn bad_input_gives_typed_errors() {
     let t = |shape: &[usize]| Tensor::zeros(&gpu, shape, DType::F32).unwrap();
     let mut batch = Batch::new(&gpu);
     let shape_err = |r: wgnn::Result<Tensor>| matches!(r, Err(Error::ShapeMismatch { .. }));
-    assert!(shape_err(ops::matmul(&mut batch, &t(&[3, 4]), &t(&[5, 6]))));
+    assert!(shape_err(ops::matmul(
+        &mut batch,
+        &t(&[3, 4]),
+        &t(&[5, 6]),
+        &Default::default()
+    )));
     assert!(shape_err(ops::matmul(
         &mut batch,
         &t(&[2, 3, 4]),
-        &t(&[3, 4, 5])
+        &t(&[3, 4, 5]),
+        &Default::default()
     )));
-    assert!(shape_err(ops::matmul(&mut batch, &t(&[12]), &t(&[12, 1]))));
+    assert!(shape_err(ops::matmul(
+        &mut batch,
+        &t(&[12]),
+        &t(&[12, 1]),
+        &Default::default()
+    )));
     assert!(shape_err(ops::matmul(
         &mut batch,
         &t(&[1, 1, 1, 1]),
-        &t(&[1, 1])
+        &t(&[1, 1]),
+        &Default::default()
     )));
     let bias = t(&[4]);
     let opts = ops::MatmulOptions {
         bias: Some(&bias),
         ..Default::default()
     };
-    assert!(shape_err(ops::matmul_with(
+    assert!(shape_err(ops::matmul(
         &mut batch,
         &t(&[3, 4]),
         &t(&[4, 5]),
@@ -413,9 +426,23 @@ fn bad_input_gives_typed_errors() {
     )));
     let a = t(&[3, 4]);
     let wrong_out = t(&[3, 4]);
-    let r = ops::matmul_into(&mut batch, &a, &t(&[4, 5]), &Default::default(), &wrong_out);
+    let r = ops::matmul_into(
+        &mut batch,
+        &a,
+        &t(&[4, 5]),
+        &Default::default(),
+        &wrong_out,
+        ops::Write::Overwrite,
+    );
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
-    let r = ops::matmul_into(&mut batch, &a, &t(&[4, 4]), &Default::default(), &a);
+    let r = ops::matmul_into(
+        &mut batch,
+        &a,
+        &t(&[4, 4]),
+        &Default::default(),
+        &a,
+        ops::Write::Overwrite,
+    );
     assert!(matches!(r, Err(Error::Aliasing { .. })), "aliased output");
     let out = t(&[1, 4]);
     let bias_view = out.reshape(&[4]).unwrap();
@@ -423,47 +450,40 @@ fn bad_input_gives_typed_errors() {
         bias: Some(&bias_view),
         ..Default::default()
     };
-    let r = ops::matmul_into(&mut batch, &t(&[1, 4]), &t(&[4, 4]), &aliased_bias, &out);
+    let r = ops::matmul_into(
+        &mut batch,
+        &t(&[1, 4]),
+        &t(&[4, 4]),
+        &aliased_bias,
+        &out,
+        ops::Write::Overwrite,
+    );
     assert!(
         matches!(r, Err(Error::Aliasing { .. })),
         "output aliasing the bias: {r:?}"
     );
-    let none = ops::MatmulOptions::default();
-    let r = ops::matmul_backward(&mut batch, &t(&[3, 4]), &t(&[4, 5]), &t(&[3, 4]), &none);
-    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
-    // The backward takes no epilogue; accumulate without an output is a misuse, not a shape error.
-    let with_relu = ops::MatmulOptions {
-        activation: Activation::Relu,
-        ..Default::default()
-    };
     let r = ops::matmul_backward(
         &mut batch,
         &t(&[3, 4]),
         &t(&[4, 5]),
-        &t(&[3, 5]),
-        &with_relu,
+        &t(&[3, 4]),
+        Default::default(),
     );
-    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
-    let accumulate = ops::MatmulOptions {
-        accumulate: true,
-        ..Default::default()
-    };
-    let r = ops::matmul_with(&mut batch, &t(&[3, 4]), &t(&[4, 5]), &accumulate);
-    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
     if gpu.supports_f16() {
         let h = Tensor::zeros(&gpu, &[4, 5], DType::F16).unwrap();
         assert!(matches!(
-            ops::matmul(&mut batch, &a, &h),
+            ops::matmul(&mut batch, &a, &h, &Default::default()),
             Err(Error::DtypeMismatch { .. })
         ));
     }
     // U32 tensors hold labels and indices: no op computes on their raw bits.
     let u = Tensor::zeros(&gpu, &[4, 4], DType::U32).unwrap();
     assert!(matches!(
-        ops::matmul(&mut batch, &u, &u),
+        ops::matmul(&mut batch, &u, &u, &Default::default()),
         Err(Error::DtypeMismatch { .. })
     ));
-    let r = ops::matmul_backward(&mut batch, &u, &u, &u, &Default::default());
+    let r = ops::matmul_backward(&mut batch, &u, &u, &u, Default::default());
     assert!(matches!(r, Err(Error::DtypeMismatch { .. })), "{r:?}");
     // Empty tensors are refused where they are made.
     assert!(matches!(
@@ -491,7 +511,12 @@ fn bad_input_gives_typed_errors() {
     let huge = Tensor::uninit(&gpu, &[1 << 20, 1 << 20, 1 << 20], DType::F32);
     assert!(matches!(huge, Err(Error::LimitExceeded { .. })), "{huge:?}");
     let batches = gpu.limits().max_compute_workgroups_per_dimension as usize + 1;
-    let r = ops::matmul(&mut batch, &t(&[batches, 1, 1]), &t(&[1, 1]));
+    let r = ops::matmul(
+        &mut batch,
+        &t(&[batches, 1, 1]),
+        &t(&[1, 1]),
+        &Default::default(),
+    );
     assert!(matches!(r, Err(Error::LimitExceeded { .. })), "{r:?}");
     assert_eq!(batch.dispatches(), 0, "nothing is recorded for bad input");
     batch.submit().unwrap();
@@ -512,8 +537,8 @@ fn a_thousand_iteration_loop_allocates_no_buffers_after_the_first() {
     for i in 0..1000 {
         a.write(&a_data).unwrap();
         let mut batch = Batch::new(&gpu);
-        let c = ops::matmul(&mut batch, &a, &b).unwrap();
-        let grads = ops::matmul_backward(&mut batch, &a, &b, &c, &Default::default()).unwrap();
+        let c = ops::matmul(&mut batch, &a, &b, &Default::default()).unwrap();
+        let grads = ops::matmul_backward(&mut batch, &a, &b, &c, Default::default()).unwrap();
         batch.submit().unwrap();
         if i % 100 == 0 || i == 999 {
             last = c.to_vec::<f32>().unwrap();
@@ -625,7 +650,7 @@ fn split_k_in_waves_under_a_scratch_limit() {
     let ta = Tensor::from_slice(&gpu, &a, &[m, k]).unwrap();
     let tb = Tensor::from_slice(&gpu, &b, &[k, n]).unwrap();
     let mut batch = Batch::new(&gpu);
-    let c = ops::matmul(&mut batch, &ta, &tb).unwrap();
+    let c = ops::matmul(&mut batch, &ta, &tb, &Default::default()).unwrap();
     assert!(
         batch.dispatches() > 3,
         "expected waves of split-K dispatches"

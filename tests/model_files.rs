@@ -7,7 +7,8 @@ mod common;
 
 use common::*;
 use rand::RngExt;
-use wgnn::nn::{Init, LayerSpec, ReadOptions, SavedModel, Sequential, Storage};
+use wgnn::nn::{Init, LayerSpec, ReadOptions, SavedModel, Sequential};
+use wgnn::Precision;
 use wgnn::{Activation, Error};
 
 fn small_cnn() -> Vec<LayerSpec> {
@@ -71,7 +72,7 @@ fn load_fully(bytes: &[u8]) -> bool {
 fn every_truncation_and_seeded_corruptions_are_typed_errors() {
     let (mut rng, seed) = rng();
     let saved = saved();
-    for storage in [Storage::F32, Storage::F16, Storage::Int8] {
+    for storage in [Precision::F32, Precision::F16, Precision::Int8] {
         let bytes = saved.to_bytes_as(storage).unwrap();
         assert!(load_fully(&bytes), "{storage:?}: the intact file loads");
         for len in 0..bytes.len() {
@@ -255,10 +256,10 @@ fn non_finite_values_are_refused_unless_allowed() {
         loaded.into_model(&gpu).unwrap();
     };
     for (storage, tensor, value) in [
-        (Storage::F32, 0, f32::NAN),
-        (Storage::F16, 1, f32::INFINITY),
-        (Storage::F32, 3, f32::NEG_INFINITY),
-        (Storage::Int8, 3, f32::NAN),
+        (Precision::F32, 0, f32::NAN),
+        (Precision::F16, 1, f32::INFINITY),
+        (Precision::F32, 3, f32::NEG_INFINITY),
+        (Precision::Int8, 3, f32::NAN),
     ] {
         let mut bad = saved();
         bad.parameters[tensor].2[1] = value;
@@ -272,11 +273,11 @@ fn non_finite_values_are_refused_unless_allowed() {
     let mut bad = saved();
     bad.parameters[2].2[1] = f32::NAN;
     assert!(matches!(
-        bad.to_bytes_as(Storage::Int8),
+        bad.to_bytes_as(Precision::Int8),
         Err(Error::InvalidArgument { .. })
     ));
     // An int8 file whose scale is NaN.
-    let bytes = saved().to_bytes_as(Storage::Int8).unwrap();
+    let bytes = saved().to_bytes_as(Precision::Int8).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let mut tensors: Vec<(String, safetensors::tensor::Dtype, Vec<usize>, Vec<u8>)> = file

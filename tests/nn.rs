@@ -432,13 +432,14 @@ fn mixed_precision_skips_an_overflowing_step() {
 /// and an int8 file re-quantizes to exactly the same int8 weights.
 #[test]
 fn saved_storages_round_trip() {
-    use wgnn::nn::{SavedModel, Storage};
+    use wgnn::nn::SavedModel;
+    use wgnn::Precision;
     let gpu = gpu();
     let model = Sequential::new(&gpu, &[1, 8, 8], cnn(), Init::KaimingUniform { seed: 4 }).unwrap();
     let saved = model.to_saved().unwrap();
-    let f32_bytes = saved.to_bytes_as(Storage::F32).unwrap();
-    let f16_bytes = saved.to_bytes_as(Storage::F16).unwrap();
-    let i8_bytes = saved.to_bytes_as(Storage::Int8).unwrap();
+    let f32_bytes = saved.to_bytes_as(Precision::F32).unwrap();
+    let f16_bytes = saved.to_bytes_as(Precision::F16).unwrap();
+    let i8_bytes = saved.to_bytes_as(Precision::Int8).unwrap();
     assert!(f16_bytes.len() < f32_bytes.len() && i8_bytes.len() < f16_bytes.len());
     let f16 = SavedModel::from_bytes(&f16_bytes).unwrap();
     for ((_, _, a), (_, _, b)) in f16.parameters.iter().zip(&saved.parameters) {

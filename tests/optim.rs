@@ -1,11 +1,32 @@
-//! Optimizer kernels on the GPU against the CPU reference over several steps.
+//! The optimizer front-end ([`wgnn::nn::Optimizer`] over a parameter arena) and its kernels on
+//! the GPU against the CPU reference over several steps.
 
 mod common;
 
 use common::*;
+use wgnn::nn::{Optimizer, ParamStore};
 use wgnn::ops::{AdamConfig, SgdConfig};
-use wgnn::optim::{Adam, Sgd};
 use wgnn::{ops, reference, Batch, DType, Error, Tensor};
+
+/// A parameter arena holding `params` (one flat parameter each).
+fn store(gpu: &wgnn::Gpu, params: &[Vec<f32>]) -> ParamStore {
+    let specs: Vec<(String, Vec<usize>, Vec<f32>)> = params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("p{i}"), vec![p.len()], p.clone()))
+        .collect();
+    ParamStore::new(gpu, &specs).unwrap()
+}
+
+/// One step of `opt` over `store` with these gradients.
+fn step(gpu: &wgnn::Gpu, opt: &mut Optimizer, store: &ParamStore, grads: &[Vec<f32>]) {
+    for (p, g) in store.params().iter().zip(grads) {
+        p.grad.write(g).unwrap();
+    }
+    let mut batch = Batch::new(gpu);
+    opt.step(&mut batch, store).unwrap();
+    batch.submit().unwrap();
+}
 
 /// Parameter sizes: one element, ragged, and more than one grid row of workgroups.
 const SIZES: &[usize] = &[1, 257, 70_001];
@@ -38,40 +59,26 @@ fn sgd_matches_the_reference_over_steps() {
     let (mut rng, seed) = rng();
     for config in sgd_configs() {
         let params: Vec<Vec<f32>> = SIZES.iter().map(|&n| random(&mut rng, n)).collect();
-        let tensors: Vec<Tensor> = params
-            .iter()
-            .map(|p| Tensor::from_slice(&gpu, p, &[p.len()]).unwrap())
-            .collect();
+        let store = store(&gpu, &params);
         let mut want = params.clone();
         let mut momentum: Vec<Vec<f32>> = SIZES.iter().map(|&n| vec![0.0; n]).collect();
-        let mut opt = Sgd::new(config);
-        for step in 0..3 {
+        let mut opt = Optimizer::sgd(config);
+        for s in 0..3 {
             let grads: Vec<Vec<f32>> = SIZES.iter().map(|&n| random(&mut rng, n)).collect();
-            let tg: Vec<Tensor> = grads
-                .iter()
-                .map(|g| Tensor::from_slice(&gpu, g, &[g.len()]).unwrap())
-                .collect();
-            let mut batch = Batch::new(&gpu);
-            opt.step(
-                &mut batch,
-                &tensors.iter().collect::<Vec<_>>(),
-                &tg.iter().collect::<Vec<_>>(),
-            )
-            .unwrap();
-            batch.submit().unwrap();
+            step(&gpu, &mut opt, &store, &grads);
             for i in 0..SIZES.len() {
                 reference::optim::sgd_step(
                     &mut want[i],
                     &grads[i],
                     &mut momentum[i],
                     &config,
-                    step == 0,
+                    s == 0,
                 );
             }
         }
-        for (t, w) in tensors.iter().zip(&want) {
+        for (p, w) in store.params().iter().zip(&want) {
             assert_close(
-                &t.to_vec::<f32>().unwrap(),
+                &p.value.to_vec::<f32>().unwrap(),
                 w,
                 1e-5,
                 &format!("{config:?} n {} seed {seed}", w.len()),
@@ -93,28 +100,14 @@ fn adam_and_adamw_match_the_reference_over_steps() {
         AdamConfig::adamw(1e-2, 0.1),
     ] {
         let params: Vec<Vec<f32>> = SIZES.iter().map(|&n| random(&mut rng, n)).collect();
-        let tensors: Vec<Tensor> = params
-            .iter()
-            .map(|p| Tensor::from_slice(&gpu, p, &[p.len()]).unwrap())
-            .collect();
+        let store = store(&gpu, &params);
         let mut want = params.clone();
         let mut m: Vec<Vec<f32>> = SIZES.iter().map(|&n| vec![0.0; n]).collect();
         let mut v = m.clone();
-        let mut opt = Adam::new(config);
-        for step in 1..=4 {
+        let mut opt = Optimizer::adam(config);
+        for s in 1..=4 {
             let grads: Vec<Vec<f32>> = SIZES.iter().map(|&n| random(&mut rng, n)).collect();
-            let tg: Vec<Tensor> = grads
-                .iter()
-                .map(|g| Tensor::from_slice(&gpu, g, &[g.len()]).unwrap())
-                .collect();
-            let mut batch = Batch::new(&gpu);
-            opt.step(
-                &mut batch,
-                &tensors.iter().collect::<Vec<_>>(),
-                &tg.iter().collect::<Vec<_>>(),
-            )
-            .unwrap();
-            batch.submit().unwrap();
+            step(&gpu, &mut opt, &store, &grads);
             for i in 0..SIZES.len() {
                 reference::optim::adam_step(
                     &mut want[i],
@@ -122,14 +115,14 @@ fn adam_and_adamw_match_the_reference_over_steps() {
                     &mut m[i],
                     &mut v[i],
                     &config,
-                    step,
+                    s,
                 );
             }
         }
         assert_eq!(opt.steps(), 4);
-        for (t, w) in tensors.iter().zip(&want) {
+        for (p, w) in store.params().iter().zip(&want) {
             assert_close(
-                &t.to_vec::<f32>().unwrap(),
+                &p.value.to_vec::<f32>().unwrap(),
                 w,
                 1e-5,
                 &format!("{config:?} n {} seed {seed}", w.len()),
@@ -254,10 +247,17 @@ fn bad_input_gives_typed_errors() {
         ops::clip_grad_norm(&mut batch, &[&g], 0.0),
         Err(Error::InvalidArgument { .. })
     ));
-    let mut opt = Sgd::new(SgdConfig::new(0.1));
+    // An optimizer's state belongs to the arena it first stepped.
+    let mut opt = Optimizer::sgd(SgdConfig {
+        momentum: 0.9,
+        ..SgdConfig::new(0.1)
+    });
+    let (one, other) = (store(&gpu, &[vec![1.0; 4]]), store(&gpu, &[vec![1.0; 4]]));
+    opt.step(&mut batch, &one).unwrap();
+    let dispatches = batch.dispatches();
     assert!(matches!(
-        opt.step(&mut batch, &[&p], &[]),
-        Err(Error::ShapeMismatch { .. })
+        opt.step(&mut batch, &other),
+        Err(Error::InvalidArgument { .. })
     ));
-    assert_eq!(batch.dispatches(), 0);
+    assert_eq!(batch.dispatches(), dispatches);
 }

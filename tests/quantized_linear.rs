@@ -135,7 +135,8 @@ fn packed_f16_weights_match_the_reference() {
 /// convolution with the same (dequantized) filters; also in chunks of images.
 #[test]
 fn quantized_convolutions_match_the_reference() {
-    use wgnn::ops::{Conv2dParams, WeightFormat};
+    use wgnn::ops::Conv2dParams;
+    use wgnn::Precision;
     let (mut rng, seed) = rng();
     let small_scratch = wgnn::Gpu::with_options(wgnn::GpuOptions {
         scratch_limit_bytes: Some(6000), // one image per chunk
@@ -143,7 +144,7 @@ fn quantized_convolutions_match_the_reference() {
     })
     .expect("GPU tests need an adapter");
     for gpu in [gpu(), small_scratch] {
-        for format in [WeightFormat::Int8, WeightFormat::PackedF16] {
+        for format in [Precision::Int8, Precision::F16] {
             let (n, c, h, w, k, r, s) = (3, 5, 9, 7, 6, 3, 2);
             let p = Conv2dParams {
                 stride: (2, 1),
@@ -154,7 +155,7 @@ fn quantized_convolutions_match_the_reference() {
             let filters = random(&mut rng, k * c * r * s);
             let b = random(&mut rng, k);
             let (qw, dequantized) = match format {
-                WeightFormat::Int8 => {
+                Precision::Int8 => {
                     let (q, scales) = quantize_int8(&filters, k, c * r * s);
                     let dq: Vec<f32> = q
                         .iter()
@@ -164,7 +165,7 @@ fn quantized_convolutions_match_the_reference() {
                     let qw = QuantizedWeights::from_quantized(&gpu, &q, &scales, k, c * r * s);
                     (qw.unwrap(), dq)
                 }
-                WeightFormat::PackedF16 => (
+                _ => (
                     QuantizedWeights::packed_f16(&gpu, &filters, k, c * r * s).unwrap(),
                     round_f16(&filters),
                 ),

@@ -145,7 +145,7 @@ fn the_runtime_floor_imports_nothing_above_it() {
     let floor = [
         "error", "dtype", "pool", "shaders", "tune", "gpu", "tensor", "batch",
     ];
-    let above = ["ops", "nn", "infer", "optim", "reference", "data"];
+    let above = ["ops", "nn", "infer", "reference", "data"];
     for (module, to) in graph() {
         let Some(first) = module.first() else {
             continue;

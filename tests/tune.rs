@@ -35,7 +35,7 @@ fn matmul_matches(gpu: &Gpu, m: usize, k: usize, n: usize) {
     let ta = Tensor::from_slice(gpu, &a, &[m, k]).unwrap();
     let tb = Tensor::from_slice(gpu, &b, &[k, n]).unwrap();
     let mut batch = Batch::new(gpu);
-    let c = ops::matmul(&mut batch, &ta, &tb).unwrap();
+    let c = ops::matmul(&mut batch, &ta, &tb, &Default::default()).unwrap();
     batch.submit().unwrap();
     let context = format!("{m}x{k}x{n} seed {seed}");
     assert_close(&c.to_vec::<f32>().unwrap(), &want.data, 1e-4, &context);

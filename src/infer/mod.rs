@@ -20,19 +20,7 @@ use crate::nn::Sequential;
 use crate::ops;
 use crate::tensor::Tensor;
 
-/// The precision an [`InferenceSession`] computes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// f32 weights and activations.
-    #[default]
-    F32,
-    /// f16 weights and activations (f32 accumulation) where the adapter has `SHADER_F16`;
-    /// elsewhere f16 weights packed in pairs (read with `unpack2x16float`) with f32 activations.
-    F16,
-    /// Int8 weights with per-output-channel scales in every Linear and Conv2d layer, dequantized
-    /// inside the kernels; f32 activations.
-    Int8,
-}
+pub use crate::dtype::Precision;
 
 /// How an [`InferenceSession`] is built. [`InferenceSession::new`] checks every field against the
 /// ranges given here (and the model against the adapter's limits at `max_batch`) before it makes
@@ -205,8 +193,7 @@ impl InferenceSession {
             precision => {
                 model.disable_mixed_precision();
                 match precision {
-                    Precision::F16 => model.quantize_weights(ops::WeightFormat::PackedF16)?,
-                    Precision::Int8 => model.quantize_weights(ops::WeightFormat::Int8)?,
+                    Precision::F16 | Precision::Int8 => model.quantize_weights(precision)?,
                     Precision::F32 => model.params().parameter_count() * 4,
                 }
             }

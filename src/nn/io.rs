@@ -11,6 +11,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use super::layers::LayerSpec;
 use super::model::Sequential;
 use super::params::HostParameters;
+use crate::dtype::Precision;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
@@ -21,19 +22,6 @@ fn corrupt(details: impl Into<String>) -> Error {
     Error::ModelFile {
         details: details.into(),
     }
-}
-
-/// How a saved model stores its weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Storage {
-    /// f32 tensors.
-    #[default]
-    F32,
-    /// f16 tensors (half the bytes; weights are rounded to f16).
-    F16,
-    /// Linear and Conv2d weights as int8 (`I8`) with an f32 scale per output channel in
-    /// `"<name>_scale"`; biases f32.
-    Int8,
 }
 
 /// How a model file is read: limits for files that may come from anywhere.
@@ -77,7 +65,7 @@ pub struct SavedModel {
 impl SavedModel {
     /// The safetensors bytes of a model, f32.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        self.to_bytes_as(Storage::F32)
+        self.to_bytes_as(Precision::F32)
     }
 
     /// Checks the model's own numbers: every layer valid ([`LayerSpec::validate`]), the parameters
@@ -130,7 +118,7 @@ impl SavedModel {
     /// The safetensors bytes of a model in `storage`. Each parameter's values must fill its shape
     /// (every side at least 1); whether the parameters fit the layers is [`Self::validate`]'s
     /// check, which [`Self::from_bytes`] makes when the file is read back.
-    pub fn to_bytes_as(&self, storage: Storage) -> Result<Vec<u8>> {
+    pub fn to_bytes_as(&self, storage: Precision) -> Result<Vec<u8>> {
         for (name, shape, values) in &self.parameters {
             let numel = shape
                 .iter()
@@ -156,13 +144,13 @@ impl SavedModel {
         let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (name, shape, values) in &self.parameters {
             match storage {
-                Storage::F32 => tensors.push((
+                Precision::F32 => tensors.push((
                     name.clone(),
                     Dtype::F32,
                     shape.clone(),
                     bytemuck::cast_slice(values).to_vec(),
                 )),
-                Storage::F16 => {
+                Precision::F16 => {
                     let half: Vec<half::f16> =
                         values.iter().map(|&v| half::f16::from_f32(v)).collect();
                     tensors.push((
@@ -172,7 +160,7 @@ impl SavedModel {
                         bytemuck::cast_slice(&half).to_vec(),
                     ));
                 }
-                Storage::Int8 if name.ends_with(".weight") => {
+                Precision::Int8 if name.ends_with(".weight") => {
                     // Quantization has no NaN or infinity: it would store them as some other
                     // number without a word.
                     if let Some(j) = values.iter().position(|v| !v.is_finite()) {
@@ -199,7 +187,7 @@ impl SavedModel {
                         bytemuck::cast_slice(&scales).to_vec(),
                     ));
                 }
-                Storage::Int8 => tensors.push((
+                Precision::Int8 => tensors.push((
                     name.clone(),
                     Dtype::F32,
                     shape.clone(),
@@ -360,12 +348,12 @@ impl Sequential {
 
     /// Saves the model as a safetensors file (see the module documentation), f32.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.save_as(path, Storage::F32)
+        self.save_as(path, Precision::F32)
     }
 
     /// Saves the model as a safetensors file with its weights in `storage`; [`Self::load`] reads
     /// every storage back (f16 and int8 weights as the f32 values they stand for).
-    pub fn save_as(&self, path: impl AsRef<Path>, storage: Storage) -> Result<()> {
+    pub fn save_as(&self, path: impl AsRef<Path>, storage: Precision) -> Result<()> {
         let path = path.as_ref();
         let bytes = self.to_saved()?.to_bytes_as(storage)?;
         std::fs::write(path, bytes).map_err(|e| Error::Io(format!("{}: {e}", path.display())))

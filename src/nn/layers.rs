@@ -353,12 +353,11 @@ impl Layer {
             }
             LayerSpec::Linear { .. } => {
                 let options = ops::MatmulOptions {
-                    trans_b: true,
+                    transposes: ops::Transposes { a: false, b: true },
                     bias: Some(&self.params[1].0),
                     activation: self.fused,
-                    ..Default::default()
                 };
-                ops::matmul_with(batch, x, &self.params[0].0, &options)?
+                ops::matmul(batch, x, &self.params[0].0, &options)?
             }
             LayerSpec::Conv2d {
                 in_channels,
@@ -451,16 +450,15 @@ impl Layer {
                 let (w, gw) = &self.params[0];
                 let gb = &self.params[1].1;
                 // dW += dzᵀ·x; db += Σ_rows dz; dx = dz·W.
-                let acc = ops::MatmulOptions {
-                    trans_a: true,
-                    accumulate: true,
+                let transpose_a = ops::MatmulOptions {
+                    transposes: ops::Transposes { a: true, b: false },
                     ..Default::default()
                 };
-                ops::matmul_into(batch, &dz, &x, &acc, gw)?;
+                ops::matmul_into(batch, &dz, &x, &transpose_a, gw, ops::Write::Accumulate)?;
                 let db = ops::channel_sum(batch, &dz, 1)?;
-                ops::axpy(batch, 1.0, &db, gb)?;
+                ops::axpy(batch, gb, 1.0, &db)?;
                 if input_grad {
-                    return Ok(Some(ops::matmul(batch, &dz, w)?));
+                    return Ok(Some(ops::matmul(batch, &dz, w, &Default::default())?));
                 }
                 Ok(None)
             }
@@ -477,9 +475,9 @@ impl Layer {
                     &self.spec.conv_params(),
                     ops::BiasGradient::Compute,
                 )?;
-                ops::axpy(batch, 1.0, &grads.weight, &self.params[0].1)?;
+                ops::axpy(batch, &self.params[0].1, 1.0, &grads.weight)?;
                 if let Some(db) = &grads.bias {
-                    ops::axpy(batch, 1.0, db, &self.params[1].1)?;
+                    ops::axpy(batch, &self.params[1].1, 1.0, db)?;
                 }
                 Ok(input_grad.then_some(grads.input))
             }

@@ -33,7 +33,7 @@ mod params;
 pub mod prune;
 mod trainer;
 
-pub use io::{ReadOptions, SavedModel, Storage};
+pub use io::{ReadOptions, SavedModel};
 pub use layers::{Layer, LayerSpec};
 pub use model::{Init, Sequential};
 pub use optimizer::Optimizer;

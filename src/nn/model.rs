@@ -255,7 +255,7 @@ impl Sequential {
     /// channel, or packed f16); the forward pass dequantizes inside the kernel, and biases and
     /// activations stay f32. For inference: a quantized model cannot train. Returns the bytes all
     /// parameters now take.
-    pub fn quantize_weights(&mut self, format: crate::ops::WeightFormat) -> Result<usize> {
+    pub fn quantize_weights(&mut self, precision: crate::dtype::Precision) -> Result<usize> {
         if self.compute_dtype() != crate::dtype::DType::F32 {
             return Err(Error::InvalidArgument {
                 op: "Sequential::quantize_weights",
@@ -278,14 +278,7 @@ impl Sequential {
                 Some((_, shape, w)) if quantizable => {
                     // [out, in] or [out, in, kh, kw]: one row of K = numel / out per channel.
                     let (o, i) = (shape[0], w.len() / shape[0]);
-                    let q = match format {
-                        crate::ops::WeightFormat::Int8 => {
-                            crate::ops::QuantizedWeights::new(&self.gpu, w, o, i)?
-                        }
-                        crate::ops::WeightFormat::PackedF16 => {
-                            crate::ops::QuantizedWeights::packed_f16(&self.gpu, w, o, i)?
-                        }
-                    };
+                    let q = crate::ops::QuantizedWeights::quantize(&self.gpu, w, o, i, precision)?;
                     bytes += q.size_bytes() as usize + 4 * o; // the weights, and the f32 bias
                     layer.set_quantized(q);
                 }

@@ -233,9 +233,9 @@ impl Trainer {
                 let teacher_logits = teacher.forward(batch, &tx.reshape(&shape)?, false)?;
                 let soft = ops::soft_cross_entropy(batch, &logits, &teacher_logits, d.temperature)?;
                 ops::scale_in_place(batch, &loss.grad_logits, 1.0 - d.alpha)?;
-                ops::axpy(batch, d.alpha, &soft.grad_logits, &loss.grad_logits)?;
+                ops::axpy(batch, &loss.grad_logits, d.alpha, &soft.grad_logits)?;
                 ops::scale_in_place(batch, &loss.loss, 1.0 - d.alpha)?;
-                ops::axpy(batch, d.alpha, &soft.loss, &loss.loss)?;
+                ops::axpy(batch, &loss.loss, d.alpha, &soft.loss)?;
             }
             if micro_batches.len() > 1 {
                 ops::scale_in_place(batch, &loss.grad_logits, 1.0 / k)?;
@@ -248,7 +248,7 @@ impl Trainer {
                 self.loss_sum = Some(Tensor::zeros(self.model.gpu(), &[1], DType::F32)?);
             }
             if let Some(sum) = &self.loss_sum {
-                ops::axpy(batch, 1.0 / k, &loss.loss, sum)?;
+                ops::axpy(batch, sum, 1.0 / k, &loss.loss)?;
             }
         }
         let params = self.model.params();

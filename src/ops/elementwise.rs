@@ -186,7 +186,8 @@ pub fn scale_add(
 }
 
 /// y += alpha · x, in place (gradient accumulation). Same shape and dtype; y must not alias x.
-pub fn axpy(batch: &mut Batch, alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
+/// Like every in-place op, it takes the tensor it changes first.
+pub fn axpy(batch: &mut Batch, y: &Tensor, alpha: f32, x: &Tensor) -> Result<()> {
     const OP: &str = "axpy";
     same_shape(OP, &[x, y])?;
     same_dtype(OP, &[x, y])?;

@@ -16,19 +16,36 @@ use crate::shaders::{entry_points, KernelSpec, Override, Prelude};
 use crate::tensor::Tensor;
 use crate::tune::{size_class, Candidate};
 
-/// How a matmul treats its operands and what its epilogue does.
+/// Which operands a matmul reads transposed: its own type, because the backward pass takes these
+/// and nothing else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transposes {
+    /// Use Aᵀ: A is stored `[K, M]`.
+    pub a: bool,
+    /// Use Bᵀ: B is stored `[N, K]`.
+    pub b: bool,
+}
+
+/// How a matmul treats its operands and what its epilogue does. Every field is valid with every
+/// other: nothing here is refused at run time.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MatmulOptions<'a> {
-    /// Use Aᵀ: A is stored `[K, M]`.
-    pub trans_a: bool,
-    /// Use Bᵀ: B is stored `[N, K]`.
-    pub trans_b: bool,
+    /// Which operands are read transposed.
+    pub transposes: Transposes,
     /// Added to every row of the product: shape `[N]`, A's dtype.
     pub bias: Option<&'a Tensor>,
     /// Applied after the bias.
     pub activation: Activation,
-    /// Add the result to C's contents instead of overwriting them (`matmul_into` only).
-    pub accumulate: bool,
+}
+
+/// What [`matmul_into`] does with the output's contents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Write {
+    /// C = result.
+    #[default]
+    Overwrite,
+    /// C += result (gradient accumulation).
+    Accumulate,
 }
 
 /// Gradients of a matmul's operands.
@@ -298,40 +315,32 @@ impl Dims {
     }
 }
 
-/// C = A·B.
-pub fn matmul(batch: &mut Batch, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    matmul_with(batch, a, b, &MatmulOptions::default())
-}
-
-/// C = act(op(A)·op(B) + bias) into a new tensor.
-pub fn matmul_with(
+/// C = act(op(A)·op(B) + bias) into a new tensor (`&MatmulOptions::default()`: C = A·B).
+pub fn matmul(
     batch: &mut Batch,
     a: &Tensor,
     b: &Tensor,
     options: &MatmulOptions,
 ) -> Result<Tensor> {
-    let d = dims("matmul", a, b, options.trans_a, options.trans_b)?;
-    if options.accumulate {
-        return Err(Error::InvalidArgument {
-            op: "matmul",
-            details: "accumulate needs an existing output: use matmul_into".into(),
-        });
-    }
+    let t = options.transposes;
+    let d = dims("matmul", a, b, t.a, t.b)?;
     let c = Tensor::uninit(batch.gpu(), &d.out_shape(), a.dtype())?;
-    matmul_into(batch, a, b, options, &c)?;
+    matmul_into(batch, a, b, options, &c, Write::Overwrite)?;
     Ok(c)
 }
 
-/// C = act(op(A)·op(B) + bias), or C += that with `accumulate`, into an existing tensor.
+/// C = act(op(A)·op(B) + bias), or C += that ([`Write::Accumulate`]), into an existing tensor.
 pub fn matmul_into(
     batch: &mut Batch,
     a: &Tensor,
     b: &Tensor,
     options: &MatmulOptions,
     c: &Tensor,
+    write: Write,
 ) -> Result<()> {
     const OP: &str = "matmul";
-    let d = dims(OP, a, b, options.trans_a, options.trans_b)?;
+    let t = options.transposes;
+    let d = dims(OP, a, b, t.a, t.b)?;
     if c.shape() != d.out_shape().as_slice() {
         return Err(Error::ShapeMismatch {
             op: OP,
@@ -363,14 +372,14 @@ pub fn matmul_into(
         &Launch {
             a: Operand {
                 tensor: a,
-                trans: options.trans_a,
+                trans: t.a,
                 stride_z: to_u32(OP, "A batch stride", stride(d.a_batch, d.m * d.k))?,
                 stride_r: 0,
                 offset: 0,
             },
             b: Operand {
                 tensor: b,
-                trans: options.trans_b,
+                trans: t.b,
                 stride_z: to_u32(OP, "B batch stride", stride(d.b_batch, d.k * d.n))?,
                 stride_r: 0,
                 offset: 0,
@@ -384,7 +393,7 @@ pub fn matmul_into(
                 per_row: false,
             }),
             activation: options.activation,
-            accumulate: options.accumulate,
+            accumulate: write == Write::Accumulate,
             m: d.m,
             n: d.n,
             k: d.k,
@@ -396,27 +405,17 @@ pub fn matmul_into(
 
 /// Gradients of C = op(A)·op(B) given dL/dC, through the same kernel with transposed operands (no
 /// transpose is materialized). An operand broadcast over the batch gets the sum over the batch.
-/// `options` gives the forward's transposes; its epilogue must be empty (bias, activation and
-/// accumulate are refused: apply `activation_backward` to dL/dC first, and take the bias gradient
-/// with `channel_sum`).
+/// `transposes` are the forward's. (For a forward with an epilogue, apply `activation_backward`
+/// to dL/dC first, and take the bias gradient with `channel_sum`.)
 pub fn matmul_backward(
     batch: &mut Batch,
     a: &Tensor,
     b: &Tensor,
     grad_c: &Tensor,
-    options: &MatmulOptions,
+    transposes: Transposes,
 ) -> Result<MatmulGrads> {
     const OP: &str = "matmul_backward";
-    if options.bias.is_some() || options.activation != Activation::None || options.accumulate {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            details:
-                "the backward pass takes the product's transposes only: apply \
-                      activation_backward to grad_c first and use channel_sum for the bias gradient"
-                    .into(),
-        });
-    }
-    let (trans_a, trans_b) = (options.trans_a, options.trans_b);
+    let (trans_a, trans_b) = (transposes.a, transposes.b);
     let d = dims(OP, a, b, trans_a, trans_b)?;
     if grad_c.shape() != d.out_shape().as_slice() {
         return Err(Error::ShapeMismatch {

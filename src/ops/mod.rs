@@ -22,10 +22,12 @@ pub use elementwise::{
     activation, activation_backward, axpy, bias_add, mul_in_place, scale_add, scale_in_place,
 };
 pub use loss::{cross_entropy, soft_cross_entropy, Loss, IGNORE_INDEX};
-pub use matmul::{matmul, matmul_backward, matmul_into, matmul_with, MatmulGrads, MatmulOptions};
+pub use matmul::{
+    matmul, matmul_backward, matmul_into, MatmulGrads, MatmulOptions, Transposes, Write,
+};
 pub use optim::{adam_step, clip_grad_norm, sgd_step, AdamConfig, Momentum, SgdConfig};
 pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, Pool2dParams};
-pub use quantized_linear::{quantize_int8, quantized_linear, QuantizedWeights, WeightFormat};
+pub use quantized_linear::{quantize_int8, quantized_linear, QuantizedWeights};
 pub use reduce::{channel_sum, mean, row_max_argmax, sum, sum_squares, top_k};
 pub use softmax::{
     log_softmax, log_softmax_backward, softmax, softmax_backward, softmax_into, SoftmaxKind,

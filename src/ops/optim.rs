@@ -1,6 +1,7 @@
 //! Optimizer updates as GPU kernels, applied in place: SGD (momentum, dampening, Nesterov, weight
 //! decay), Adam and AdamW, and gradient clipping by global norm. Parameters, gradients and state are
-//! f32. The stateful optimizers that own the state tensors are in [`crate::optim`].
+//! f32. These are the low layer: the one optimizer front-end, which owns the state, is
+//! [`crate::nn::Optimizer`].
 
 use crate::batch::Batch;
 use crate::dtype::DType;

@@ -4,7 +4,7 @@
 //! `SHADER_F16`). Dequantized inside the kernel.
 
 use crate::batch::Batch;
-use crate::dtype::DType;
+use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::activation::Activation;
@@ -79,24 +79,16 @@ pub fn quantize_int8(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
     (q, scales)
 }
 
-/// How [`QuantizedWeights`] store a weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightFormat {
-    /// int8, four per word, with a scale per output channel.
-    Int8,
-    /// f16, two per word.
-    PackedF16,
-}
-
 /// Compact weights on the GPU, packed into u32 words, with their per-row scales.
 #[derive(Debug, Clone)]
 pub struct QuantizedWeights {
     /// `[n, words per row]` U32 words.
     pub packed: Tensor,
-    /// `[n]` f32 scales (all 1 for [`WeightFormat::PackedF16`]).
+    /// `[n]` f32 scales (all 1 for f16).
     pub scales: Tensor,
-    /// The storage format.
-    pub format: WeightFormat,
+    /// How the weights are stored: [`Precision::Int8`] (four per word, a scale per output
+    /// channel) or [`Precision::F16`] (two per word).
+    pub format: Precision,
     /// Output channels.
     pub n: usize,
     /// Inputs.
@@ -104,6 +96,25 @@ pub struct QuantizedWeights {
 }
 
 impl QuantizedWeights {
+    /// `w` (`[n, k]`) in `precision`: [`Self::new`] for int8, [`Self::packed_f16`] for f16; f32
+    /// is no compact format ([`Error::InvalidArgument`]).
+    pub fn quantize(
+        gpu: &Gpu,
+        w: &[f32],
+        n: usize,
+        k: usize,
+        precision: Precision,
+    ) -> Result<Self> {
+        match precision {
+            Precision::Int8 => Self::new(gpu, w, n, k),
+            Precision::F16 => Self::packed_f16(gpu, w, n, k),
+            Precision::F32 => Err(Error::InvalidArgument {
+                op: "QuantizedWeights::quantize",
+                details: "f32 weights are not compact weights: keep the layer as it is".into(),
+            }),
+        }
+    }
+
     /// Quantizes `w` (`[n, k]`, a Linear weight in PyTorch's layout) and uploads it.
     pub fn new(gpu: &Gpu, w: &[f32], n: usize, k: usize) -> Result<Self> {
         if w.len() != n * k || n == 0 || k == 0 {
@@ -134,7 +145,7 @@ impl QuantizedWeights {
         Ok(QuantizedWeights {
             packed: Tensor::from_slice(gpu, &packed, &[n, words])?,
             scales: Tensor::from_slice(gpu, scales, &[n])?,
-            format: WeightFormat::Int8,
+            format: Precision::Int8,
             n,
             k,
         })
@@ -159,7 +170,7 @@ impl QuantizedWeights {
         Ok(QuantizedWeights {
             packed: Tensor::from_slice(gpu, &packed, &[n, words])?,
             scales: Tensor::full(gpu, &[n], crate::dtype::DType::F32, 1.0)?,
-            format: WeightFormat::PackedF16,
+            format: Precision::F16,
             n,
             k,
         })
@@ -168,8 +179,8 @@ impl QuantizedWeights {
     /// Bytes the weights take: the packed words, and the scales for int8.
     pub fn size_bytes(&self) -> u64 {
         match self.format {
-            WeightFormat::Int8 => self.packed.size_bytes() + self.scales.size_bytes(),
-            WeightFormat::PackedF16 => self.packed.size_bytes(),
+            Precision::Int8 => self.packed.size_bytes() + self.scales.size_bytes(),
+            _ => self.packed.size_bytes(),
         }
     }
 }
@@ -309,7 +320,7 @@ fn dispatch(
         vec![
             ("HAS_BIAS", u32::from(bias.is_some())),
             ("ACTIVATION", activation.code()),
-            ("FORMAT", u32::from(w.format == WeightFormat::PackedF16)),
+            ("FORMAT", u32::from(w.format == Precision::F16)),
         ],
     ))?;
     batch.dispatch_bound(

@@ -72,7 +72,7 @@ fn run_wgnn(runs: usize, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
                 case,
                 time(runs, || {
                     let mut batch = Batch::new(&gpu);
-                    let _c = ops::matmul(&mut batch, &a, &b).unwrap();
+                    let _c = ops::matmul(&mut batch, &a, &b, &Default::default()).unwrap();
                     batch.submit().unwrap();
                     gpu.wait().unwrap();
                 }),
