@@ -20,7 +20,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 mod common;
 
 use common::{cnn, full_size_set, mlp, random};
-use wgnn::infer::{InferenceSession, Precision, SessionOptions};
+use wgnn::infer::{Head, InferenceSession, Precision, SessionOptions};
 use wgnn::nn::{Init, Sequential};
 use wgnn::{Batch, DType, Gpu, Tensor};
 
@@ -136,7 +136,7 @@ fn bench(c: &mut Criterion) {
             let options = SessionOptions {
                 max_batch,
                 precision,
-                top_k: 3,
+                head: Head::Classifier { top_k: 3 },
                 ..SessionOptions::default()
             };
             let session =

@@ -22,7 +22,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use wgnn::data::Digits;
-use wgnn::infer::{InferenceSession, Precision, SessionOptions};
+use wgnn::infer::{Head, InferenceSession, Precision, SessionOptions};
 use wgnn::nn::prune::{apply_structured, magnitude_mask, structured_plan, PruningSchedule};
 use wgnn::nn::{Distillation, Init, LayerSpec, Optimizer, SavedModel, Sequential, Trainer};
 use wgnn::ops::AdamConfig;
@@ -90,7 +90,7 @@ fn measure(
         SessionOptions {
             max_batch: 1,
             precision,
-            top_k: 1,
+            head: Head::Classifier { top_k: 1 },
             ..SessionOptions::default()
         },
     )?;
@@ -109,7 +109,7 @@ fn measure(
         SessionOptions {
             max_batch: 4096,
             precision,
-            top_k: 1,
+            head: Head::Classifier { top_k: 1 },
             ..SessionOptions::default()
         },
     )?;

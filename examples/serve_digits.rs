@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 use wgnn::data::Digits;
-use wgnn::infer::{Batcher, BatcherConfig, InferenceSession, Precision, SessionOptions};
+use wgnn::infer::{Batcher, BatcherConfig, Head, InferenceSession, Precision, SessionOptions};
 use wgnn::nn::SavedModel;
 use wgnn::Gpu;
 
@@ -105,7 +105,7 @@ fn main() -> Result<()> {
         let options = SessionOptions {
             max_batch: 64,
             precision,
-            top_k: 3,
+            head: Head::Classifier { top_k: 3 },
             ..SessionOptions::default()
         };
         let session = Arc::new(InferenceSession::new(
@@ -141,7 +141,7 @@ fn main() -> Result<()> {
                                     }
                                 }
                                 let p = batcher.predict(&test.images[i * per..(i + 1) * per])?;
-                                if p.class == test.labels[i] {
+                                if p.class == Some(test.labels[i]) {
                                     correct.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 }
                                 sent += 1;

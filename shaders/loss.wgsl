@@ -8,6 +8,11 @@
 //   count_targets       counts[w] = number of labels in chunk w of rows that are classes, and
 //                       invalid[w] = number that are neither classes nor ignored (f32); wgnn adds
 //                       each into count[0] and count[1] before cross_entropy reads count[0].
+//   regression          prediction y and targets t of one shape, e = y - t, the mean over every
+//                       element (PyTorch's reduction='mean'), scale = 1/n:
+//                       KIND 0 MSE: l = e², g = 2e·scale; 1 L1: l = |e|, g = sign(e)·scale;
+//                       2 Huber(δ): |e| ≤ δ: l = e²/2, g = e·scale, else l = δ(|e| - δ/2),
+//                       g = δ·sign(e)·scale. Writes l·scale per element (summed afterwards).
 //   soft_cross_entropy  student logits z, teacher logits t, temperature T (distillation):
 //                       p = softmax(z/T), q = softmax(t/T), row_loss = T²·(-Σ q·log p) · grad_scale,
 //                       grad = T·(p - q) · grad_scale (grad_scale = 1 / rows).
@@ -20,7 +25,8 @@
 // Bindings: 0 params, 1 logits (read), 2 grad (read_write), 3 row_loss (read_write f32),
 // 4 labels (read u32; cross_entropy), 5 teacher logits (read; soft_cross_entropy), 6 stats
 // (read_write f32; chunked rows), 7 count (read f32; cross_entropy), 8 counts and 9 invalid
-// (read_write f32; count_targets).
+// (read_write f32; count_targets), 10 targets (read; regression, which writes its per-element
+// losses at 3).
 // Elem is f32 or f16 (wgnn rewrites the alias); arithmetic is f32. Prelude: numerics.wgsl.
 
 alias Elem = f32;
@@ -48,8 +54,19 @@ struct CountParams {
     rows_per_chunk: u32,
 }
 
+// regression reads its own struct at binding 0.
+struct RegressionParams {
+    n: u32,
+    groups_x: u32,
+    delta: f32,
+    scale: f32,
+}
+
+override KIND: u32 = 0u;    // regression: 0 MSE, 1 L1, 2 Huber
+
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(0) var<uniform> count_params: CountParams;
+@group(0) @binding(0) var<uniform> regression_params: RegressionParams;
 @group(0) @binding(1) var<storage, read> logits: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> grad: array<Elem>;
 @group(0) @binding(3) var<storage, read_write> row_loss: array<f32>;
@@ -59,6 +76,7 @@ struct CountParams {
 @group(0) @binding(7) var<storage, read> count: array<f32>;
 @group(0) @binding(8) var<storage, read_write> counts: array<f32>;
 @group(0) @binding(9) var<storage, read_write> invalid: array<f32>;
+@group(0) @binding(10) var<storage, read> targets: array<Elem>;
 
 fn group_index(wid: vec3<u32>) -> u32 {
     return wid.y * params.groups_x + wid.x;
@@ -287,4 +305,32 @@ fn soft_cross_entropy_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
     st = workgroup_soft(l, st);
     let lo = (flat % params.chunks) * CHUNK;
     soft_write(l, row, lo, min(lo + CHUNK, params.cols), st);
+}
+
+// ---- regression losses ---------------------------------------------------------------------
+
+@compute @workgroup_size(256, 1, 1)
+fn regression(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let params = regression_params;
+    let i = (wid.y * params.groups_x + wid.x) * WG + l;
+    if (i >= params.n) { return; }
+    let e = f32(logits[i]) - f32(targets[i]);
+    let a = abs(e);
+    var loss = e * e;
+    var g = 2.0 * e;
+    if (KIND == 1u) {
+        loss = a;
+        g = sign(e);
+    } else if (KIND == 2u) {
+        let d = params.delta;
+        if (a <= d) {
+            loss = 0.5 * e * e;
+            g = e;
+        } else {
+            loss = d * (a - 0.5 * d);
+            g = d * sign(e);
+        }
+    }
+    row_loss[i] = loss * params.scale;
+    grad[i] = Elem(g * params.scale);
 }

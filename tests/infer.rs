@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use wgnn::infer::{Batcher, BatcherConfig, InferenceSession, Precision, SessionOptions};
+use wgnn::infer::{Batcher, BatcherConfig, Head, InferenceSession, Precision, SessionOptions};
 use wgnn::nn::{Init, LayerSpec, Sequential};
 use wgnn::reference::{self, Array};
 use wgnn::{Activation, Error};
@@ -74,7 +74,7 @@ fn session(seed: u64, precision: Precision) -> InferenceSession {
     let options = SessionOptions {
         max_batch: 16,
         precision,
-        top_k: 3,
+        head: Head::Classifier { top_k: 3 },
         ..SessionOptions::default()
     };
     InferenceSession::new(model, options).unwrap()
@@ -98,10 +98,10 @@ fn predictions_match_the_reference() {
             let want = reference_probs_with(&cnn(), seed, &x, precision == Precision::Int8);
             let got = session.predict(&x).unwrap();
             let context = format!("{precision:?} rows {rows} seed {seed}");
-            assert_close(&got.probabilities, &want.data, tol, &context);
+            assert_close(&got.outputs, &want.data, tol, &context);
             assert_eq!(got.classes.len(), rows);
             for r in 0..rows {
-                let row = &got.probabilities[r * 10..(r + 1) * 10];
+                let row = &got.outputs[r * 10..(r + 1) * 10];
                 let best = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)));
                 assert_eq!(Some(got.classes[r] as usize), best, "{context} row {r}");
                 assert_eq!(got.top_k[r].len(), 3);
@@ -128,7 +128,7 @@ fn a_session_serves_many_threads_at_once() {
                     let got = session.predict(&x).unwrap();
                     let want = reference_probs(&cnn(), seed, &x);
                     assert_close(
-                        &got.probabilities,
+                        &got.outputs,
                         &want.data,
                         1e-5,
                         &format!("thread {t} request {i} seed {seed}"),
@@ -163,7 +163,7 @@ fn the_batcher_groups_requests_and_answers_each_caller() {
                     let got = batcher.predict(&x).unwrap();
                     let want = reference_probs(&cnn(), seed, &x);
                     assert_close(
-                        &got.probabilities,
+                        &got.outputs,
                         &want.data,
                         1e-5,
                         &format!("thread {t} request {i} seed {seed}"),
@@ -197,7 +197,7 @@ fn bad_requests_and_options_give_typed_errors() {
     let gpu = gpu();
     let model = Sequential::new(&gpu, &[1, 8, 8], cnn(), Init::XavierUniform { seed: 1 }).unwrap();
     let too_many = SessionOptions {
-        top_k: 11,
+        head: Head::Classifier { top_k: 11 },
         ..SessionOptions::default()
     };
     assert!(matches!(
@@ -248,7 +248,7 @@ fn session_options_are_checked_before_anything_is_made() {
         (
             "top_k 0",
             SessionOptions {
-                top_k: 0,
+                head: Head::Classifier { top_k: 0 },
                 ..Default::default()
             },
         ),
@@ -289,7 +289,7 @@ fn session_options_are_checked_before_anything_is_made() {
         wide,
         SessionOptions {
             max_batch,
-            top_k: 1,
+            head: Head::Classifier { top_k: 1 },
             ..Default::default()
         },
     )
@@ -320,12 +320,7 @@ fn a_mixed_precision_model_is_served_in_the_precision_asked_for() {
     let x = random(&mut rng, 4 * 64);
     let got = session.predict(&x).unwrap();
     let want = reference_probs(&cnn(), seed, &x);
-    assert_close(
-        &got.probabilities,
-        &want.data,
-        1e-5,
-        &format!("seed {seed}"),
-    );
+    assert_close(&got.outputs, &want.data, 1e-5, &format!("seed {seed}"));
     assert_eq!(
         session.model_bytes(),
         4 * (8 * 9 + 8 + 128 * 32 + 32 + 32 * 10 + 10)
@@ -358,12 +353,7 @@ fn predictions_have_a_deadline() {
     let want = reference_probs(&cnn(), seed, &x);
     for _ in 0..2 {
         let got = session.predict(&x).unwrap();
-        assert_close(
-            &got.probabilities,
-            &want.data,
-            1e-5,
-            &format!("seed {seed}"),
-        );
+        assert_close(&got.outputs, &want.data, 1e-5, &format!("seed {seed}"));
     }
     let options = SessionOptions {
         warm_up: false,
@@ -452,7 +442,7 @@ fn batcher_config_is_checked() {
     };
     let batcher = Batcher::new(session.clone(), config).unwrap();
     let answer = batcher.predict(&[0.5; 64]).unwrap();
-    assert_eq!(answer.probabilities.len(), 10);
+    assert_eq!(answer.outputs.len(), 10);
 }
 
 /// A request waits at most its timeout: one left waiting for company past it gets `Timeout`, is
@@ -503,7 +493,7 @@ fn batcher_shuts_down_from_a_shared_handle_under_traffic() {
                         Ok(p) => {
                             assert!(!refused, "answered after a refusal");
                             let want = reference_probs(&cnn(), seed, &x);
-                            assert_close(&p.probabilities, &want.data, 1e-5, "under shutdown");
+                            assert_close(&p.outputs, &want.data, 1e-5, "under shutdown");
                             answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         Err(Error::ShutDown { .. }) => refused = true,

@@ -289,6 +289,90 @@ fn reference_gradients_match_finite_differences() {
     check("soft_cross_entropy", &|x| {
         reference::loss::soft_cross_entropy(x, &teacher, 2.0)
     });
+    // Regression losses, away from their kinks (|e| = 0 for L1, |e| = delta for Huber).
+    let targets: Vec<f32> = teacher.data.clone();
+    for (name, loss) in [
+        ("mse", ops::Regression::Mse),
+        ("l1", ops::Regression::L1),
+        ("huber", ops::Regression::Huber { delta: 0.7 }),
+    ] {
+        let away = x
+            .data
+            .iter()
+            .zip(&targets)
+            .all(|(a, b)| ((a - b).abs() - 0.7).abs() > 2.0 * h && (a - b).abs() > 2.0 * h);
+        if away {
+            check(name, &|x| reference::loss::regression(x, &targets, loss));
+        }
+    }
+}
+
+/// MSE, L1 and Huber on the GPU against the reference, over ragged sizes (one element, odd
+/// counts, several grid rows) in f32 and f16, with a poisoned gradient output.
+#[test]
+fn regression_losses_match_the_reference() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    let dtypes: &[DType] = if gpu.supports_f16() {
+        &[DType::F32, DType::F16]
+    } else {
+        &[DType::F32]
+    };
+    for &dtype in dtypes {
+        for shape in [vec![1, 1], vec![7, 3], vec![3, 70_001]] {
+            let n: usize = shape.iter().product();
+            let mut y: Vec<f32> = random(&mut rng, n).iter().map(|v| v * 3.0).collect();
+            let mut t: Vec<f32> = random(&mut rng, n).iter().map(|v| v * 3.0).collect();
+            if dtype == DType::F16 {
+                (y, t) = (round_f16(&y), round_f16(&t));
+            }
+            for loss in [
+                ops::Regression::Mse,
+                ops::Regression::L1,
+                ops::Regression::Huber { delta: 1.0 },
+                ops::Regression::Huber { delta: 0.25 },
+            ] {
+                let (want_loss, want_grad) =
+                    reference::loss::regression(&Array::new(&shape, y.clone()), &t, loss);
+                let ty = Tensor::from_f32(&gpu, &y, &shape, dtype).unwrap();
+                let tt = Tensor::from_f32(&gpu, &t, &shape, dtype).unwrap();
+                let mut batch = Batch::new(&gpu);
+                let out = ops::regression(&mut batch, &ty, &tt, loss).unwrap();
+                batch.submit().unwrap();
+                let context = format!("{loss:?} {shape:?} {dtype:?} seed {seed}");
+                let tol = if dtype == DType::F16 { 1e-2 } else { 1e-5 };
+                assert_close(
+                    &out.loss.to_vec::<f32>().unwrap(),
+                    &[want_loss],
+                    tol,
+                    &context,
+                );
+                // Gradients are of size 1/n: compare them scaled to O(1).
+                let scaled = |g: Vec<f32>| g.iter().map(|v| v * n as f32).collect::<Vec<f32>>();
+                assert_close(
+                    &scaled(out.grad_logits.to_vec_f32().unwrap()),
+                    &scaled(want_grad.data),
+                    tol,
+                    &context,
+                );
+                assert_guard_intact(&out.grad_logits, &context);
+            }
+        }
+    }
+    // Bad input: shapes, dtypes, a delta that is no positive number.
+    let a = Tensor::zeros(&gpu, &[2, 3], DType::F32).unwrap();
+    let b = Tensor::zeros(&gpu, &[3, 2], DType::F32).unwrap();
+    let mut batch = Batch::new(&gpu);
+    assert!(matches!(
+        ops::regression(&mut batch, &a, &b, ops::Regression::Mse),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    for delta in [0.0, -1.0, f32::NAN] {
+        assert!(matches!(
+            ops::regression(&mut batch, &a, &a, ops::Regression::Huber { delta }),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
 }
 
 #[test]

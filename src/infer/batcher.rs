@@ -91,11 +91,11 @@ impl Default for BatcherConfig {
 /// One sample's prediction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
-    /// Class probabilities.
-    pub probabilities: Vec<f32>,
-    /// The most probable class.
-    pub class: u32,
-    /// The best (class, probability) pairs, best first.
+    /// Class probabilities (classifier head) or the model's outputs (raw head).
+    pub outputs: Vec<f32>,
+    /// The most probable class (classifier head; `None` for raw outputs).
+    pub class: Option<u32>,
+    /// The best (class, probability) pairs, best first (classifier head; empty for raw outputs).
     pub top_k: Vec<(u32, f32)>,
 }
 
@@ -389,9 +389,9 @@ fn serve(session: &InferenceSession, group: Vec<Request>, record: &Mutex<Record>
         Ok(p) => {
             for (i, req) in group.into_iter().enumerate() {
                 let _ = req.reply.send(Ok(Prediction {
-                    probabilities: p.probabilities[i * classes..(i + 1) * classes].to_vec(),
-                    class: p.classes[i],
-                    top_k: p.top_k[i].clone(),
+                    outputs: p.outputs[i * classes..(i + 1) * classes].to_vec(),
+                    class: p.classes.get(i).copied(),
+                    top_k: p.top_k.get(i).cloned().unwrap_or_default(),
                 }));
             }
         }

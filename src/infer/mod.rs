@@ -16,7 +16,7 @@ use crate::batch::{Batch, Plan};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::nn::Sequential;
+use crate::nn::Model;
 use crate::ops;
 use crate::tensor::Tensor;
 
@@ -36,8 +36,9 @@ pub struct SessionOptions {
     /// Compute precision. A model that trained in mixed precision is served in the precision
     /// asked for here (its f32 master weights for [`Precision::F32`]).
     pub precision: Precision,
-    /// How many best classes each prediction lists: 1 to the model's number of classes.
-    pub top_k: usize,
+    /// What each prediction holds: the classifier head (softmax, argmax and top-k on the GPU) or
+    /// the model's raw outputs.
+    pub head: Head,
     /// Replay every bucket once when the session is made, so that the first requests do not pay
     /// for first-touch costs (pipelines and memory used for the first time: up to 400 ms per
     /// bucket on software Vulkan). On by default.
@@ -60,21 +61,36 @@ impl Default for SessionOptions {
         SessionOptions {
             max_batch: 64,
             precision: Precision::F32,
-            top_k: 3,
+            head: Head::Classifier { top_k: 3 },
             warm_up: true,
             timeout: Duration::from_secs(30),
         }
     }
 }
 
+/// What an [`InferenceSession`] computes after the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// A classifier's answer: softmax probabilities, the argmax and the `top_k` best classes, all
+    /// on the GPU. `top_k` is 1 to the model's number of outputs per sample.
+    Classifier {
+        /// How many best classes each prediction lists.
+        top_k: usize,
+    },
+    /// The model's outputs as they are (a regression, embeddings, logits).
+    Raw,
+}
+
 /// The result of [`InferenceSession::predict`] for `rows` samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Predictions {
-    /// Class probabilities (softmax of the outputs), `rows × classes`, row-major.
-    pub probabilities: Vec<f32>,
-    /// The most probable class of each sample.
+    /// Per sample, `rows × outputs` row-major: class probabilities (the softmax of the model's
+    /// outputs) for [`Head::Classifier`], the model's outputs for [`Head::Raw`].
+    pub outputs: Vec<f32>,
+    /// The most probable class of each sample (classifier head; empty for raw outputs).
     pub classes: Vec<u32>,
-    /// The `top_k` best (class, probability) pairs of each sample, best first.
+    /// The `top_k` best (class, probability) pairs of each sample, best first (classifier head;
+    /// empty for raw outputs).
     pub top_k: Vec<Vec<(u32, f32)>>,
 }
 
@@ -82,9 +98,9 @@ pub struct Predictions {
 struct Bucket {
     plan: Plan,
     input: Tensor,
-    /// probabilities, classes, top-k values, top-k indices.
-    outputs: [Tensor; 4],
-    offsets: [u64; 4],
+    /// Classifier: probabilities, classes, top-k values, top-k indices; raw: the outputs.
+    outputs: Vec<Tensor>,
+    offsets: Vec<u64>,
     staging: wgpu::Buffer,
     host_input: Vec<u8>,
     /// A replay whose wait timed out: it is finished (and its readback unmapped) before the
@@ -130,7 +146,7 @@ pub struct InferenceSession {
     model_bytes: usize,
     buckets: Vec<Mutex<Bucket>>,
     sizes: Vec<usize>,
-    _model: Sequential,
+    _model: Model,
 }
 
 impl std::fmt::Debug for InferenceSession {
@@ -156,9 +172,10 @@ fn bucket_sizes(max: usize) -> Vec<usize> {
 }
 
 impl InferenceSession {
-    /// Compiles `model` (a classifier: its output is `[batch, classes]`) for serving. `options`
-    /// and the model's activations at `max_batch` are checked before any plan is made.
-    pub fn new(mut model: Sequential, options: SessionOptions) -> Result<Self> {
+    /// Compiles `model` (one input; its outputs per sample are the classes of a classifier head,
+    /// or whatever [`Head::Raw`] hands back) for serving. `options` and the model's activations at
+    /// `max_batch` are checked before any plan is made.
+    pub fn new(mut model: Model, options: SessionOptions) -> Result<Self> {
         const OP: &str = "InferenceSession::new";
         let gpu = model.gpu().clone();
         let invalid = |details: String| Err(Error::InvalidArgument { op: OP, details });
@@ -176,13 +193,20 @@ impl InferenceSession {
                 options.timeout
             ));
         }
+        if model.input_shapes().len() != 1 {
+            return invalid(format!(
+                "a session serves single-input models; this one takes {}",
+                model.input_shapes().len()
+            ));
+        }
         let out = model.output_shape(1)?;
         let classes: usize = out[1..].iter().product();
-        if options.top_k == 0 || options.top_k > classes {
-            return invalid(format!(
-                "top_k must be in 1..={classes} (the model's classes), got {}",
-                options.top_k
-            ));
+        if let Head::Classifier { top_k } = options.head {
+            if top_k == 0 || top_k > classes {
+                return invalid(format!(
+                    "top_k must be in 1..={classes} (the model's classes), got {top_k}"
+                ));
+            }
         }
         // The served precision, whatever the model trained in.
         let model_bytes = match options.precision {
@@ -236,7 +260,7 @@ impl InferenceSession {
 
     fn bucket(
         gpu: &Gpu,
-        model: &mut Sequential,
+        model: &mut Model,
         rows: usize,
         classes: usize,
         options: SessionOptions,
@@ -247,12 +271,17 @@ impl InferenceSession {
         let mut batch = Batch::capture(gpu);
         let logits = model.forward(&mut batch, &input, false)?;
         let logits = logits.reshape(&[rows, classes])?;
-        let probs = ops::softmax(&mut batch, &logits)?;
-        let (_, argmax) = ops::row_max_argmax(&mut batch, &probs)?;
-        let (top_values, top_indices) = ops::top_k(&mut batch, &probs, options.top_k)?;
+        let outputs = match options.head {
+            Head::Classifier { top_k } => {
+                let probs = ops::softmax(&mut batch, &logits)?;
+                let (_, argmax) = ops::row_max_argmax(&mut batch, &probs)?;
+                let (top_values, top_indices) = ops::top_k(&mut batch, &probs, top_k)?;
+                vec![probs, argmax, top_values, top_indices]
+            }
+            Head::Raw => vec![logits],
+        };
         let plan = batch.into_plan()?;
-        let outputs = [probs, argmax, top_values, top_indices];
-        let mut offsets = [0u64; 4];
+        let mut offsets = vec![0u64; outputs.len()];
         let mut total = 0u64;
         for (offset, t) in offsets.iter_mut().zip(&outputs) {
             *offset = total;
@@ -279,7 +308,7 @@ impl InferenceSession {
     pub fn input_shape(&self) -> &[usize] {
         &self.input_shape
     }
-    /// Number of classes.
+    /// The model's outputs per sample (the number of classes of a classifier).
     pub fn classes(&self) -> usize {
         self.classes
     }
@@ -348,13 +377,13 @@ impl InferenceSession {
             });
         }
         let mut all = Predictions {
-            probabilities: Vec::new(),
+            outputs: Vec::new(),
             classes: Vec::new(),
             top_k: Vec::new(),
         };
         for chunk in x.chunks(self.options.max_batch * per_sample) {
             let part = self.predict_bucket(chunk, chunk.len() / per_sample, deadline)?;
-            all.probabilities.extend(part.probabilities);
+            all.outputs.extend(part.outputs);
             all.classes.extend(part.classes);
             all.top_k.extend(part.top_k);
         }
@@ -464,21 +493,30 @@ impl InferenceSession {
                     _ => bytemuck::pod_collect_to_vec(bytes_of(i)),
                 }
             };
-            let (classes, k) = (self.classes, self.options.top_k);
-            let probs = floats(0);
-            let argmax: Vec<u32> = bytemuck::pod_collect_to_vec(bytes_of(1));
-            let top_values = floats(2);
-            let top_indices: Vec<u32> = bytemuck::pod_collect_to_vec(bytes_of(3));
-            Predictions {
-                probabilities: probs[..rows * classes].to_vec(),
-                classes: argmax[..rows].to_vec(),
-                top_k: (0..rows)
-                    .map(|r| {
-                        (0..k)
-                            .map(|t| (top_indices[r * k + t], top_values[r * k + t]))
-                            .collect()
-                    })
-                    .collect(),
+            let classes = self.classes;
+            let outputs = floats(0)[..rows * classes].to_vec();
+            match self.options.head {
+                Head::Raw => Predictions {
+                    outputs,
+                    classes: Vec::new(),
+                    top_k: Vec::new(),
+                },
+                Head::Classifier { top_k: k } => {
+                    let argmax: Vec<u32> = bytemuck::pod_collect_to_vec(bytes_of(1));
+                    let top_values = floats(2);
+                    let top_indices: Vec<u32> = bytemuck::pod_collect_to_vec(bytes_of(3));
+                    Predictions {
+                        outputs,
+                        classes: argmax[..rows].to_vec(),
+                        top_k: (0..rows)
+                            .map(|r| {
+                                (0..k)
+                                    .map(|t| (top_indices[r * k + t], top_values[r * k + t]))
+                                    .collect()
+                            })
+                            .collect(),
+                    }
+                }
             }
         };
         b.staging.unmap();

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use super::layer::ParamRole;
 use super::layers::LayerSpec;
 use super::model::Sequential;
 use super::params::HostParameters;
@@ -135,6 +136,15 @@ impl SavedModel {
                 });
             }
         }
+        // What each parameter is, as its layer says: compact storage holds weights only.
+        let mut weights = std::collections::HashSet::new();
+        for (i, spec) in self.layers.iter().enumerate() {
+            for p in spec.build()?.parameters() {
+                if matches!(p.role, ParamRole::Weight { .. }) {
+                    weights.insert(format!("{i}.{}", p.name));
+                }
+            }
+        }
         let mut metadata = HashMap::new();
         metadata.insert(FORMAT.0.to_string(), FORMAT.1.to_string());
         metadata.insert("input_shape".into(), json(&self.input_shape)?);
@@ -160,7 +170,7 @@ impl SavedModel {
                         bytemuck::cast_slice(&half).to_vec(),
                     ));
                 }
-                Precision::Int8 if name.ends_with(".weight") => {
+                Precision::Int8 if weights.contains(name) => {
                     // Quantization has no NaN or infinity: it would store them as some other
                     // number without a word.
                     if let Some(j) = values.iter().position(|v| !v.is_finite()) {
@@ -242,8 +252,13 @@ impl SavedModel {
         let mut parameters = Vec::new();
         let mut expected_tensors = 0usize;
         for (i, spec) in layers.iter().enumerate() {
-            for (name, shape) in spec.parameter_shapes() {
-                let name = format!("{i}.{name}");
+            for p in spec
+                .build()
+                .map_err(|e| corrupt(format!("layer {i}: {e}")))?
+                .parameters()
+            {
+                let (name, shape) = (format!("{i}.{}", p.name), p.shape);
+                let weight = matches!(p.role, ParamRole::Weight { .. });
                 let view = tensors
                     .tensor(&name)
                     .map_err(|_| corrupt(format!("missing tensor {name:?}")))?;
@@ -260,7 +275,7 @@ impl SavedModel {
                         .into_iter()
                         .map(f32::from)
                         .collect(),
-                    Dtype::I8 if name.ends_with(".weight") => {
+                    Dtype::I8 if weight => {
                         let scale_name = format!("{name}_scale");
                         let scales = tensors.tensor(&scale_name).map_err(|_| {
                             corrupt(format!("{name} is int8 but {scale_name:?} is missing"))
@@ -337,11 +352,19 @@ impl SavedModel {
 }
 
 impl Sequential {
-    /// The model's architecture and current parameters, read back from the GPU.
+    /// The model's architecture and current parameters, read back from the GPU. Model files
+    /// hold chains of built-in layers ([`Sequential`]); a model with skip connections, several
+    /// inputs or layers of another crate is refused with [`Error::InvalidArgument`].
     pub fn to_saved(&self) -> Result<SavedModel> {
+        let layers = self.specs().ok_or_else(|| Error::InvalidArgument {
+            op: "Model::save",
+            details: "model files hold chains of built-in layers (Sequential); this model has \
+                      skip connections, several inputs or layers of another crate"
+                .into(),
+        })?;
         Ok(SavedModel {
             input_shape: self.input_shape().to_vec(),
-            layers: self.specs().to_vec(),
+            layers: layers.to_vec(),
             parameters: self.params().to_host()?,
         })
     }

@@ -1,9 +1,12 @@
-//! Layers with an explicit backward: a training forward saves what the backward needs.
+//! The built-in layers, each a [`Layer`] with an explicit backward (a training forward saves what
+//! the backward needs), and [`LayerSpec`], their description in model files.
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::Batch;
+use super::layer::{expect_inputs, Context, Layer, ParamSpec};
+use crate::dtype::Precision;
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
 use crate::ops::{self, Activation, Conv2dParams, Pool2dParams};
 use crate::tensor::Tensor;
 
@@ -52,6 +55,9 @@ pub enum LayerSpec {
         /// Which.
         function: Activation,
     },
+    /// The sum of two inputs of one shape (a skip connection). Takes two inputs: a model built
+    /// with [`crate::nn::ModelBuilder`], not a chain.
+    Add,
 }
 
 /// The largest padded side (size + 2 · padding) a layer accepts, as the convolution op does.
@@ -67,6 +73,7 @@ impl LayerSpec {
             LayerSpec::AvgPool2d { .. } => "AvgPool2d",
             LayerSpec::Flatten => "Flatten",
             LayerSpec::Activation { .. } => "Activation",
+            LayerSpec::Add => "Add",
         }
     }
 
@@ -117,7 +124,7 @@ impl LayerSpec {
                 at_least_one("window", kernel)?;
                 at_least_one("stride", stride)?;
             }
-            LayerSpec::Flatten | LayerSpec::Activation { .. } => {}
+            LayerSpec::Flatten | LayerSpec::Activation { .. } | LayerSpec::Add => {}
         }
         Ok(())
     }
@@ -209,7 +216,36 @@ impl LayerSpec {
                 ))),
             },
             LayerSpec::Activation { .. } => Ok(input.to_vec()),
+            LayerSpec::Add => Err(mismatch(
+                "Add takes two inputs: build it into a model with ModelBuilder".into(),
+            )),
         }
+    }
+
+    /// The layer this spec describes, ready to be placed in a model.
+    pub fn build(&self) -> Result<Box<dyn Layer>> {
+        self.validate()?;
+        Ok(match *self {
+            LayerSpec::Linear { inputs, outputs } => Box::new(Linear::new(inputs, outputs)),
+            LayerSpec::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            } => Box::new(Conv2d::new(
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            )),
+            LayerSpec::MaxPool2d { kernel, stride } => Box::new(MaxPool2d::new(kernel, stride)),
+            LayerSpec::AvgPool2d { kernel, stride } => Box::new(AvgPool2d::new(kernel, stride)),
+            LayerSpec::Flatten => Box::new(Flatten::default()),
+            LayerSpec::Activation { function } => Box::new(ActivationLayer::new(function)),
+            LayerSpec::Add => Box::new(Add::default()),
+        })
     }
 
     /// Parameter shapes (weight, then bias) and fans (in, out) for initialization.
@@ -261,239 +297,610 @@ impl LayerSpec {
     }
 }
 
-/// What a layer saved in a training forward for its backward.
-#[derive(Debug, Default)]
-enum Saved {
-    #[default]
-    Nothing,
-    /// The input (and, for a fused activation, the output).
-    Input(Tensor, Option<Tensor>),
-    /// Max pooling's indices and input shape.
-    Indices(Tensor, Vec<usize>),
-    /// The input shape (average pooling, flatten).
-    Shape(Vec<usize>),
-}
-
-/// One layer of a [`crate::nn::Sequential`] model, with its parameter views.
+/// y = x·Wᵀ + b over `[batch, inputs]`; W is `[outputs, inputs]` (PyTorch's layout).
 #[derive(Debug)]
-pub struct Layer {
-    spec: LayerSpec,
-    /// Weight and bias values and gradients (views into the model's arenas).
-    params: Vec<(Tensor, Tensor)>,
-    /// An activation fused into this layer's epilogue (ReLU after Linear/Conv2d).
+pub struct Linear {
+    inputs: usize,
+    outputs: usize,
+    /// An activation fused into the matmul's epilogue.
     fused: Activation,
-    /// This activation layer's work was fused into the layer before it.
-    absorbed: bool,
-    /// Int8 weights that replace the f32 ones in the forward pass (inference only).
-    quantized: Option<ops::QuantizedWeights>,
-    saved: Saved,
+    /// Compact weights that replace W in an inference forward.
+    compact: Option<ops::QuantizedWeights>,
+    /// The input, and with a fused activation the output.
+    saved: Option<(Tensor, Option<Tensor>)>,
 }
 
-impl Layer {
-    pub(crate) fn new(spec: LayerSpec, params: Vec<(Tensor, Tensor)>) -> Self {
-        Layer {
-            spec,
-            params,
+impl Linear {
+    /// A Linear layer of `inputs` to `outputs` features.
+    pub fn new(inputs: usize, outputs: usize) -> Self {
+        Linear {
+            inputs,
+            outputs,
             fused: Activation::None,
-            absorbed: false,
-            quantized: None,
-            saved: Saved::Nothing,
+            compact: None,
+            saved: None,
         }
     }
+}
 
-    pub(crate) fn set_params(&mut self, params: Vec<(Tensor, Tensor)>) {
-        self.params = params;
+fn one_input<'t>(kind: &str, inputs: &[&'t [usize]]) -> Result<&'t [usize]> {
+    expect_inputs(kind, inputs.len(), 1)?;
+    Ok(inputs[0])
+}
+
+fn not_trained(kind: &str) -> Error {
+    Error::InvalidArgument {
+        op: "Layer::backward",
+        details: format!("{kind}: backward needs a training forward first"),
+    }
+}
+
+fn inference_only(kind: &str) -> Error {
+    Error::InvalidArgument {
+        op: "Layer::forward",
+        details: format!(
+            "{kind}: a layer with compact (int8 or f16) weights serves inference only"
+        ),
+    }
+}
+
+/// Records dL/dz from dL/dy for a layer whose epilogue applied `fused` to z (y saved).
+fn through_fused(
+    ctx: &mut Context,
+    fused: Activation,
+    y: &Option<Tensor>,
+    grad_y: &Tensor,
+) -> Result<Tensor> {
+    match y {
+        Some(y) => ops::activation_backward(ctx.batch, y, grad_y, fused),
+        None => Ok(grad_y.clone()),
+    }
+}
+
+impl Layer for Linear {
+    fn kind(&self) -> &'static str {
+        "Linear"
     }
 
-    pub(crate) fn set_quantized(&mut self, weights: ops::QuantizedWeights) {
-        self.quantized = Some(weights);
+    fn parameters(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::weight("weight", &[self.outputs, self.inputs]),
+            ParamSpec::bias("bias", self.outputs),
+        ]
     }
 
-    /// Int8 weights of this layer, if it was quantized.
-    pub fn quantized(&self) -> Option<&ops::QuantizedWeights> {
-        self.quantized.as_ref()
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        self.spec()
+            .expect("built in")
+            .output_shape(one_input(self.kind(), inputs)?)
     }
 
-    /// The layer's architecture.
-    pub fn spec(&self) -> &LayerSpec {
-        &self.spec
-    }
-
-    /// Fuses a following ReLU into this Linear or Conv2d; returns whether it did.
-    pub(crate) fn fuse(&mut self, next: &LayerSpec) -> bool {
-        let fusable = matches!(
-            self.spec,
-            LayerSpec::Linear { .. } | LayerSpec::Conv2d { .. }
-        ) && *next
-            == LayerSpec::Activation {
-                function: Activation::Relu,
-            };
-        if fusable {
-            self.fused = Activation::Relu;
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        let x = inputs[0];
+        let bias = ctx.param("bias")?.clone();
+        if let Some(q) = &self.compact {
+            if ctx.train {
+                return Err(inference_only(self.kind()));
+            }
+            return ops::quantized_linear(ctx.batch, x, q, Some(&bias), self.fused);
         }
-        fusable
-    }
-
-    pub(crate) fn absorb(&mut self) {
-        self.absorbed = true;
-    }
-
-    /// Records the forward pass; with `train`, saves what [`Self::backward`] needs.
-    pub fn forward(&mut self, batch: &mut Batch, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = match &self.spec {
-            LayerSpec::Linear { .. } if self.quantized.is_some() => {
-                if train {
-                    return Err(Error::InvalidArgument {
-                        op: "Layer::forward",
-                        details: "a quantized layer serves inference only".into(),
-                    });
-                }
-                let q = self.quantized.as_ref().expect("checked above");
-                return ops::quantized_linear(batch, x, q, Some(&self.params[1].0), self.fused);
-            }
-            LayerSpec::Linear { .. } => {
-                let options = ops::MatmulOptions {
-                    transposes: ops::Transposes { a: false, b: true },
-                    bias: Some(&self.params[1].0),
-                    activation: self.fused,
-                };
-                ops::matmul(batch, x, &self.params[0].0, &options)?
-            }
-            LayerSpec::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                ..
-            } if self.quantized.is_some() => {
-                if train {
-                    return Err(Error::InvalidArgument {
-                        op: "Layer::forward",
-                        details: "a quantized layer serves inference only".into(),
-                    });
-                }
-                let q = self.quantized.as_ref().expect("checked above");
-                return ops::conv2d_quantized(
-                    batch,
-                    x,
-                    [*out_channels, *in_channels, kernel.0, kernel.1],
-                    q,
-                    Some(&self.params[1].0),
-                    &self.spec.conv_params(),
-                    self.fused,
-                );
-            }
-            LayerSpec::Conv2d { .. } => ops::conv2d(
-                batch,
-                x,
-                &self.params[0].0,
-                Some(&self.params[1].0),
-                &self.spec.conv_params(),
-                self.fused,
-            )?,
-            LayerSpec::MaxPool2d { .. } => {
-                let (y, indices) = ops::max_pool2d(batch, x, &self.spec.pool_params())?;
-                if train {
-                    self.saved = Saved::Indices(indices, x.shape().to_vec());
-                }
-                return Ok(y);
-            }
-            LayerSpec::AvgPool2d { .. } => {
-                if train {
-                    self.saved = Saved::Shape(x.shape().to_vec());
-                }
-                return ops::avg_pool2d(batch, x, &self.spec.pool_params());
-            }
-            LayerSpec::Flatten => {
-                let shape = self.spec.output_shape(x.shape())?;
-                if train {
-                    self.saved = Saved::Shape(x.shape().to_vec());
-                }
-                return x.reshape(&shape);
-            }
-            LayerSpec::Activation { function } => {
-                if self.absorbed {
-                    return Ok(x.clone());
-                }
-                let y = ops::activation(batch, x, *function)?;
-                if train {
-                    self.saved = Saved::Input(x.clone(), None);
-                }
-                return Ok(y);
-            }
+        let options = ops::MatmulOptions {
+            transposes: ops::Transposes { a: false, b: true },
+            bias: Some(&bias),
+            activation: self.fused,
         };
-        if train {
+        let w = ctx.param("weight")?.clone();
+        let y = ops::matmul(ctx.batch, x, &w, &options)?;
+        if ctx.train {
             let out = (self.fused != Activation::None).then(|| y.clone());
-            self.saved = Saved::Input(x.clone(), out);
+            self.saved = Some((x.clone(), out));
         }
         Ok(y)
     }
 
-    /// Records the backward pass from dL/dy: adds the parameter gradients into the gradient arena
-    /// and returns dL/dx when `input_grad` (the first layer does not need it).
-    pub fn backward(
+    fn backward(
         &mut self,
-        batch: &mut Batch,
+        ctx: &mut Context,
         grad_y: &Tensor,
-        input_grad: bool,
-    ) -> Result<Option<Tensor>> {
-        let saved = std::mem::take(&mut self.saved);
-        let missing = || Error::InvalidArgument {
-            op: "Layer::backward",
-            details: "backward needs a training forward first".into(),
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (x, y) = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
+        let dz = through_fused(ctx, self.fused, &y, grad_y)?;
+        let (w, gw, gb) = (
+            ctx.param("weight")?.clone(),
+            ctx.grad("weight")?.clone(),
+            ctx.grad("bias")?.clone(),
+        );
+        // dW += dzᵀ·x; db += Σ_rows dz; dx = dz·W.
+        let transpose_a = ops::MatmulOptions {
+            transposes: ops::Transposes { a: true, b: false },
+            ..Default::default()
         };
-        match (&self.spec, saved) {
-            (LayerSpec::Linear { .. }, Saved::Input(x, y)) => {
-                let dz = match &y {
-                    Some(y) => ops::activation_backward(batch, y, grad_y, self.fused)?,
-                    None => grad_y.clone(),
-                };
-                let (w, gw) = &self.params[0];
-                let gb = &self.params[1].1;
-                // dW += dzᵀ·x; db += Σ_rows dz; dx = dz·W.
-                let transpose_a = ops::MatmulOptions {
-                    transposes: ops::Transposes { a: true, b: false },
-                    ..Default::default()
-                };
-                ops::matmul_into(batch, &dz, &x, &transpose_a, gw, ops::Write::Accumulate)?;
-                let db = ops::channel_sum(batch, &dz, 1)?;
-                ops::axpy(batch, gb, 1.0, &db)?;
-                if input_grad {
-                    return Ok(Some(ops::matmul(batch, &dz, w, &Default::default())?));
-                }
-                Ok(None)
-            }
-            (LayerSpec::Conv2d { .. }, Saved::Input(x, y)) => {
-                let dz = match &y {
-                    Some(y) => ops::activation_backward(batch, y, grad_y, self.fused)?,
-                    None => grad_y.clone(),
-                };
-                let grads = ops::conv2d_backward(
-                    batch,
-                    &x,
-                    &self.params[0].0,
-                    &dz,
-                    &self.spec.conv_params(),
-                    ops::BiasGradient::Compute,
-                )?;
-                ops::axpy(batch, &self.params[0].1, 1.0, &grads.weight)?;
-                if let Some(db) = &grads.bias {
-                    ops::axpy(batch, &self.params[1].1, 1.0, db)?;
-                }
-                Ok(input_grad.then_some(grads.input))
-            }
-            (LayerSpec::MaxPool2d { .. }, Saved::Indices(indices, shape)) => {
-                ops::max_pool2d_backward(batch, grad_y, &indices, &shape, &self.spec.pool_params())
-                    .map(Some)
-            }
-            (LayerSpec::AvgPool2d { .. }, Saved::Shape(shape)) => {
-                ops::avg_pool2d_backward(batch, grad_y, &shape, &self.spec.pool_params()).map(Some)
-            }
-            (LayerSpec::Flatten, Saved::Shape(shape)) => grad_y.reshape(&shape).map(Some),
-            (LayerSpec::Activation { .. }, _) if self.absorbed => Ok(Some(grad_y.clone())),
-            (LayerSpec::Activation { function }, Saved::Input(x, _)) => {
-                ops::activation_backward(batch, &x, grad_y, *function).map(Some)
-            }
-            _ => Err(missing()),
+        ops::matmul_into(
+            ctx.batch,
+            &dz,
+            &x,
+            &transpose_a,
+            &gw,
+            ops::Write::Accumulate,
+        )?;
+        let db = ops::channel_sum(ctx.batch, &dz, 1)?;
+        ops::axpy(ctx.batch, &gb, 1.0, &db)?;
+        let dx = if needs.first() == Some(&true) {
+            Some(ops::matmul(ctx.batch, &dz, &w, &Default::default())?)
+        } else {
+            None
+        };
+        Ok(vec![dx])
+    }
+
+    fn fuse(&mut self, activation: Activation) -> bool {
+        let fusable = activation == Activation::Relu && self.fused == Activation::None;
+        if fusable {
+            self.fused = activation;
         }
+        fusable
+    }
+
+    fn compact(
+        &mut self,
+        gpu: &Gpu,
+        precision: Precision,
+        values: &[&[f32]],
+    ) -> Result<Option<usize>> {
+        let q =
+            ops::QuantizedWeights::quantize(gpu, values[0], self.outputs, self.inputs, precision)?;
+        let bytes = q.size_bytes() as usize + 4 * self.outputs; // the weights, and the f32 bias
+        self.compact = Some(q);
+        Ok(Some(bytes))
+    }
+
+    fn spec(&self) -> Option<LayerSpec> {
+        Some(LayerSpec::Linear {
+            inputs: self.inputs,
+            outputs: self.outputs,
+        })
+    }
+}
+
+/// 2-D convolution over NCHW with a bias; W is `[out, in, kh, kw]`.
+#[derive(Debug)]
+pub struct Conv2d {
+    in_channels: usize,
+    out_channels: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+    fused: Activation,
+    compact: Option<ops::QuantizedWeights>,
+    saved: Option<(Tensor, Option<Tensor>)>,
+}
+
+impl Conv2d {
+    /// A convolution of `in_channels` to `out_channels` with a `kernel` window, `stride` and zero
+    /// `padding` (height, width each).
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+    ) -> Self {
+        Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            fused: Activation::None,
+            compact: None,
+            saved: None,
+        }
+    }
+
+    fn conv_params(&self) -> Conv2dParams {
+        Conv2dParams {
+            stride: self.stride,
+            padding: self.padding,
+            ..Conv2dParams::default()
+        }
+    }
+}
+
+impl Layer for Conv2d {
+    fn kind(&self) -> &'static str {
+        "Conv2d"
+    }
+
+    fn parameters(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::weight(
+                "weight",
+                &[
+                    self.out_channels,
+                    self.in_channels,
+                    self.kernel.0,
+                    self.kernel.1,
+                ],
+            ),
+            ParamSpec::bias("bias", self.out_channels),
+        ]
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        self.spec()
+            .expect("built in")
+            .output_shape(one_input(self.kind(), inputs)?)
+    }
+
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        let x = inputs[0];
+        let bias = ctx.param("bias")?.clone();
+        if let Some(q) = &self.compact {
+            if ctx.train {
+                return Err(inference_only(self.kind()));
+            }
+            let shape = [
+                self.out_channels,
+                self.in_channels,
+                self.kernel.0,
+                self.kernel.1,
+            ];
+            return ops::conv2d_quantized(
+                ctx.batch,
+                x,
+                shape,
+                q,
+                Some(&bias),
+                &self.conv_params(),
+                self.fused,
+            );
+        }
+        let w = ctx.param("weight")?.clone();
+        let y = ops::conv2d(
+            ctx.batch,
+            x,
+            &w,
+            Some(&bias),
+            &self.conv_params(),
+            self.fused,
+        )?;
+        if ctx.train {
+            let out = (self.fused != Activation::None).then(|| y.clone());
+            self.saved = Some((x.clone(), out));
+        }
+        Ok(y)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context,
+        grad_y: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (x, y) = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
+        let dz = through_fused(ctx, self.fused, &y, grad_y)?;
+        let (w, gw, gb) = (
+            ctx.param("weight")?.clone(),
+            ctx.grad("weight")?.clone(),
+            ctx.grad("bias")?.clone(),
+        );
+        let grads = ops::conv2d_backward(
+            ctx.batch,
+            &x,
+            &w,
+            &dz,
+            &self.conv_params(),
+            ops::BiasGradient::Compute,
+        )?;
+        ops::axpy(ctx.batch, &gw, 1.0, &grads.weight)?;
+        if let Some(db) = &grads.bias {
+            ops::axpy(ctx.batch, &gb, 1.0, db)?;
+        }
+        Ok(vec![(needs.first() == Some(&true)).then_some(grads.input)])
+    }
+
+    fn fuse(&mut self, activation: Activation) -> bool {
+        let fusable = activation == Activation::Relu && self.fused == Activation::None;
+        if fusable {
+            self.fused = activation;
+        }
+        fusable
+    }
+
+    fn compact(
+        &mut self,
+        gpu: &Gpu,
+        precision: Precision,
+        values: &[&[f32]],
+    ) -> Result<Option<usize>> {
+        // [out, in, kh, kw]: one row of K = in · kh · kw per output channel.
+        let k = self.in_channels * self.kernel.0 * self.kernel.1;
+        let q = ops::QuantizedWeights::quantize(gpu, values[0], self.out_channels, k, precision)?;
+        let bytes = q.size_bytes() as usize + 4 * self.out_channels;
+        self.compact = Some(q);
+        Ok(Some(bytes))
+    }
+
+    fn spec(&self) -> Option<LayerSpec> {
+        Some(LayerSpec::Conv2d {
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        })
+    }
+}
+
+/// Max pooling over NCHW (no padding).
+#[derive(Debug)]
+pub struct MaxPool2d {
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    /// The indices of the maxima and the input shape.
+    saved: Option<(Tensor, Vec<usize>)>,
+}
+
+impl MaxPool2d {
+    /// Max pooling with a `kernel` window and `stride` (height, width).
+    pub fn new(kernel: (usize, usize), stride: (usize, usize)) -> Self {
+        MaxPool2d {
+            kernel,
+            stride,
+            saved: None,
+        }
+    }
+
+    fn params(&self) -> Pool2dParams {
+        Pool2dParams {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: (0, 0),
+        }
+    }
+}
+
+impl Layer for MaxPool2d {
+    fn kind(&self) -> &'static str {
+        "MaxPool2d"
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        self.spec()
+            .expect("built in")
+            .output_shape(one_input(self.kind(), inputs)?)
+    }
+
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        let (y, indices) = ops::max_pool2d(ctx.batch, inputs[0], &self.params())?;
+        if ctx.train {
+            self.saved = Some((indices, inputs[0].shape().to_vec()));
+        }
+        Ok(y)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context,
+        grad_y: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (indices, shape) = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
+        let dx = ops::max_pool2d_backward(ctx.batch, grad_y, &indices, &shape, &self.params())?;
+        Ok(vec![Some(dx)])
+    }
+
+    fn spec(&self) -> Option<LayerSpec> {
+        Some(LayerSpec::MaxPool2d {
+            kernel: self.kernel,
+            stride: self.stride,
+        })
+    }
+}
+
+/// Average pooling over NCHW (no padding).
+#[derive(Debug)]
+pub struct AvgPool2d {
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    saved: Option<Vec<usize>>,
+}
+
+impl AvgPool2d {
+    /// Average pooling with a `kernel` window and `stride` (height, width).
+    pub fn new(kernel: (usize, usize), stride: (usize, usize)) -> Self {
+        AvgPool2d {
+            kernel,
+            stride,
+            saved: None,
+        }
+    }
+
+    fn params(&self) -> Pool2dParams {
+        Pool2dParams {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: (0, 0),
+        }
+    }
+}
+
+impl Layer for AvgPool2d {
+    fn kind(&self) -> &'static str {
+        "AvgPool2d"
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        self.spec()
+            .expect("built in")
+            .output_shape(one_input(self.kind(), inputs)?)
+    }
+
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        if ctx.train {
+            self.saved = Some(inputs[0].shape().to_vec());
+        }
+        ops::avg_pool2d(ctx.batch, inputs[0], &self.params())
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context,
+        grad_y: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let shape = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
+        let dx = ops::avg_pool2d_backward(ctx.batch, grad_y, &shape, &self.params())?;
+        Ok(vec![Some(dx)])
+    }
+
+    fn spec(&self) -> Option<LayerSpec> {
+        Some(LayerSpec::AvgPool2d {
+            kernel: self.kernel,
+            stride: self.stride,
+        })
+    }
+}
+
+/// `[batch, ...]` to `[batch, features]`: a view, no dispatch.
+#[derive(Debug, Default)]
+pub struct Flatten {
+    saved: Option<Vec<usize>>,
+}
+
+impl Layer for Flatten {
+    fn kind(&self) -> &'static str {
+        "Flatten"
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        LayerSpec::Flatten.output_shape(one_input(self.kind(), inputs)?)
+    }
+
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        let x = inputs[0];
+        let shape = LayerSpec::Flatten.output_shape(x.shape())?;
+        if ctx.train {
+            self.saved = Some(x.shape().to_vec());
+        }
+        x.reshape(&shape)
+    }
+
+    fn backward(
+        &mut self,
+        _ctx: &mut Context,
+        grad_y: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let shape = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
+        Ok(vec![Some(grad_y.reshape(&shape)?)])
+    }
+
+    fn spec(&self) -> Option<LayerSpec> {
+        Some(LayerSpec::Flatten)
+    }
+}
+
+/// An elementwise activation as a layer of its own (a ReLU right after a Linear or Conv2d runs in
+/// that layer's epilogue instead: see [`Layer::fuse`]).
+#[derive(Debug)]
+pub struct ActivationLayer {
+    function: Activation,
+    saved: Option<Tensor>,
+}
+
+impl ActivationLayer {
+    /// The activation `function`.
+    pub fn new(function: Activation) -> Self {
+        ActivationLayer {
+            function,
+            saved: None,
+        }
+    }
+
+    /// Which function it applies.
+    pub fn function(&self) -> Activation {
+        self.function
+    }
+}
+
+impl Layer for ActivationLayer {
+    fn kind(&self) -> &'static str {
+        "Activation"
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        Ok(one_input(self.kind(), inputs)?.to_vec())
+    }
+
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        let y = ops::activation(ctx.batch, inputs[0], self.function)?;
+        if ctx.train {
+            self.saved = Some(inputs[0].clone());
+        }
+        Ok(y)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context,
+        grad_y: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let x = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
+        let dx = ops::activation_backward(ctx.batch, &x, grad_y, self.function)?;
+        Ok(vec![Some(dx)])
+    }
+
+    fn spec(&self) -> Option<LayerSpec> {
+        Some(LayerSpec::Activation {
+            function: self.function,
+        })
+    }
+}
+
+/// y = a + b for two inputs of one shape and dtype: a skip (residual) connection.
+#[derive(Debug, Default)]
+pub struct Add;
+
+impl Layer for Add {
+    fn kind(&self) -> &'static str {
+        "Add"
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        expect_inputs(self.kind(), inputs.len(), 2)?;
+        if inputs[0] != inputs[1] {
+            return Err(Error::ShapeMismatch {
+                op: "Add",
+                details: format!("{:?} beside {:?}", inputs[0], inputs[1]),
+            });
+        }
+        Ok(inputs[0].to_vec())
+    }
+
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 2)?;
+        ops::scale_add(ctx.batch, 1.0, inputs[0], 1.0, inputs[1])
+    }
+
+    fn backward(
+        &mut self,
+        _ctx: &mut Context,
+        grad_y: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        Ok(needs.iter().map(|&n| n.then(|| grad_y.clone())).collect())
+    }
+
+    fn spec(&self) -> Option<LayerSpec> {
+        Some(LayerSpec::Add)
     }
 }

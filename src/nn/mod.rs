@@ -26,6 +26,7 @@
 //! ```
 
 mod io;
+mod layer;
 mod layers;
 mod model;
 mod optimizer;
@@ -34,8 +35,9 @@ pub mod prune;
 mod trainer;
 
 pub use io::{ReadOptions, SavedModel};
-pub use layers::{Layer, LayerSpec};
-pub use model::{Init, Sequential};
+pub use layer::{Context, Layer, ParamRole, ParamSpec};
+pub use layers::{ActivationLayer, Add, AvgPool2d, Conv2d, Flatten, LayerSpec, Linear, MaxPool2d};
+pub use model::{Init, Model, ModelBuilder, Sequential, Value};
 pub use optimizer::Optimizer;
 pub use params::{HostParameters, ParamId, ParamStore, Parameter};
-pub use trainer::{Distillation, MixedPrecision, Trainer};
+pub use trainer::{Distillation, LossFunction, MicroBatch, MixedPrecision, Targets, Trainer};

@@ -53,13 +53,9 @@ pub struct ParamStore {
 }
 
 impl ParamStore {
-    /// Lays out parameters `(name, shape, initial values)` in new arenas on `gpu`.
+    /// Lays out parameters `(name, shape, initial values)` in new arenas on `gpu` (none: arenas
+    /// of one aligned block of zeros, for a model without parameters).
     pub fn new(gpu: &Gpu, specs: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Self> {
-        if specs.is_empty() {
-            return Err(Error::EmptyTensor {
-                op: "ParamStore::new",
-            });
-        }
         let align = Self::alignment(gpu);
         let mut offsets = Vec::with_capacity(specs.len());
         let mut names = std::collections::HashSet::with_capacity(specs.len());
@@ -106,6 +102,7 @@ impl ParamStore {
             bytes,
             limits.max_buffer_size,
         )?;
+        let total = total.max(align);
         let mut host = vec![0.0f32; total];
         for ((_, _, data), &offset) in specs.iter().zip(&offsets) {
             host[offset..offset + data.len()].copy_from_slice(data);
@@ -197,9 +194,9 @@ impl ParamStore {
     pub fn len(&self) -> usize {
         self.values.numel()
     }
-    /// Whether the store is empty (never: a store has at least one parameter).
+    /// Whether the store holds no parameter.
     pub fn is_empty(&self) -> bool {
-        false
+        self.params.is_empty()
     }
     /// Parameters' element count, without the alignment gaps.
     pub fn parameter_count(&self) -> usize {

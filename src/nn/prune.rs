@@ -2,6 +2,7 @@
 //! structured pruning that removes whole neurons and channels into a smaller dense model.
 
 use super::io::SavedModel;
+use super::layer::ParamRole;
 use super::layers::LayerSpec;
 use super::model::Sequential;
 use crate::error::{Error, Result};
@@ -28,9 +29,10 @@ pub struct PruningMask {
     pub sparsity: f32,
 }
 
-/// Magnitude pruning, layer by layer: in every Linear and Conv2d weight, the `sparsity` fraction of
-/// smallest |w| is pruned (biases are kept). Already-zero weights go first, so masks made with
-/// growing sparsity nest.
+/// Magnitude pruning, layer by layer: in every weight (a parameter its layer declares a
+/// [`ParamRole::Weight`]: Linear and Conv2d weights among the built-in layers), the `sparsity`
+/// fraction of smallest |w| is pruned (biases and scales are kept). Already-zero weights go first,
+/// so masks made with growing sparsity nest.
 pub fn magnitude_mask(model: &Sequential, sparsity: f32) -> Result<PruningMask> {
     check_fraction("magnitude_mask", sparsity)?;
     let store = model.params();
@@ -38,8 +40,8 @@ pub fn magnitude_mask(model: &Sequential, sparsity: f32) -> Result<PruningMask> 
     let mut mask = vec![1.0f32; values.len()];
     let mut pruned = 0usize;
     let mut total = 0usize;
-    for p in store.params() {
-        if !p.name.ends_with("weight") {
+    for (p, role) in store.params().iter().zip(model.param_roles()) {
+        if !matches!(role, ParamRole::Weight { .. }) {
             continue;
         }
         let n = p.value.numel();

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::model::Sequential;
+use super::model::Model;
 use super::optimizer::Optimizer;
 use crate::batch::Batch;
 use crate::dtype::DType;
@@ -42,39 +42,138 @@ impl Default for MixedPrecision {
     }
 }
 
-/// Trains a [`Sequential`] classifier with cross-entropy: each [`Trainer::step`] records the
-/// mini-batch's upload, the forward pass, the loss, the backward pass and the optimizer update into
-/// one [`Batch`] and submits it once. The loss is summed on the GPU and read only when asked for
-/// ([`Trainer::mean_loss`]), so steps never wait for the GPU.
+/// The loss a [`Trainer`] minimises: one interface for classification (integer labels) and
+/// regression (f32 targets of the output's shape).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LossFunction {
+    /// Softmax cross-entropy against class labels ([`Targets::Classes`]), with label smoothing in
+    /// [0, 1] (0: none). The default.
+    CrossEntropy {
+        /// Label smoothing ε.
+        label_smoothing: f32,
+    },
+    /// Mean squared error against values ([`Targets::Values`]).
+    Mse,
+    /// Mean absolute error against values.
+    L1,
+    /// Huber loss against values (quadratic within `delta`, linear past it; `delta` finite and
+    /// positive).
+    Huber {
+        /// Where the loss turns linear.
+        delta: f32,
+    },
+}
+
+impl Default for LossFunction {
+    fn default() -> Self {
+        LossFunction::CrossEntropy {
+            label_smoothing: 0.0,
+        }
+    }
+}
+
+impl LossFunction {
+    fn regression(self) -> Option<ops::Regression> {
+        match self {
+            LossFunction::CrossEntropy { .. } => None,
+            LossFunction::Mse => Some(ops::Regression::Mse),
+            LossFunction::L1 => Some(ops::Regression::L1),
+            LossFunction::Huber { delta } => Some(ops::Regression::Huber { delta }),
+        }
+    }
+}
+
+/// What one mini-batch is trained towards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Targets<'a> {
+    /// A class label per sample (for [`LossFunction::CrossEntropy`]).
+    Classes(&'a [u32]),
+    /// Values of the model's output shape per sample, row-major (for the regression losses).
+    Values(&'a [f32]),
+}
+
+/// One micro-batch: the samples of each model input (row-major, the input's shape per sample),
+/// and their targets.
+#[derive(Debug, Clone, Copy)]
+pub struct MicroBatch<'a> {
+    /// One slice per model input.
+    pub inputs: &'a [&'a [f32]],
+    /// The targets.
+    pub targets: Targets<'a>,
+}
+
+/// The tensors of mini-batches of one size: inputs and targets.
+#[derive(Debug, Clone)]
+struct Staged {
+    inputs: Vec<Tensor>,
+    targets: Tensor,
+}
+
+/// Trains a [`Model`] (any layers, any inputs; a classifier or a regressor, see [`LossFunction`]):
+/// each step records the mini-batch's upload, the forward pass, the loss, the backward pass and
+/// the optimizer update into one [`Batch`] and submits it once. The loss is summed on the GPU and
+/// read only when asked for ([`Trainer::mean_loss`]), so steps never wait for the GPU.
 #[derive(Debug)]
 pub struct Trainer {
-    model: Sequential,
+    model: Model,
     optimizer: Optimizer,
-    /// Label smoothing of the cross-entropy.
-    pub label_smoothing: f32,
+    loss: LossFunction,
     /// The loss summed over the steps since the last read (made on the first step).
     loss_sum: Option<Tensor>,
     loss_steps: u32,
-    inputs: HashMap<usize, (Tensor, Tensor)>,
+    staged: HashMap<usize, Staged>,
     loss_scale: Option<LossScale>,
     mask: Option<super::prune::PruningMask>,
-    teacher: Option<(Sequential, Distillation)>,
+    teacher: Option<(Model, Distillation)>,
 }
 
 impl Trainer {
-    /// A trainer for `model` with `optimizer`.
-    pub fn new(model: Sequential, optimizer: Optimizer) -> Self {
+    /// A trainer for `model` with `optimizer`, minimising cross-entropy (see
+    /// [`Self::with_loss`]).
+    pub fn new(model: Model, optimizer: Optimizer) -> Self {
         Trainer {
             model,
             optimizer,
-            label_smoothing: 0.0,
+            loss: LossFunction::default(),
             loss_sum: None,
             loss_steps: 0,
-            inputs: HashMap::new(),
+            staged: HashMap::new(),
             loss_scale: None,
             mask: None,
             teacher: None,
         }
+    }
+
+    /// The trainer minimising `loss` instead (checked: label smoothing in [0, 1], Huber's delta
+    /// finite and positive).
+    pub fn with_loss(mut self, loss: LossFunction) -> Result<Self> {
+        let valid = match loss {
+            LossFunction::CrossEntropy { label_smoothing } => {
+                (0.0..=1.0).contains(&label_smoothing)
+            }
+            LossFunction::Huber { delta } => delta.is_finite() && delta > 0.0,
+            LossFunction::Mse | LossFunction::L1 => true,
+        };
+        if !valid {
+            return Err(Error::InvalidArgument {
+                op: "Trainer::with_loss",
+                details: format!("{loss:?} is out of range"),
+            });
+        }
+        if loss.regression().is_some() && self.teacher.is_some() {
+            return Err(Error::InvalidArgument {
+                op: "Trainer::with_loss",
+                details: "distillation trains a classifier: it needs the cross-entropy".into(),
+            });
+        }
+        self.loss = loss;
+        self.staged.clear();
+        Ok(self)
+    }
+
+    /// The loss the trainer minimises.
+    pub fn loss(&self) -> LossFunction {
+        self.loss
     }
 
     /// Keeps the weights a mask prunes at exactly zero: applied now and after every optimizer
@@ -103,7 +202,13 @@ impl Trainer {
     /// Trains the model as a student of `teacher` (as many values per sample, in the teacher's own
     /// shape, and the same classes): every step records the teacher's inference forward (fused, no
     /// saved state) and the distillation loss.
-    pub fn set_teacher(&mut self, teacher: Sequential, settings: Distillation) -> Result<()> {
+    pub fn set_teacher(&mut self, teacher: Model, settings: Distillation) -> Result<()> {
+        if self.loss.regression().is_some() {
+            return Err(Error::InvalidArgument {
+                op: "Trainer::set_teacher",
+                details: "distillation trains a classifier: it needs the cross-entropy".into(),
+            });
+        }
         let valid = settings.temperature.is_finite()
             && settings.temperature > 0.0
             && (0.0..=1.0).contains(&settings.alpha);
@@ -115,7 +220,7 @@ impl Trainer {
                 ),
             });
         }
-        let per_sample = |m: &Sequential| m.input_shape().iter().product::<usize>();
+        let per_sample = |m: &Model| m.input_shape().iter().product::<usize>();
         if per_sample(&teacher) != per_sample(&self.model)
             || teacher.output_shape(1)? != self.model.output_shape(1)?
         {
@@ -142,7 +247,7 @@ impl Trainer {
     /// dynamic loss scale guards the f16 gradients: a step whose gradients overflow is skipped on
     /// the GPU and the scale halves, without the host waiting for anything.
     pub fn with_mixed_precision(
-        mut model: Sequential,
+        mut model: Model,
         optimizer: Optimizer,
         settings: MixedPrecision,
     ) -> Result<Self> {
@@ -170,11 +275,11 @@ impl Trainer {
     }
 
     /// The model.
-    pub fn model(&self) -> &Sequential {
+    pub fn model(&self) -> &Model {
         &self.model
     }
     /// The model, mutably (to predict between steps).
-    pub fn model_mut(&mut self) -> &mut Sequential {
+    pub fn model_mut(&mut self) -> &mut Model {
         &mut self.model
     }
     /// The optimizer (to change its learning rate).
@@ -182,56 +287,102 @@ impl Trainer {
         &mut self.optimizer
     }
     /// Gives the model back.
-    pub fn into_model(self) -> Sequential {
+    pub fn into_model(self) -> Model {
         self.model
     }
 
-    /// One training step on a mini-batch: `x` holds `labels.len()` samples of the model's input
-    /// shape, row-major.
+    /// One training step of a classifier on a mini-batch: `x` holds `labels.len()` samples of the
+    /// model's input shape, row-major.
     pub fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
         self.step_accumulate(&[(x, labels)])
     }
 
-    /// One optimizer step over several micro-batches whose gradients accumulate: the update is
-    /// the one of their mean loss (micro-batches of equal size give the step of their union).
+    /// One training step of a single-input model towards `targets` (labels or values, as the
+    /// trainer's [`LossFunction`] asks).
+    pub fn step_towards(&mut self, x: &[f32], targets: Targets) -> Result<()> {
+        self.step_micro_batches(&[MicroBatch {
+            inputs: &[x],
+            targets,
+        }])
+    }
+
+    /// One optimizer step of a classifier over several micro-batches whose gradients accumulate:
+    /// the update is the one of their mean loss (micro-batches of equal size give the step of
+    /// their union).
     pub fn step_accumulate(&mut self, micro_batches: &[(&[f32], &[u32])]) -> Result<()> {
         let mut batch = Batch::new(self.model.gpu());
         self.record_step(&mut batch, micro_batches)?;
         batch.submit()
     }
 
-    /// Records one step (as [`Self::step_accumulate`]) into `batch` without submitting it, to
-    /// time it or to add other work to the same submission.
+    /// One optimizer step over micro-batches of any model (several inputs, any targets).
+    pub fn step_micro_batches(&mut self, micro_batches: &[MicroBatch]) -> Result<()> {
+        let mut batch = Batch::new(self.model.gpu());
+        self.record_micro_batches(&mut batch, micro_batches)?;
+        batch.submit()
+    }
+
+    /// Records one step of a classifier (as [`Self::step_accumulate`]) into `batch` without
+    /// submitting it, to time it or to add other work to the same submission.
     pub fn record_step(
         &mut self,
         batch: &mut Batch,
         micro_batches: &[(&[f32], &[u32])],
     ) -> Result<()> {
+        let inputs: Vec<[&[f32]; 1]> = micro_batches.iter().map(|(x, _)| [*x]).collect();
+        let micro: Vec<MicroBatch> = micro_batches
+            .iter()
+            .zip(&inputs)
+            .map(|((_, labels), x)| MicroBatch {
+                inputs: x,
+                targets: Targets::Classes(labels),
+            })
+            .collect();
+        self.record_micro_batches(batch, &micro)
+    }
+
+    /// Records one step over micro-batches of any model into `batch` without submitting it.
+    pub fn record_micro_batches(
+        &mut self,
+        batch: &mut Batch,
+        micro_batches: &[MicroBatch],
+    ) -> Result<()> {
         if micro_batches.is_empty() {
-            return Err(Error::EmptyTensor {
-                op: "Trainer::step_accumulate",
+            return Err(Error::InvalidArgument {
+                op: "Trainer::step",
+                details: "a step needs at least one micro-batch".into(),
             });
         }
-        self.check_micro_batches(micro_batches)?;
+        let rows = self.check_micro_batches(micro_batches)?;
         let k = micro_batches.len() as f32;
         self.model.zero_grads(batch)?;
-        for (x, labels) in micro_batches {
-            let rows = labels.len();
-            let (tx, tl) = self.input_tensors(rows)?;
-            if tx.dtype() == DType::F16 {
-                let half: Vec<crate::f16> = x.iter().map(|&v| crate::f16::from_f32(v)).collect();
-                batch.write(&tx, &half)?;
-            } else {
-                batch.write(&tx, x)?;
+        for (micro, &rows) in micro_batches.iter().zip(&rows) {
+            let staged = self.staged_tensors(rows)?;
+            for (t, x) in staged.inputs.iter().zip(micro.inputs) {
+                write_floats(batch, t, x)?;
             }
-            batch.write(&tl, labels)?;
-            let logits = self.model.forward(batch, &tx, true)?;
-            let loss = ops::cross_entropy(batch, &logits, &tl, self.label_smoothing)?;
+            match micro.targets {
+                Targets::Classes(labels) => batch.write(&staged.targets, labels)?,
+                Targets::Values(values) => write_floats(batch, &staged.targets, values)?,
+            }
+            let inputs: Vec<&Tensor> = staged.inputs.iter().collect();
+            let output = self.model.forward_inputs(batch, &inputs, true)?;
+            let loss = match (self.loss, self.loss.regression()) {
+                (_, Some(regression)) => {
+                    let prediction = output.reshape(staged.targets.shape())?;
+                    ops::regression(batch, &prediction, &staged.targets, regression)?
+                }
+                (LossFunction::CrossEntropy { label_smoothing }, None) => {
+                    ops::cross_entropy(batch, &output, &staged.targets, label_smoothing)?
+                }
+                _ => unreachable!("regression() is None only for the cross-entropy"),
+            };
             if let Some((teacher, d)) = self.teacher.as_mut() {
                 // grad = α · soft + (1 − α) · hard; the same mix for the loss.
                 let shape = [&[rows][..], teacher.input_shape()].concat();
-                let teacher_logits = teacher.forward(batch, &tx.reshape(&shape)?, false)?;
-                let soft = ops::soft_cross_entropy(batch, &logits, &teacher_logits, d.temperature)?;
+                let teacher_logits =
+                    teacher.forward(batch, &staged.inputs[0].reshape(&shape)?, false)?;
+                let soft = ops::soft_cross_entropy(batch, &output, &teacher_logits, d.temperature)?;
                 ops::scale_in_place(batch, &loss.grad_logits, 1.0 - d.alpha)?;
                 ops::axpy(batch, &loss.grad_logits, d.alpha, &soft.grad_logits)?;
                 ops::scale_in_place(batch, &loss.loss, 1.0 - d.alpha)?;
@@ -243,7 +394,8 @@ impl Trainer {
             if let Some(scale) = &self.loss_scale {
                 ops::amp::scale_by_loss_scale(batch, &loss.grad_logits, scale)?;
             }
-            self.model.backward(batch, &loss.grad_logits)?;
+            let grad_output = loss.grad_logits.reshape(output.shape())?;
+            self.model.backward(batch, &grad_output)?;
             if self.loss_sum.is_none() {
                 self.loss_sum = Some(Tensor::zeros(self.model.gpu(), &[1], DType::F32)?);
             }
@@ -289,66 +441,136 @@ impl Trainer {
         Ok(mean)
     }
 
-    /// Checks every micro-batch on the host before anything is recorded: at least one sample,
-    /// `x` holding exactly that many samples, and every label a class of the model (or
-    /// [`ops::IGNORE_INDEX`]). A label past the classes would make the loss and every parameter
-    /// NaN.
-    fn check_micro_batches(&self, micro_batches: &[(&[f32], &[u32])]) -> Result<()> {
+    /// Checks every micro-batch on the host before anything is recorded, and returns their
+    /// sample counts: one slice per model input, each holding whole samples of one count, targets
+    /// of the kind the loss takes (every label a class of the model or [`ops::IGNORE_INDEX`]: a
+    /// label past the classes would make the loss and every parameter NaN; values of the output's
+    /// shape per sample).
+    fn check_micro_batches(&self, micro_batches: &[MicroBatch]) -> Result<Vec<usize>> {
         const OP: &str = "Trainer::step";
-        let input_shape = self.model.input_shape();
-        let per_sample: usize = input_shape.iter().product();
-        let classes: usize = self.model.output_shape(1)?[1..].iter().product();
-        for (i, (x, labels)) in micro_batches.iter().enumerate() {
-            let rows = labels.len();
+        let shapes = self.model.input_shapes();
+        let per_output: usize = self.model.output_shape(1)?[1..].iter().product();
+        let mut counts = Vec::with_capacity(micro_batches.len());
+        for (i, micro) in micro_batches.iter().enumerate() {
+            if micro.inputs.len() != shapes.len() {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    details: format!(
+                        "mini-batch {i} has {} input(s); the model takes {}",
+                        micro.inputs.len(),
+                        shapes.len()
+                    ),
+                });
+            }
+            let rows = match micro.targets {
+                Targets::Classes(labels) => labels.len(),
+                Targets::Values(values) => values.len() / per_output.max(1),
+            };
             if rows == 0 {
                 return Err(Error::InvalidArgument {
                     op: OP,
                     details: format!(
-                        "mini-batch {i} has no samples (its labels are empty): a step needs at \
+                        "mini-batch {i} has no samples (its targets are empty): a step needs at \
                          least one"
                     ),
                 });
             }
-            let needed = rows.checked_mul(per_sample);
-            if needed != Some(x.len()) {
-                return Err(Error::ShapeMismatch {
-                    op: OP,
-                    details: format!(
-                        "mini-batch {i}: {rows} labels need {rows} samples of {input_shape:?} \
-                         ({per_sample} values each), but x holds {} values",
-                        x.len()
-                    ),
-                });
+            for (x, shape) in micro.inputs.iter().zip(shapes) {
+                let per_sample: usize = shape.iter().product();
+                let needed = rows.checked_mul(per_sample);
+                if needed != Some(x.len()) {
+                    return Err(Error::ShapeMismatch {
+                        op: OP,
+                        details: format!(
+                            "mini-batch {i}: {rows} targets need {rows} samples of {shape:?} \
+                             ({per_sample} values each), but x holds {} values",
+                            x.len()
+                        ),
+                    });
+                }
             }
-            let bad = labels
-                .iter()
-                .enumerate()
-                .find(|(_, &l)| l as usize >= classes && l != ops::IGNORE_INDEX);
-            if let Some((j, &label)) = bad {
-                return Err(Error::InvalidArgument {
-                    op: OP,
-                    details: format!(
-                        "mini-batch {i}, sample {j}: label {label} is not one of the model's \
-                         {classes} classes (0..{classes}; ops::IGNORE_INDEX ignores a sample)"
-                    ),
-                });
+            match (micro.targets, self.loss.regression()) {
+                (Targets::Classes(labels), None) => {
+                    let classes = per_output;
+                    let bad = labels
+                        .iter()
+                        .enumerate()
+                        .find(|(_, &l)| l as usize >= classes && l != ops::IGNORE_INDEX);
+                    if let Some((j, &label)) = bad {
+                        return Err(Error::InvalidArgument {
+                            op: OP,
+                            details: format!(
+                                "mini-batch {i}, sample {j}: label {label} is not one of the \
+                                 model's {classes} classes (0..{classes}; ops::IGNORE_INDEX \
+                                 ignores a sample)"
+                            ),
+                        });
+                    }
+                }
+                (Targets::Values(values), Some(_)) => {
+                    if values.len() != rows * per_output {
+                        return Err(Error::ShapeMismatch {
+                            op: OP,
+                            details: format!(
+                                "mini-batch {i}: {} target values are not whole samples of the \
+                                 output ({per_output} values each)",
+                                values.len()
+                            ),
+                        });
+                    }
+                }
+                (Targets::Classes(_), Some(_)) => {
+                    return Err(Error::InvalidArgument {
+                        op: OP,
+                        details: format!(
+                            "{:?} trains towards values (Targets::Values), not labels",
+                            self.loss
+                        ),
+                    })
+                }
+                (Targets::Values(_), None) => {
+                    return Err(Error::InvalidArgument {
+                        op: OP,
+                        details: "the cross-entropy trains towards labels (Targets::Classes); \
+                                  choose a regression loss with Trainer::with_loss for values"
+                            .into(),
+                    })
+                }
             }
+            counts.push(rows);
         }
-        Ok(())
+        Ok(counts)
     }
 
-    /// Input and label tensors for mini-batches of `rows`, made once per size.
-    fn input_tensors(&mut self, rows: usize) -> Result<(Tensor, Tensor)> {
-        if let Some(t) = self.inputs.get(&rows) {
+    /// Input and target tensors for mini-batches of `rows`, made once per size.
+    fn staged_tensors(&mut self, rows: usize) -> Result<Staged> {
+        if let Some(t) = self.staged.get(&rows) {
             return Ok(t.clone());
         }
         let gpu = self.model.gpu().clone();
-        let shape = [&[rows][..], self.model.input_shape()].concat();
-        let t = (
-            Tensor::uninit(&gpu, &shape, self.model.compute_dtype())?,
-            Tensor::uninit(&gpu, &[rows], DType::U32)?,
-        );
-        self.inputs.insert(rows, t.clone());
-        Ok(t)
+        let dtype = self.model.compute_dtype();
+        let inputs = self
+            .model
+            .input_shapes()
+            .iter()
+            .map(|shape| Tensor::uninit(&gpu, &[&[rows][..], shape].concat(), dtype))
+            .collect::<Result<Vec<_>>>()?;
+        let targets = match self.loss.regression() {
+            None => Tensor::uninit(&gpu, &[rows], DType::U32)?,
+            Some(_) => Tensor::uninit(&gpu, &self.model.output_shape(rows)?, dtype)?,
+        };
+        let staged = Staged { inputs, targets };
+        self.staged.insert(rows, staged.clone());
+        Ok(staged)
+    }
+}
+
+/// Records the upload of f32 host values into `t` (converted to f16 for an f16 tensor).
+fn write_floats(batch: &mut Batch, t: &Tensor, values: &[f32]) -> Result<()> {
+    if t.dtype() == DType::F16 {
+        let half: Vec<crate::f16> = values.iter().map(|&v| crate::f16::from_f32(v)).collect();
+        batch.write(t, &half)
+    } else {
+        batch.write(t, values)
     }
 }

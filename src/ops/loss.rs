@@ -17,7 +17,7 @@ use crate::batch::Batch;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::checks::{float_dtype, fold_grid, same_dtype, same_gpu, same_shape};
-use crate::shaders::{entry_points, shader_params, KernelSpec, Prelude};
+use crate::shaders::{entry_points, shader_params, KernelSpec, Override, Prelude};
 use crate::tensor::Tensor;
 
 /// A label that marks its row as ignored: no loss, zero gradient.
@@ -67,6 +67,7 @@ entry_points! {
         SoftCrossEntropy = "soft_cross_entropy": Params,
         SoftCrossEntropyChunkStats = "soft_cross_entropy_chunk_stats": Params,
         SoftCrossEntropyChunks = "soft_cross_entropy_chunks": Params,
+        Regression = "regression": RegressionParams,
     }
 }
 
@@ -78,11 +79,23 @@ pub(crate) static KERNEL: KernelSpec = KernelSpec {
     subgroup_preludes: None,
     dtypes: &[DType::F32, DType::F16],
     entries: ENTRY_POINTS,
-    overrides: &[],
+    overrides: &[Override {
+        name: "KIND",
+        values: &[0, 1, 2],
+    }],
     override_sets: None,
     writes: &[2, 3, 6, 8, 9],
 };
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+shader_params! {
+    struct RegressionParams {
+        n: u32,
+        groups_x: u32,
+        delta: f32,
+        scale: f32,
+    }
+}
 
 shader_params! {
     struct CountParams {
@@ -297,4 +310,85 @@ fn count_targets(batch: &mut Batch, labels: &Tensor, cols: usize) -> Result<Tens
     crate::ops::reduce::total_into(batch, "cross_entropy", &counts, false, 1.0, &count, 0)?;
     crate::ops::reduce::total_into(batch, "cross_entropy", &invalid, false, 1.0, &count, 1)?;
     Ok(count)
+}
+
+/// An element-wise regression loss ([`regression`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Regression {
+    /// Mean squared error: mean (y - t)².
+    Mse,
+    /// Mean absolute error: mean |y - t| (the gradient at 0 is 0, as PyTorch's).
+    L1,
+    /// Huber: mean of (y - t)²/2 where |y - t| ≤ δ, else δ(|y - t| - δ/2) (PyTorch's
+    /// `HuberLoss(delta)`); δ finite and positive.
+    Huber {
+        /// Where the loss turns from quadratic to linear.
+        delta: f32,
+    },
+}
+
+impl Regression {
+    fn code(self) -> u32 {
+        match self {
+            Regression::Mse => 0,
+            Regression::L1 => 1,
+            Regression::Huber { .. } => 2,
+        }
+    }
+}
+
+/// The mean regression loss of `prediction` against `targets` (one shape and float dtype) over
+/// every element, as PyTorch's `reduction='mean'`, and its gradient with respect to the
+/// prediction.
+pub fn regression(
+    batch: &mut Batch,
+    prediction: &Tensor,
+    targets: &Tensor,
+    loss: Regression,
+) -> Result<Loss> {
+    const OP: &str = "regression";
+    same_gpu(OP, batch, &[prediction, targets])?;
+    same_shape(OP, &[prediction, targets])?;
+    same_dtype(OP, &[prediction, targets])?;
+    let dtype = float_dtype(OP, prediction)?;
+    let delta = match loss {
+        Regression::Huber { delta } if !(delta.is_finite() && delta > 0.0) => {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                details: format!("Huber's delta must be finite and positive, got {delta}"),
+            })
+        }
+        Regression::Huber { delta } => delta,
+        _ => 1.0,
+    };
+    let gpu = batch.gpu().clone();
+    let n = prediction.numel();
+    let grad = Tensor::uninit(&gpu, prediction.shape(), dtype)?;
+    let per_element = Tensor::uninit(&gpu, &[n], DType::F32)?;
+    let (grid, groups_x) = fold_grid(&gpu, n.div_ceil(256))?;
+    let params = RegressionParams {
+        n: n as u32,
+        groups_x,
+        delta,
+        scale: 1.0 / n as f32,
+    };
+    let pipeline =
+        gpu.pipeline(KERNEL.pipeline(Entry::Regression, dtype, vec![("KIND", loss.code())]))?;
+    batch.dispatch_bound(
+        &pipeline,
+        bytemuck::bytes_of(&params),
+        &[
+            (1, prediction),
+            (10, targets),
+            (2, &grad),
+            (3, &per_element),
+        ],
+        grid,
+    )?;
+    let loss = crate::ops::reduce::sum(batch, &per_element)?;
+    Ok(Loss {
+        loss,
+        grad_logits: grad,
+        label_counts: None,
+    })
 }

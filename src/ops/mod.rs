@@ -21,7 +21,7 @@ pub use conv::{
 pub use elementwise::{
     activation, activation_backward, axpy, bias_add, mul_in_place, scale_add, scale_in_place,
 };
-pub use loss::{cross_entropy, soft_cross_entropy, Loss, IGNORE_INDEX};
+pub use loss::{cross_entropy, regression, soft_cross_entropy, Loss, Regression, IGNORE_INDEX};
 pub use matmul::{
     matmul, matmul_backward, matmul_into, MatmulGrads, MatmulOptions, Transposes, Write,
 };

@@ -65,3 +65,41 @@ pub fn soft_cross_entropy(student: &Array, teacher: &Array, temperature: f32) ->
         Array::new(&student.shape, grad),
     )
 }
+
+/// Mean regression loss of `prediction` against `targets` over every element, and its gradient,
+/// mirroring [`crate::ops::regression`].
+pub fn regression(
+    prediction: &Array,
+    targets: &[f32],
+    loss: crate::ops::Regression,
+) -> (f32, Array) {
+    use crate::ops::Regression;
+    let n = prediction.data.len() as f64;
+    let mut total = 0.0f64;
+    let mut grad = Vec::with_capacity(prediction.data.len());
+    for (&y, &t) in prediction.data.iter().zip(targets) {
+        let e = f64::from(y) - f64::from(t);
+        let sign = if e > 0.0 {
+            1.0
+        } else if e < 0.0 {
+            -1.0
+        } else {
+            0.0
+        };
+        let (l, g) = match loss {
+            Regression::Mse => (e * e, 2.0 * e),
+            Regression::L1 => (e.abs(), sign),
+            Regression::Huber { delta } => {
+                let d = f64::from(delta);
+                if e.abs() <= d {
+                    (0.5 * e * e, e)
+                } else {
+                    (d * (e.abs() - 0.5 * d), d * sign)
+                }
+            }
+        };
+        total += l;
+        grad.push((g / n) as f32);
+    }
+    ((total / n) as f32, Array::new(&prediction.shape, grad))
+}

@@ -108,6 +108,7 @@ impl Model {
                     self.saved.push(Saved::Input(h.clone()));
                     super::elementwise::activation(&h, *function)
                 }
+                LayerSpec::Add => panic!("a chain has no Add (it takes two inputs)"),
             };
         }
         h

@@ -1,0 +1,196 @@
+//! The layer contract: what a layer, built in or defined in another crate, gives a [`Model`] so
+//! that it can be initialised, trained (forward and backward recorded into one submission),
+//! served through captured plans, pruned and saved.
+//!
+//! A layer has an explicit backward pass rather than a tape: its training forward saves what its
+//! backward needs (in the layer itself), and its backward records the gradient kernels directly.
+//! Nothing is recorded twice and nothing is kept that the backward does not read, a layer fuses
+//! what it likes (a ReLU into its matmul's epilogue), and the inference forward is the same code
+//! with `train` off, captured once into a plan.
+//!
+//! [`Model`]: crate::nn::Model
+
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::ops::activation::Activation;
+use crate::tensor::Tensor;
+
+/// What a parameter is, which decides how it is initialised, whether magnitude pruning may zero
+/// it, and whether compact (int8, f16) storage may hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamRole {
+    /// A weight matrix or filter bank `[outputs, ...]`: initialised from its fans (Kaiming or
+    /// Xavier), prunable, stored per output row in compact formats.
+    Weight {
+        /// Inputs each output sums over.
+        fan_in: usize,
+        /// Outputs each input feeds.
+        fan_out: usize,
+    },
+    /// Added to outputs: starts at zero, never pruned, kept f32.
+    Bias,
+    /// A multiplicative parameter (a normalization's scale): starts at one, never pruned, kept f32.
+    Scale,
+}
+
+/// One parameter a layer owns: its name within the layer, shape and role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// Unique within the layer (`"weight"`); the model's name is `"<node>.<name>"`.
+    pub name: String,
+    /// Its shape; every side at least 1.
+    pub shape: Vec<usize>,
+    /// What it is.
+    pub role: ParamRole,
+}
+
+impl ParamSpec {
+    /// A weight of `shape` (`[outputs, inputs, ...]`): fan-in is the product past the first side,
+    /// fan-out the product past the second.
+    pub fn weight(name: &str, shape: &[usize]) -> Self {
+        let numel: usize = shape.iter().product();
+        let fan_in = numel / shape.first().copied().unwrap_or(1).max(1);
+        let fan_out = numel / shape.get(1).copied().unwrap_or(1).max(1);
+        ParamSpec {
+            name: name.into(),
+            shape: shape.to_vec(),
+            role: ParamRole::Weight { fan_in, fan_out },
+        }
+    }
+
+    /// A bias of `len` elements.
+    pub fn bias(name: &str, len: usize) -> Self {
+        ParamSpec {
+            name: name.into(),
+            shape: vec![len],
+            role: ParamRole::Bias,
+        }
+    }
+
+    /// A scale of `len` elements (starts at one).
+    pub fn scale(name: &str, len: usize) -> Self {
+        ParamSpec {
+            name: name.into(),
+            shape: vec![len],
+            role: ParamRole::Scale,
+        }
+    }
+}
+
+/// What a layer's forward and backward see: the batch they record into, the layer's parameter
+/// tensors (in the model's compute dtype) and gradient tensors (views into the model's arenas),
+/// and whether this is a training forward.
+pub struct Context<'a> {
+    /// Where the layer records its dispatches.
+    pub batch: &'a mut Batch,
+    params: &'a [(Tensor, Tensor)],
+    names: &'a [String],
+    /// A training forward: save what the backward needs.
+    pub train: bool,
+}
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(
+        batch: &'a mut Batch,
+        params: &'a [(Tensor, Tensor)],
+        names: &'a [String],
+        train: bool,
+    ) -> Self {
+        Context {
+            batch,
+            params,
+            names,
+            train,
+        }
+    }
+
+    fn index(&self, name: &str) -> Result<usize> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| Error::InvalidArgument {
+                op: "Context::param",
+                details: format!(
+                    "the layer declared no parameter {name:?} (it has {:?})",
+                    self.names
+                ),
+            })
+    }
+
+    /// The value of the parameter the layer declared as `name` (the f16 copy in mixed precision).
+    pub fn param(&self, name: &str) -> Result<&Tensor> {
+        Ok(&self.params[self.index(name)?].0)
+    }
+
+    /// The gradient the backward adds into for the parameter `name` (zeroed at the start of each
+    /// step; accumulate, do not overwrite: micro-batches add up).
+    pub fn grad(&self, name: &str) -> Result<&Tensor> {
+        Ok(&self.params[self.index(name)?].1)
+    }
+}
+
+/// A layer of a [`crate::nn::Model`]: built in ([`crate::nn::Linear`], [`crate::nn::Conv2d`], ...)
+/// or defined in any crate.
+pub trait Layer: std::fmt::Debug + Send + Sync {
+    /// The layer's kind, as model files and messages name it (`"Linear"`).
+    fn kind(&self) -> &'static str;
+
+    /// The parameters the layer owns, in a fixed order. Called once, when the model is made.
+    fn parameters(&self) -> Vec<ParamSpec> {
+        Vec::new()
+    }
+
+    /// The output shape (batch first) for inputs of `inputs` (batch first each), checking that
+    /// they fit the layer; sizes in checked arithmetic. How many inputs it takes is the layer's
+    /// to say (one for most, two for [`crate::nn::Add`]).
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>>;
+
+    /// Records the forward pass of `inputs`; with `ctx.train`, saves what [`Self::backward`]
+    /// needs.
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor>;
+
+    /// Records the backward pass from dL/d(output): adds each parameter's gradient into
+    /// `ctx.grad(name)` and returns dL/d(input) for each input where `needs[i]` (`None`
+    /// elsewhere). Runs after a training forward.
+    fn backward(
+        &mut self,
+        ctx: &mut Context,
+        grad_output: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>>;
+
+    /// Takes `activation`, applied right after this layer and to nothing else, into its own
+    /// epilogue; returns whether it did (then the model skips that activation's own dispatch).
+    fn fuse(&mut self, _activation: Activation) -> bool {
+        false
+    }
+
+    /// Stores the layer's weights compactly for inference ([`crate::Precision::Int8`] or `F16`),
+    /// given their f32 values in the order of [`Self::parameters`]; returns the bytes its
+    /// parameters then take, or `None` where it has no compact form (it stays f32).
+    fn compact(
+        &mut self,
+        _gpu: &crate::gpu::Gpu,
+        _precision: crate::dtype::Precision,
+        _values: &[&[f32]],
+    ) -> Result<Option<usize>> {
+        Ok(None)
+    }
+
+    /// The layer as a built-in spec, for model files in today's format; `None` for a layer of
+    /// another crate.
+    fn spec(&self) -> Option<crate::nn::LayerSpec> {
+        None
+    }
+}
+
+/// Checks that a layer got `n` inputs.
+pub(crate) fn expect_inputs(kind: &str, inputs: usize, n: usize) -> Result<()> {
+    if inputs != n {
+        return Err(Error::ShapeMismatch {
+            op: "Layer",
+            details: format!("{kind} takes {n} input(s), got {inputs}"),
+        });
+    }
+    Ok(())
+}
