@@ -661,3 +661,114 @@ fn mixed_precision_skipped_steps_do_not_count() {
         );
     }
 }
+
+/// A regressor: MSE and Huber steps follow the reference (a Linear 5 -> 3 against f32 targets),
+/// and y = 2x learned from x = 1..5 is served with raw outputs (6, 7, 8 -> 12, 14, 16).
+#[test]
+fn a_regression_model_trains_with_mse_and_serves_raw_outputs() {
+    use wgnn::infer::{Head, InferenceSession, SessionOptions};
+    use wgnn::nn::{LossFunction, Targets};
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    for (loss, regression) in [
+        (LossFunction::Mse, wgnn::ops::Regression::Mse),
+        (
+            LossFunction::Huber { delta: 0.5 },
+            wgnn::ops::Regression::Huber { delta: 0.5 },
+        ),
+    ] {
+        let specs = vec![LayerSpec::Linear {
+            inputs: 5,
+            outputs: 3,
+        }];
+        let init = Init::XavierUniform { seed };
+        let model = Sequential::new(&gpu, &[5], specs.clone(), init).unwrap();
+        let mut cpu = init.values(&specs).unwrap();
+        let sgd = SgdConfig::new(0.1);
+        let mut trainer = Trainer::new(model, Optimizer::sgd(sgd))
+            .with_loss(loss)
+            .unwrap();
+        let rows = 9;
+        for _ in 0..4 {
+            let x = random(&mut rng, rows * 5);
+            let t: Vec<f32> = random(&mut rng, rows * 3).iter().map(|v| v * 2.0).collect();
+            trainer.step_towards(&x, Targets::Values(&t)).unwrap();
+            // The reference: y = x·Wᵀ + b, the loss's gradient, dW = gᵀ·x, db = Σ g.
+            let xa = Array::new(&[rows, 5], x);
+            let w = Array::new(&[3, 5], cpu[0].2.clone());
+            let y = reference::matmul(&xa, &w, false, true, Some(&cpu[1].2), Activation::None);
+            let (_, g) = reference::loss::regression(&y, &t, regression);
+            let (_, dw) = reference::matmul_backward(&xa, &w, &g, false, true);
+            let db = reference::reduce::channel_sum(&g, 1).data;
+            for (p, grad) in cpu.iter_mut().zip([dw.data, db]) {
+                reference::optim::sgd_step(&mut p.2, &grad, &mut vec![0.0; grad.len()], &sgd, true);
+            }
+        }
+        let got = trainer.model().params().to_host().unwrap();
+        for ((name, _, g), (_, _, want)) in got.iter().zip(&cpu) {
+            assert_close(g, want, 1e-5, &format!("{loss:?} {name} seed {seed}"));
+        }
+        // Labels are not values.
+        assert!(matches!(
+            trainer.step(&[0.0; 5], &[1]),
+            Err(wgnn::Error::InvalidArgument { .. })
+        ));
+    }
+    // y = 2x, served raw.
+    let specs = vec![LayerSpec::Linear {
+        inputs: 1,
+        outputs: 1,
+    }];
+    let model = Sequential::new(&gpu, &[1], specs, Init::KaimingUniform { seed: 3 }).unwrap();
+    let mut trainer = Trainer::new(model, Optimizer::adam(AdamConfig::adam(0.1)))
+        .with_loss(LossFunction::Mse)
+        .unwrap();
+    let xs = [1.0f32, 2.0, 3.0, 4.0, 5.0];
+    let ys: Vec<f32> = xs.iter().map(|x| 2.0 * x).collect();
+    for _ in 0..400 {
+        trainer.step_towards(&xs, Targets::Values(&ys)).unwrap();
+    }
+    let options = SessionOptions {
+        max_batch: 4,
+        head: Head::Raw,
+        ..SessionOptions::default()
+    };
+    let session = InferenceSession::new(trainer.into_model(), options).unwrap();
+    let p = session.predict(&[6.0, 7.0, 8.0]).unwrap();
+    assert!(p.classes.is_empty() && p.top_k.is_empty());
+    for (got, want) in p.outputs.iter().zip([12.0f32, 14.0, 16.0]) {
+        assert!((got - want).abs() < 0.05, "{:?}", p.outputs);
+    }
+}
+
+/// A model saved before the model API changed (tests/fixtures, f32 and int8 storage) loads and
+/// predicts what it predicted then.
+#[test]
+fn a_model_saved_before_the_model_api_loads_and_predicts_the_same() {
+    let gpu = gpu();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let logits =
+        std::fs::read_to_string(format!("{dir}/cnn_saved_2026_12_05_logits.jsonl")).unwrap();
+    let files = [
+        "cnn_saved_2026_12_05.safetensors",
+        "cnn_saved_2026_12_05_int8.safetensors",
+    ];
+    for (file, want) in files.iter().zip(logits.lines()) {
+        let want: Vec<f32> = serde_json::from_str(want).unwrap();
+        let mut model = Sequential::load(&gpu, format!("{dir}/{file}")).unwrap();
+        assert_eq!(model.specs().map(|s| s.len()), Some(7), "{file}");
+        let x: Vec<f32> = (0..5 * 64)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let tx = wgnn::Tensor::from_slice(&gpu, &x, &[5, 1, 8, 8]).unwrap();
+        let mut batch = wgnn::Batch::new(&gpu);
+        let y = model.forward(&mut batch, &tx, false).unwrap();
+        batch.submit().unwrap();
+        assert_close(&y.to_vec::<f32>().unwrap(), &want, 1e-5, file);
+        assert_eq!(
+            model.predict_classes(&x, 5).unwrap(),
+            [0, 1, 0, 2, 0],
+            "{file}"
+        );
+    }
+}

@@ -244,7 +244,7 @@ impl LayerSpec {
             LayerSpec::AvgPool2d { kernel, stride } => Box::new(AvgPool2d::new(kernel, stride)),
             LayerSpec::Flatten => Box::new(Flatten::default()),
             LayerSpec::Activation { function } => Box::new(ActivationLayer::new(function)),
-            LayerSpec::Add => Box::new(Add::default()),
+            LayerSpec::Add => Box::new(Add),
         })
     }
 

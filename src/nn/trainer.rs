@@ -243,7 +243,7 @@ impl Trainer {
     }
 
     /// A trainer in mixed precision: the model switches to f16 compute
-    /// ([`Sequential::enable_mixed_precision`]), the optimizer updates the f32 masters, and a
+    /// ([`Model::enable_mixed_precision`]), the optimizer updates the f32 masters, and a
     /// dynamic loss scale guards the f16 gradients: a step whose gradients overflow is skipped on
     /// the GPU and the scale halves, without the host waiting for anything.
     pub fn with_mixed_precision(
