@@ -64,20 +64,20 @@ impl Layer for ResidualBlock {
 
     fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
         let x = inputs[0];
-        let (w1, b1) = (ctx.param("w1")?.clone(), ctx.param("b1")?.clone());
-        let (w2, b2) = (ctx.param("w2")?.clone(), ctx.param("b2")?.clone());
+        let (w1, b1) = (ctx.param("w1")?, ctx.param("b1")?);
+        let (w2, b2) = (ctx.param("w2")?, ctx.param("b2")?);
         let first = ops::MatmulOptions {
             transposes: transposed_b(),
-            bias: Some(&b1),
+            bias: Some(b1),
             activation: Activation::Relu,
         };
-        let h = ops::matmul(ctx.batch, x, &w1, &first)?;
+        let h = ops::matmul(ctx.batch, x, w1, &first)?;
         let second = ops::MatmulOptions {
             transposes: transposed_b(),
-            bias: Some(&b2),
+            bias: Some(b2),
             activation: Activation::None,
         };
-        let z = ops::matmul(ctx.batch, &h, &w2, &second)?;
+        let z = ops::matmul(ctx.batch, &h, w2, &second)?;
         if ctx.train {
             self.saved = Some((x.clone(), h.clone()));
         }
@@ -96,35 +96,35 @@ impl Layer for ResidualBlock {
             ..Default::default()
         };
         // dW2 += gᵀ·h, db2 += Σ g, dh = g·W2, through the ReLU (its output tells where it passed).
-        let (w1, w2) = (ctx.param("w1")?.clone(), ctx.param("w2")?.clone());
-        let (gw1, gb1) = (ctx.grad("w1")?.clone(), ctx.grad("b1")?.clone());
-        let (gw2, gb2) = (ctx.grad("w2")?.clone(), ctx.grad("b2")?.clone());
+        let (w1, w2) = (ctx.param("w1")?, ctx.param("w2")?);
+        let (gw1, gb1) = (ctx.grad("w1")?, ctx.grad("b1")?);
+        let (gw2, gb2) = (ctx.grad("w2")?, ctx.grad("b2")?);
         ops::matmul_into(
             ctx.batch,
             grad_y,
             &h,
             &accumulate_at,
-            &gw2,
+            gw2,
             ops::Write::Accumulate,
         )?;
         let db2 = ops::channel_sum(ctx.batch, grad_y, 1)?;
-        ops::axpy(ctx.batch, &gb2, 1.0, &db2)?;
-        let dh = ops::matmul(ctx.batch, grad_y, &w2, &Default::default())?;
+        ops::axpy(ctx.batch, gb2, 1.0, &db2)?;
+        let dh = ops::matmul(ctx.batch, grad_y, w2, &Default::default())?;
         let dpre = ops::activation_backward(ctx.batch, &h, &dh, Activation::Relu)?;
         ops::matmul_into(
             ctx.batch,
             &dpre,
             &x,
             &accumulate_at,
-            &gw1,
+            gw1,
             ops::Write::Accumulate,
         )?;
         let db1 = ops::channel_sum(ctx.batch, &dpre, 1)?;
-        ops::axpy(ctx.batch, &gb1, 1.0, &db1)?;
+        ops::axpy(ctx.batch, gb1, 1.0, &db1)?;
         if !needs[0] {
             return Ok(vec![None]);
         }
-        let dx = ops::matmul(ctx.batch, &dpre, &w1, &Default::default())?;
+        let dx = ops::matmul(ctx.batch, &dpre, w1, &Default::default())?;
         Ok(vec![Some(ops::scale_add(
             ctx.batch, 1.0, &dx, 1.0, grad_y,
         )?)])

@@ -118,14 +118,17 @@ impl<'a> Context<'a> {
     }
 
     /// The value of the parameter the layer declared as `name` (the f16 copy in mixed precision).
-    pub fn param(&self, name: &str) -> Result<&Tensor> {
-        Ok(&self.params[self.index(name)?].0)
+    /// The reference outlives this borrow of the context, so `ctx.batch` stays usable beside it.
+    pub fn param(&self, name: &str) -> Result<&'a Tensor> {
+        let params: &'a [(Tensor, Tensor)] = self.params;
+        Ok(&params[self.index(name)?].0)
     }
 
     /// The gradient the backward adds into for the parameter `name` (zeroed at the start of each
     /// step; accumulate, do not overwrite: micro-batches add up).
-    pub fn grad(&self, name: &str) -> Result<&Tensor> {
-        Ok(&self.params[self.index(name)?].1)
+    pub fn grad(&self, name: &str) -> Result<&'a Tensor> {
+        let params: &'a [(Tensor, Tensor)] = self.params;
+        Ok(&params[self.index(name)?].1)
     }
 }
 

@@ -378,20 +378,20 @@ impl Layer for Linear {
     fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
         expect_inputs(self.kind(), inputs.len(), 1)?;
         let x = inputs[0];
-        let bias = ctx.param("bias")?.clone();
+        let bias = ctx.param("bias")?;
         if let Some(q) = &self.compact {
             if ctx.train {
                 return Err(inference_only(self.kind()));
             }
-            return ops::quantized_linear(ctx.batch, x, q, Some(&bias), self.fused);
+            return ops::quantized_linear(ctx.batch, x, q, Some(bias), self.fused);
         }
         let options = ops::MatmulOptions {
             transposes: ops::Transposes { a: false, b: true },
-            bias: Some(&bias),
+            bias: Some(bias),
             activation: self.fused,
         };
-        let w = ctx.param("weight")?.clone();
-        let y = ops::matmul(ctx.batch, x, &w, &options)?;
+        let w = ctx.param("weight")?;
+        let y = ops::matmul(ctx.batch, x, w, &options)?;
         if ctx.train {
             let out = (self.fused != Activation::None).then(|| y.clone());
             self.saved = Some((x.clone(), out));
@@ -407,28 +407,17 @@ impl Layer for Linear {
     ) -> Result<Vec<Option<Tensor>>> {
         let (x, y) = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
         let dz = through_fused(ctx, self.fused, &y, grad_y)?;
-        let (w, gw, gb) = (
-            ctx.param("weight")?.clone(),
-            ctx.grad("weight")?.clone(),
-            ctx.grad("bias")?.clone(),
-        );
+        let (w, gw, gb) = (ctx.param("weight")?, ctx.grad("weight")?, ctx.grad("bias")?);
         // dW += dzᵀ·x; db += Σ_rows dz; dx = dz·W.
         let transpose_a = ops::MatmulOptions {
             transposes: ops::Transposes { a: true, b: false },
             ..Default::default()
         };
-        ops::matmul_into(
-            ctx.batch,
-            &dz,
-            &x,
-            &transpose_a,
-            &gw,
-            ops::Write::Accumulate,
-        )?;
+        ops::matmul_into(ctx.batch, &dz, &x, &transpose_a, gw, ops::Write::Accumulate)?;
         let db = ops::channel_sum(ctx.batch, &dz, 1)?;
-        ops::axpy(ctx.batch, &gb, 1.0, &db)?;
+        ops::axpy(ctx.batch, gb, 1.0, &db)?;
         let dx = if needs.first() == Some(&true) {
-            Some(ops::matmul(ctx.batch, &dz, &w, &Default::default())?)
+            Some(ops::matmul(ctx.batch, &dz, w, &Default::default())?)
         } else {
             None
         };
@@ -537,7 +526,7 @@ impl Layer for Conv2d {
     fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
         expect_inputs(self.kind(), inputs.len(), 1)?;
         let x = inputs[0];
-        let bias = ctx.param("bias")?.clone();
+        let bias = ctx.param("bias")?;
         if let Some(q) = &self.compact {
             if ctx.train {
                 return Err(inference_only(self.kind()));
@@ -553,20 +542,13 @@ impl Layer for Conv2d {
                 x,
                 shape,
                 q,
-                Some(&bias),
+                Some(bias),
                 &self.conv_params(),
                 self.fused,
             );
         }
-        let w = ctx.param("weight")?.clone();
-        let y = ops::conv2d(
-            ctx.batch,
-            x,
-            &w,
-            Some(&bias),
-            &self.conv_params(),
-            self.fused,
-        )?;
+        let w = ctx.param("weight")?;
+        let y = ops::conv2d(ctx.batch, x, w, Some(bias), &self.conv_params(), self.fused)?;
         if ctx.train {
             let out = (self.fused != Activation::None).then(|| y.clone());
             self.saved = Some((x.clone(), out));
@@ -582,22 +564,18 @@ impl Layer for Conv2d {
     ) -> Result<Vec<Option<Tensor>>> {
         let (x, y) = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
         let dz = through_fused(ctx, self.fused, &y, grad_y)?;
-        let (w, gw, gb) = (
-            ctx.param("weight")?.clone(),
-            ctx.grad("weight")?.clone(),
-            ctx.grad("bias")?.clone(),
-        );
+        let (w, gw, gb) = (ctx.param("weight")?, ctx.grad("weight")?, ctx.grad("bias")?);
         let grads = ops::conv2d_backward(
             ctx.batch,
             &x,
-            &w,
+            w,
             &dz,
             &self.conv_params(),
             ops::BiasGradient::Compute,
         )?;
-        ops::axpy(ctx.batch, &gw, 1.0, &grads.weight)?;
+        ops::axpy(ctx.batch, gw, 1.0, &grads.weight)?;
         if let Some(db) = &grads.bias {
-            ops::axpy(ctx.batch, &gb, 1.0, db)?;
+            ops::axpy(ctx.batch, gb, 1.0, db)?;
         }
         Ok(vec![(needs.first() == Some(&true)).then_some(grads.input)])
     }

@@ -263,6 +263,7 @@ impl ModelBuilder {
                 half: Vec::new(),
                 absorbed: false,
                 needs_grad: false,
+                input_needs: Vec::new(),
                 consumers: 0,
                 layer,
                 inputs,
@@ -327,6 +328,14 @@ impl ModelBuilder {
                 Source::Input(_) => false,
             });
             nodes[i].needs_grad = !nodes[i].names.is_empty() || upstream;
+            nodes[i].input_needs = nodes[i]
+                .inputs
+                .iter()
+                .map(|s| match *s {
+                    Source::Node(j) => nodes[j].needs_grad,
+                    Source::Input(_) => false,
+                })
+                .collect();
         }
         Ok(Model {
             gpu: gpu.clone(),
@@ -421,6 +430,8 @@ struct Node {
     absorbed: bool,
     /// Whether its backward runs (it or a layer it feeds from has parameters).
     needs_grad: bool,
+    /// For each input, whether the backward must return its gradient.
+    input_needs: Vec<bool>,
     /// Layers (and the model output) that read its value.
     consumers: usize,
 }
@@ -666,25 +677,28 @@ impl Model {
         let half = self.compute_dtype() == DType::F16;
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
         for i in 0..self.nodes.len() {
-            let ins: Vec<Tensor> = self.nodes[i]
-                .inputs
-                .iter()
-                .map(|s| match *s {
-                    Source::Input(k) => Ok(inputs[k].clone()),
-                    Source::Node(j) => values[j].clone().ok_or_else(|| Error::InvalidArgument {
-                        op: OP,
-                        details: format!("layer {i} reads layer {j}, which has no output"),
-                    }),
-                })
-                .collect::<Result<_>>()?;
             let node = &mut self.nodes[i];
-            let y = if node.absorbed {
-                ins[0].clone()
-            } else {
-                let views = if half { &node.half } else { &node.views };
-                let refs: Vec<&Tensor> = ins.iter().collect();
-                let mut ctx = Context::new(batch, views, &node.names, train);
-                node.layer.forward(&mut ctx, &refs)?
+            let y = {
+                let ins = node
+                    .inputs
+                    .iter()
+                    .map(|s| match *s {
+                        Source::Input(k) => Ok(inputs[k]),
+                        Source::Node(j) => {
+                            values[j].as_ref().ok_or_else(|| Error::InvalidArgument {
+                                op: OP,
+                                details: format!("layer {i} reads layer {j}, which has no output"),
+                            })
+                        }
+                    })
+                    .collect::<Result<Vec<&Tensor>>>()?;
+                if node.absorbed {
+                    ins[0].clone()
+                } else {
+                    let views = if half { &node.half } else { &node.views };
+                    let mut ctx = Context::new(batch, views, &node.names, train);
+                    node.layer.forward(&mut ctx, &ins)?
+                }
             };
             values[i] = Some(y);
         }
@@ -707,29 +721,20 @@ impl Model {
             let Some(g) = grads[i].take() else {
                 continue;
             };
-            let needs: Vec<bool> = self.nodes[i]
-                .inputs
-                .iter()
-                .map(|s| match *s {
-                    Source::Node(j) => self.nodes[j].needs_grad,
-                    Source::Input(_) => false,
-                })
-                .collect();
-            if !self.nodes[i].needs_grad {
+            let node = &mut self.nodes[i];
+            if !node.needs_grad {
                 continue;
             }
-            let node = &mut self.nodes[i];
             let input_grads = if node.absorbed {
                 // The layer before applies the activation's backward with its own.
                 vec![Some(g)]
             } else {
                 let views = if half { &node.half } else { &node.views };
                 let mut ctx = Context::new(batch, views, &node.names, true);
-                node.layer.backward(&mut ctx, &g, &needs)?
+                node.layer.backward(&mut ctx, &g, &node.input_needs)?
             };
-            let sources = self.nodes[i].inputs.clone();
-            for (s, dx) in sources.iter().zip(input_grads) {
-                let (Source::Node(j), Some(dx)) = (*s, dx) else {
+            for (k, dx) in input_grads.into_iter().enumerate() {
+                let (Some(&Source::Node(j)), Some(dx)) = (self.nodes[i].inputs.get(k), dx) else {
                     continue;
                 };
                 grads[j] = Some(match grads[j].take() {

@@ -122,6 +122,8 @@ pub struct Trainer {
     loss_sum: Option<Tensor>,
     loss_steps: u32,
     staged: HashMap<usize, Staged>,
+    /// The model's output values per sample (its classes, for a classifier).
+    outputs_per_sample: usize,
     loss_scale: Option<LossScale>,
     mask: Option<super::prune::PruningMask>,
     teacher: Option<(Model, Distillation)>,
@@ -131,6 +133,11 @@ impl Trainer {
     /// A trainer for `model` with `optimizer`, minimising cross-entropy (see
     /// [`Self::with_loss`]).
     pub fn new(model: Model, optimizer: Optimizer) -> Self {
+        // A built model's shapes were checked when it was made.
+        let outputs_per_sample = model
+            .output_shape(1)
+            .map(|s| s[1..].iter().product())
+            .unwrap_or(0);
         Trainer {
             model,
             optimizer,
@@ -138,6 +145,7 @@ impl Trainer {
             loss_sum: None,
             loss_steps: 0,
             staged: HashMap::new(),
+            outputs_per_sample,
             loss_scale: None,
             mask: None,
             teacher: None,
@@ -357,7 +365,8 @@ impl Trainer {
         let k = micro_batches.len() as f32;
         self.model.zero_grads(batch)?;
         for (micro, &rows) in micro_batches.iter().zip(&rows) {
-            let staged = self.staged_tensors(rows)?;
+            self.stage(rows)?;
+            let staged = &self.staged[&rows];
             for (t, x) in staged.inputs.iter().zip(micro.inputs) {
                 write_floats(batch, t, x)?;
             }
@@ -449,7 +458,7 @@ impl Trainer {
     fn check_micro_batches(&self, micro_batches: &[MicroBatch]) -> Result<Vec<usize>> {
         const OP: &str = "Trainer::step";
         let shapes = self.model.input_shapes();
-        let per_output: usize = self.model.output_shape(1)?[1..].iter().product();
+        let per_output = self.outputs_per_sample;
         let mut counts = Vec::with_capacity(micro_batches.len());
         for (i, micro) in micro_batches.iter().enumerate() {
             if micro.inputs.len() != shapes.len() {
@@ -542,10 +551,10 @@ impl Trainer {
         Ok(counts)
     }
 
-    /// Input and target tensors for mini-batches of `rows`, made once per size.
-    fn staged_tensors(&mut self, rows: usize) -> Result<Staged> {
-        if let Some(t) = self.staged.get(&rows) {
-            return Ok(t.clone());
+    /// Makes the input and target tensors for mini-batches of `rows`, once per size.
+    fn stage(&mut self, rows: usize) -> Result<()> {
+        if self.staged.contains_key(&rows) {
+            return Ok(());
         }
         let gpu = self.model.gpu().clone();
         let dtype = self.model.compute_dtype();
@@ -559,9 +568,8 @@ impl Trainer {
             None => Tensor::uninit(&gpu, &[rows], DType::U32)?,
             Some(_) => Tensor::uninit(&gpu, &self.model.output_shape(rows)?, dtype)?,
         };
-        let staged = Staged { inputs, targets };
-        self.staged.insert(rows, staged.clone());
-        Ok(staged)
+        self.staged.insert(rows, Staged { inputs, targets });
+        Ok(())
     }
 }
 
