@@ -2,8 +2,9 @@
 //! submission) for the MLP 64-256-256-10 and the CNN (conv 1→16 3×3 pad 1, ReLU, conv 16→32 3×3
 //! pad 1, ReLU, flatten, linear 2048→10) on 8×8 inputs, batch 64, 256 and 4096.
 //!
-//! Two measures per case: `gpu` is the GPU time of a step (timestamp queries; criterion's thrpt is
-//! samples/s), `host` is the CPU time to record and submit one step (not waiting for the GPU).
+//! Three measures per case: `gpu` is the GPU time of a step (timestamp queries; criterion's thrpt is
+//! samples/s), `host` is the CPU time to record and submit one step (not waiting for the GPU),
+//! `record` the CPU time to record one without submitting it.
 //!
 //! `cargo bench --bench train_step`. On a software (CPU) adapter batch 4096 runs only with
 //! WGNN_BENCH_FULL=1. PyTorch peer: `python3 benches/torch_train_step.py`.
@@ -16,7 +17,7 @@ mod common;
 use common::{cnn, full_size_set, mlp, random};
 use wgnn::nn::{Init, Optimizer, Sequential, Trainer};
 use wgnn::ops::SgdConfig;
-use wgnn::{Gpu, GpuTimer};
+use wgnn::{Batch, Gpu, GpuTimer};
 
 fn bench(c: &mut Criterion) {
     let gpu = Gpu::new().expect("benchmarks need a GPU adapter");
@@ -70,6 +71,16 @@ fn bench(c: &mut Criterion) {
                         gpu.wait().expect("wait");
                     }
                     host
+                })
+            });
+            // Recording alone (no submission, so no driver work in the figure): the host cost of
+            // the model's forward, loss, backward and update calls.
+            group.bench_function(BenchmarkId::new("record", &id), |b| {
+                b.iter(|| {
+                    let mut batch = Batch::new(&gpu);
+                    trainer
+                        .record_step(&mut batch, &[(&x, &labels)])
+                        .expect("step");
                 })
             });
             assert!(trainer.mean_loss().expect("loss").is_finite());
