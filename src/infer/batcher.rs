@@ -66,14 +66,12 @@ impl BatcherConfig {
                 self.queue_capacity
             ));
         }
-        if self.request_timeout.is_zero() || self.request_timeout > Self::MAX_REQUEST_TIMEOUT {
-            return invalid(format!(
-                "request_timeout must be more than 0 and at most {:?}, got {:?}",
-                Self::MAX_REQUEST_TIMEOUT,
-                self.request_timeout
-            ));
-        }
-        Ok(())
+        super::check_timeout(
+            "Batcher::new",
+            "request_timeout",
+            self.request_timeout,
+            Self::MAX_REQUEST_TIMEOUT,
+        )
     }
 }
 
@@ -240,15 +238,12 @@ impl Batcher {
     /// most [`BatcherConfig::MAX_REQUEST_TIMEOUT`]).
     pub fn predict_within(&self, x: &[f32], timeout: Duration) -> Result<Prediction> {
         const OP: &str = "Batcher::predict";
-        if timeout.is_zero() || timeout > BatcherConfig::MAX_REQUEST_TIMEOUT {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                details: format!(
-                    "the timeout must be more than 0 and at most {:?}, got {timeout:?}",
-                    BatcherConfig::MAX_REQUEST_TIMEOUT
-                ),
-            });
-        }
+        super::check_timeout(
+            OP,
+            "the timeout",
+            timeout,
+            BatcherConfig::MAX_REQUEST_TIMEOUT,
+        )?;
         if x.len() != self.per_sample {
             self.count(|r| r.refused_shape += 1);
             return Err(Error::ShapeMismatch {

@@ -108,6 +108,22 @@ struct Bucket {
     in_flight: Option<InFlight>,
 }
 
+/// A timeout must be more than 0 and at most `max` (so that an `Instant` plus it cannot overflow).
+pub(crate) fn check_timeout(
+    op: &'static str,
+    what: &str,
+    timeout: Duration,
+    max: Duration,
+) -> Result<()> {
+    if timeout.is_zero() || timeout > max {
+        return Err(Error::InvalidArgument {
+            op,
+            details: format!("{what} must be more than 0 and at most {max:?}, got {timeout:?}"),
+        });
+    }
+    Ok(())
+}
+
 /// When a call gives up, and how long it was given.
 #[derive(Debug, Clone, Copy)]
 struct Deadline {
@@ -186,13 +202,7 @@ impl InferenceSession {
                 options.max_batch
             ));
         }
-        if options.timeout.is_zero() || options.timeout > SessionOptions::MAX_TIMEOUT {
-            return invalid(format!(
-                "timeout must be more than 0 and at most {:?}, got {:?}",
-                SessionOptions::MAX_TIMEOUT,
-                options.timeout
-            ));
-        }
+        check_timeout(OP, "timeout", options.timeout, SessionOptions::MAX_TIMEOUT)?;
         if model.input_shapes().len() != 1 {
             return invalid(format!(
                 "a session serves single-input models; this one takes {}",
@@ -346,15 +356,12 @@ impl InferenceSession {
     /// [`Self::predict`] that waits for the GPU at most `timeout` in all (more than 0 and at
     /// most [`SessionOptions::MAX_TIMEOUT`]).
     pub fn predict_within(&self, x: &[f32], timeout: Duration) -> Result<Predictions> {
-        if timeout.is_zero() || timeout > SessionOptions::MAX_TIMEOUT {
-            return Err(Error::InvalidArgument {
-                op: "InferenceSession::predict_within",
-                details: format!(
-                    "the timeout must be more than 0 and at most {:?}, got {timeout:?}",
-                    SessionOptions::MAX_TIMEOUT
-                ),
-            });
-        }
+        check_timeout(
+            "InferenceSession::predict_within",
+            "the timeout",
+            timeout,
+            SessionOptions::MAX_TIMEOUT,
+        )?;
         self.predict_until(x, Instant::now() + timeout)
     }
 

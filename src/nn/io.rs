@@ -69,43 +69,6 @@ impl SavedModel {
         self.to_bytes_as(Precision::F32)
     }
 
-    /// Checks the model's own numbers: every layer valid ([`LayerSpec::validate`]), the parameters
-    /// named, shaped and sized as the layers need.
-    pub fn validate(&self) -> Result<()> {
-        let mut given = self.parameters.iter();
-        for (i, spec) in self.layers.iter().enumerate() {
-            spec.validate()
-                .map_err(|e| corrupt(format!("layer {i}: {e}")))?;
-            for (name, shape) in spec.parameter_shapes() {
-                let name = format!("{i}.{name}");
-                match given.next() {
-                    Some((n, s, v)) if *n == name && *s == shape => {
-                        let numel = shape
-                            .iter()
-                            .try_fold(1usize, |a, &d| a.checked_mul(d))
-                            .unwrap_or(usize::MAX);
-                        if v.len() != numel {
-                            return Err(corrupt(format!(
-                                "{name}: {} values for the shape {shape:?}",
-                                v.len()
-                            )));
-                        }
-                    }
-                    Some((n, s, _)) => {
-                        return Err(corrupt(format!(
-                            "parameter {n:?} {s:?} where the layers need {name:?} {shape:?}"
-                        )))
-                    }
-                    None => return Err(corrupt(format!("parameter {name:?} is missing"))),
-                }
-            }
-        }
-        if let Some((n, _, _)) = given.next() {
-            return Err(corrupt(format!("parameter {n:?} belongs to no layer")));
-        }
-        Ok(())
-    }
-
     /// The name and element index of the first NaN or infinite parameter value, if any.
     pub fn first_non_finite(&self) -> Option<(&str, usize)> {
         self.parameters.iter().find_map(|(name, _, values)| {
@@ -117,8 +80,8 @@ impl SavedModel {
     }
 
     /// The safetensors bytes of a model in `storage`. Each parameter's values must fill its shape
-    /// (every side at least 1); whether the parameters fit the layers is [`Self::validate`]'s
-    /// check, which [`Self::from_bytes`] makes when the file is read back.
+    /// (every side at least 1); whether the parameters fit the layers is checked when the file is
+    /// read back ([`Self::from_bytes`]) or placed on a GPU ([`Self::into_model`]).
     pub fn to_bytes_as(&self, storage: Precision) -> Result<Vec<u8>> {
         for (name, shape, values) in &self.parameters {
             let numel = shape
@@ -139,7 +102,8 @@ impl SavedModel {
         // What each parameter is, as its layer says: compact storage holds weights only.
         let mut weights = std::collections::HashSet::new();
         for (i, spec) in self.layers.iter().enumerate() {
-            for p in spec.build()?.parameters() {
+            spec.validate()?;
+            for p in spec.parameters() {
                 if matches!(p.role, ParamRole::Weight { .. }) {
                     weights.insert(format!("{i}.{}", p.name));
                 }
@@ -252,11 +216,8 @@ impl SavedModel {
         let mut parameters = Vec::new();
         let mut expected_tensors = 0usize;
         for (i, spec) in layers.iter().enumerate() {
-            for p in spec
-                .build()
-                .map_err(|e| corrupt(format!("layer {i}: {e}")))?
-                .parameters()
-            {
+            // Validated above.
+            for p in spec.parameters() {
                 let (name, shape) = (format!("{i}.{}", p.name), p.shape);
                 let weight = matches!(p.role, ParamRole::Weight { .. });
                 let view = tensors

@@ -270,6 +270,18 @@ impl LayerSpec {
         }
     }
 
+    /// The parameters the layer owns, with their roles: what [`Layer::parameters`] of the
+    /// built-in layer gives (the shapes of [`Self::parameter_shapes`]).
+    pub fn parameters(&self) -> Vec<ParamSpec> {
+        self.parameter_shapes()
+            .into_iter()
+            .map(|(name, shape)| match name {
+                "bias" => ParamSpec::bias(name, shape[0]),
+                _ => ParamSpec::weight(name, &shape),
+            })
+            .collect()
+    }
+
     pub(crate) fn conv_params(&self) -> Conv2dParams {
         match *self {
             LayerSpec::Conv2d {
@@ -344,6 +356,15 @@ fn inference_only(kind: &str) -> Error {
     }
 }
 
+/// Takes a ReLU into an epilogue that has no activation yet; whether it did.
+fn fuse_relu(fused: &mut Activation, activation: Activation) -> bool {
+    let fusable = activation == Activation::Relu && *fused == Activation::None;
+    if fusable {
+        *fused = activation;
+    }
+    fusable
+}
+
 /// Records dL/dz from dL/dy for a layer whose epilogue applied `fused` to z (y saved).
 fn through_fused(
     ctx: &mut Context,
@@ -363,10 +384,7 @@ impl Layer for Linear {
     }
 
     fn parameters(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::weight("weight", &[self.outputs, self.inputs]),
-            ParamSpec::bias("bias", self.outputs),
-        ]
+        self.spec().expect("built in").parameters()
     }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
@@ -425,11 +443,7 @@ impl Layer for Linear {
     }
 
     fn fuse(&mut self, activation: Activation) -> bool {
-        let fusable = activation == Activation::Relu && self.fused == Activation::None;
-        if fusable {
-            self.fused = activation;
-        }
-        fusable
+        fuse_relu(&mut self.fused, activation)
     }
 
     fn compact(
@@ -489,11 +503,7 @@ impl Conv2d {
     }
 
     fn conv_params(&self) -> Conv2dParams {
-        Conv2dParams {
-            stride: self.stride,
-            padding: self.padding,
-            ..Conv2dParams::default()
-        }
+        self.spec().expect("built in").conv_params()
     }
 }
 
@@ -503,18 +513,7 @@ impl Layer for Conv2d {
     }
 
     fn parameters(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::weight(
-                "weight",
-                &[
-                    self.out_channels,
-                    self.in_channels,
-                    self.kernel.0,
-                    self.kernel.1,
-                ],
-            ),
-            ParamSpec::bias("bias", self.out_channels),
-        ]
+        self.spec().expect("built in").parameters()
     }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
@@ -581,11 +580,7 @@ impl Layer for Conv2d {
     }
 
     fn fuse(&mut self, activation: Activation) -> bool {
-        let fusable = activation == Activation::Relu && self.fused == Activation::None;
-        if fusable {
-            self.fused = activation;
-        }
-        fusable
+        fuse_relu(&mut self.fused, activation)
     }
 
     fn compact(
@@ -633,11 +628,7 @@ impl MaxPool2d {
     }
 
     fn params(&self) -> Pool2dParams {
-        Pool2dParams {
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: (0, 0),
-        }
+        self.spec().expect("built in").pool_params()
     }
 }
 
@@ -699,11 +690,7 @@ impl AvgPool2d {
     }
 
     fn params(&self) -> Pool2dParams {
-        Pool2dParams {
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: (0, 0),
-        }
+        self.spec().expect("built in").pool_params()
     }
 }
 

@@ -38,7 +38,8 @@ impl Init {
     pub fn values(&self, specs: &[LayerSpec]) -> Result<HostParameters> {
         let mut named = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
-            for p in spec.build()?.parameters() {
+            spec.validate()?;
+            for p in spec.parameters() {
                 named.push((format!("{i}.{}", p.name), p));
             }
         }
@@ -289,7 +290,7 @@ impl ModelBuilder {
             named.extend(specs.into_iter().map(|p| (format!("{i}.{}", p.name), p)));
         }
         parameter_elements(named.iter().map(|(_, p)| p))?;
-        check_arena(gpu, named.iter().map(|(_, p)| &p.shape))?;
+        ParamStore::check_fits(gpu, named.iter().map(|(_, p)| p.shape.as_slice()))?;
         let roles = named.iter().map(|(_, p)| p.role).collect();
         let values = values(&named)?;
         let params = ParamStore::new(gpu, &values)?;
@@ -371,29 +372,6 @@ fn check_input_shape(shape: &[usize]) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Checks that parameters of these shapes fit one arena on `gpu`, each rounded up to the view
-/// alignment as [`ParamStore`] lays them out.
-fn check_arena<'a>(gpu: &Gpu, shapes: impl Iterator<Item = &'a Vec<usize>>) -> Result<()> {
-    let align = ParamStore::alignment(gpu) as u64;
-    let arena = shapes
-        .map(|shape| shape.iter().product::<usize>() as u64)
-        .fold(0u64, |total, n| {
-            total.saturating_add(n.div_ceil(align).saturating_mul(align))
-        });
-    let bytes = arena.saturating_mul(4);
-    let limits = gpu.limits();
-    gpu.check_limit(
-        "parameter arena bytes (max_storage_buffer_binding_size)",
-        bytes,
-        limits.max_storage_buffer_binding_size,
-    )?;
-    gpu.check_limit(
-        "parameter arena bytes (max_buffer_size)",
-        bytes,
-        limits.max_buffer_size,
-    )
 }
 
 /// Every layer's output shape for a batch of `batch`, in layer order.

@@ -90,18 +90,7 @@ impl ParamStore {
                 })?;
         }
         // Checked against the adapter before the host copy is made.
-        let limits = gpu.limits();
-        let bytes = (total as u64).saturating_mul(4);
-        gpu.check_limit(
-            "parameter arena bytes (max_storage_buffer_binding_size)",
-            bytes,
-            limits.max_storage_buffer_binding_size,
-        )?;
-        gpu.check_limit(
-            "parameter arena bytes (max_buffer_size)",
-            bytes,
-            limits.max_buffer_size,
-        )?;
+        Self::check_arena(gpu, total as u64)?;
         let total = total.max(align);
         let mut host = vec![0.0f32; total];
         for ((_, _, data), &offset) in specs.iter().zip(&offsets) {
@@ -134,6 +123,40 @@ impl ParamStore {
     /// views, for f16 views too (mixed precision keeps f16 arenas of the same layout).
     pub fn alignment(gpu: &Gpu) -> usize {
         (gpu.limits().min_storage_buffer_offset_alignment as usize / 2).max(8)
+    }
+
+    /// Checks that parameters of these shapes fit one arena on `gpu`, each rounded up to the
+    /// view alignment as [`Self::new`] lays them out: what a model checks before it makes any
+    /// value.
+    pub fn check_fits<'a>(gpu: &Gpu, shapes: impl Iterator<Item = &'a [usize]>) -> Result<()> {
+        let align = Self::alignment(gpu) as u64;
+        let elements = shapes
+            .map(|shape| {
+                shape
+                    .iter()
+                    .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+                    .unwrap_or(u64::MAX)
+            })
+            .fold(0u64, |total, n| {
+                total.saturating_add(n.div_ceil(align).saturating_mul(align))
+            });
+        Self::check_arena(gpu, elements)
+    }
+
+    /// An arena of `elements` f32 against the adapter's storage-binding and buffer limits.
+    fn check_arena(gpu: &Gpu, elements: u64) -> Result<()> {
+        let bytes = elements.saturating_mul(4);
+        let limits = gpu.limits();
+        gpu.check_limit(
+            "parameter arena bytes (max_storage_buffer_binding_size)",
+            bytes,
+            limits.max_storage_buffer_binding_size,
+        )?;
+        gpu.check_limit(
+            "parameter arena bytes (max_buffer_size)",
+            bytes,
+            limits.max_buffer_size,
+        )
     }
 
     /// Drops the f16 arenas: the parameters are f32 only again.
