@@ -172,8 +172,8 @@ pub struct TuningRecord {
     pub op: &'static str,
     /// The shape class, as the family names it.
     pub class: String,
-    /// Each candidate timed, with its best time (its warm-up run's, compile included, where that
-    /// alone was long and far behind); candidates that failed are absent.
+    /// Each candidate timed, with its fastest run (its first run alone where that was already far
+    /// behind the best); candidates that failed are absent.
     pub times: Vec<(&'static str, Duration)>,
     /// Candidates not tried: the class's budget would have been passed.
     pub skipped: Vec<&'static str>,
