@@ -534,3 +534,51 @@ fn gemv_trans_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         workgroupBarrier();
     }
 }
+
+// Four consecutive k of opA's row `row` (zero past K), for either layout of A.
+fn a_quad(base: u32, row: u32, k: u32) -> vec4<f32> {
+    if (!TRANS_A) { return fetch_a(base, row, k, params.m, params.k); }
+    var v = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) {
+        if (k + e < params.k) { v[e] = a_at(base, row, k + e); }
+    }
+    return v;
+}
+
+// A GEMV without shared memory, barriers or arrays indexed at run time: each thread walks K alone
+// for one output (B transposed: a dot product of two rows, vec4 loads along K) or four consecutive
+// outputs (B plain: vec4 loads along N). A CPU adapter keeps it all in registers, where the
+// workgroup GEMVs above pay a coroutine switch per barrier. Grid (ceil(N / 64) for transposed B,
+// ceil(N / 256) for plain B, M, batch); K × reduce_count ≤ 8,192 (src/ops/matmul.rs), so the loops
+// stay under the software drivers' cap with ragged loads.
+@compute @workgroup_size(64, 1, 1)
+fn gemv_dot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let row = wid.y;
+    let c_base = params.c_offset + wid.z * params.c_stride_z;
+    var acc = vec4<f32>(0.0);
+    if (TRANS_B) {
+        let col = wid.x * 64u + l;
+        if (col >= params.n) { return; }
+        for (var r = 0u; r < params.reduce_count; r++) {
+            let a_base = params.a_offset + wid.z * params.a_stride_z + r * params.a_stride_r;
+            let b_base = params.b_offset + wid.z * params.b_stride_z + r * params.b_stride_r;
+            for (var k = 0u; k < params.k; k += 4u) {
+                acc = fma(a_quad(a_base, row, k), fetch_b(b_base, col, k, params.n, params.k), acc);
+            }
+        }
+        store_one(c_base, row, col, acc.x + acc.y + acc.z + acc.w);
+    } else {
+        let col = (wid.x * 64u + l) * 4u;
+        if (col >= params.n) { return; }
+        for (var r = 0u; r < params.reduce_count; r++) {
+            let a_base = params.a_offset + wid.z * params.a_stride_z + r * params.a_stride_r;
+            let b_base = params.b_offset + wid.z * params.b_stride_z + r * params.b_stride_r;
+            for (var k = 0u; k < params.k; k++) {
+                acc = fma(vec4<f32>(a_at(a_base, row, k)), fetch_b(b_base, k, col, params.k, params.n), acc);
+            }
+        }
+        for (var e = 0u; e < 4u; e++) {
+            if (col + e < params.n) { store_one(c_base, row, col + e, acc[e]); }
+        }
+    }
+}

@@ -147,8 +147,9 @@ struct CacheFile {
     choices: BTreeMap<String, String>,
 }
 
-/// Version 2: classes are named `<op>/<class>` by each op's typed class.
-const FORMAT: u32 = 2;
+/// Version 2: classes are named `<op>/<class>` by each op's typed class. Version 3: matmul has
+/// `gemv_dot` and a CPU adapter times its candidates in another order (earlier choices are retimed).
+const FORMAT: u32 = 3;
 
 /// One adapter's tuner: the mode, the choices made so far, and the cache file.
 pub(crate) struct Tuner {

@@ -94,6 +94,7 @@ entry_points! {
         SplitkSum = "splitk_sum": Params,
         GemvPlainB = "gemv_plain_b": Params,
         GemvTransB = "gemv_trans_b": Params,
+        GemvDot = "gemv_dot": Params,
     }
 }
 
@@ -520,6 +521,8 @@ pub enum MatmulCandidate {
     Tiled16x1,
     /// The kernels for at most 8 rows.
     Gemv,
+    /// The GEMV with one thread per output, no shared memory and no barriers (for CPU adapters).
+    GemvDot,
     /// [`Self::Tiled16x2`] with a doubled k-step and shared rows.
     Tiled16x2L2Sr,
     /// [`Self::Tiled16x2`] with shared rows.
@@ -553,6 +556,7 @@ impl crate::tune::Candidate for MatmulCandidate {
         Self::Tiled16x2,
         Self::Tiled16x1,
         Self::Gemv,
+        Self::GemvDot,
         Self::Tiled16x2L2Sr,
         Self::Tiled16x2Sr,
         Self::Tiled16x2L2,
@@ -572,6 +576,7 @@ impl crate::tune::Candidate for MatmulCandidate {
             Self::Tiled16x2 => "tiled16x2",
             Self::Tiled16x1 => "tiled16x1",
             Self::Gemv => "gemv",
+            Self::GemvDot => "gemv_dot",
             Self::Tiled16x2L2Sr => "tiled16x2l2sr",
             Self::Tiled16x2Sr => "tiled16x2sr",
             Self::Tiled16x2L2 => "tiled16x2l2",
@@ -603,6 +608,7 @@ impl MatmulCandidate {
             Self::Tiled16x2 => tile(16, 2, 1, false, false, 1),
             Self::Tiled16x1 => tile(16, 1, 1, false, false, 1),
             Self::Gemv => Kernel::Gemv,
+            Self::GemvDot => Kernel::GemvDot,
             Self::Tiled16x2L2Sr => tile(16, 2, 2, false, true, 1),
             Self::Tiled16x2Sr => tile(16, 2, 1, false, true, 1),
             Self::Tiled16x2L2 => tile(16, 2, 2, false, false, 1),
@@ -651,6 +657,7 @@ enum Kernel {
         splits: u32,
     },
     Gemv,
+    GemvDot,
 }
 
 impl Kernel {
@@ -665,7 +672,7 @@ impl Kernel {
                 shared_rows,
                 ..
             } => (wg, groups, loads, direct, shared_rows),
-            Kernel::Gemv => (16, 1, 1, false, false),
+            Kernel::Gemv | Kernel::GemvDot => (16, 1, 1, false, false),
         }
     }
 
@@ -673,7 +680,7 @@ impl Kernel {
     fn tile(self) -> usize {
         match self {
             Kernel::Tile { wg, groups, .. } => 4 * (wg * groups) as usize,
-            Kernel::Gemv => 64,
+            Kernel::Gemv | Kernel::GemvDot => 64,
         }
     }
 
@@ -685,7 +692,7 @@ impl Kernel {
         let per_tile = match self {
             Kernel::Tile { direct: true, .. } => 1 + 8 * 4,
             Kernel::Tile { loads, .. } => 1 + self.k_step() + 2 * loads as usize * 4,
-            Kernel::Gemv => 1,
+            Kernel::Gemv | Kernel::GemvDot => 1,
         };
         (K_PER_SPLIT / self.k_step()).min(LOOP_BUDGET / per_tile)
     }
@@ -697,17 +704,24 @@ impl Kernel {
             Kernel::Tile {
                 wg, groups, loads, ..
             } => (loads * wg / groups) as usize,
-            Kernel::Gemv => 16,
+            Kernel::Gemv | Kernel::GemvDot => 16,
         }
     }
 }
 
-/// The fixed choice (tuning off, and the first candidate timed): the GEMV for few rows, a 128-tile
-/// where there are enough of them to fill a large GPU, else a 64-tile.
-fn default_candidate(l: &Launch, gemv_fits: bool) -> MatmulCandidate {
+/// The fixed choice (tuning off, and the first candidate timed): the GEMV for few rows (on a CPU
+/// adapter the one without barriers, where K allows); on a CPU adapter the 8×8-thread 64-tile
+/// (measured on lavapipe: within 2x of the best candidate on the benches' shapes, where 16×16
+/// threads were up to 6x behind); elsewhere a 128-tile where there are enough of them to fill a
+/// large GPU, else a 64-tile.
+fn default_candidate(l: &Launch, gemv: GemvFit, cpu_adapter: bool) -> MatmulCandidate {
     let tiles128 = l.m.div_ceil(128) * l.n.div_ceil(128) * l.out_batches;
-    if gemv_fits {
+    if gemv.dot && cpu_adapter {
+        MatmulCandidate::GemvDot
+    } else if gemv.workgroup {
         MatmulCandidate::Gemv
+    } else if cpu_adapter {
+        MatmulCandidate::Tiled8x2
     } else if l.m >= 128 && l.n >= 128 && tiles128 >= 96 {
         MatmulCandidate::Tiled16x2
     } else {
@@ -715,8 +729,37 @@ fn default_candidate(l: &Launch, gemv_fits: bool) -> MatmulCandidate {
     }
 }
 
+/// The order in which a CPU adapter times candidates: shared memory is ordinary memory there and a
+/// barrier switches coroutines, so kernels without barriers or with small workgroups come first
+/// (the rest keep [`MatmulCandidate::ALL`]'s order).
+const CPU_ORDER: &[MatmulCandidate] = &[
+    MatmulCandidate::GemvDot,
+    MatmulCandidate::Direct4x1,
+    MatmulCandidate::Tiled8x2,
+    MatmulCandidate::Direct8x1,
+    MatmulCandidate::Tiled8x2S8,
+    MatmulCandidate::Tiled16x2L2Sr,
+    MatmulCandidate::Tiled16x2Sr,
+    MatmulCandidate::Tiled8x2L2,
+    MatmulCandidate::Direct16x1,
+    MatmulCandidate::Gemv,
+];
+
 /// Rows up to which the GEMV entry points beat a tile (`GEMV_MAX_ROWS` in the shader).
 const GEMV_MAX_ROWS: usize = 8;
+
+/// Most elements of K (times reduced batches) `gemv_dot` walks in one thread: with ragged loads
+/// (up to 4 iterations each) its loops stay under the software drivers' 65,535 iterations.
+const GEMV_DOT_MAX_K: usize = 8192;
+
+/// Which GEMV entry points can run a product.
+#[derive(Debug, Clone, Copy)]
+struct GemvFit {
+    /// `gemv_plain_b` / `gemv_trans_b`.
+    workgroup: bool,
+    /// `gemv_dot`.
+    dot: bool,
+}
 
 /// Most elements of K (times reduced batches) one workgroup walks: 1,024 to 2,048 k-tiles, or
 /// 9 × 1,024 GEMV iterations, well under the 65,535 loop iterations after which Mesa's software
@@ -820,9 +863,13 @@ fn aligned(o: &Operand, rows_if_plain: usize, cols_if_plain: usize) -> bool {
 /// The kernel for `l`: forced, fixed, cached, or timed now on inputs of `l`'s shape.
 fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
     let summed = summed_k(l)?;
-    let gemv_fits = l.m <= GEMV_MAX_ROWS && summed <= K_PER_SPLIT;
-    let default = default_candidate(l, gemv_fits);
+    let gemv = GemvFit {
+        workgroup: l.m <= GEMV_MAX_ROWS && summed <= K_PER_SPLIT,
+        dot: l.m <= GEMV_MAX_ROWS && summed <= GEMV_DOT_MAX_K,
+    };
     let info = gpu.adapter_info();
+    let cpu_adapter = info.device_type == wgpu::DeviceType::Cpu;
+    let default = default_candidate(l, gemv, cpu_adapter);
     let lanes_of_8 =
         gpu.uses_subgroups() && info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
     let mut fitting = vec![default];
@@ -837,10 +884,16 @@ fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
     let few_tiles = tiles64 < 32 && summed >= 1024;
     fitting.extend(MatmulCandidate::ALL.iter().copied().filter(|&c| {
         c != default
-            && (c != MatmulCandidate::Gemv || gemv_fits)
+            && (c != MatmulCandidate::Gemv || gemv.workgroup)
+            && (c != MatmulCandidate::GemvDot || gemv.dot)
             && (!c.shared_rows() || lanes_of_8)
             && (!c.splits_k() || few_tiles)
     }));
+    if cpu_adapter {
+        // The budget may stop tuning after a few candidates (each first run compiles): time the
+        // ones that suit a CPU first.
+        fitting[1..].sort_by_key(|c| CPU_ORDER.iter().position(|o| o == c).unwrap_or(usize::MAX));
+    }
     let class = || MatmulClass {
         dtype: l.c.dtype(),
         trans: (l.a.trans, l.b.trans),
@@ -912,7 +965,7 @@ fn summed_k(l: &Launch) -> Result<usize> {
 /// Records `l` with `kernel`.
 fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
     const OP: &str = "matmul";
-    let gemv = kernel == Kernel::Gemv;
+    let gemv = matches!(kernel, Kernel::Gemv | Kernel::GemvDot);
     let tile = kernel.tile() as u32;
     let plan = split_plan(l.k, l.reduce_count, kernel);
     let aligned_a = aligned(&l.a, l.m, l.k);
@@ -971,13 +1024,22 @@ fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
     let tiles_y = to_u32(OP, "row tiles", l.m.div_ceil(tile as usize))?;
     if gemv || plan.splits == 1 {
         // Columns per workgroup along x, rows per workgroup along y.
-        let (entry, groups) = match (gemv, l.b.trans) {
-            (false, _) => (Entry::Main, [tiles_x, tiles_y]),
-            (true, false) => (
+        let rows = to_u32(OP, "M", l.m)?;
+        let (entry, groups) = match (kernel, l.b.trans) {
+            (Kernel::Tile { .. }, _) => (Entry::Main, [tiles_x, tiles_y]),
+            (Kernel::GemvDot, false) => (
+                Entry::GemvDot,
+                [to_u32(OP, "tiles", l.n.div_ceil(256))?, rows],
+            ),
+            (Kernel::GemvDot, true) => (
+                Entry::GemvDot,
+                [to_u32(OP, "tiles", l.n.div_ceil(64))?, rows],
+            ),
+            (_, false) => (
                 Entry::GemvPlainB,
                 [to_u32(OP, "tiles", l.n.div_ceil(64))?, 1],
             ),
-            (true, true) => (
+            (_, true) => (
                 Entry::GemvTransB,
                 [to_u32(OP, "tiles", l.n.div_ceil(8))?, 1],
             ),
