@@ -1,4 +1,5 @@
-// loss.wgsl: cross-entropy fused with softmax, one workgroup of 256 threads per row of logits.
+// loss.wgsl: cross-entropy fused with softmax, one workgroup of 256 threads per row of logits
+// (cross_entropy_rows: one thread per narrow row).
 //   cross_entropy       integer labels, label smoothing ε: with q = (1-ε)·onehot(label) + ε/C,
 //                       row_loss = (logsumexp(x) - Σ q·x) / count, grad = (softmax(x) - q) / count,
 //                       where count is the number of rows whose label is a class (as PyTorch's
@@ -112,8 +113,9 @@ fn ce_stats(l: u32, base: u32, lo: u32, hi: u32) -> vec3<f32> {
     return workgroup_ce(l, st);
 }
 
-// Writes the gradient of columns [lo, hi) of `row`, and (when lo is 0) the row's loss.
-fn ce_write(l: u32, row: u32, lo: u32, hi: u32, st: vec3<f32>) {
+// Writes the gradient of columns start, start + step, ... below hi of `row`, and the row's loss
+// when `writes_loss`.
+fn ce_write_columns(row: u32, start: u32, step: u32, hi: u32, st: vec3<f32>, writes_loss: bool) {
     let cols = params.cols;
     let base = row * cols;
     let row_max = st.x;
@@ -124,7 +126,7 @@ fn ce_write(l: u32, row: u32, lo: u32, hi: u32, st: vec3<f32>) {
     // Ignored: IGNORE, or a label that is no class (counted apart by count_targets).
     let ignored = label >= cols;
     let scale = 1.0 / count[0];
-    if (l == 0u && lo == 0u) {
+    if (writes_loss) {
         // An ignored row adds 0, unless every row is ignored: then the mean is 0/0 = NaN (PyTorch).
         var loss = select(0.0, nan(), count[0] == 0.0);
         if (!ignored) {
@@ -137,13 +139,34 @@ fn ce_write(l: u32, row: u32, lo: u32, hi: u32, st: vec3<f32>) {
         }
         row_loss[row] = loss;
     }
-    for (var j = lo + l; j < hi; j += WG) {
+    for (var j = start; j < hi; j += step) {
         let p = exp_diff(f32(logits[base + j]), row_max) / sum;
         let q = select(0.0, 1.0 - eps, j == label) + uniform_q;
         var g = (p - q) * scale;
         if (ignored) { g = 0.0; }
         grad[base + j] = Elem(g);
     }
+}
+
+// Writes the gradient of columns [lo, hi) of `row` across the workgroup, and (when lo is 0) the
+// row's loss.
+fn ce_write(l: u32, row: u32, lo: u32, hi: u32, st: vec3<f32>) {
+    ce_write_columns(row, lo + l, WG, hi, st, l == 0u && lo == 0u);
+}
+
+// One thread per row, for rows of at most NARROW_COLS columns (ops::loss): no shared memory and no
+// barriers, which a CPU adapter runs as coroutine switches.
+@compute @workgroup_size(64, 1, 1)
+fn cross_entropy_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let row = group_index(wid) * 64u + l;
+    if (row >= params.rows) { return; }
+    let base = row * params.cols;
+    var st = vec3<f32>(neg_inf(), 0.0, 0.0);
+    for (var j = 0u; j < params.cols; j++) {
+        let v = f32(logits[base + j]);
+        st = vec3<f32>(online_max_sum(st.xy, v), st.z + v);
+    }
+    ce_write_columns(row, 0u, 1u, params.cols, st, true);
 }
 
 @compute @workgroup_size(256, 1, 1)

@@ -18,11 +18,15 @@ fn labels_for(rng: &mut rand::rngs::StdRng, rows: usize, classes: usize) -> Vec<
 fn cross_entropy_matches_the_reference() {
     let gpu = gpu();
     let (mut rng, seed) = rng();
-    // The last two have rows long enough to take the chunked path: one workgroup walking them
-    // looped past the software drivers' 65,535-iteration cap (NaN tails).
+    // Rows of up to 64 classes take the one-thread-per-row kernel (130 × 64: three workgroups of
+    // it), 65 and more the workgroup-per-row one. The last two have rows long enough to take the
+    // chunked path: one workgroup walking them looped past the software drivers' 65,535-iteration
+    // cap (NaN tails).
     for &(rows, classes) in &[
         (1usize, 1usize),
         (7, 10),
+        (130, 64),
+        (5, 65),
         (33, 1000),
         (300, 3),
         (2, 70_001),

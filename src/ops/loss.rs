@@ -41,6 +41,9 @@ pub struct Loss {
 const LONG_ROW: usize = 65_536;
 /// Columns per workgroup of a long row (`CHUNK` in the shader).
 const CHUNK: usize = 16_384;
+/// Rows of at most this many columns take `cross_entropy_rows` (one thread per row, no barriers);
+/// its loops stay far below the software drivers' cap.
+const NARROW_COLS: usize = 64;
 /// Labels one `count_targets` workgroup counts, at least (16 per thread).
 const COUNT_CHUNK: usize = 4096;
 
@@ -61,6 +64,7 @@ entry_points! {
     /// The entry points of `shaders/loss.wgsl`.
     enum Entry {
         CrossEntropy = "cross_entropy": Params,
+        CrossEntropyRows = "cross_entropy_rows": Params,
         CrossEntropyChunkStats = "cross_entropy_chunk_stats": Params,
         CrossEntropyChunks = "cross_entropy_chunks": Params,
         CountTargets = "count_targets": CountParams,
@@ -225,7 +229,17 @@ fn record(
     let pipeline = |entry| gpu.pipeline(KERNEL.pipeline(entry, logits.dtype(), vec![]));
     let mut tensors = vec![(1, logits), (2, &grad), (3, &row_loss)];
     tensors.extend_from_slice(bound);
-    if cols <= LONG_ROW {
+    if entry == Entry::CrossEntropy && cols <= NARROW_COLS {
+        let (grid, groups_x) = fold_grid(&gpu, rows.div_ceil(64))?;
+        params.groups_x = groups_x;
+        params.chunks = 1;
+        batch.dispatch_bound(
+            &pipeline(Entry::CrossEntropyRows)?,
+            bytemuck::bytes_of(&params),
+            &tensors,
+            grid,
+        )?;
+    } else if cols <= LONG_ROW {
         let (grid, groups_x) = fold_grid(&gpu, rows)?;
         params.groups_x = groups_x;
         params.chunks = 1;
