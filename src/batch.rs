@@ -33,6 +33,8 @@ pub struct Batch {
     uploads: Vec<(PooledBuffer, Vec<u8>)>,
     dispatches: usize,
     timer: Option<TimerQueries>,
+    /// While profiling: one timed pass per dispatch.
+    stamps: Option<DispatchStamps>,
     passes: usize,
     /// While capturing a plan: the steps so far.
     capture: Option<Plan>,
@@ -40,6 +42,7 @@ pub struct Batch {
 
 /// One captured dispatch: everything a replay needs, made once.
 struct Step {
+    kernel: Pipeline,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
@@ -71,6 +74,25 @@ impl Plan {
         self.steps.len()
     }
 
+    /// Encodes one replay with each step in a pass of its own between two timestamps.
+    pub(crate) fn encode_profiled(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        stamps: &mut DispatchStamps,
+    ) {
+        for step in &self.steps {
+            let writes = stamps.next_pass(&step.kernel, step.workgroups);
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(step.kernel.pipeline_name()),
+                timestamp_writes: Some(writes),
+            });
+            pass.set_pipeline(&step.pipeline);
+            pass.set_bind_group(0, &step.bind_group, &[]);
+            let [x, y, z] = step.workgroups;
+            pass.dispatch_workgroups(x, y, z);
+        }
+    }
+
     /// Encodes one replay of every step, in one compute pass.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -98,6 +120,7 @@ impl Batch {
             uploads: Vec::new(),
             dispatches: 0,
             timer: None,
+            stamps: None,
             passes: 0,
             capture: None,
         }
@@ -234,6 +257,7 @@ impl Batch {
                 plan.buffers.push(t.buffer.clone());
             }
             plan.steps.push(Step {
+                kernel: pipeline.clone(),
                 pipeline: pipeline.pipeline().clone(),
                 bind_group,
                 workgroups,
@@ -243,6 +267,28 @@ impl Batch {
         }
         for (binding, t) in tensors {
             self.hold(t, pipeline.writes(*binding));
+        }
+        if let Some(stamps) = self.stamps.as_mut() {
+            // Profiling: this dispatch alone in a pass between two timestamps.
+            self.pass = None;
+            let writes = stamps.next_pass(pipeline, workgroups);
+            let mut pass = self
+                .encoder
+                .get_or_insert_with(|| {
+                    gpu.device()
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some("wgnn batch"),
+                        })
+                })
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(pipeline.pipeline_name()),
+                    timestamp_writes: Some(writes),
+                });
+            pass.set_pipeline(pipeline.pipeline());
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+            self.dispatches += 1;
+            return Ok(());
         }
         if self.pass.is_none() {
             let timestamp_writes = match &self.timer {
@@ -447,6 +493,16 @@ impl Batch {
             encoder.copy_buffer_to_buffer(&timer.resolve, 0, &timer.readback, 0, 16);
             self.timer = Some(timer);
         }
+        if let Some(stamps) = self.stamps.as_mut() {
+            let encoder = self.encoder.get_or_insert_with(|| {
+                self.gpu
+                    .device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("wgnn batch"),
+                    })
+            });
+            stamps.resolve(encoder);
+        }
         let gpu = self.gpu.clone();
         for chunk in &self.uniforms {
             gpu.queue()
@@ -514,6 +570,22 @@ impl GpuTimer {
         self.queries.is_some()
     }
 
+    /// Records what `record` puts into a fresh batch with every dispatch in a compute pass of its
+    /// own between two timestamps, submits it, waits, and returns each dispatch's GPU time. Needs
+    /// timestamp queries ([`Gpu::supports_timestamps`]); one pass per dispatch adds a little to
+    /// the whole, so compare dispatches with each other, not the sum with [`GpuTimer::time`].
+    pub fn profile(
+        &mut self,
+        record: impl FnOnce(&mut Batch) -> Result<()>,
+    ) -> Result<DispatchProfile> {
+        let mut batch = Batch::new(&self.gpu);
+        batch.stamps = Some(DispatchStamps::new(&self.gpu, "GpuTimer::profile")?);
+        record(&mut batch)?;
+        batch.finish_and_submit()?;
+        let stamps = batch.stamps.take().expect("profiling batch");
+        stamps.read(&self.gpu)
+    }
+
     /// Records what `record` puts into a fresh batch, submits it, waits, and returns how long the
     /// GPU took.
     pub fn time(&mut self, record: impl FnOnce(&mut Batch) -> Result<()>) -> Result<Duration> {
@@ -548,5 +620,183 @@ impl GpuTimer {
         let ticks = stamps[1].saturating_sub(stamps[0]);
         let ns = ticks as f64 * f64::from(self.gpu.queue().get_timestamp_period());
         Ok(Duration::from_nanos(ns as u64))
+    }
+}
+
+/// One dispatch's GPU time, from [`GpuTimer::profile`] or `InferenceSession::profile`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchTime {
+    /// The kernel family (its file in `shaders/`).
+    pub kernel: &'static str,
+    /// The entry point.
+    pub entry: &'static str,
+    /// The override constants it was compiled with.
+    pub constants: Vec<(&'static str, u32)>,
+    /// Workgroups along x, y and z.
+    pub workgroups: [u32; 3],
+    /// Time between the timestamps before and after its pass.
+    pub time: Duration,
+}
+
+/// Every dispatch of a profiled submission, in recording order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DispatchProfile {
+    /// The dispatches.
+    pub dispatches: Vec<DispatchTime>,
+    /// From the first dispatch's start to the last one's end (copies between them included).
+    pub span: Duration,
+}
+
+impl DispatchProfile {
+    /// The dispatches' times added up.
+    pub fn total(&self) -> Duration {
+        self.dispatches.iter().map(|d| d.time).sum()
+    }
+
+    /// Time per entry point, largest first: (`kernel::entry`, dispatches, time).
+    pub fn by_entry(&self) -> Vec<(String, usize, Duration)> {
+        let mut by: Vec<(String, usize, Duration)> = Vec::new();
+        for d in &self.dispatches {
+            let name = format!("{}::{}", d.kernel, d.entry);
+            match by.iter_mut().find(|(k, _, _)| *k == name) {
+                Some(entry) => {
+                    entry.1 += 1;
+                    entry.2 += d.time;
+                }
+                None => by.push((name, 1, d.time)),
+            }
+        }
+        by.sort_by_key(|entry| std::cmp::Reverse(entry.2));
+        by
+    }
+}
+
+/// Timestamp queries for one pass per dispatch: sets of [`DispatchStamps::PER_SET`] queries, made
+/// as the dispatches come.
+pub(crate) struct DispatchStamps {
+    gpu: Gpu,
+    sets: Vec<wgpu::QuerySet>,
+    kernels: Vec<(Pipeline, [u32; 3])>,
+    readback: Option<(wgpu::Buffer, wgpu::Buffer)>,
+}
+
+impl DispatchStamps {
+    /// Queries per set: two per dispatch.
+    const PER_SET: u32 = 256;
+
+    pub(crate) fn new(gpu: &Gpu, op: &'static str) -> Result<Self> {
+        if !gpu.supports_timestamps() {
+            return Err(Error::UnsupportedFeature {
+                feature: "TIMESTAMP_QUERY",
+                op,
+            });
+        }
+        Ok(DispatchStamps {
+            gpu: gpu.clone(),
+            sets: Vec::new(),
+            kernels: Vec::new(),
+            readback: None,
+        })
+    }
+
+    /// The timestamp writes of the next dispatch's pass.
+    pub(crate) fn next_pass(
+        &mut self,
+        kernel: &Pipeline,
+        workgroups: [u32; 3],
+    ) -> wgpu::ComputePassTimestampWrites<'_> {
+        let index = self.kernels.len() as u32 * 2;
+        let (set, slot) = ((index / Self::PER_SET) as usize, index % Self::PER_SET);
+        if set == self.sets.len() {
+            self.sets.push(
+                self.gpu
+                    .device()
+                    .create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("wgnn dispatch profile"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: Self::PER_SET,
+                    }),
+            );
+        }
+        self.kernels.push((kernel.clone(), workgroups));
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.sets[set],
+            beginning_of_pass_write_index: Some(slot),
+            end_of_pass_write_index: Some(slot + 1),
+        }
+    }
+
+    /// Records resolving every query into a readback buffer.
+    pub(crate) fn resolve(&mut self, encoder: &mut wgpu::CommandEncoder) {
+        let queries = self.kernels.len() as u64 * 2;
+        if queries == 0 {
+            return;
+        }
+        let bytes = queries * 8;
+        let size = (self.sets.len() as u64 * u64::from(Self::PER_SET) * 8).max(bytes);
+        let device = self.gpu.device();
+        let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgnn profile resolve"),
+            size,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgnn profile readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut left = queries as u32;
+        for (i, set) in self.sets.iter().enumerate() {
+            let used = left.min(Self::PER_SET);
+            let offset = i as u64 * u64::from(Self::PER_SET) * 8;
+            encoder.resolve_query_set(set, 0..used, &resolve, offset);
+            left -= used;
+        }
+        encoder.copy_buffer_to_buffer(&resolve, 0, &readback, 0, bytes);
+        self.readback = Some((resolve, readback));
+    }
+
+    /// Waits for the submission that resolved the queries and reads the times.
+    pub(crate) fn read(self, gpu: &Gpu) -> Result<DispatchProfile> {
+        let Some((_, readback)) = &self.readback else {
+            return Ok(DispatchProfile::default());
+        };
+        let slice = readback.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.wait()?;
+        rx.recv()
+            .map_err(|e| Error::Gpu(e.to_string()))?
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let ticks: Vec<u64> = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            bytemuck::pod_collect_to_vec(&view[..])
+        };
+        readback.unmap();
+        let period = f64::from(gpu.queue().get_timestamp_period());
+        let ns = |ticks: u64| Duration::from_nanos((ticks as f64 * period) as u64);
+        let dispatches = self
+            .kernels
+            .iter()
+            .zip(ticks.chunks_exact(2))
+            .map(|((kernel, workgroups), pair)| DispatchTime {
+                kernel: kernel.pipeline_name(),
+                entry: kernel.entry(),
+                constants: kernel.constants().to_vec(),
+                workgroups: *workgroups,
+                time: ns(pair[1].saturating_sub(pair[0])),
+            })
+            .collect();
+        let span = match (ticks.first(), ticks.last()) {
+            (Some(&first), Some(&last)) => ns(last.saturating_sub(first)),
+            _ => Duration::ZERO,
+        };
+        Ok(DispatchProfile { dispatches, span })
     }
 }

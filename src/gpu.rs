@@ -137,6 +137,8 @@ struct CachedPipeline {
     /// Bindings the kernel may write (declared `read_write`).
     writes: &'static [u32],
     name: &'static str,
+    entry: &'static str,
+    constants: Vec<(&'static str, u32)>,
 }
 
 /// A compiled kernel, ready to dispatch. Cheap to clone.
@@ -152,6 +154,12 @@ impl Pipeline {
     }
     pub(crate) fn pipeline_name(&self) -> &'static str {
         self.0.name
+    }
+    pub(crate) fn entry(&self) -> &'static str {
+        self.0.entry
+    }
+    pub(crate) fn constants(&self) -> &[(&'static str, u32)] {
+        &self.0.constants
     }
     pub(crate) fn writes(&self, binding: u32) -> bool {
         self.0.writes.contains(&binding)
@@ -519,6 +527,8 @@ impl Gpu {
             layout,
             writes: key.kernel.writes,
             name: key.kernel.name,
+            entry: key.entry,
+            constants: key.constants.clone(),
         }));
         if let Ok(mut cache) = self.0.pipelines.lock() {
             cache.insert(key, p.clone());

@@ -37,7 +37,7 @@ pub mod shaders;
 mod tensor;
 pub mod tune;
 
-pub use batch::{Batch, GpuTimer, Plan};
+pub use batch::{Batch, DispatchProfile, DispatchTime, GpuTimer, Plan};
 pub use dtype::{DType, Element, Precision};
 pub use error::{Error, Result, SOFTWARE_VULKAN_HINT};
 pub use gpu::{Gpu, GpuOptions, WANTED_FEATURES};

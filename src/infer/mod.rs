@@ -12,7 +12,7 @@ pub use batcher::{Batcher, BatcherConfig, BatcherStats, Prediction};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, Plan};
+use crate::batch::{Batch, DispatchProfile, DispatchStamps, Plan};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -263,7 +263,7 @@ impl InferenceSession {
         let per_sample: usize = self.input_shape.iter().product();
         let deadline = Deadline::after(self.options.timeout);
         for &rows in &self.sizes {
-            self.predict_bucket(&vec![0.0; rows * per_sample], rows, deadline)?;
+            self.predict_bucket(&vec![0.0; rows * per_sample], rows, deadline, None)?;
         }
         Ok(())
     }
@@ -283,10 +283,10 @@ impl InferenceSession {
         let logits = logits.reshape(&[rows, classes])?;
         let outputs = match options.head {
             Head::Classifier { top_k } => {
+                // The class is the first of the top k (same order and ties as row_max_argmax).
                 let probs = ops::softmax(&mut batch, &logits)?;
-                let (_, argmax) = ops::row_max_argmax(&mut batch, &probs)?;
                 let (top_values, top_indices) = ops::top_k(&mut batch, &probs, top_k)?;
-                vec![probs, argmax, top_values, top_indices]
+                vec![probs, top_values, top_indices]
             }
             Head::Raw => vec![logits],
         };
@@ -389,12 +389,35 @@ impl InferenceSession {
             top_k: Vec::new(),
         };
         for chunk in x.chunks(self.options.max_batch * per_sample) {
-            let part = self.predict_bucket(chunk, chunk.len() / per_sample, deadline)?;
+            let part = self.predict_bucket(chunk, chunk.len() / per_sample, deadline, None)?;
             all.outputs.extend(part.outputs);
             all.classes.extend(part.classes);
             all.top_k.extend(part.top_k);
         }
         Ok(all)
+    }
+
+    /// One prediction of `x` (1 to `max_batch` samples) with each dispatch of its replay timed on
+    /// the GPU: the model's layers and the head, in order. Needs timestamp queries.
+    pub fn profile(&self, x: &[f32]) -> Result<DispatchProfile> {
+        const OP: &str = "InferenceSession::profile";
+        let per_sample: usize = self.input_shape.iter().product();
+        let rows = x.len() / per_sample;
+        if x.is_empty() || !x.len().is_multiple_of(per_sample) || rows > self.options.max_batch {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                details: format!(
+                    "{} values are not 1 to {} samples of {:?}",
+                    x.len(),
+                    self.options.max_batch,
+                    self.input_shape
+                ),
+            });
+        }
+        let mut stamps = DispatchStamps::new(&self.gpu, OP)?;
+        let deadline = Deadline::after(self.options.timeout);
+        self.predict_bucket(x, rows, deadline, Some(&mut stamps))?;
+        stamps.read(&self.gpu)
     }
 
     /// Waits for `submission` until `deadline`.
@@ -414,7 +437,13 @@ impl InferenceSession {
         }
     }
 
-    fn predict_bucket(&self, x: &[f32], rows: usize, deadline: Deadline) -> Result<Predictions> {
+    fn predict_bucket(
+        &self,
+        x: &[f32],
+        rows: usize,
+        deadline: Deadline,
+        stamps: Option<&mut DispatchStamps>,
+    ) -> Result<Predictions> {
         let index = self
             .sizes
             .iter()
@@ -460,7 +489,13 @@ impl InferenceSession {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("wgnn inference"),
                 });
-        b.plan.encode(&mut encoder);
+        match stamps {
+            Some(stamps) => {
+                b.plan.encode_profiled(&mut encoder, stamps);
+                stamps.resolve(&mut encoder);
+            }
+            None => b.plan.encode(&mut encoder),
+        }
         for (t, &offset) in b.outputs.iter().zip(&b.offsets) {
             let len = t.size_bytes().next_multiple_of(4);
             encoder.copy_buffer_to_buffer(t.buffer(), t.offset_bytes(), &b.staging, offset, len);
@@ -509,12 +544,11 @@ impl InferenceSession {
                     top_k: Vec::new(),
                 },
                 Head::Classifier { top_k: k } => {
-                    let argmax: Vec<u32> = bytemuck::pod_collect_to_vec(bytes_of(1));
-                    let top_values = floats(2);
-                    let top_indices: Vec<u32> = bytemuck::pod_collect_to_vec(bytes_of(3));
+                    let top_values = floats(1);
+                    let top_indices: Vec<u32> = bytemuck::pod_collect_to_vec(bytes_of(2));
                     Predictions {
                         outputs,
-                        classes: argmax[..rows].to_vec(),
+                        classes: (0..rows).map(|r| top_indices[r * k]).collect(),
                         top_k: (0..rows)
                             .map(|r| {
                                 (0..k)
