@@ -4,6 +4,9 @@
 //! - `predict/{model}/{precision}/batch{n}`: wall-clock time of one `predict` call, the whole
 //!   host→GPU→host round trip (write the input, replay the plan, read probabilities, classes and
 //!   top-3 back); criterion's thrpt is samples/s.
+//! - `host_cpu/{model}/predict_round_trip` and `host_cpu/{model}/raw_round_trip`: the calling
+//!   thread's CPU time for one batch-1 `predict` and for the same dispatches driven with raw wgpu
+//!   calls (one write, the replay, the copies, one map): what wgnn's per-request bookkeeping costs.
 //! - `host/{model}/plan` and `host/raw_wgpu`: host time to encode and submit one replay of a
 //!   captured plan (the CNN's or MLP's forward at batch 1), next to a raw wgpu loop with prebuilt
 //!   bind groups and the same number of dispatches; divide by the dispatch count (printed) for the
@@ -102,6 +105,72 @@ impl RawLoop {
     }
 }
 
+/// A classifier's batch-1 round trip with raw wgpu calls around a captured plan of the same
+/// dispatches as an `InferenceSession`'s (forward, softmax, top-3).
+struct RawRoundTrip {
+    plan: wgnn::Plan,
+    input: Tensor,
+    outputs: Vec<Tensor>,
+    staging: wgpu::Buffer,
+}
+
+impl RawRoundTrip {
+    fn new(gpu: &Gpu, name: &str) -> Self {
+        let mut m = model(gpu, name);
+        let shape = [&[1usize][..], m.input_shape()].concat();
+        let input = Tensor::zeros(gpu, &shape, DType::F32).expect("input");
+        let mut capture = Batch::capture(gpu);
+        let logits = m.forward(&mut capture, &input, false).expect("forward");
+        let logits = logits.reshape(&[1, 10]).expect("logits");
+        let probs = wgnn::ops::softmax(&mut capture, &logits).expect("softmax");
+        let (values, indices) = wgnn::ops::top_k(&mut capture, &probs, 3).expect("top_k");
+        let plan = capture.into_plan().expect("plan");
+        let outputs = vec![probs, values, indices];
+        let size = outputs
+            .iter()
+            .map(|t| t.size_bytes().next_multiple_of(4))
+            .sum();
+        let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("raw round trip"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        RawRoundTrip {
+            plan,
+            input,
+            outputs,
+            staging,
+        }
+    }
+
+    fn run(&self, gpu: &Gpu, x: &[f32]) -> f32 {
+        gpu.queue().write_buffer(
+            self.input.buffer(),
+            self.input.offset_bytes(),
+            bytemuck::cast_slice(x),
+        );
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        self.plan.encode(&mut encoder);
+        let mut offset = 0;
+        for t in &self.outputs {
+            let len = t.size_bytes().next_multiple_of(4);
+            encoder.copy_buffer_to_buffer(t.buffer(), t.offset_bytes(), &self.staging, offset, len);
+            offset += len;
+        }
+        gpu.queue().submit([encoder.finish()]);
+        let slice = self.staging.slice(..);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        gpu.wait().expect("wait");
+        let first = {
+            let view = slice.get_mapped_range().expect("mapped");
+            f32::from_le_bytes([view[0], view[1], view[2], view[3]])
+        };
+        self.staging.unmap();
+        first
+    }
+}
+
 /// Host time of `encode` + submit, waiting for the GPU outside the timed region.
 fn host_time(gpu: &Gpu, iters: u64, encode: &dyn Fn(&mut wgpu::CommandEncoder)) -> Duration {
     let mut total = Duration::ZERO;
@@ -182,6 +251,45 @@ fn bench(c: &mut Criterion) {
                         gpu.wait().expect("wait");
                     }
                     total
+                })
+            },
+        );
+        // A whole batch-1 round trip, by the calling thread's CPU time (the GPU's work and the
+        // wait are not in it): `predict` against the same dispatches (the forward, softmax and
+        // top-3, captured once) driven by hand with raw wgpu calls: one write, the replay, one
+        // copy per output into one staging buffer, one map.
+        let session = InferenceSession::new(
+            model(&gpu, name),
+            SessionOptions {
+                max_batch: 1,
+                ..SessionOptions::default()
+            },
+        )
+        .expect("session");
+        let x = random(64, 3, 1.0);
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(
+            BenchmarkId::new("host_cpu", format!("{name}/predict_round_trip")),
+            |b| {
+                b.iter_custom(|iters| {
+                    let start = cpu_time::ThreadTime::now();
+                    for _ in 0..iters {
+                        session.predict(&x).expect("predict");
+                    }
+                    start.elapsed()
+                })
+            },
+        );
+        let raw_trip = RawRoundTrip::new(&gpu, name);
+        group.bench_function(
+            BenchmarkId::new("host_cpu", format!("{name}/raw_round_trip")),
+            |b| {
+                b.iter_custom(|iters| {
+                    let start = cpu_time::ThreadTime::now();
+                    for _ in 0..iters {
+                        raw_trip.run(&gpu, &x);
+                    }
+                    start.elapsed()
                 })
             },
         );

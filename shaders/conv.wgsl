@@ -146,17 +146,18 @@ fn store_out(base: u32, p: u32, plane_out: u32, ch: u32, v: vec4<f32>) {
     }
 }
 
-// Grid: x = pixel quads / 64 (folded into y past the limit, `groups_x` along x), z = images ×
-// channel blocks (y·groups_x + x is the quad block). 64 threads along pixels; the filters a
-// workgroup reads are the same for all its threads.
+// Grid: x = (images × pixel quads) / 64 (folded into y past the limit, `groups_x` along x), z =
+// channel blocks. 64 threads along the chunk's pixel quads, image after image, so small images
+// fill the workgroup too; the filters a workgroup reads are the same for all its threads.
 @compute @workgroup_size(64, 1, 1)
 fn conv_direct(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let plane_out = params.out_h * params.out_w;
-    let p = ((wid.y * params.groups_x + wid.x) * 64u + l) * 4u;
-    let blocks = params.out_channels / KB;
-    let n = params.first_image + wid.z / blocks;
-    let k0 = (wid.z % blocks) * KB;
-    if (p >= plane_out) { return; }
+    let quads = (plane_out + 3u) / 4u;
+    let q = (wid.y * params.groups_x + wid.x) * 64u + l;
+    if (q >= params.images * quads) { return; }
+    let n = params.first_image + q / quads;
+    let p = (q % quads) * 4u;
+    let k0 = wid.z * KB;
     let g = k0 / params.out_per_group;
     let rs = params.kernel_h * params.kernel_w;
     // Padded input coordinates of the 4 pixels' windows' corners.

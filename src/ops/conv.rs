@@ -507,10 +507,9 @@ fn record_implicit(batch: &mut Batch, f: &Forward) -> Result<()> {
     let g = f.g;
     let kb = if g.kg().is_multiple_of(4) { 4 } else { 1 };
     let blocks = g.k / kb;
-    let max_z = batch.gpu().limits().max_compute_workgroups_per_dimension as usize;
-    let chunk = (max_z / blocks).clamp(1, g.n);
     let quads = g.plane_out().div_ceil(4);
-    let (grid, groups_x) = fold_grid(batch.gpu(), quads.div_ceil(64))?;
+    // Threads run along images × quads: chunks of at most 2^22 of them keep the index in u32.
+    let chunk = ((1 << 22) / quads).clamp(1, g.n);
     let pipeline = batch.gpu().pipeline(KERNEL.pipeline(
         Entry::ConvDirect,
         f.x.dtype(),
@@ -524,6 +523,7 @@ fn record_implicit(batch: &mut Batch, f: &Forward) -> Result<()> {
     let bias = f.bias.unwrap_or(f.w);
     for first in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - first);
+        let (grid, groups_x) = fold_grid(batch.gpu(), (images * quads).div_ceil(64))?;
         let params = Params {
             first_image: first as u32,
             out_channels: g.k as u32,
@@ -536,7 +536,7 @@ fn record_implicit(batch: &mut Batch, f: &Forward) -> Result<()> {
             &pipeline,
             bytemuck::bytes_of(&params),
             &[f.x, f.out, f.w, bias],
-            [grid[0], grid[1], (images * blocks) as u32],
+            [grid[0], grid[1], blocks as u32],
         )?;
     }
     Ok(())
