@@ -98,10 +98,11 @@ pub struct Predictions {
 struct Bucket {
     plan: Plan,
     input: Tensor,
-    /// Classifier: probabilities, classes, top-k values, top-k indices; raw: the outputs.
+    /// Classifier: probabilities, top-k values, top-k indices; raw: the outputs.
     outputs: Vec<Tensor>,
     offsets: Vec<u64>,
     staging: wgpu::Buffer,
+    /// Zeros between requests: the padding past a short request (and f16 inputs' staging).
     host_input: Vec<u8>,
     /// A replay whose wait timed out: it is finished (and its readback unmapped) before the
     /// bucket is used again.
@@ -466,23 +467,30 @@ impl InferenceSession {
             }
         }
         let b = &mut *bucket;
-        // The input, padded with zeros past `rows`.
+        // The input, padded with zeros past `rows` (`host_input` holds zeros for that).
+        let queue = self.gpu.queue();
+        let (input, offset) = (b.input.buffer(), b.input.offset_bytes());
         let used = match b.input.dtype() {
             DType::F16 => {
                 let half: Vec<crate::f16> = x.iter().map(|&v| crate::f16::from_f32(v)).collect();
                 let bytes: &[u8] = bytemuck::cast_slice(&half);
                 b.host_input[..bytes.len()].copy_from_slice(bytes);
-                bytes.len()
+                let used = bytes.len();
+                b.host_input[used..].fill(0);
+                queue.write_buffer(input, offset, &b.host_input);
+                b.host_input.fill(0);
+                b.host_input.len()
             }
             _ => {
+                // Written straight from the caller's slice, no staging copy on the host.
                 let bytes: &[u8] = bytemuck::cast_slice(x);
-                b.host_input[..bytes.len()].copy_from_slice(bytes);
+                queue.write_buffer(input, offset, bytes);
                 bytes.len()
             }
         };
-        b.host_input[used..].fill(0);
-        let queue = self.gpu.queue();
-        queue.write_buffer(b.input.buffer(), b.input.offset_bytes(), &b.host_input);
+        if used < b.host_input.len() {
+            queue.write_buffer(input, offset + used as u64, &b.host_input[used..]);
+        }
         let mut encoder =
             self.gpu
                 .device()
@@ -526,17 +534,19 @@ impl InferenceSession {
                 let start = b.offsets[i] as usize;
                 &view[start..start + b.outputs[i].size_bytes() as usize]
             };
-            let floats = |i: usize| -> Vec<f32> {
+            // The first `len` values of output `i`, as f32.
+            let floats = |i: usize, len: usize| -> Vec<f32> {
+                let bytes = bytes_of(i);
                 match b.outputs[i].dtype() {
-                    DType::F16 => bytemuck::pod_collect_to_vec::<u8, crate::f16>(bytes_of(i))
+                    DType::F16 => bytemuck::pod_collect_to_vec::<u8, crate::f16>(&bytes[..len * 2])
                         .into_iter()
                         .map(f32::from)
                         .collect(),
-                    _ => bytemuck::pod_collect_to_vec(bytes_of(i)),
+                    _ => bytemuck::pod_collect_to_vec(&bytes[..len * 4]),
                 }
             };
             let classes = self.classes;
-            let outputs = floats(0)[..rows * classes].to_vec();
+            let outputs = floats(0, rows * classes);
             match self.options.head {
                 Head::Raw => Predictions {
                     outputs,
@@ -544,8 +554,9 @@ impl InferenceSession {
                     top_k: Vec::new(),
                 },
                 Head::Classifier { top_k: k } => {
-                    let top_values = floats(1);
-                    let top_indices: Vec<u32> = bytemuck::pod_collect_to_vec(bytes_of(2));
+                    let top_values = floats(1, rows * k);
+                    let top_indices: Vec<u32> =
+                        bytemuck::pod_collect_to_vec(&bytes_of(2)[..rows * k * 4]);
                     Predictions {
                         outputs,
                         classes: (0..rows).map(|r| top_indices[r * k]).collect(),
