@@ -1,7 +1,12 @@
 //! wgnn against burn-wgpu on the same shapes with one timing method: the wall clock around one call
 //! followed by a wait for the device (wgnn: `Gpu::wait`, burn: `Device::sync`), median of `--runs`
-//! (default 5) after two warm-up calls (burn autotunes on its first call of a shape, wgnn on its
-//! first call of a shape class, or reads its tuning cache).
+//! (default 10) after three warm-up calls (burn autotunes on its first call of a shape, wgnn on its
+//! first call of a shape class, or reads its tuning cache). burn is built with its default
+//! features (autotune and fusion on), as a burn user gets it.
+//!
+//! Cases: single ops (matmul, conv, softmax) and whole models (`--only models`): a training step
+//! and a prediction of the benches' MLP and CNN, as issue 17 defines them (see `run_wgnn_models`
+//! and `run_burn_models` for what each side's call includes).
 //!
 //! Each library runs in a child process of its own, alternately (burn, wgnn, burn, wgnn, ... for
 //! `--rounds` rounds, default 3), so neither runs beside the other's device threads: in one process,
@@ -10,16 +15,26 @@
 //!
 //! Run from this directory: `cargo run --release` (burn takes about 20 minutes to build on 2 cores).
 //! Both libraries pick their adapter by themselves; on a machine without a GPU both get lavapipe.
-//! Options: `--runs N`, `--rounds N`, `--only matmul|conv|softmax`.
+//! Options: `--runs N`, `--rounds N`, `--only matmul|conv|softmax|models`.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use burn::module::Module;
+use burn::nn::conv::{Conv2d as BurnConv2d, Conv2dConfig};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Linear as BurnLinear, LinearConfig, PaddingConfig2d};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, SgdConfig as BurnSgdConfig};
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{activation, Device, DeviceKind, Distribution, Tensor as BurnTensor};
-use wgnn::ops::{self, Conv2dParams};
+use burn::tensor::{
+    activation, Device, DeviceKind, Distribution, Int, Tensor as BurnTensor, TensorData,
+};
+use wgnn::infer::{InferenceSession, SessionOptions};
+use wgnn::nn::{Init, LayerSpec, Optimizer, Sequential, Trainer};
+use wgnn::ops::{self, Conv2dParams, SgdConfig};
 use wgnn::{Activation, Batch, DType, Gpu, Tensor};
 
 fn random(len: usize, seed: u32) -> Vec<f32> {
@@ -31,10 +46,11 @@ fn random(len: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// Every call's time, after two untimed calls.
+/// Every call's time, after three untimed calls.
 fn time(runs: usize, mut call: impl FnMut()) -> Vec<Duration> {
-    call();
-    call();
+    for _ in 0..3 {
+        call();
+    }
     (0..runs)
         .map(|_| {
             let start = Instant::now();
@@ -44,13 +60,232 @@ fn time(runs: usize, mut call: impl FnMut()) -> Vec<Duration> {
         .collect()
 }
 
-const CASES: [(&str, &str); 5] = [
+const CASES: [(&str, &str); 13] = [
     ("matmul", "matmul f32 1024³"),
     ("matmul", "matmul f32 1000³"),
     ("conv", "conv fwd 256×1×28×28 → 32, 3×3 pad 1"),
     ("softmax", "softmax fwd 4096×4096"),
     ("softmax", "softmax fwd 256×10"),
+    ("models", "train MLP, batch 64"),
+    ("models", "train CNN, batch 64"),
+    ("models", "train MLP, batch 256"),
+    ("models", "train CNN, batch 256"),
+    ("models", "predict MLP f32, batch 1"),
+    ("models", "predict CNN f32, batch 1"),
+    ("models", "predict MLP f32, batch 64"),
+    ("models", "predict CNN f32, batch 64"),
 ];
+
+/// The whole-model cases: (model, batch, training?) in CASES order from index 5.
+const MODEL_CASES: [(Net, usize, bool); 8] = [
+    (Net::Mlp, 64, true),
+    (Net::Cnn, 64, true),
+    (Net::Mlp, 256, true),
+    (Net::Cnn, 256, true),
+    (Net::Mlp, 1, false),
+    (Net::Cnn, 1, false),
+    (Net::Mlp, 64, false),
+    (Net::Cnn, 64, false),
+];
+
+/// The benches' two models (`benches/common`): the MLP 64-256-256-10 with ReLUs, and the CNN on
+/// 1×8×8 inputs (conv 1→16 and 16→32, 3×3, pad 1, ReLU; flatten; linear 2048→10).
+#[derive(Clone, Copy)]
+enum Net {
+    Mlp,
+    Cnn,
+}
+
+impl Net {
+    fn input_len(self) -> usize {
+        64
+    }
+
+    fn wgnn_specs(self) -> (Vec<usize>, Vec<LayerSpec>) {
+        let relu = || LayerSpec::Activation {
+            function: Activation::Relu,
+        };
+        let linear = |inputs, outputs| LayerSpec::Linear { inputs, outputs };
+        let conv = |in_channels, out_channels| LayerSpec::Conv2d {
+            in_channels,
+            out_channels,
+            kernel: (3, 3),
+            stride: (1, 1),
+            padding: (1, 1),
+        };
+        match self {
+            Net::Mlp => (
+                vec![64],
+                vec![
+                    linear(64, 256),
+                    relu(),
+                    linear(256, 256),
+                    relu(),
+                    linear(256, 10),
+                ],
+            ),
+            Net::Cnn => (
+                vec![1, 8, 8],
+                vec![
+                    conv(1, 16),
+                    relu(),
+                    conv(16, 32),
+                    relu(),
+                    LayerSpec::Flatten,
+                    linear(2048, 10),
+                ],
+            ),
+        }
+    }
+}
+
+/// The same models in burn.
+#[derive(Module, Debug)]
+struct BurnMlp {
+    l1: BurnLinear,
+    l2: BurnLinear,
+    l3: BurnLinear,
+}
+
+#[derive(Module, Debug)]
+struct BurnCnn {
+    c1: BurnConv2d,
+    c2: BurnConv2d,
+    out: BurnLinear,
+}
+
+#[derive(Module, Debug)]
+enum BurnNet {
+    Mlp(BurnMlp),
+    Cnn(BurnCnn),
+}
+
+impl BurnNet {
+    fn new(net: Net, device: &Device) -> Self {
+        let conv = |i, o| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
+        match net {
+            Net::Mlp => BurnNet::Mlp(BurnMlp {
+                l1: LinearConfig::new(64, 256).init(device),
+                l2: LinearConfig::new(256, 256).init(device),
+                l3: LinearConfig::new(256, 10).init(device),
+            }),
+            Net::Cnn => BurnNet::Cnn(BurnCnn {
+                c1: conv(1, 16),
+                c2: conv(16, 32),
+                out: LinearConfig::new(2048, 10).init(device),
+            }),
+        }
+    }
+
+    /// Logits for `x` of shape [batch, 64].
+    fn forward(&self, x: BurnTensor<2>) -> BurnTensor<2> {
+        match self {
+            BurnNet::Mlp(m) => {
+                let h = activation::relu(m.l1.forward(x));
+                let h = activation::relu(m.l2.forward(h));
+                m.l3.forward(h)
+            }
+            BurnNet::Cnn(m) => {
+                let [batch, _] = x.dims();
+                let h = x.reshape([batch, 1, 8, 8]);
+                let h = activation::relu(m.c1.forward(h));
+                let h = activation::relu(m.c2.forward(h));
+                m.out.forward(h.reshape([batch, 2048]))
+            }
+        }
+    }
+}
+
+fn labels(batch: usize) -> Vec<u32> {
+    (0..batch as u32).map(|i| i % 10).collect()
+}
+
+/// wgnn: `Trainer::step` (uploads the batch, forward, cross-entropy, backward, SGD with momentum
+/// 0.9) and a device wait; `InferenceSession::predict` (uploads, forward, softmax, argmax, top-3,
+/// reads back).
+fn run_wgnn_models(gpu: &Gpu, runs: usize) -> anyhow::Result<()> {
+    for ((net, batch, training), (_, case)) in MODEL_CASES.iter().zip(&CASES[5..]) {
+        let (input, specs) = net.wgnn_specs();
+        let model = Sequential::new(gpu, &input, specs, Init::KaimingUniform { seed: 1 })?;
+        let x = random(batch * net.input_len(), 7);
+        let t = if *training {
+            let sgd = SgdConfig {
+                momentum: 0.9,
+                ..SgdConfig::new(0.01)
+            };
+            let mut trainer = Trainer::new(model, Optimizer::sgd(sgd));
+            let labels = labels(*batch);
+            time(runs, || {
+                trainer.step(&x, &labels).unwrap();
+                gpu.wait().unwrap();
+            })
+        } else {
+            let session = InferenceSession::new(
+                model,
+                SessionOptions {
+                    max_batch: 64,
+                    ..Default::default()
+                },
+            )?;
+            time(runs, || {
+                let p = session.predict(&x).unwrap();
+                assert_eq!(p.classes.len(), *batch);
+            })
+        };
+        print_times(case, &t);
+    }
+    Ok(())
+}
+
+/// burn: the forward, cross-entropy, backward and SGD (momentum 0.9) on its autodiff device, the
+/// batch uploaded each step, then `Device::sync`; prediction is the forward and softmax on an
+/// input already on the device, then `Device::sync` (no readback).
+fn run_burn_models(device: &Device, runs: usize) -> anyhow::Result<()> {
+    for ((net, batch, training), (_, case)) in MODEL_CASES.iter().zip(&CASES[5..]) {
+        let x = random(batch * net.input_len(), 7);
+        let t = if *training {
+            let ad = device.clone().autodiff();
+            let mut model = BurnNet::new(*net, &ad);
+            let mut optim = BurnSgdConfig::new()
+                .with_momentum(Some(MomentumConfig {
+                    momentum: 0.9,
+                    dampening: 0.0,
+                    nesterov: false,
+                }))
+                .init();
+            let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+            let targets: Vec<i64> = labels(*batch).iter().map(|&l| i64::from(l)).collect();
+            time(runs, || {
+                let xs = BurnTensor::<2>::from_data(
+                    TensorData::new(x.clone(), [*batch, net.input_len()]),
+                    &ad,
+                );
+                let ys = BurnTensor::<1, Int>::from_data(
+                    TensorData::new(targets.clone(), [*batch]),
+                    &ad,
+                );
+                let loss = loss_fn.forward(model.forward(xs), ys);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(0.01, model.clone(), grads);
+                ad.sync().unwrap();
+            })
+        } else {
+            let model = BurnNet::new(*net, device);
+            let xs =
+                BurnTensor::<2>::from_data(TensorData::new(x, [*batch, net.input_len()]), device);
+            time(runs, || {
+                let _p = activation::softmax(model.forward(xs.clone()), 1);
+                device.sync().unwrap();
+            })
+        };
+        print_times(case, &t);
+    }
+    Ok(())
+}
 
 /// Runs the wanted cases on wgnn; prints `case<TAB>nanoseconds...` lines.
 fn run_wgnn(runs: usize, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
@@ -98,6 +333,9 @@ fn run_wgnn(runs: usize, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
                 gpu.wait().unwrap();
             }),
         );
+    }
+    if wanted("models") {
+        run_wgnn_models(&gpu, runs)?;
     }
     if wanted("softmax") {
         for ((rows, cols), case) in [
@@ -154,6 +392,9 @@ fn run_burn(runs: usize, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
                 device.sync().unwrap();
             }),
         );
+    }
+    if wanted("models") {
+        run_burn_models(&device, runs)?;
     }
     if wanted("softmax") {
         for ((rows, cols), case) in [
@@ -217,7 +458,7 @@ fn main() -> anyhow::Result<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let runs: usize = flag("--runs").map_or(Ok(5), |r| r.parse())?;
+    let runs: usize = flag("--runs").map_or(Ok(10), |r| r.parse())?;
     let rounds: usize = flag("--rounds").map_or(Ok(3), |r| r.parse())?;
     let only = flag("--only");
     let wanted = |what: &str| only.as_deref().is_none_or(|o| o == what);
