@@ -8,7 +8,8 @@
 //                       counts those apart so that the caller can read how many there were.
 //   count_targets       counts[w] = number of labels in chunk w of rows that are classes, and
 //                       invalid[w] = number that are neither classes nor ignored (f32); wgnn adds
-//                       each into count[0] and count[1] before cross_entropy reads count[0].
+//                       each into count[0] and count[1] before cross_entropy reads count[0];
+//                       count_targets_total (one chunk of labels) writes count[0] and count[1].
 //   regression          prediction y and targets t of one shape, e = y - t, the mean over every
 //                       element (PyTorch's reduction='mean'), scale = 1/n:
 //                       KIND 0 MSE: l = e², g = 2e·scale; 1 L1: l = |e|, g = sign(e)·scale;
@@ -199,17 +200,13 @@ fn cross_entropy_chunks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
 
 var<workgroup> red_count: array<vec2<f32>, WG>;
 
-@compute @workgroup_size(256, 1, 1)
-fn count_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let params = count_params;
-    let w = wid.y * params.groups_x + wid.x;
-    let lo = w * params.rows_per_chunk;
-    if (lo >= params.rows) { return; }
-    let hi = min(lo + params.rows_per_chunk, params.rows);
+// (labels that are classes, labels that are neither classes nor ignored) in rows [lo, hi), over
+// the workgroup.
+fn count_range(l: u32, lo: u32, hi: u32) -> vec2<f32> {
     var n = vec2<f32>(0.0, 0.0);
     for (var r = lo + l; r < hi; r += WG) {
         let label = labels[r];
-        if (label < params.cols) {
+        if (label < count_params.cols) {
             n.x += 1.0;
         } else if (label != IGNORE) {
             n.y += 1.0;
@@ -221,9 +218,29 @@ fn count_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         if (l < stride) { red_count[l] += red_count[l + stride]; }
         workgroupBarrier();
     }
+    return red_count[0];
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn count_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let params = count_params;
+    let w = wid.y * params.groups_x + wid.x;
+    let lo = w * params.rows_per_chunk;
+    if (lo >= params.rows) { return; }
+    let n = count_range(l, lo, min(lo + params.rows_per_chunk, params.rows));
     if (l == 0u) {
-        counts[w] = red_count[0].x;
-        invalid[w] = red_count[0].y;
+        counts[w] = n.x;
+        invalid[w] = n.y;
+    }
+}
+
+// All the labels in one workgroup: counts[0] and counts[1] are what count_targets' two totals are.
+@compute @workgroup_size(256, 1, 1)
+fn count_targets_total(@builtin(local_invocation_index) l: u32) {
+    let n = count_range(l, 0u, count_params.rows);
+    if (l == 0u) {
+        counts[0] = n.x;
+        counts[1] = n.y;
     }
 }
 

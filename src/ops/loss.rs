@@ -68,6 +68,7 @@ entry_points! {
         CrossEntropyChunkStats = "cross_entropy_chunk_stats": Params,
         CrossEntropyChunks = "cross_entropy_chunks": Params,
         CountTargets = "count_targets": CountParams,
+        CountTargetsTotal = "count_targets_total": CountParams,
         SoftCrossEntropy = "soft_cross_entropy": Params,
         SoftCrossEntropyChunkStats = "soft_cross_entropy_chunk_stats": Params,
         SoftCrossEntropyChunks = "soft_cross_entropy_chunks": Params,
@@ -304,6 +305,24 @@ fn count_targets(batch: &mut Batch, labels: &Tensor, cols: usize) -> Result<Tens
     let rows = labels.numel();
     let chunk = rows.div_ceil(4096).max(COUNT_CHUNK);
     let parts = rows.div_ceil(chunk);
+    let count = Tensor::uninit(&gpu, &[2], DType::F32)?;
+    if parts == 1 {
+        let params = CountParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            groups_x: 1,
+            rows_per_chunk: chunk as u32,
+        };
+        let pipeline =
+            gpu.pipeline(KERNEL.pipeline(Entry::CountTargetsTotal, DType::F32, vec![]))?;
+        batch.dispatch_bound(
+            &pipeline,
+            bytemuck::bytes_of(&params),
+            &[(4, labels), (8, &count)],
+            [1, 1, 1],
+        )?;
+        return Ok(count);
+    }
     let counts = Tensor::uninit(&gpu, &[parts], DType::F32)?;
     let invalid = Tensor::uninit(&gpu, &[parts], DType::F32)?;
     let (grid, groups_x) = fold_grid(&gpu, parts)?;
@@ -320,7 +339,6 @@ fn count_targets(batch: &mut Batch, labels: &Tensor, cols: usize) -> Result<Tens
         &[(4, labels), (8, &counts), (9, &invalid)],
         grid,
     )?;
-    let count = Tensor::uninit(&gpu, &[2], DType::F32)?;
     crate::ops::reduce::total_into(batch, "cross_entropy", &counts, false, 1.0, &count, 0)?;
     crate::ops::reduce::total_into(batch, "cross_entropy", &invalid, false, 1.0, &count, 1)?;
     Ok(count)

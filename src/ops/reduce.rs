@@ -219,20 +219,27 @@ pub(crate) fn total_into(
     let n = x.numel();
     let chunk = n.div_ceil(MAX_PARTIALS).max(2048);
     let parts = n.div_ceil(chunk);
-    let partial = Tensor::uninit(batch.gpu(), &[parts], DType::F32)?;
-    for (input, output, dtype, n, chunk, squares, scale, offset) in [
-        (x, &partial, dtype, n, chunk, squares, 1.0, 0),
-        (
-            &partial,
-            out,
-            DType::F32,
-            parts,
-            parts,
-            false,
-            scale,
-            offset,
-        ),
-    ] {
+    // One chunk: one workgroup writes the total itself. Else partial sums, then their total.
+    let partial;
+    let passes = if parts == 1 {
+        vec![(x, out, dtype, n, chunk, squares, scale, offset)]
+    } else {
+        partial = Tensor::uninit(batch.gpu(), &[parts], DType::F32)?;
+        vec![
+            (x, &partial, dtype, n, chunk, squares, 1.0, 0),
+            (
+                &partial,
+                out,
+                DType::F32,
+                parts,
+                parts,
+                false,
+                scale,
+                offset,
+            ),
+        ]
+    };
+    for (input, output, dtype, n, chunk, squares, scale, offset) in passes {
         let (grid, groups_x) = fold_grid(batch.gpu(), n.div_ceil(chunk))?;
         let params = Params {
             groups_x,
