@@ -787,8 +787,12 @@ fn split_plan(k: usize, reduce_count: usize, kernel: Kernel) -> SplitPlan {
     let bk = kernel.k_step();
     let tiles = k.div_ceil(bk);
     let mut budget = kernel.tiles_per_split();
+    // A split-K candidate cuts each reduced batch's K into `splits` parts at least; the others
+    // walk as many reduced batches per split as the budget allows.
     if let Kernel::Tile { splits, .. } = kernel {
-        budget = budget.min(tiles.div_ceil(splits as usize)).max(1);
+        if splits > 1 {
+            budget = budget.min(tiles.div_ceil(splits as usize)).max(1);
+        }
     }
     if tiles > budget {
         let k_splits = tiles.div_ceil(budget);
