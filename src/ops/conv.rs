@@ -444,8 +444,8 @@ struct Forward<'t> {
     out: &'t Tensor,
 }
 
-/// The forward kernel for `g`: forced, fixed (`im2col`), cached, or timed now on random inputs of
-/// `g`'s shape.
+/// The forward kernel for `g`: forced, fixed (`im2col`; `implicit` on a CPU adapter), cached, or
+/// timed now on random inputs of `g`'s shape.
 fn choose(gpu: &crate::gpu::Gpu, g: &Geometry, dtype: DType) -> Result<Conv2dCandidate> {
     // im2col needs one image's column matrix under the scratch limit; where it does not fit,
     // the implicit kernel alone runs (or im2col reports the limit).
@@ -457,6 +457,11 @@ fn choose(gpu: &crate::gpu::Gpu, g: &Geometry, dtype: DType) -> Result<Conv2dCan
     }
     if g.cg() * g.r * g.s <= IMPLICIT_MAX_TAPS {
         fitting.push(Conv2dCandidate::Implicit);
+    }
+    // On a CPU adapter the implicit kernel (no barriers, no column matrix) is the default and is
+    // timed first: im2col's first run tunes its matmul, which can use up the budget.
+    if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
+        fitting.reverse();
     }
     let class = || Conv2dClass {
         dtype,

@@ -709,17 +709,25 @@ impl Kernel {
     }
 }
 
+/// Whether a product is large for a CPU adapter: its 128-tiles are enough to keep every core
+/// busy with work per tile that amortizes a barrier.
+fn large_on_cpu(l: &Launch) -> bool {
+    l.m >= 128 && l.n >= 128 && l.m.div_ceil(128) * l.n.div_ceil(128) * l.out_batches >= 16
+}
+
 /// The fixed choice (tuning off, and the first candidate timed): the GEMV for few rows (on a CPU
 /// adapter the one without barriers, where K allows); on a CPU adapter the 8×8-thread 64-tile
-/// (measured on lavapipe: within 2x of the best candidate on the benches' shapes, where 16×16
-/// threads were up to 6x behind); elsewhere a 128-tile where there are enough of them to fill a
-/// large GPU, else a 64-tile.
+/// below [`large_on_cpu`] (measured on lavapipe: within 2x of the best candidate on the benches'
+/// shapes, where 16×16 threads were up to 6x behind); elsewhere a 128-tile where there are enough
+/// of them to fill the device, else a 64-tile.
 fn default_candidate(l: &Launch, gemv: GemvFit, cpu_adapter: bool) -> MatmulCandidate {
     let tiles128 = l.m.div_ceil(128) * l.n.div_ceil(128) * l.out_batches;
     if gemv.dot && cpu_adapter {
         MatmulCandidate::GemvDot
     } else if gemv.workgroup {
         MatmulCandidate::Gemv
+    } else if cpu_adapter && large_on_cpu(l) {
+        MatmulCandidate::Tiled16x2
     } else if cpu_adapter {
         MatmulCandidate::Tiled8x2
     } else if l.m >= 128 && l.n >= 128 && tiles128 >= 96 {
@@ -729,20 +737,29 @@ fn default_candidate(l: &Launch, gemv: GemvFit, cpu_adapter: bool) -> MatmulCand
     }
 }
 
-/// The order in which a CPU adapter times candidates: shared memory is ordinary memory there and a
-/// barrier switches coroutines, so kernels without barriers or with small workgroups come first
-/// (the rest keep [`MatmulCandidate::ALL`]'s order).
+/// The order in which a CPU adapter times candidates (the tuning budget may stop after a few, each
+/// first run compiling a pipeline). Shared memory is ordinary memory there and a barrier switches
+/// coroutines: below [`large_on_cpu`], kernels without barriers or with small workgroups come
+/// first; large products go first to the 128-tiles that share A across a subgroup's lanes (the
+/// 1024³ winners on lavapipe). The rest keep [`MatmulCandidate::ALL`]'s order.
 const CPU_ORDER: &[MatmulCandidate] = &[
     MatmulCandidate::GemvDot,
     MatmulCandidate::Direct4x1,
     MatmulCandidate::Tiled8x2,
     MatmulCandidate::Direct8x1,
+    MatmulCandidate::Tiled16x2Sr,
     MatmulCandidate::Tiled8x2S8,
     MatmulCandidate::Tiled16x2L2Sr,
-    MatmulCandidate::Tiled16x2Sr,
     MatmulCandidate::Tiled8x2L2,
     MatmulCandidate::Direct16x1,
     MatmulCandidate::Gemv,
+];
+const CPU_ORDER_LARGE: &[MatmulCandidate] = &[
+    MatmulCandidate::Tiled16x2L2Sr,
+    MatmulCandidate::Tiled16x2Sr,
+    MatmulCandidate::Tiled16x2L2,
+    MatmulCandidate::Tiled8x2,
+    MatmulCandidate::Tiled8x2L2,
 ];
 
 /// Rows up to which the GEMV entry points beat a tile (`GEMV_MAX_ROWS` in the shader).
@@ -896,7 +913,12 @@ fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
     if cpu_adapter {
         // The budget may stop tuning after a few candidates (each first run compiles): time the
         // ones that suit a CPU first.
-        fitting[1..].sort_by_key(|c| CPU_ORDER.iter().position(|o| o == c).unwrap_or(usize::MAX));
+        let order = if large_on_cpu(l) {
+            CPU_ORDER_LARGE
+        } else {
+            CPU_ORDER
+        };
+        fitting[1..].sort_by_key(|c| order.iter().position(|o| o == c).unwrap_or(usize::MAX));
     }
     let class = || MatmulClass {
         dtype: l.c.dtype(),
