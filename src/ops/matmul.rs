@@ -716,10 +716,9 @@ fn large_on_cpu(l: &Launch) -> bool {
 }
 
 /// The fixed choice (tuning off, and the first candidate timed): the GEMV for few rows (on a CPU
-/// adapter the one without barriers, where K allows); on a CPU adapter the 8×8-thread 64-tile
-/// below [`large_on_cpu`] (measured on lavapipe: within 2x of the best candidate on the benches'
-/// shapes, where 16×16 threads were up to 6x behind); elsewhere a 128-tile where there are enough
-/// of them to fill the device, else a 64-tile.
+/// adapter the one without barriers, where K allows); on a CPU adapter [`cpu_tile_candidate`]
+/// below [`large_on_cpu`] (16×16-thread tiles were up to 6x behind there); elsewhere a 128-tile
+/// where there are enough of them to fill the device, else a 64-tile.
 fn default_candidate(l: &Launch, gemv: GemvFit, cpu_adapter: bool) -> MatmulCandidate {
     let tiles128 = l.m.div_ceil(128) * l.n.div_ceil(128) * l.out_batches;
     if gemv.dot && cpu_adapter {
@@ -729,12 +728,40 @@ fn default_candidate(l: &Launch, gemv: GemvFit, cpu_adapter: bool) -> MatmulCand
     } else if cpu_adapter && large_on_cpu(l) {
         MatmulCandidate::Tiled16x2
     } else if cpu_adapter {
-        MatmulCandidate::Tiled8x2
+        cpu_tile_candidate(l)
     } else if l.m >= 128 && l.n >= 128 && tiles128 >= 96 {
         MatmulCandidate::Tiled16x2
     } else {
         MatmulCandidate::Tiled16x1
     }
+}
+
+/// How much of a `tile`-sided tiling of the output the output fills (1: no padding).
+fn tile_fill(l: &Launch, tile: usize) -> f64 {
+    let fill = |size: usize| size as f64 / (size.div_ceil(tile) * tile) as f64;
+    fill(l.m) * fill(l.n)
+}
+
+/// A CPU adapter's fixed tile below [`large_on_cpu`]: the largest of the 64-, 32- and 16-tiles
+/// that the output fills to 75% (a 64-tile over 32 rows computes twice the work), else the one
+/// it fills most. Measured on lavapipe: the 64-tile (8×8 threads) leads on shapes it fills, the
+/// barrier-free 32- and 16-tiles on thin ones (conv weight gradients, 10-class outputs).
+fn cpu_tile_candidate(l: &Launch) -> MatmulCandidate {
+    let tiles = [
+        (64, MatmulCandidate::Tiled8x2),
+        (32, MatmulCandidate::Direct8x1),
+        (16, MatmulCandidate::Direct4x1),
+    ];
+    if let Some(&(_, c)) = tiles.iter().find(|(t, _)| tile_fill(l, *t) >= 0.75) {
+        return c;
+    }
+    let mut best = tiles[0];
+    for &(t, c) in &tiles[1..] {
+        if tile_fill(l, t) > tile_fill(l, best.0) {
+            best = (t, c);
+        }
+    }
+    best.1
 }
 
 /// The order in which a CPU adapter times candidates (the tuning budget may stop after a few, each
@@ -918,7 +945,15 @@ fn choose(gpu: &Gpu, l: &Launch) -> Result<Kernel> {
         } else {
             CPU_ORDER
         };
-        fitting[1..].sort_by_key(|c| order.iter().position(|o| o == c).unwrap_or(usize::MAX));
+        // Then by how much of their tiles the output fills (in quarters; a 64-tile over 32 rows
+        // computes twice the work), so that the budget goes to the tiles that fit first.
+        fitting[1..].sort_by_key(|c| {
+            let filled_quarters = (4.0 * tile_fill(l, c.kernel().tile())) as u32;
+            (
+                std::cmp::Reverse(filled_quarters),
+                order.iter().position(|o| o == c).unwrap_or(usize::MAX),
+            )
+        });
     }
     let class = || MatmulClass {
         dtype: l.c.dtype(),
