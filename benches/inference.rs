@@ -7,6 +7,7 @@
 //! - `host_cpu/{model}/predict_round_trip` and `host_cpu/{model}/raw_round_trip`: the calling
 //!   thread's CPU time for one batch-1 `predict` and for the same dispatches driven with raw wgpu
 //!   calls (one write, the replay, the copies, one map): what wgnn's per-request bookkeeping costs.
+//!   Printed first as the mean of 2,000 calls of each, interleaved.
 //! - `host/{model}/plan` and `host/raw_wgpu`: host time to encode and submit one replay of a
 //!   captured plan (the CNN's or MLP's forward at batch 1), next to a raw wgpu loop with prebuilt
 //!   bind groups and the same number of dispatches; divide by the dispatch count (printed) for the
@@ -281,6 +282,24 @@ fn bench(c: &mut Criterion) {
             },
         );
         let raw_trip = RawRoundTrip::new(&gpu, name);
+        // The two interleaved, call by call, so that drifts in the machine's load hit both alike
+        // (criterion's figures below run them minutes apart and move by ±40% on lavapipe).
+        let (mut ours, mut raw) = (Duration::ZERO, Duration::ZERO);
+        const CALLS: u32 = 2000;
+        for _ in 0..CALLS {
+            let start = cpu_time::ThreadTime::now();
+            session.predict(&x).expect("predict");
+            ours += start.elapsed();
+            let start = cpu_time::ThreadTime::now();
+            raw_trip.run(&gpu, &x);
+            raw += start.elapsed();
+        }
+        println!(
+            "{name} batch-1 round trip, thread CPU time, mean of {CALLS} interleaved calls: predict {:.1} µs, raw wgpu {:.1} µs, ratio {:.2}",
+            ours.as_secs_f64() * 1e6 / f64::from(CALLS),
+            raw.as_secs_f64() * 1e6 / f64::from(CALLS),
+            ours.as_secs_f64() / raw.as_secs_f64()
+        );
         group.bench_function(
             BenchmarkId::new("host_cpu", format!("{name}/raw_round_trip")),
             |b| {
