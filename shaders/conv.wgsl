@@ -8,7 +8,7 @@
 // col2im's loops walk the output positions whose windows cover the pixel (found once per thread),
 // so no division runs inside them unless the dilation is above 1.
 //   conv_direct  the convolution itself without a column matrix (implicit GEMM): each thread
-//            computes 4 consecutive output pixels of KB output channels of one image, walking its
+//            computes 4 consecutive output pixels of KB (1, 4 or 8) output channels of one image, walking its
 //            group's C/groups × R × S taps, and applies bias and activation.
 // Bindings: 0 params, 1 input (read: x or dcol), 2 output (read_write: col, dx or out),
 // 3 filters and 4 bias (read, conv_direct).
@@ -46,7 +46,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> bias: array<Elem>;
 
 override HAS_BIAS: bool = false;
-override KB: u32 = 4u;      // output channels per thread: 4, or 1 when K / groups is not a multiple of 4
+override KB: u32 = 4u;      // output channels per thread: 8, 4, or 1 (the largest that divides K / groups)
 
 fn flat(wid: vec3<u32>, l: u32) -> u32 {
     return (wid.y * params.groups_x + wid.x) * 256u + l;
@@ -172,6 +172,10 @@ fn conv_direct(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     var a1 = vec4<f32>(0.0);
     var a2 = vec4<f32>(0.0);
     var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);
+    var a5 = vec4<f32>(0.0);
+    var a6 = vec4<f32>(0.0);
+    var a7 = vec4<f32>(0.0);
     let cg = params.in_per_group;
     let w_stride = cg * rs;     // elements between consecutive output channels' filters
     for (var c = 0u; c < cg; c++) {
@@ -187,19 +191,31 @@ fn conv_direct(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
                                    x_at(plane_base, hp0.w + dh, wp0.w + dw));
                 let t = w_base + r * params.kernel_w + s;
                 a0 = fma(vec4<f32>(f32(filters[t])), xv, a0);
-                if (KB == 4u) {
+                if (KB >= 4u) {
                     a1 = fma(vec4<f32>(f32(filters[t + w_stride])), xv, a1);
                     a2 = fma(vec4<f32>(f32(filters[t + 2u * w_stride])), xv, a2);
                     a3 = fma(vec4<f32>(f32(filters[t + 3u * w_stride])), xv, a3);
+                }
+                if (KB == 8u) {
+                    a4 = fma(vec4<f32>(f32(filters[t + 4u * w_stride])), xv, a4);
+                    a5 = fma(vec4<f32>(f32(filters[t + 5u * w_stride])), xv, a5);
+                    a6 = fma(vec4<f32>(f32(filters[t + 6u * w_stride])), xv, a6);
+                    a7 = fma(vec4<f32>(f32(filters[t + 7u * w_stride])), xv, a7);
                 }
             }
         }
     }
     let base = (n * params.out_channels + k0) * plane_out;
     store_out(base, p, plane_out, k0, a0);
-    if (KB == 4u) {
+    if (KB >= 4u) {
         store_out(base + plane_out, p, plane_out, k0 + 1u, a1);
         store_out(base + 2u * plane_out, p, plane_out, k0 + 2u, a2);
         store_out(base + 3u * plane_out, p, plane_out, k0 + 3u, a3);
+    }
+    if (KB == 8u) {
+        store_out(base + 4u * plane_out, p, plane_out, k0 + 4u, a4);
+        store_out(base + 5u * plane_out, p, plane_out, k0 + 5u, a5);
+        store_out(base + 6u * plane_out, p, plane_out, k0 + 6u, a6);
+        store_out(base + 7u * plane_out, p, plane_out, k0 + 7u, a7);
     }
 }

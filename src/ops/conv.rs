@@ -286,7 +286,7 @@ pub(crate) static KERNEL: KernelSpec = KernelSpec {
         },
         Override {
             name: "KB",
-            values: &[1, 4],
+            values: &[1, 4, 8],
         },
         Override {
             name: "ACTIVATION",
@@ -510,7 +510,12 @@ fn choose(gpu: &crate::gpu::Gpu, g: &Geometry, dtype: DType) -> Result<Conv2dCan
 /// The `implicit` candidate: `conv_direct`, in chunks of images that keep grid z in its limit.
 fn record_implicit(batch: &mut Batch, f: &Forward) -> Result<()> {
     let g = f.g;
-    let kb = if g.kg().is_multiple_of(4) { 4 } else { 1 };
+    // Output channels per thread: each input value loaded feeds KB of them (8 measured 21–26%
+    // faster than 4 on lavapipe for 32 output channels).
+    let kb = [8, 4, 1]
+        .into_iter()
+        .find(|kb| g.kg().is_multiple_of(*kb))
+        .unwrap_or(1);
     let blocks = g.k / kb;
     let quads = g.plane_out().div_ceil(4);
     // Threads run along images × quads: chunks of at most 2^22 of them keep the index in u32.
