@@ -148,7 +148,8 @@ struct CacheFile {
 }
 
 /// Version 2: classes are named `<op>/<class>` by each op's typed class. Version 3: matmul has
-/// `gemv_dot` and a CPU adapter times its candidates in another order (earlier choices are retimed).
+/// `gemv_dot` and `tiled8x2sr`, and a CPU adapter times its candidates in another order (earlier
+/// choices are retimed).
 const FORMAT: u32 = 3;
 
 /// One adapter's tuner: the mode, the choices made so far, and the cache file.
