@@ -178,12 +178,7 @@ impl Batch {
     }
 
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
-        let device = &self.gpu.0.device;
-        self.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wgnn batch"),
-            })
-        })
+        open_encoder(&mut self.encoder, &self.gpu)
     }
 
     fn end_pass(&mut self) {
@@ -268,47 +263,27 @@ impl Batch {
         for (binding, t) in tensors {
             self.hold(t, pipeline.writes(*binding));
         }
-        if let Some(stamps) = self.stamps.as_mut() {
-            // Profiling: this dispatch alone in a pass between two timestamps.
+        // Profiling puts each dispatch in a pass of its own between two timestamps.
+        let profiling = self.stamps.is_some();
+        if self.pass.is_none() || profiling {
             self.pass = None;
-            let writes = stamps.next_pass(pipeline, workgroups);
-            let mut pass = self
-                .encoder
-                .get_or_insert_with(|| {
-                    gpu.device()
-                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                            label: Some("wgnn batch"),
-                        })
-                })
-                .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(pipeline.pipeline_name()),
-                    timestamp_writes: Some(writes),
-                });
-            pass.set_pipeline(pipeline.pipeline());
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
-            self.dispatches += 1;
-            return Ok(());
-        }
-        if self.pass.is_none() {
-            let timestamp_writes = match &self.timer {
-                Some(t) if self.passes == 0 => Some(wgpu::ComputePassTimestampWrites {
+            let timestamp_writes = match (self.stamps.as_mut(), &self.timer) {
+                (Some(stamps), _) => Some(stamps.next_pass(pipeline, workgroups)),
+                (None, Some(t)) if self.passes == 0 => Some(wgpu::ComputePassTimestampWrites {
                     query_set: &t.query_set,
                     beginning_of_pass_write_index: Some(0),
                     end_of_pass_write_index: None,
                 }),
                 _ => None,
             };
-            let pass = self
-                .encoder
-                .get_or_insert_with(|| {
-                    gpu.device()
-                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                            label: Some("wgnn batch"),
-                        })
-                })
+            let label = if profiling {
+                pipeline.pipeline_name()
+            } else {
+                "wgnn"
+            };
+            let pass = open_encoder(&mut self.encoder, &gpu)
                 .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("wgnn"),
+                    label: Some(label),
                     timestamp_writes,
                 })
                 .forget_lifetime();
@@ -494,14 +469,7 @@ impl Batch {
             self.timer = Some(timer);
         }
         if let Some(stamps) = self.stamps.as_mut() {
-            let encoder = self.encoder.get_or_insert_with(|| {
-                self.gpu
-                    .device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("wgnn batch"),
-                    })
-            });
-            stamps.resolve(encoder);
+            stamps.resolve(open_encoder(&mut self.encoder, &self.gpu));
         }
         let gpu = self.gpu.clone();
         for chunk in &self.uniforms {
@@ -522,6 +490,19 @@ impl Batch {
         gpu.take_uncaptured_error()?;
         Ok(index)
     }
+}
+
+/// The batch's encoder, made on first use.
+fn open_encoder<'e>(
+    slot: &'e mut Option<wgpu::CommandEncoder>,
+    gpu: &Gpu,
+) -> &'e mut wgpu::CommandEncoder {
+    slot.get_or_insert_with(|| {
+        gpu.device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgnn batch"),
+            })
+    })
 }
 
 struct TimerQueries {
