@@ -17,55 +17,20 @@ use std::time::{Duration, Instant};
 use wgnn::infer::{InferenceSession, SessionOptions};
 use wgnn::nn::{Init, LayerSpec, Optimizer, Sequential, Trainer};
 use wgnn::ops::SgdConfig;
-use wgnn::{Activation, Batch, DispatchProfile, DispatchTime, Gpu, GpuTimer};
+use wgnn::{Batch, DispatchProfile, DispatchTime, Gpu, GpuTimer};
 
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+/// The benches' models and data (`benches/common`): one definition for the benches, this example
+/// and the burn peer.
+#[path = "../benches/common/mod.rs"]
+mod bench_common;
 
-/// The benches' models (`benches/common`): input shape and layers.
+use bench_common::random;
+
+/// The benches' models: input shape and layers.
 fn model(name: &str) -> (Vec<usize>, Vec<LayerSpec>) {
-    let relu = || LayerSpec::Activation {
-        function: Activation::Relu,
-    };
-    let linear = |inputs, outputs| LayerSpec::Linear { inputs, outputs };
-    let conv = |in_channels, out_channels| LayerSpec::Conv2d {
-        in_channels,
-        out_channels,
-        kernel: (3, 3),
-        stride: (1, 1),
-        padding: (1, 1),
-    };
     match name {
-        "mlp" => (
-            vec![64],
-            vec![
-                linear(64, 256),
-                relu(),
-                linear(256, 256),
-                relu(),
-                linear(256, 10),
-            ],
-        ),
-        _ => (
-            vec![1, 8, 8],
-            vec![
-                conv(1, 16),
-                relu(),
-                conv(16, 32),
-                relu(),
-                LayerSpec::Flatten,
-                linear(2048, 10),
-            ],
-        ),
+        "mlp" => (vec![64], bench_common::mlp()),
+        _ => (vec![1, 8, 8], bench_common::cnn()),
     }
 }
 
@@ -137,7 +102,7 @@ fn train_case(gpu: &Gpu, name: &str, rows: usize, runs: usize) -> anyhow::Result
         ..SgdConfig::new(0.01)
     };
     let mut trainer = Trainer::new(model, Optimizer::sgd(sgd));
-    let x = random(rows * 64, 7);
+    let x = random(rows * 64, 7, 1.0);
     let labels: Vec<u32> = (0..rows as u32).map(|i| i % 10).collect();
     let (mut record, mut submit, mut wait) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs + 3 {
@@ -182,7 +147,7 @@ fn predict_case(gpu: &Gpu, name: &str, rows: usize, runs: usize) -> anyhow::Resu
             ..Default::default()
         },
     )?;
-    let x = random(rows * 64, 7);
+    let x = random(rows * 64, 7, 1.0);
     let mut walls = Vec::new();
     for run in 0..runs + 3 {
         let start = Instant::now();

@@ -88,6 +88,10 @@ const MODEL_CASES: [(Net, usize, bool); 8] = [
     (Net::Cnn, 64, false),
 ];
 
+/// The benches' models (one definition for the benches, `examples/profile` and this peer).
+#[path = "../../../benches/common/mod.rs"]
+mod bench_common;
+
 /// The benches' two models (`benches/common`): the MLP 64-256-256-10 with ReLUs, and the CNN on
 /// 1×8×8 inputs (conv 1→16 and 16→32, 3×3, pad 1, ReLU; flatten; linear 2048→10).
 #[derive(Clone, Copy)]
@@ -102,39 +106,9 @@ impl Net {
     }
 
     fn wgnn_specs(self) -> (Vec<usize>, Vec<LayerSpec>) {
-        let relu = || LayerSpec::Activation {
-            function: Activation::Relu,
-        };
-        let linear = |inputs, outputs| LayerSpec::Linear { inputs, outputs };
-        let conv = |in_channels, out_channels| LayerSpec::Conv2d {
-            in_channels,
-            out_channels,
-            kernel: (3, 3),
-            stride: (1, 1),
-            padding: (1, 1),
-        };
         match self {
-            Net::Mlp => (
-                vec![64],
-                vec![
-                    linear(64, 256),
-                    relu(),
-                    linear(256, 256),
-                    relu(),
-                    linear(256, 10),
-                ],
-            ),
-            Net::Cnn => (
-                vec![1, 8, 8],
-                vec![
-                    conv(1, 16),
-                    relu(),
-                    conv(16, 32),
-                    relu(),
-                    LayerSpec::Flatten,
-                    linear(2048, 10),
-                ],
-            ),
+            Net::Mlp => (vec![64], bench_common::mlp()),
+            Net::Cnn => (vec![1, 8, 8], bench_common::cnn()),
         }
     }
 }
