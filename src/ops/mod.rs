@@ -2,9 +2,12 @@
 
 pub mod activation;
 pub mod amp;
+pub mod attention;
 pub(crate) mod checks;
 pub mod conv;
 pub mod elementwise;
+pub mod embedding;
+pub mod layer_norm;
 pub mod loss;
 pub mod matmul;
 pub mod optim;
@@ -15,12 +18,18 @@ pub mod reduce;
 pub mod softmax;
 
 pub use activation::Activation;
+pub use attention::{
+    attention, attention_backward, attention_naive, attention_naive_backward, Attention,
+    AttentionOptions,
+};
 pub use conv::{
     conv2d, conv2d_backward, conv2d_quantized, BiasGradient, Conv2dGrads, Conv2dParams,
 };
 pub use elementwise::{
     activation, activation_backward, axpy, bias_add, mul_in_place, scale_add, scale_in_place,
 };
+pub use embedding::{check_ids, embedding, embedding_backward};
+pub use layer_norm::{layer_norm, layer_norm_backward, NormGrads, NormKind, Normalized};
 pub use loss::{cross_entropy, regression, soft_cross_entropy, Loss, Regression, IGNORE_INDEX};
 pub use matmul::{
     matmul, matmul_backward, matmul_into, MatmulGrads, MatmulOptions, Transposes, Write,
@@ -49,4 +58,7 @@ pub const KERNELS: &[&KernelSpec] = &[
     &pool::KERNEL,
     &amp::KERNEL,
     &quantized_linear::KERNEL,
+    &attention::KERNEL,
+    &layer_norm::KERNEL,
+    &embedding::KERNEL,
 ];

@@ -1,8 +1,11 @@
 //! The ops on the CPU: plain loops with f64 accumulation. The oracle every GPU test compares with;
 //! clarity beats speed here.
 
+pub mod attention;
 pub mod conv;
 pub mod elementwise;
+pub mod embedding;
+pub mod layer_norm;
 pub mod loss;
 pub mod matmul;
 pub mod nn;
