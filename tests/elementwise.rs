@@ -6,12 +6,13 @@ use common::*;
 use wgnn::reference::{self, Array};
 use wgnn::{ops, Activation, Batch, DType, Error, Tensor};
 
-const ACTIVATIONS: [Activation; 5] = [
+const ACTIVATIONS: [Activation; 6] = [
     Activation::None,
     Activation::Relu,
     Activation::Gelu,
     Activation::Sigmoid,
     Activation::Tanh,
+    Activation::GeluTanh,
 ];
 
 fn dtypes() -> Vec<DType> {

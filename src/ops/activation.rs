@@ -17,6 +17,9 @@ pub enum Activation {
     Sigmoid,
     /// tanh(x).
     Tanh,
+    /// GELU's tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as PyTorch's
+    /// `gelu(approximate="tanh")` and GPT-2.
+    GeluTanh,
 }
 
 impl Activation {
@@ -28,6 +31,7 @@ impl Activation {
             Activation::Gelu => 2,
             Activation::Sigmoid => 3,
             Activation::Tanh => 4,
+            Activation::GeluTanh => 5,
         }
     }
 }

@@ -46,7 +46,7 @@ pub(crate) static KERNEL: KernelSpec = KernelSpec {
     entries: ENTRY_POINTS,
     overrides: &[Override {
         name: "ACTIVATION",
-        values: &[0, 1, 2, 3, 4],
+        values: &[0, 1, 2, 3, 4, 5],
     }],
     override_sets: None,
     writes: &[2],

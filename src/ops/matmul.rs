@@ -164,7 +164,7 @@ pub(crate) static KERNEL: KernelSpec = KernelSpec {
         },
         Override {
             name: "ACTIVATION",
-            values: &[0, 1, 2, 3, 4],
+            values: &[0, 1, 2, 3, 4, 5],
         },
         Override {
             name: "ACCUMULATE",

@@ -18,6 +18,11 @@ pub fn activate_grad(activation: Activation, x: f64) -> f64 {
             s * (1.0 - s)
         }
         Activation::Tanh => 1.0 - x.tanh().powi(2),
+        Activation::GeluTanh => {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            let t = (k * (x + 0.044715 * x * x * x)).tanh();
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
+        }
     }
 }
 
