@@ -15,7 +15,8 @@
 //   scale_by_coefficient  g *= coef[1], in place.
 // Bindings: 0 the entry point's params (SgdParams, AdamParams, ClipParams); sgd: 1 p, 2 g, 3 momentum buffer; adam: 1 p, 2 g, 3 m, 4 v; with
 // SKIP_ON_FLAG also 7 skip (read u32: the loss-scale overflow flag and the count of skipped
-// steps, see amp.wgsl);
+// steps, see amp.wgsl); adam: 8 decay_mask (read f32, with DECAY_MASK: which elements decay, as
+// AdamW on matrices only);
 // clip_coefficient: 2 sq (read), 5 coef (read_write); scale_by_coefficient: 1 g, 6 coef (read).
 // Grid: 256-thread workgroups, folded into y past 65,535 along x.
 
@@ -54,6 +55,7 @@ struct ClipParams {
 }
 
 override DECOUPLED: bool = false;
+override DECAY_MASK: bool = false;   // adam: weight decay scaled per element by decay_mask (0 or 1)
 override SKIP_ON_FLAG: bool = false;  // leave everything unchanged when skip[0] != 0 (loss-scale overflow)
 
 @group(0) @binding(0) var<uniform> sgd_params: SgdParams;
@@ -66,6 +68,7 @@ override SKIP_ON_FLAG: bool = false;  // leave everything unchanged when skip[0]
 @group(0) @binding(5) var<storage, read_write> coef_out: array<f32>;
 @group(0) @binding(6) var<storage, read> coef_in: array<f32>;
 @group(0) @binding(7) var<storage, read> skip: array<u32>;
+@group(0) @binding(8) var<storage, read> decay_mask: array<f32>;
 
 var<workgroup> red: array<f32, 256>;
 
@@ -107,10 +110,12 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (SKIP_ON_FLAG) { if (skip[0] != 0u) { return; } }
     var w = p[i];
     var grad = g[i];
+    var wd = params.weight_decay;
+    if (DECAY_MASK) { wd *= decay_mask[i]; }
     if (DECOUPLED) {
-        w = w * (1.0 - params.lr * params.weight_decay);
+        w = w * (1.0 - params.lr * wd);
     } else {
-        grad = grad + params.weight_decay * w;
+        grad = grad + wd * w;
     }
     let b1 = params.beta1;
     let b2 = params.beta2;

@@ -19,7 +19,7 @@ use crate::gpu::Gpu;
 /// The metadata key and value that mark a wgnn model file.
 const FORMAT: (&str, &str) = ("format", "wgnn");
 
-fn corrupt(details: impl Into<String>) -> Error {
+pub(crate) fn corrupt(details: impl Into<String>) -> Error {
     Error::ModelFile {
         details: details.into(),
     }
@@ -356,7 +356,7 @@ impl Sequential {
 
 /// Reads a regular file of at most `limit` bytes (a device such as `/dev/zero` or a FIFO is
 /// refused before it is opened: one would never end, the other would block).
-fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
     let meta = std::fs::metadata(path).map_err(io)?;

@@ -142,9 +142,11 @@ impl LayerSpec {
         };
         match *self {
             LayerSpec::Linear { inputs, outputs } => match input {
-                [b, f] if *f == inputs => Ok(vec![*b, outputs]),
+                [lead @ .., f] if *f == inputs && !lead.is_empty() => {
+                    Ok([lead, &[outputs]].concat())
+                }
                 _ => Err(mismatch(format!(
-                    "Linear({inputs} -> {outputs}) takes [batch, {inputs}], got {input:?}"
+                    "Linear({inputs} -> {outputs}) takes [batch, ..., {inputs}], got {input:?}"
                 ))),
             },
             LayerSpec::Conv2d {
@@ -395,6 +397,12 @@ impl Layer for Linear {
 
     fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
         expect_inputs(self.kind(), inputs.len(), 1)?;
+        // [batch, ..., inputs] multiplies as [rows, inputs].
+        if inputs[0].shape().len() > 2 {
+            let shape = self.output_shape(&[inputs[0].shape()])?;
+            let flat = inputs[0].reshape(&[inputs[0].numel() / self.inputs, self.inputs])?;
+            return self.forward(ctx, &[&flat])?.reshape(&shape);
+        }
         let x = inputs[0];
         let bias = ctx.param("bias")?;
         if let Some(q) = &self.compact {
@@ -424,6 +432,9 @@ impl Layer for Linear {
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
         let (x, y) = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
+        // The saved input is the [rows, inputs] the forward multiplied.
+        let lead = grad_y.shape()[..grad_y.shape().len() - 1].to_vec();
+        let grad_y = &grad_y.reshape(&[grad_y.numel() / self.outputs, self.outputs])?;
         let dz = through_fused(ctx, self.fused, &y, grad_y)?;
         let (w, gw, gb) = (ctx.param("weight")?, ctx.grad("weight")?, ctx.grad("bias")?);
         // dW += dzᵀ·x; db += Σ_rows dz; dx = dz·W.
@@ -435,7 +446,8 @@ impl Layer for Linear {
         let db = ops::channel_sum(ctx.batch, &dz, 1)?;
         ops::axpy(ctx.batch, gb, 1.0, &db)?;
         let dx = if needs.first() == Some(&true) {
-            Some(ops::matmul(ctx.batch, &dz, w, &Default::default())?)
+            let dx = ops::matmul(ctx.batch, &dz, w, &Default::default())?;
+            Some(dx.reshape(&[&lead[..], &[self.inputs]].concat())?)
         } else {
             None
         };

@@ -26,6 +26,7 @@
 //! ```
 
 mod io;
+mod language_model;
 mod layer;
 mod layers;
 mod model;
@@ -33,11 +34,14 @@ mod optimizer;
 mod params;
 pub mod prune;
 mod trainer;
+mod transformer;
 
 pub use io::{ReadOptions, SavedModel};
+pub use language_model::{GptConfig, LanguageModel, Sampling};
 pub use layer::{Context, Layer, ParamRole, ParamSpec};
 pub use layers::{ActivationLayer, Add, AvgPool2d, Conv2d, Flatten, LayerSpec, Linear, MaxPool2d};
 pub use model::{Init, Model, ModelBuilder, Sequential, Value};
 pub use optimizer::Optimizer;
 pub use params::{HostParameters, ParamId, ParamStore, Parameter};
 pub use trainer::{Distillation, LossFunction, MicroBatch, MixedPrecision, Targets, Trainer};
+pub use transformer::{transformer_block, Embedding, LayerNorm, MultiHeadAttention, WarmupCosine};

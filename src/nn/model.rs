@@ -166,6 +166,21 @@ impl ModelBuilder {
         Value(Source::Node(self.nodes.len() - 1))
     }
 
+    /// Every parameter the layers declare, as (`"<layer index>.<name>"`, shape), in layer order:
+    /// what [`Self::build_with_parameters`] expects.
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (layer, _))| {
+                layer
+                    .parameters()
+                    .into_iter()
+                    .map(move |p| (format!("{i}.{}", p.name), p.shape))
+            })
+            .collect()
+    }
+
     /// The model whose output is `output`, with parameters from `init`. Everything is checked
     /// first (shapes chain, every size at least 1, the parameters fit the adapter), before any
     /// value is made.

@@ -29,6 +29,8 @@ struct State {
 pub struct Optimizer {
     kind: Kind,
     state: Option<State>,
+    /// Which elements weight decay applies to (f32 0/1 over the arena), and the store it is for.
+    decay_mask: Option<(u64, Tensor)>,
 }
 
 impl Optimizer {
@@ -37,6 +39,7 @@ impl Optimizer {
         Optimizer {
             kind: Kind::Sgd(config),
             state: None,
+            decay_mask: None,
         }
     }
 
@@ -45,7 +48,25 @@ impl Optimizer {
         Optimizer {
             kind: Kind::Adam(config),
             state: None,
+            decay_mask: None,
         }
+    }
+
+    /// Applies Adam's weight decay to `model`'s weight matrices and filters only
+    /// ([`crate::nn::ParamRole::Weight`]), not to biases and normalization scales: AdamW as GPT
+    /// training uses it. (SGD's weight decay is unchanged.)
+    pub fn decay_weights_only(&mut self, model: &crate::nn::Model) -> Result<()> {
+        let store = model.params();
+        let mut mask = vec![0.0f32; store.len()];
+        for (p, role) in store.params().iter().zip(model.param_roles()) {
+            if matches!(role, crate::nn::ParamRole::Weight { .. }) {
+                let n: usize = p.shape.iter().product();
+                mask[p.offset..p.offset + n].fill(1.0);
+            }
+        }
+        let tensor = Tensor::from_slice(model.gpu(), &mask, &[mask.len()])?;
+        self.decay_mask = Some((store.store_id(), tensor));
+        Ok(())
     }
 
     /// The learning rate.
@@ -156,7 +177,27 @@ impl Optimizer {
                 )?;
             }
             (Kind::Adam(config), Some(m), Some(v)) => {
-                adam_step_unless(batch, values, grads, m, v, config, state.steps + 1, skip)?;
+                let mask = match &self.decay_mask {
+                    Some((id, mask)) if *id == store.store_id() => Some(mask),
+                    Some(_) => {
+                        return Err(Error::InvalidArgument {
+                            op: "Optimizer::step",
+                            details: "the weight-decay mask belongs to another model".into(),
+                        })
+                    }
+                    None => None,
+                };
+                adam_step_unless(
+                    batch,
+                    values,
+                    grads,
+                    m,
+                    v,
+                    config,
+                    state.steps + 1,
+                    skip,
+                    mask,
+                )?;
             }
             (Kind::Adam(_), _, _) => unreachable!("Adam state has both moments"),
         }

@@ -149,6 +149,10 @@ pub(crate) static KERNEL: KernelSpec = KernelSpec {
             name: "SKIP_ON_FLAG",
             values: &[0, 1],
         },
+        Override {
+            name: "DECAY_MASK",
+            values: &[0, 1],
+        },
     ],
     override_sets: None,
     writes: &[1, 3, 4, 5],
@@ -202,6 +206,7 @@ fn check_tensors(
 /// Records `entry` over `n` elements with the params `make(groups_x)` gives; with `skip` (a U32
 /// `[flag, skipped steps]`), the update leaves everything unchanged while the flag is set (a
 /// loss-scale overflow in mixed precision).
+#[allow(clippy::too_many_arguments)]
 fn record<P: bytemuck::Pod>(
     batch: &mut Batch,
     entry: Entry,
@@ -210,6 +215,7 @@ fn record<P: bytemuck::Pod>(
     bound: &[(u32, &Tensor)],
     n: usize,
     skip: Option<&Tensor>,
+    decay_mask: bool,
 ) -> Result<()> {
     let (grid, groups_x) = fold_grid(batch.gpu(), n.div_ceil(256))?;
     let params = make(groups_x);
@@ -219,6 +225,7 @@ fn record<P: bytemuck::Pod>(
         vec![
             ("DECOUPLED", u32::from(decoupled)),
             ("SKIP_ON_FLAG", u32::from(skip.is_some())),
+            ("DECAY_MASK", u32::from(decay_mask)),
         ],
     ))?;
     let mut bound = bound.to_vec();
@@ -324,7 +331,7 @@ pub(crate) fn sgd_step_unless(
                 ..Default::default()
             };
             let bound = [(1, param), (2, grad), (3, &unused)];
-            return record(batch, Entry::Sgd, false, params, &bound, n, skip);
+            return record(batch, Entry::Sgd, false, params, &bound, n, skip, false);
         }
     };
     check_tensors(OP, batch, param, &[grad, buffer])?;
@@ -348,6 +355,7 @@ pub(crate) fn sgd_step_unless(
         &[(1, param), (2, grad), (3, buffer)],
         n,
         skip,
+        false,
     )
 }
 
@@ -362,11 +370,12 @@ pub fn adam_step(
     config: &AdamConfig,
     step: u32,
 ) -> Result<()> {
-    adam_step_unless(batch, param, grad, m, v, config, step, None)
+    adam_step_unless(batch, param, grad, m, v, config, step, None, None)
 }
 
 /// [`adam_step`] that changes nothing while `skip[0]` (a U32 `[2]` flag and skipped-step count, if
-/// given) is non-zero; then the bias corrections are those of step `step - skip[1]`.
+/// given) is non-zero; then the bias corrections are those of step `step - skip[1]`. With
+/// `decay_mask` (f32, one per element, 0 or 1), only the elements it marks decay.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn adam_step_unless(
     batch: &mut Batch,
@@ -377,6 +386,7 @@ pub(crate) fn adam_step_unless(
     config: &AdamConfig,
     step: u32,
     skip: Option<&Tensor>,
+    decay_mask: Option<&Tensor>,
 ) -> Result<()> {
     const OP: &str = "adam_step";
     check_scalar(OP, "lr", config.lr, config.lr >= 0.0)?;
@@ -406,6 +416,9 @@ pub(crate) fn adam_step_unless(
         });
     }
     check_tensors(OP, batch, param, &[grad, m, v])?;
+    if let Some(mask) = decay_mask {
+        check_tensors(OP, batch, param, &[mask])?;
+    }
     let t = step as i32;
     let n = param.numel();
     let params = |groups_x| AdamParams {
@@ -421,14 +434,22 @@ pub(crate) fn adam_step_unless(
         bias_correction2: 1.0 - config.beta2.powi(t),
         ..Default::default()
     };
+    // Without a mask the kernel does not read binding 8: the gradient stands in.
     record(
         batch,
         Entry::Adam,
         config.decoupled,
         params,
-        &[(1, param), (2, grad), (3, m), (4, v)],
+        &[
+            (1, param),
+            (2, grad),
+            (3, m),
+            (4, v),
+            (8, decay_mask.unwrap_or(grad)),
+        ],
         n,
         skip,
+        decay_mask.is_some(),
     )
 }
 
@@ -481,6 +502,7 @@ pub fn clip_grad_norm(batch: &mut Batch, grads: &[&Tensor], max_norm: f32) -> Re
             &[(1, g), (6, &coef)],
             n,
             None,
+            false,
         )?;
     }
     // coef holds [norm, coefficient]: hand back the norm.

@@ -13,6 +13,7 @@ pub mod optim;
 pub mod quantized_linear;
 pub mod reduce;
 pub mod softmax;
+pub mod transformer;
 
 pub use matmul::{matmul, matmul_backward};
 pub use softmax::{log_softmax, log_softmax_backward, softmax, softmax_backward};

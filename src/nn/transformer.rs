@@ -1,0 +1,474 @@
+//! Transformer layers on the open model API: [`Embedding`] (tokens, with learned positions),
+//! [`LayerNorm`] (and RMSNorm), [`MultiHeadAttention`] (fused, causal), the pre-norm block
+//! [`transformer_block`], and the learning-rate schedule GPT training uses ([`WarmupCosine`]).
+
+use super::layer::{expect_inputs, Context, Layer, ParamRole, ParamSpec};
+use super::layers::{ActivationLayer, Add, Linear};
+use super::model::{ModelBuilder, Value};
+use crate::error::{Error, Result};
+use crate::ops::{self, Activation, AttentionOptions, NormGrads, NormKind};
+use crate::tensor::Tensor;
+
+fn mismatch(kind: &str, details: String) -> Error {
+    Error::ShapeMismatch {
+        op: "Layer::output_shape",
+        details: format!("{kind}: {details}"),
+    }
+}
+
+fn not_trained(kind: &str) -> Error {
+    Error::InvalidArgument {
+        op: "Layer::backward",
+        details: format!("{kind}: backward needs a training forward first"),
+    }
+}
+
+/// A weight initialised at GPT's scale (about N(0, 0.02)) whatever the model's [`crate::nn::Init`]:
+/// the fans are chosen so that Kaiming's bound is 0.049 and Xavier's 0.035.
+fn small_weight(name: &str, shape: &[usize]) -> ParamSpec {
+    ParamSpec {
+        name: name.into(),
+        shape: shape.to_vec(),
+        role: ParamRole::Weight {
+            fan_in: 2500,
+            fan_out: 2500,
+        },
+    }
+}
+
+/// Token embeddings `[vocab, dim]`, plus learned position embeddings `[context, dim]`: U32 token ids
+/// `[batch, T]` (T ≤ context) to `[batch, T, dim]`. The backward sums the gradient rows of repeated
+/// tokens in a fixed order (deterministic).
+#[derive(Debug)]
+pub struct Embedding {
+    vocab: usize,
+    dim: usize,
+    context: usize,
+    saved: Option<Tensor>,
+}
+
+impl Embedding {
+    /// Token and position embeddings for sequences of up to `context` tokens.
+    pub fn new(vocab: usize, dim: usize, context: usize) -> Self {
+        Embedding {
+            vocab,
+            dim,
+            context,
+            saved: None,
+        }
+    }
+}
+
+impl Layer for Embedding {
+    fn kind(&self) -> &'static str {
+        "Embedding"
+    }
+
+    fn parameters(&self) -> Vec<ParamSpec> {
+        vec![
+            small_weight("token", &[self.vocab, self.dim]),
+            small_weight("position", &[self.context, self.dim]),
+        ]
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        match inputs[0] {
+            [b, t] if *t <= self.context => Ok(vec![*b, *t, self.dim]),
+            s => Err(mismatch(
+                self.kind(),
+                format!("takes token ids [batch, T ≤ {}], got {s:?}", self.context),
+            )),
+        }
+    }
+
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        let ids = inputs[0];
+        let y = ops::embedding(
+            ctx.batch,
+            ids,
+            ctx.param("token")?,
+            Some(ctx.param("position")?),
+        )?;
+        if ctx.train {
+            self.saved = Some(ids.clone());
+        }
+        Ok(y)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context,
+        grad_output: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let ids = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
+        ops::embedding_backward(
+            ctx.batch,
+            &ids,
+            grad_output,
+            ctx.grad("token")?,
+            Some(ctx.grad("position")?),
+        )?;
+        Ok(vec![None])
+    }
+}
+
+/// LayerNorm (scale and shift) or RMSNorm (scale) over the last axis, fused.
+#[derive(Debug)]
+pub struct LayerNorm {
+    dim: usize,
+    kind: NormKind,
+    eps: f32,
+    saved: Option<(Tensor, Tensor)>,
+}
+
+impl LayerNorm {
+    /// LayerNorm over `dim` features, ε = 1e-5 (PyTorch's default).
+    pub fn new(dim: usize) -> Self {
+        LayerNorm {
+            dim,
+            kind: NormKind::LayerNorm,
+            eps: 1e-5,
+            saved: None,
+        }
+    }
+
+    /// RMSNorm over `dim` features, ε = 1e-6.
+    pub fn rms(dim: usize) -> Self {
+        LayerNorm {
+            dim,
+            kind: NormKind::RmsNorm,
+            eps: 1e-6,
+            saved: None,
+        }
+    }
+}
+
+impl Layer for LayerNorm {
+    fn kind(&self) -> &'static str {
+        match self.kind {
+            NormKind::LayerNorm => "LayerNorm",
+            NormKind::RmsNorm => "RmsNorm",
+        }
+    }
+
+    fn parameters(&self) -> Vec<ParamSpec> {
+        let mut p = vec![ParamSpec::scale("weight", self.dim)];
+        if self.kind == NormKind::LayerNorm {
+            p.push(ParamSpec::bias("bias", self.dim));
+        }
+        p
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        match inputs[0] {
+            [.., f] if *f == self.dim => Ok(inputs[0].to_vec()),
+            s => Err(mismatch(
+                self.kind(),
+                format!("normalizes {} features, got {s:?}", self.dim),
+            )),
+        }
+    }
+
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        let x = inputs[0];
+        let beta = match self.kind {
+            NormKind::LayerNorm => Some(ctx.param("bias")?),
+            NormKind::RmsNorm => None,
+        };
+        let out = ops::layer_norm(
+            ctx.batch,
+            x,
+            ctx.param("weight")?,
+            beta,
+            self.kind,
+            self.eps,
+        )?;
+        if ctx.train {
+            self.saved = Some((x.clone(), out.stats));
+        }
+        Ok(out.y)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context,
+        grad_output: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (x, stats) = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
+        let grads = NormGrads {
+            gamma: ctx.grad("weight")?,
+            beta: match self.kind {
+                NormKind::LayerNorm => Some(ctx.grad("bias")?),
+                NormKind::RmsNorm => None,
+            },
+        };
+        let dx = ops::layer_norm_backward(
+            ctx.batch,
+            &x,
+            &stats,
+            ctx.param("weight")?,
+            grad_output,
+            self.kind,
+            grads,
+        )?;
+        Ok(vec![Some(dx)])
+    }
+}
+
+/// Multi-head self-attention over `[batch, T, dim]`: a fused q/k/v projection (`qkv.weight`
+/// `[3·dim, dim]`, as nanoGPT's `c_attn`), the fused attention kernel (causal by default), and the
+/// output projection (`proj.weight` `[dim, dim]`); both with biases.
+#[derive(Debug)]
+pub struct MultiHeadAttention {
+    dim: usize,
+    heads: usize,
+    causal: bool,
+    saved: Option<(Tensor, Tensor, ops::Attention)>,
+}
+
+impl MultiHeadAttention {
+    /// Causal attention of `heads` heads over `dim` features (`dim` a multiple of `heads`, each
+    /// head at most [`ops::attention::MAX_HEAD_DIM`] wide: checked when the model is built).
+    pub fn new(dim: usize, heads: usize) -> Self {
+        MultiHeadAttention {
+            dim,
+            heads,
+            causal: true,
+            saved: None,
+        }
+    }
+
+    /// The same attention without the causal mask (an encoder's).
+    pub fn bidirectional(dim: usize, heads: usize) -> Self {
+        MultiHeadAttention {
+            causal: false,
+            ..Self::new(dim, heads)
+        }
+    }
+
+    fn options(&self) -> AttentionOptions<'static> {
+        AttentionOptions {
+            heads: self.heads,
+            causal: self.causal,
+            lengths: None,
+            scale: None,
+        }
+    }
+}
+
+impl Layer for MultiHeadAttention {
+    fn kind(&self) -> &'static str {
+        "MultiHeadAttention"
+    }
+
+    fn parameters(&self) -> Vec<ParamSpec> {
+        let d = self.dim;
+        vec![
+            ParamSpec::weight("qkv.weight", &[3 * d, d]),
+            ParamSpec::bias("qkv.bias", 3 * d),
+            ParamSpec::weight("proj.weight", &[d, d]),
+            ParamSpec::bias("proj.bias", d),
+        ]
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
+            return Err(mismatch(
+                self.kind(),
+                format!(
+                    "{} features do not split into {} heads",
+                    self.dim, self.heads
+                ),
+            ));
+        }
+        if self.dim / self.heads > ops::attention::MAX_HEAD_DIM {
+            return Err(Error::LimitExceeded {
+                what: "MultiHeadAttention: head dimension".into(),
+                requested: (self.dim / self.heads) as u64,
+                limit: ops::attention::MAX_HEAD_DIM as u64,
+            });
+        }
+        match inputs[0] {
+            [_, _, f] if *f == self.dim => Ok(inputs[0].to_vec()),
+            s => Err(mismatch(
+                self.kind(),
+                format!("takes [batch, T, {}], got {s:?}", self.dim),
+            )),
+        }
+    }
+
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        let x = inputs[0];
+        let &[b, t, d] = x.shape() else {
+            return Err(mismatch(self.kind(), format!("got {:?}", x.shape())));
+        };
+        let rows = x.reshape(&[b * t, d])?;
+        // y = x·Wᵀ + bias for each projection.
+        let with_bias = |bias| ops::MatmulOptions {
+            transposes: ops::Transposes { a: false, b: true },
+            bias: Some(bias),
+            activation: Activation::None,
+        };
+        let (wqkv, bqkv) = (ctx.param("qkv.weight")?, ctx.param("qkv.bias")?);
+        let (wp, bp) = (ctx.param("proj.weight")?, ctx.param("proj.bias")?);
+        let qkv = ops::matmul(ctx.batch, &rows, wqkv, &with_bias(bqkv))?.reshape(&[b, t, 3 * d])?;
+        let att = ops::attention(ctx.batch, &qkv, &self.options())?;
+        let y = ops::matmul(
+            ctx.batch,
+            &att.out.reshape(&[b * t, d])?,
+            wp,
+            &with_bias(bp),
+        )?;
+        if ctx.train {
+            self.saved = Some((rows, qkv, att));
+        }
+        y.reshape(&[b, t, d])
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context,
+        grad_output: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (x, qkv, att) = self.saved.take().ok_or_else(|| not_trained(self.kind()))?;
+        let &[b, t, d] = grad_output.shape() else {
+            return Err(mismatch(
+                self.kind(),
+                format!("grad {:?}", grad_output.shape()),
+            ));
+        };
+        let dy = grad_output.reshape(&[b * t, d])?;
+        let transpose_a = ops::MatmulOptions {
+            transposes: ops::Transposes { a: true, b: false },
+            ..Default::default()
+        };
+        // The output projection: dWp += dyᵀ·att; dbp += Σ dy; d(att) = dy·Wp.
+        let att_rows = att.out.reshape(&[b * t, d])?;
+        ops::matmul_into(
+            ctx.batch,
+            &dy,
+            &att_rows,
+            &transpose_a,
+            ctx.grad("proj.weight")?,
+            ops::Write::Accumulate,
+        )?;
+        let db = ops::channel_sum(ctx.batch, &dy, 1)?;
+        ops::axpy(ctx.batch, ctx.grad("proj.bias")?, 1.0, &db)?;
+        let datt = ops::matmul(
+            ctx.batch,
+            &dy,
+            ctx.param("proj.weight")?,
+            &Default::default(),
+        )?;
+        let dqkv = ops::attention_backward(
+            ctx.batch,
+            &qkv,
+            &att,
+            &datt.reshape(&[b, t, d])?,
+            &self.options(),
+        )?
+        .reshape(&[b * t, 3 * d])?;
+        // The q/k/v projection.
+        ops::matmul_into(
+            ctx.batch,
+            &dqkv,
+            &x,
+            &transpose_a,
+            ctx.grad("qkv.weight")?,
+            ops::Write::Accumulate,
+        )?;
+        let db = ops::channel_sum(ctx.batch, &dqkv, 1)?;
+        ops::axpy(ctx.batch, ctx.grad("qkv.bias")?, 1.0, &db)?;
+        let dx = if needs.first() == Some(&true) {
+            let dx = ops::matmul(
+                ctx.batch,
+                &dqkv,
+                ctx.param("qkv.weight")?,
+                &Default::default(),
+            )?;
+            Some(dx.reshape(&[b, t, d])?)
+        } else {
+            None
+        };
+        Ok(vec![dx])
+    }
+}
+
+/// A pre-norm transformer block on `x` (`[batch, T, dim]`), as GPT-2's:
+/// `x + attn(ln1(x))`, then `h + mlp(ln2(h))` with `mlp = Linear(dim, 4·dim) → activation →
+/// Linear(4·dim, dim)`. Returns the block's output.
+pub fn transformer_block(
+    builder: &mut ModelBuilder,
+    x: Value,
+    dim: usize,
+    heads: usize,
+    activation: Activation,
+) -> Value {
+    let h = builder.add(LayerNorm::new(dim), &[x]);
+    let h = builder.add(MultiHeadAttention::new(dim, heads), &[h]);
+    let x = builder.add(Add, &[x, h]);
+    let h = builder.add(LayerNorm::new(dim), &[x]);
+    let h = builder.add(Linear::new(dim, 4 * dim), &[h]);
+    let h = builder.add(ActivationLayer::new(activation), &[h]);
+    let h = builder.add(Linear::new(4 * dim, dim), &[h]);
+    builder.add(Add, &[x, h])
+}
+
+/// A learning rate that rises linearly over `warmup_steps` to `peak`, then follows a half cosine
+/// down to `min` at `total_steps` (and stays there), as GPT training schedules it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WarmupCosine {
+    peak: f32,
+    min: f32,
+    warmup_steps: u32,
+    total_steps: u32,
+}
+
+impl WarmupCosine {
+    /// The schedule; `peak` and `min` finite with 0 ≤ min ≤ peak, `warmup_steps` ≤ `total_steps`,
+    /// `total_steps` at least 1.
+    pub fn new(peak: f32, min: f32, warmup_steps: u32, total_steps: u32) -> Result<Self> {
+        let ok = peak.is_finite()
+            && min.is_finite()
+            && (0.0..=peak).contains(&min)
+            && total_steps >= 1
+            && warmup_steps <= total_steps;
+        if !ok {
+            return Err(Error::InvalidArgument {
+                op: "WarmupCosine::new",
+                details: format!(
+                    "need 0 <= min ({min}) <= peak ({peak}), both finite, and warm-up \
+                     ({warmup_steps}) <= total ({total_steps}) >= 1"
+                ),
+            });
+        }
+        Ok(WarmupCosine {
+            peak,
+            min,
+            warmup_steps,
+            total_steps,
+        })
+    }
+
+    /// The learning rate of step `step` (from 0).
+    pub fn lr_at(&self, step: u32) -> f32 {
+        if step < self.warmup_steps {
+            return self.peak * (step + 1) as f32 / self.warmup_steps as f32;
+        }
+        if step >= self.total_steps {
+            return self.min;
+        }
+        let span = (self.total_steps - self.warmup_steps).max(1) as f32;
+        let progress = (step - self.warmup_steps) as f32 / span;
+        self.min + 0.5 * (self.peak - self.min) * (1.0 + (std::f32::consts::PI * progress).cos())
+    }
+}
