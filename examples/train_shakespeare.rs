@@ -41,15 +41,15 @@ struct Args {
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
-        steps: 2500,
+        steps: 1400,
         layers: 2,
-        dim: 96,
+        dim: 64,
         heads: 4,
         context: 64,
         batch_size: 16,
-        lr: 3e-3,
+        lr: 5e-3,
         seed: 1337,
-        eval_every: 250,
+        eval_every: 100,
         quick: false,
         profile: false,
         out: PathBuf::from("target/train_shakespeare"),
@@ -146,6 +146,7 @@ fn main() -> Result<()> {
         heads: args.heads,
         layers: args.layers,
         activation: Activation::Gelu,
+        dropout: 0.0,
     };
     let mut model = LanguageModel::new(&gpu, config, args.seed)?;
     model.set_grad_clip(Some(1.0))?;

@@ -19,6 +19,7 @@ fn config() -> GptConfig {
         heads: 2,
         layers: 2,
         activation: Activation::Gelu,
+        dropout: 0.0,
     }
 }
 

@@ -12,7 +12,7 @@ use super::io::{corrupt, read_capped, ReadOptions};
 use super::layers::Linear;
 use super::model::{Init, Model, ModelBuilder};
 use super::optimizer::Optimizer;
-use super::transformer::{transformer_block, Embedding, LayerNorm};
+use super::transformer::{transformer_block, BlockConfig, Embedding, LayerNorm};
 use crate::batch::Batch;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -22,7 +22,7 @@ use crate::tensor::Tensor;
 
 /// The architecture of a [`LanguageModel`]. Every size is checked ([`Self::validate`]) before
 /// anything is made, for configurations read from files too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GptConfig {
     /// Token ids: 0..vocab.
     pub vocab: usize,
@@ -36,6 +36,10 @@ pub struct GptConfig {
     pub layers: usize,
     /// The MLP's activation (GPT-2: [`Activation::GeluTanh`]).
     pub activation: Activation,
+    /// Dropout on each block's residual branches in training, in [0, 1) (0: none; files without
+    /// it read as 0).
+    #[serde(default)]
+    pub dropout: f32,
 }
 
 /// Bounds on a configuration: generous for this library's kernels, and small enough that no
@@ -66,6 +70,9 @@ impl GptConfig {
                 return invalid(format!("{name} must be in 1..={max}, got {v}"));
             }
         }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return invalid(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
         if !self.dim.is_multiple_of(self.heads)
             || self.dim / self.heads > ops::attention::MAX_HEAD_DIM
         {
@@ -81,13 +88,20 @@ impl GptConfig {
 
     /// The model graph: token and position embeddings, `layers` pre-norm blocks, a final
     /// LayerNorm and the output projection to `vocab` logits, for token ids `[batch, context]`.
-    fn builder(&self) -> Result<(ModelBuilder, super::model::Value)> {
+    fn builder(&self, seed: u64) -> Result<(ModelBuilder, super::model::Value)> {
         self.validate()?;
         let mut b = ModelBuilder::new();
         let ids = b.input(&[self.context]);
         let mut x = b.add(Embedding::new(self.vocab, self.dim, self.context), &[ids]);
-        for _ in 0..self.layers {
-            x = transformer_block(&mut b, x, self.dim, self.heads, self.activation);
+        for layer in 0..self.layers {
+            let block = BlockConfig {
+                dim: self.dim,
+                heads: self.heads,
+                activation: self.activation,
+                dropout: self.dropout,
+                seed: seed.wrapping_add(2 * layer as u64 + 1),
+            };
+            x = transformer_block(&mut b, x, &block);
         }
         let x = b.add(LayerNorm::new(self.dim), &[x]);
         let logits = b.add(Linear::new(self.dim, self.vocab), &[x]);
@@ -137,7 +151,7 @@ impl LanguageModel {
     /// A model of `config` with weights drawn from `seed` (Xavier-uniform matrices, GPT-scale
     /// embeddings, zero biases, unit scales).
     pub fn new(gpu: &Gpu, config: GptConfig, seed: u64) -> Result<Self> {
-        let (builder, output) = config.builder()?;
+        let (builder, output) = config.builder(seed)?;
         let model = builder.build(gpu, output, Init::XavierUniform { seed })?;
         Ok(Self::from_model(model, config))
     }
@@ -149,7 +163,7 @@ impl LanguageModel {
         config: GptConfig,
         values: super::params::HostParameters,
     ) -> Result<Self> {
-        let (builder, output) = config.builder()?;
+        let (builder, output) = config.builder(0)?;
         let model = builder.build_with_parameters(gpu, output, values)?;
         Ok(Self::from_model(model, config))
     }
@@ -497,7 +511,7 @@ impl LanguageModel {
         let tensors =
             SafeTensors::deserialize(&bytes).map_err(|e| corrupt(format!("tensors: {e}")))?;
         // The architecture's parameters, checked against the adapter before values are decoded.
-        let (builder, output) = config.builder()?;
+        let (builder, output) = config.builder(0)?;
         let shapes = builder.parameter_shapes();
         super::params::ParamStore::check_fits(gpu, shapes.iter().map(|(_, s)| s.as_slice()))?;
         let mut values = Vec::with_capacity(shapes.len());

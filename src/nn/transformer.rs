@@ -403,23 +403,114 @@ impl Layer for MultiHeadAttention {
     }
 }
 
+/// Inverted dropout in training (elements zeroed with probability `p`, the rest scaled by
+/// 1/(1 − p)), the identity in inference. The masks come from a counter-based generator keyed by
+/// the layer's seed and its count of training forwards: the backward drops what the forward
+/// dropped, and a run is reproducible from its seeds.
+#[derive(Debug)]
+pub struct Dropout {
+    p: f32,
+    seed: u64,
+    counter: u32,
+    saved: Option<ops::dropout::DropoutKey>,
+}
+
+impl Dropout {
+    /// Dropout with probability `p` (in [0, 1): checked at the first training forward) and its
+    /// generator's `seed`.
+    pub fn new(p: f32, seed: u64) -> Self {
+        Dropout {
+            p,
+            seed,
+            counter: 0,
+            saved: None,
+        }
+    }
+}
+
+impl Layer for Dropout {
+    fn kind(&self) -> &'static str {
+        "Dropout"
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        Ok(inputs[0].to_vec())
+    }
+
+    fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        if !ctx.train || self.p == 0.0 {
+            self.saved = None;
+            return Ok(inputs[0].clone());
+        }
+        let key = ops::dropout::DropoutKey {
+            p: self.p,
+            seed: self.seed,
+            counter: self.counter,
+        };
+        let y = ops::dropout(ctx.batch, inputs[0], &key)?;
+        self.counter = self.counter.wrapping_add(1);
+        self.saved = Some(key);
+        Ok(y)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &mut Context,
+        grad_output: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        match self.saved.take() {
+            Some(key) => Ok(vec![Some(ops::dropout_backward(
+                ctx.batch,
+                grad_output,
+                &key,
+            )?)]),
+            None => Ok(vec![Some(grad_output.clone())]),
+        }
+    }
+}
+
+/// What a [`transformer_block`] is made of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockConfig {
+    /// Width of the residual stream.
+    pub dim: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// The MLP's activation.
+    pub activation: Activation,
+    /// Dropout on each residual branch in training (0: none).
+    pub dropout: f32,
+    /// The dropout layers' seed (each layer takes its own from it).
+    pub seed: u64,
+}
+
 /// A pre-norm transformer block on `x` (`[batch, T, dim]`), as GPT-2's:
-/// `x + attn(ln1(x))`, then `h + mlp(ln2(h))` with `mlp = Linear(dim, 4·dim) → activation →
-/// Linear(4·dim, dim)`. Returns the block's output.
-pub fn transformer_block(
-    builder: &mut ModelBuilder,
-    x: Value,
-    dim: usize,
-    heads: usize,
-    activation: Activation,
-) -> Value {
+/// `x + drop(attn(ln1(x)))`, then `h + drop(mlp(ln2(h)))` with `mlp = Linear(dim, 4·dim) →
+/// activation → Linear(4·dim, dim)`. Returns the block's output.
+pub fn transformer_block(builder: &mut ModelBuilder, x: Value, config: &BlockConfig) -> Value {
+    let BlockConfig {
+        dim,
+        heads,
+        activation,
+        dropout,
+        seed,
+    } = *config;
     let h = builder.add(LayerNorm::new(dim), &[x]);
-    let h = builder.add(MultiHeadAttention::new(dim, heads), &[h]);
+    let mut h = builder.add(MultiHeadAttention::new(dim, heads), &[h]);
+    if dropout > 0.0 {
+        h = builder.add(Dropout::new(dropout, seed), &[h]);
+    }
     let x = builder.add(Add, &[x, h]);
     let h = builder.add(LayerNorm::new(dim), &[x]);
     let h = builder.add(Linear::new(dim, 4 * dim), &[h]);
     let h = builder.add(ActivationLayer::new(activation), &[h]);
-    let h = builder.add(Linear::new(4 * dim, dim), &[h]);
+    let mut h = builder.add(Linear::new(4 * dim, dim), &[h]);
+    if dropout > 0.0 {
+        h = builder.add(Dropout::new(dropout, seed.wrapping_add(1)), &[h]);
+    }
     builder.add(Add, &[x, h])
 }
 

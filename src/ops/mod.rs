@@ -5,6 +5,7 @@ pub mod amp;
 pub mod attention;
 pub(crate) mod checks;
 pub mod conv;
+pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod layer_norm;
@@ -25,6 +26,7 @@ pub use attention::{
 pub use conv::{
     conv2d, conv2d_backward, conv2d_quantized, BiasGradient, Conv2dGrads, Conv2dParams,
 };
+pub use dropout::{dropout, dropout_backward, DropoutKey};
 pub use elementwise::{
     activation, activation_backward, axpy, bias_add, mul_in_place, scale_add, scale_in_place,
 };
@@ -61,4 +63,5 @@ pub const KERNELS: &[&KernelSpec] = &[
     &attention::KERNEL,
     &layer_norm::KERNEL,
     &embedding::KERNEL,
+    &dropout::KERNEL,
 ];
