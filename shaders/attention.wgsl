@@ -13,7 +13,8 @@
 // Positions go 4 at a time, one online-softmax rescale per 4 keys. D4 (an override, ceil(D / 4))
 // fixes every inner loop's trip count.
 // Loop caps: Mesa's software drivers stop an invocation after 65,535 loop iterations in total, so a
-// dispatch walks at most `chunk_keys` positions (about 1.25 · D4 iterations each): longer
+// dispatch walks at most `chunk_keys` positions (chosen on the host from D4, counting every loop
+// as if none were unrolled: about 7 · D4 iterations per key forward, 2.5 · D4 backward): longer
 // sequences take `chunks` dispatches in order, each merging its result into f32 partials (the
 // forward's unnormalized, with the running (max, sum); the backward's plain sums), which
 // forward_combine and store_partials then write out. Every sum has a fixed order and no atomics:

@@ -30,7 +30,7 @@ fn cases() -> Vec<Case> {
         (2, 64, 1, 16, true, Some(vec![0, 33])),
         (2, 257, 2, 40, true, Some(vec![200, 257])),
         (1, 257, 1, 128, false, Some(vec![250])),
-        // Two chunks of 1,024 keys at D = 64: the partial results and their merge.
+        // At D = 64: six forward chunks of 344 keys and two backward chunks of 1,024, merged.
         (1, 2048, 1, 64, true, Some(vec![1999])),
     ]
 }

@@ -104,6 +104,13 @@ pub struct Attention {
     pub lse: Tensor,
 }
 
+/// Which kernels a dispatch's chunking is for.
+#[derive(Debug, Clone, Copy)]
+enum Pass {
+    Forward,
+    Backward,
+}
+
 /// Checked sizes of one attention.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -124,14 +131,20 @@ impl Dims {
     fn blocks(&self) -> usize {
         self.seq.div_ceil(WG)
     }
-    /// Positions one dispatch walks along the other axis: 1,024 keys of 64 values, about 1.25 · D/4
-    /// loop iterations each, so no invocation loops more than about 21,000 times (the software
-    /// drivers' cap is 65,535).
-    fn chunk_keys(&self) -> usize {
-        (16_384 / self.d4()).max(4)
+    /// Positions one dispatch walks along the other axis, counted as if no compiler unrolled a
+    /// loop: the forward's threads (4 queries each) loop about 7 · D/4 times per key, the
+    /// backward's about 2.5 · D/4 times per key or query, so no invocation loops more than about
+    /// 40,000 times (the software drivers' cap is 65,535). A multiple of 4 (positions go 4 at a
+    /// time). At D = 64: 344 keys forward, 1,024 backward.
+    fn chunk_keys(&self, pass: Pass) -> usize {
+        let per_position = match pass {
+            Pass::Forward => 7 * self.d4() + 4,
+            Pass::Backward => 5 * self.d4() / 2 + 4,
+        };
+        (40_000 / per_position / 4 * 4).clamp(4, 16_384)
     }
-    fn chunks(&self) -> usize {
-        self.seq.div_ceil(self.chunk_keys())
+    fn chunks(&self, pass: Pass) -> usize {
+        self.seq.div_ceil(self.chunk_keys(pass))
     }
     fn constants(&self) -> Vec<(&'static str, u32)> {
         vec![("D4", self.d4() as u32)]
@@ -203,14 +216,14 @@ fn check(
 }
 
 impl Dims {
-    fn params(&self, options: &AttentionOptions) -> Params {
+    fn params(&self, options: &AttentionOptions, pass: Pass) -> Params {
         Params {
             batch: self.batch as u32,
             seq: self.seq as u32,
             heads: self.heads as u32,
             head_dim: self.head_dim as u32,
-            chunk_keys: self.chunk_keys() as u32,
-            chunks: self.chunks() as u32,
+            chunk_keys: self.chunk_keys(pass) as u32,
+            chunks: self.chunks(pass) as u32,
             scale: self.scale,
             causal: u32::from(options.causal),
             has_lengths: u32::from(options.lengths.is_some()),
@@ -236,7 +249,7 @@ pub fn attention(batch: &mut Batch, qkv: &Tensor, options: &AttentionOptions) ->
     let out = Tensor::uninit(&gpu, &[d.batch, d.seq, d.heads * d.head_dim], qkv.dtype())?;
     let lse = Tensor::uninit(&gpu, &[d.batch, d.heads, d.seq], DType::F32)?;
     let lengths = lengths_or_placeholder(batch, options)?;
-    let chunks = d.chunks();
+    let chunks = d.chunks(Pass::Forward);
     let (partial, partial_ml) = if chunks > 1 {
         (
             Tensor::uninit(&gpu, &[d.rows() * d.d4() * 4], DType::F32)?,
@@ -253,7 +266,7 @@ pub fn attention(batch: &mut Batch, qkv: &Tensor, options: &AttentionOptions) ->
     for chunk in 0..chunks {
         let params = Params {
             chunk: chunk as u32,
-            ..d.params(options)
+            ..d.params(options, Pass::Forward)
         };
         batch.dispatch_bound(
             &pipeline,
@@ -275,7 +288,7 @@ pub fn attention(batch: &mut Batch, qkv: &Tensor, options: &AttentionOptions) ->
         let params = Params {
             total: to_u32(OP, "rows · head_dim / 4", total)?,
             groups_x,
-            ..d.params(options)
+            ..d.params(options, Pass::Forward)
         };
         let pipeline =
             gpu.pipeline(KERNEL.pipeline(Entry::ForwardCombine, qkv.dtype(), d.constants()))?;
@@ -336,7 +349,7 @@ pub fn attention_backward(
         let params = Params {
             total: to_u32(OP, "rows", rows)?,
             groups_x,
-            ..d.params(options)
+            ..d.params(options, Pass::Backward)
         };
         let pipeline = gpu.pipeline(KERNEL.pipeline(Entry::BackwardDelta, dtype, d.constants()))?;
         batch.dispatch_bound(
@@ -346,7 +359,7 @@ pub fn attention_backward(
             grid,
         )?;
     }
-    let chunks = d.chunks();
+    let chunks = d.chunks(Pass::Backward);
     let partial = if chunks > 1 {
         Tensor::uninit(&gpu, &[3 * rows * d.d4() * 4], DType::F32)?
     } else {
@@ -358,7 +371,7 @@ pub fn attention_backward(
         for chunk in 0..chunks {
             let params = Params {
                 chunk: chunk as u32,
-                ..d.params(options)
+                ..d.params(options, Pass::Backward)
             };
             batch.dispatch_bound(
                 &pipeline,
@@ -382,7 +395,7 @@ pub fn attention_backward(
         let params = Params {
             total: to_u32(OP, "3 · rows · head_dim / 4", total)?,
             groups_x,
-            ..d.params(options)
+            ..d.params(options, Pass::Backward)
         };
         let pipeline = gpu.pipeline(KERNEL.pipeline(Entry::StorePartials, dtype, d.constants()))?;
         batch.dispatch_bound(
@@ -472,7 +485,7 @@ fn naive_probabilities(
     let params = Params {
         total,
         groups_x,
-        ..d.params(options)
+        ..d.params(options, Pass::Forward)
     };
     let pipeline = gpu.pipeline(KERNEL.pipeline(Entry::MaskScale, qkv.dtype(), Vec::new()))?;
     batch.dispatch_bound(
