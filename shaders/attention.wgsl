@@ -10,11 +10,12 @@
 // queries: on a CPU adapter every load is one per lane, and this made the forward 3.7× faster at
 // T = 1,024), the backward one query (dq) or key (dk, dv) per thread. Every key (or query) row a
 // thread walks is the same for all threads of the workgroup: no workgroup memory, no barrier.
-// Positions go 4 at a time, one online-softmax rescale per 4 keys. D4 (an override, ceil(D / 4))
-// fixes every inner loop's trip count.
+// Positions go 4 at a time, one online-softmax rescale per 4 keys. The forward takes ceil(D / 4) as
+// an override constant (D4: its loops unroll, 1.5× faster on lavapipe); the other entry points read
+// it at run time (no faster as constants, and a pipeline per D each took minutes to compile there).
 // Loop caps: Mesa's software drivers stop an invocation after 65,535 loop iterations in total, so a
-// dispatch walks at most `chunk_keys` positions (chosen on the host from D4, counting every loop
-// as if none were unrolled: about 7 · D4 iterations per key forward, 2.5 · D4 backward): longer
+// dispatch walks at most `chunk_keys` positions (chosen on the host from D4 = ceil(D / 4), counting
+// every loop: about 7 · D4 iterations per key forward, 2.5 · D4 backward): longer
 // sequences take `chunks` dispatches in order, each merging its result into f32 partials (the
 // forward's unnormalized, with the running (max, sum); the backward's plain sums), which
 // forward_combine and store_partials then write out. Every sum has a fixed order and no atomics:
@@ -57,7 +58,6 @@ struct Params {
     _pad2: u32,
 }
 
-override D4: u32 = 16u;    // ceil(D / 4), at most 32
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<Elem>;
@@ -81,6 +81,13 @@ const NEG: f32 = -1.0e30;
 alias Row = array<vec4<f32>, 32>;
 
 fn pos_inf() -> f32 { return bitcast<f32>(0x7f800000u); }
+
+// ceil(D / 4): vec4s per head row, at most 32.
+fn dims4() -> u32 { return (params.head_dim + 3u) / 4u; }
+
+// The same as a constant, for the forward: its loops over the head dimension, unrolled, run
+// 1.5× faster on lavapipe (the other entry points gain nothing and compile once for every D).
+override D4: u32 = 16u;
 
 // Element index of token t of sequence b, section s (0 q, 1 k, 2 v), head h, in qkv.
 fn qkv_base(b: u32, t: u32, s: u32, h: u32) -> u32 {
@@ -153,13 +160,13 @@ fn chunk_range(first: u32, end: u32) -> vec2<u32> {
 // Σ_d a · (row at base of qkv).
 fn dot_qkv(a: ptr<function, Row>, base: u32) -> f32 {
     var s = 0.0;
-    for (var d4 = 0u; d4 < D4; d4++) { s += dot((*a)[d4], load_qkv(base, 4u * d4)); }
+    for (var d4 = 0u; d4 < dims4(); d4++) { s += dot((*a)[d4], load_qkv(base, 4u * d4)); }
     return s;
 }
 
 fn dot_grad(a: ptr<function, Row>, base: u32) -> f32 {
     var s = 0.0;
-    for (var d4 = 0u; d4 < D4; d4++) { s += dot((*a)[d4], load_grad(base, 4u * d4)); }
+    for (var d4 = 0u; d4 < dims4(); d4++) { s += dot((*a)[d4], load_grad(base, 4u * d4)); }
     return s;
 }
 
@@ -263,8 +270,8 @@ fn flat_index(wid: vec3<u32>, l: u32) -> u32 {
 fn forward_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let i = flat_index(wid, l);
     if (i >= params.total) { return; }
-    let row = i / D4;
-    let d4 = i % D4;
+    let row = i / dims4();
+    let d4 = i % dims4();
     let ml = partial_ml[row];
     let sum = ml.y;
     let bh = row / params.seq;
@@ -283,7 +290,7 @@ fn backward_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let t = row % params.seq;
     let base = out_base(bh / params.heads, t, bh % params.heads);
     var s = 0.0;
-    for (var d4 = 0u; d4 < D4; d4++) {
+    for (var d4 = 0u; d4 < dims4(); d4++) {
         s += dot(load_grad(base, 4u * d4), load_out(base, 4u * d4));
     }
     delta_out[row] = s;
@@ -293,12 +300,12 @@ fn backward_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 fn store_grad(acc: ptr<function, Row>, b: u32, t: u32, h: u32, s: u32) {
     if (params.chunks == 1u) {
         let base = qkv_base(b, t, s, h);
-        for (var d4 = 0u; d4 < D4; d4++) { store_out(base, 4u * d4, (*acc)[d4]); }
+        for (var d4 = 0u; d4 < dims4(); d4++) { store_out(base, 4u * d4, (*acc)[d4]); }
     } else {
         let rows = params.batch * params.heads * params.seq;
         let row = (b * params.heads + h) * params.seq + t;
-        for (var d4 = 0u; d4 < D4; d4++) {
-            let k = (s * rows + row) * D4 + d4;
+        for (var d4 = 0u; d4 < dims4(); d4++) {
+            let k = (s * rows + row) * dims4() + d4;
             var prev = vec4<f32>(0.0);
             if (params.chunk != 0u) { prev = partial[k]; }
             partial[k] = prev + (*acc)[d4];
@@ -317,7 +324,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     var g: Row;
     let qb = qkv_base(b, tq, 0u, h);
     let gb = out_base(b, tq, h);
-    for (var d4 = 0u; d4 < D4; d4++) {
+    for (var d4 = 0u; d4 < dims4(); d4++) {
         q[d4] = load_qkv(qb, 4u * d4) * params.scale;
         g[d4] = load_grad(gb, 4u * d4);
     }
@@ -340,14 +347,14 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         let seen = vec4<bool>(visible(t, k.x, range.y), visible(t, k.y, range.y),
                               visible(t, k.z, range.y), visible(t, k.w, range.y));
         let ds = select(vec4<f32>(0.0), exp(s - row_l) * (dp - row_d), seen);
-        for (var d4 = 0u; d4 < D4; d4++) {
+        for (var d4 = 0u; d4 < dims4(); d4++) {
             let i = 4u * d4;
             acc[d4] += ds.x * load_qkv(kb.x, i) + ds.y * load_qkv(kb.y, i) + ds.z * load_qkv(kb.z, i)
                 + ds.w * load_qkv(kb.w, i);
         }
     }
     if (t >= params.seq) { return; }
-    for (var d4 = 0u; d4 < D4; d4++) { acc[d4] *= params.scale; }
+    for (var d4 = 0u; d4 < dims4(); d4++) { acc[d4] *= params.scale; }
     store_grad(&acc, b, t, h, 0u);
 }
 
@@ -362,7 +369,7 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     var k: Row;
     var v: Row;
     let kb = qkv_base(b, tk, 1u, h);
-    for (var d4 = 0u; d4 < D4; d4++) {
+    for (var d4 = 0u; d4 < dims4(); d4++) {
         k[d4] = load_qkv(kb, 4u * d4) * params.scale;
         v[d4] = load_qkv(kb + params.heads * params.head_dim, 4u * d4);
     }
@@ -396,7 +403,7 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             mine && qi.w < range.y && !(params.causal != 0u && kt > qi.w));
         let p = select(vec4<f32>(0.0), exp(s - ls), seen);
         let ds = p * (dp - dl);
-        for (var d4 = 0u; d4 < D4; d4++) {
+        for (var d4 = 0u; d4 < dims4(); d4++) {
             let i = 4u * d4;
             dv[d4] += p.x * load_grad(gb.x, i) + p.y * load_grad(gb.y, i) + p.z * load_grad(gb.z, i)
                 + p.w * load_grad(gb.w, i);
@@ -405,7 +412,7 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         }
     }
     if (kt >= params.seq) { return; }
-    for (var d4 = 0u; d4 < D4; d4++) { dk[d4] *= params.scale; }
+    for (var d4 = 0u; d4 < dims4(); d4++) { dk[d4] *= params.scale; }
     store_grad(&dk, b, kt, h, 1u);
     store_grad(&dv, b, kt, h, 2u);
 }
@@ -416,9 +423,9 @@ fn store_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let i = flat_index(wid, l);
     if (i >= params.total) { return; }
     let rows = params.batch * params.heads * params.seq;
-    let d4 = i % D4;
-    let row = (i / D4) % rows;
-    let s = i / (D4 * rows);
+    let d4 = i % dims4();
+    let row = (i / dims4()) % rows;
+    let s = i / (dims4() * rows);
     let bh = row / params.seq;
     let t = row % params.seq;
     store_out(qkv_base(bh / params.heads, t, s, bh % params.heads), 4u * d4, partial[i]);

@@ -157,7 +157,11 @@ fn fused_matches_the_reference_f16() {
         return;
     }
     let (mut rng, seed) = rng();
-    for case in cases().into_iter().filter(|c| c.1 <= 257) {
+    // Head dimensions 16, 40 and 3 (each a pipeline to compile on a cold software driver).
+    for case in cases()
+        .into_iter()
+        .filter(|c| c.1 <= 257 && [16, 40, 3].contains(&c.3))
+    {
         let (b, t, h, d, ..) = case;
         let qkv = round_f16(&random(&mut rng, b * t * 3 * h * d));
         let g = round_f16(&random(&mut rng, b * t * h * d));

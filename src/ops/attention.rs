@@ -146,6 +146,7 @@ impl Dims {
     fn chunks(&self, pass: Pass) -> usize {
         self.seq.div_ceil(self.chunk_keys(pass))
     }
+    /// The forward's override constant (the other entry points take D at run time).
     fn constants(&self) -> Vec<(&'static str, u32)> {
         vec![("D4", self.d4() as u32)]
     }
@@ -291,7 +292,7 @@ pub fn attention(batch: &mut Batch, qkv: &Tensor, options: &AttentionOptions) ->
             ..d.params(options, Pass::Forward)
         };
         let pipeline =
-            gpu.pipeline(KERNEL.pipeline(Entry::ForwardCombine, qkv.dtype(), d.constants()))?;
+            gpu.pipeline(KERNEL.pipeline(Entry::ForwardCombine, qkv.dtype(), Vec::new()))?;
         batch.dispatch_bound(
             &pipeline,
             bytemuck::bytes_of(&params),
@@ -351,7 +352,7 @@ pub fn attention_backward(
             groups_x,
             ..d.params(options, Pass::Backward)
         };
-        let pipeline = gpu.pipeline(KERNEL.pipeline(Entry::BackwardDelta, dtype, d.constants()))?;
+        let pipeline = gpu.pipeline(KERNEL.pipeline(Entry::BackwardDelta, dtype, Vec::new()))?;
         batch.dispatch_bound(
             &pipeline,
             bytemuck::bytes_of(&params),
@@ -367,7 +368,7 @@ pub fn attention_backward(
     };
     let grid = [d.blocks() as u32, (d.batch * d.heads) as u32, 1];
     for entry in [Entry::BackwardDq, Entry::BackwardDkv] {
-        let pipeline = gpu.pipeline(KERNEL.pipeline(entry, dtype, d.constants()))?;
+        let pipeline = gpu.pipeline(KERNEL.pipeline(entry, dtype, Vec::new()))?;
         for chunk in 0..chunks {
             let params = Params {
                 chunk: chunk as u32,
@@ -397,7 +398,7 @@ pub fn attention_backward(
             groups_x,
             ..d.params(options, Pass::Backward)
         };
-        let pipeline = gpu.pipeline(KERNEL.pipeline(Entry::StorePartials, dtype, d.constants()))?;
+        let pipeline = gpu.pipeline(KERNEL.pipeline(Entry::StorePartials, dtype, Vec::new()))?;
         batch.dispatch_bound(
             &pipeline,
             bytemuck::bytes_of(&params),
