@@ -242,12 +242,20 @@ impl LanguageModel {
                     details: format!("{} targets for {} inputs", t.len(), inputs.len()),
                 });
             }
-            let kept: Vec<u32> = t
+            let vocab = self.config.vocab;
+            if let Some((i, &id)) = t
                 .iter()
-                .copied()
-                .filter(|&id| id != ops::IGNORE_INDEX)
-                .collect();
-            ops::check_ids(op, &kept, self.config.vocab)?;
+                .enumerate()
+                .find(|(_, &id)| id as usize >= vocab && id != ops::IGNORE_INDEX)
+            {
+                return Err(Error::InvalidArgument {
+                    op,
+                    details: format!(
+                        "target {i} is {id}, past the vocabulary of {vocab} (ops::IGNORE_INDEX \
+                         skips a position)"
+                    ),
+                });
+            }
         }
         let n = inputs.len() / seq_len;
         self.model.check_batch_size(n)?;
@@ -269,17 +277,18 @@ impl LanguageModel {
         out
     }
 
-    fn stage(&mut self, n: usize, seq_len: usize) -> Result<&Staged> {
-        let key = n * (MAX_CONTEXT + 1) + seq_len;
-        if !self.staged.contains_key(&key) {
+    /// The id and target tensors for `n` padded sequences, made once per `n`.
+    fn stage(&mut self, n: usize) -> Result<&Staged> {
+        if !self.staged.contains_key(&n) {
             let gpu = self.model.gpu().clone();
+            let shape = [n, self.config.context];
             let staged = Staged {
-                ids: Tensor::uninit(&gpu, &[n, seq_len], DType::U32)?,
-                targets: Tensor::uninit(&gpu, &[n, seq_len], DType::U32)?,
+                ids: Tensor::uninit(&gpu, &shape, DType::U32)?,
+                targets: Tensor::uninit(&gpu, &shape, DType::U32)?,
             };
-            self.staged.insert(key, staged);
+            self.staged.insert(n, staged);
         }
-        Ok(&self.staged[&key])
+        Ok(&self.staged[&n])
     }
 
     /// Records one training step into `batch`: the upload of `inputs` and `targets` (`n`
@@ -296,9 +305,8 @@ impl LanguageModel {
     ) -> Result<()> {
         const OP: &str = "LanguageModel::train_step";
         let n = self.check(OP, inputs, Some(targets), seq_len)?;
-        let context = self.config.context;
         let (ids, labels) = {
-            let s = self.stage(n, context)?;
+            let s = self.stage(n)?;
             (s.ids.clone(), s.targets.clone())
         };
         batch.write(&ids, &self.pad(inputs, seq_len, 0))?;

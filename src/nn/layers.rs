@@ -342,7 +342,7 @@ fn one_input<'t>(kind: &str, inputs: &[&'t [usize]]) -> Result<&'t [usize]> {
     Ok(inputs[0])
 }
 
-fn not_trained(kind: &str) -> Error {
+pub(super) fn not_trained(kind: &str) -> Error {
     Error::InvalidArgument {
         op: "Layer::backward",
         details: format!("{kind}: backward needs a training forward first"),

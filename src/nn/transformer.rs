@@ -3,7 +3,7 @@
 //! [`transformer_block`], and the learning-rate schedule GPT training uses ([`WarmupCosine`]).
 
 use super::layer::{expect_inputs, Context, Layer, ParamRole, ParamSpec};
-use super::layers::{ActivationLayer, Add, Linear};
+use super::layers::{not_trained, ActivationLayer, Add, Linear};
 use super::model::{ModelBuilder, Value};
 use crate::error::{Error, Result};
 use crate::ops::{self, Activation, AttentionOptions, NormGrads, NormKind};
@@ -13,13 +13,6 @@ fn mismatch(kind: &str, details: String) -> Error {
     Error::ShapeMismatch {
         op: "Layer::output_shape",
         details: format!("{kind}: {details}"),
-    }
-}
-
-fn not_trained(kind: &str) -> Error {
-    Error::InvalidArgument {
-        op: "Layer::backward",
-        details: format!("{kind}: backward needs a training forward first"),
     }
 }
 

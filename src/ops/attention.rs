@@ -233,12 +233,10 @@ impl Dims {
     }
 }
 
-/// The lengths tensor to bind: the caller's, or a placeholder the kernels do not read.
-fn lengths_or_placeholder(batch: &Batch, options: &AttentionOptions) -> Result<Tensor> {
-    match options.lengths {
-        Some(t) => Ok(t.clone()),
-        None => Tensor::zeros(batch.gpu(), &[1], DType::U32),
-    }
+/// The lengths tensor to bind: the caller's, or (unread without lengths) `qkv`, which every
+/// dispatch that binds lengths only reads: nothing is allocated or written per call.
+fn lengths_or<'a>(options: &AttentionOptions<'a>, qkv: &'a Tensor) -> &'a Tensor {
+    options.lengths.unwrap_or(qkv)
 }
 
 /// Fused attention of `qkv` (see the module documentation): out `[batch, T, heads · D]` and the
@@ -249,7 +247,7 @@ pub fn attention(batch: &mut Batch, qkv: &Tensor, options: &AttentionOptions) ->
     let gpu = batch.gpu().clone();
     let out = Tensor::uninit(&gpu, &[d.batch, d.seq, d.heads * d.head_dim], qkv.dtype())?;
     let lse = Tensor::uninit(&gpu, &[d.batch, d.heads, d.seq], DType::F32)?;
-    let lengths = lengths_or_placeholder(batch, options)?;
+    let lengths = lengths_or(options, qkv);
     let chunks = d.chunks(Pass::Forward);
     let (partial, partial_ml) = if chunks > 1 {
         (
@@ -276,7 +274,7 @@ pub fn attention(batch: &mut Batch, qkv: &Tensor, options: &AttentionOptions) ->
                 (1, qkv),
                 (2, &out),
                 (3, &lse),
-                (4, &lengths),
+                (4, lengths),
                 (7, &partial),
                 (8, &partial_ml),
             ],
@@ -341,7 +339,7 @@ pub fn attention_backward(
     let gpu = batch.gpu().clone();
     let dtype = qkv.dtype();
     let dqkv = Tensor::uninit(&gpu, qkv.shape(), dtype)?;
-    let lengths = lengths_or_placeholder(batch, options)?;
+    let lengths = lengths_or(options, qkv);
     // delta = Σ_d dO ⊙ O per row.
     let rows = d.rows();
     let delta = Tensor::uninit(&gpu, &[rows], DType::F32)?;
@@ -381,7 +379,7 @@ pub fn attention_backward(
                     (1, qkv),
                     (2, &dqkv),
                     (3, &forward.lse),
-                    (4, &lengths),
+                    (4, lengths),
                     (5, grad_out),
                     (6, &delta),
                     (7, &partial),
@@ -481,7 +479,7 @@ fn naive_probabilities(
         ..Default::default()
     };
     let scores = matmul(batch, &q, &k, &transpose_b)?;
-    let lengths = lengths_or_placeholder(batch, options)?;
+    let lengths = lengths_or(options, qkv);
     let (grid, groups_x) = fold_grid(&gpu, scores_len.div_ceil(WG))?;
     let params = Params {
         total,
@@ -492,7 +490,7 @@ fn naive_probabilities(
     batch.dispatch_bound(
         &pipeline,
         bytemuck::bytes_of(&params),
-        &[(1, &scores), (4, &lengths)],
+        &[(1, &scores), (4, lengths)],
         grid,
     )?;
     let p = softmax(batch, &scores)?;
