@@ -5,17 +5,18 @@
 // Layout: qkv is [batch, T, 3, heads, D] (a fused projection's output: each token's row holds q,
 // then k, then v, each heads × D); out and grad_out are [batch, T, heads, D]; lse and delta are
 // [batch, heads, T] f32; dqkv has qkv's layout.
-// Threads: blocks of 64 consecutive positions of one (sequence, head) per workgroup; the forward
-// gives each of 16 threads 4 queries of the block (every key and value row it loads serves four
-// queries: on a CPU adapter every load is one per lane, and this made the forward 3.7× faster at
-// T = 1,024), the backward one query (dq) or key (dk, dv) per thread. Every key (or query) row a
-// thread walks is the same for all threads of the workgroup: no workgroup memory, no barrier.
-// Positions go 4 at a time, one online-softmax rescale per 4 keys. The forward takes ceil(D / 4) as
-// an override constant (D4: its loops unroll, 1.5× faster on lavapipe); the other entry points read
-// it at run time (no faster as constants, and a pipeline per D each took minutes to compile there).
+// Threads: blocks of 64 consecutive positions of one (sequence, head) per workgroup, 8 threads
+// of 8 positions each: the forward's and dq's threads 8 queries, dkv's 8 keys. Every row a thread
+// loads from the other axis serves eight (on a CPU adapter every load is one per lane: 4 queries a
+// thread made the forward 3.7× faster at T = 1,024 than one, 8 another 1.6×), and every key row
+// (or query row) the threads walk is the same for all of them: no workgroup memory, no barrier. Private arrays
+// are indexed by a constant row and a loop's d4 only (a run-time row index made lavapipe's compile
+// of one entry point minutes long, and its code slower). D is read at run time: each entry point
+// compiles once per element type. The forward walks keys 2 at a time (one online-softmax rescale
+// per 2), the backward one at a time.
 // Loop caps: Mesa's software drivers stop an invocation after 65,535 loop iterations in total, so a
 // dispatch walks at most `chunk_keys` positions (chosen on the host from D4 = ceil(D / 4), counting
-// every loop: about 7 · D4 iterations per key forward, 2.5 · D4 backward): longer
+// every loop: about 1.25 · D4 iterations per key forward, 2.5 · D4 per position backward): longer
 // sequences take `chunks` dispatches in order, each merging its result into f32 partials (the
 // forward's unnormalized, with the running (max, sum); the backward's plain sums), which
 // forward_combine and store_partials then write out. Every sum has a fixed order and no atomics:
@@ -26,12 +27,13 @@
 //
 // Entry points (bindings: 0 params, 1 qkv, 2 out / dqkv, 3 lse, 4 lengths, 5 grad_out, 6 delta,
 // 7 partial vec4s, 8 partial (max, sum) pairs; naive path: 1 src, 2 dst):
-//   forward           grid (query blocks, batch·heads), 16 threads: out and lse, or chunk `chunk`'s
+//   forward           grid (query blocks, batch·heads), 8 threads: out and lse, or chunk `chunk`'s
 //                     partials
 //   forward_combine   one thread per (row, d4): the partials into out and lse
 //   backward_delta    one thread per row: delta = Σ_d grad_out · out
-//   backward_dq       grid (query blocks, batch·heads): dq, or chunk `chunk`'s partials
-//   backward_dkv      grid (key blocks, batch·heads): dk and dv, or chunk `chunk`'s partials
+//   backward_dq       grid (query blocks, batch·heads), 8 threads: dq, or chunk `chunk`'s partials
+//   backward_dkv      grid (key blocks, batch·heads), 8 threads: dk and dv, or chunk `chunk`'s
+//                     partials
 //   store_partials    one thread per (section, row, d4): the partial sums into dqkv
 //   split_heads       naive path: one section of [batch, T, sections, heads, D] -> [batch·heads, T, D]
 //   merge_heads       naive path: the inverse
@@ -85,9 +87,6 @@ fn pos_inf() -> f32 { return bitcast<f32>(0x7f800000u); }
 // ceil(D / 4): vec4s per head row, at most 32.
 fn dims4() -> u32 { return (params.head_dim + 3u) / 4u; }
 
-// The same as a constant, for the forward: its loops over the head dimension, unrolled, run
-// 1.5× faster on lavapipe (the other entry points gain nothing and compile once for every D).
-override D4: u32 = 16u;
 
 // Element index of token t of sequence b, section s (0 q, 1 k, 2 v), head h, in qkv.
 fn qkv_base(b: u32, t: u32, s: u32, h: u32) -> u32 {
@@ -157,107 +156,155 @@ fn chunk_range(first: u32, end: u32) -> vec2<u32> {
     return vec2<u32>(lo, min(end, lo + params.chunk_keys));
 }
 
-// Σ_d a · (row at base of qkv).
-fn dot_qkv(a: ptr<function, Row>, base: u32) -> f32 {
-    var s = 0.0;
-    for (var d4 = 0u; d4 < dims4(); d4++) { s += dot((*a)[d4], load_qkv(base, 4u * d4)); }
-    return s;
+// Row t's (max, sum) after this dispatch: out's scale (a) and, when chunked, the scales of the
+// new (a) and earlier (c) partials, which it merges into partial_ml. lse when not chunked.
+fn finish_row(bh: u32, t: u32, m: f32, sum: f32) -> vec2<f32> {
+    if (t >= params.seq) { return vec2<f32>(0.0); }
+    let row = bh * params.seq + t;
+    if (params.chunks == 1u) {
+        lse_out[row] = select(pos_inf(), m + log(sum), sum > 0.0);
+        return vec2<f32>(select(0.0, 1.0 / sum, sum > 0.0), 0.0);
+    }
+    if (params.chunk == 0u) {
+        partial_ml[row] = vec2<f32>(m, sum);
+        return vec2<f32>(1.0, 0.0);
+    }
+    let old = partial_ml[row];
+    let m_new = max(old.x, m);
+    let c = exp(old.x - m_new);
+    let a = exp(m - m_new);
+    partial_ml[row] = vec2<f32>(m_new, old.y * c + sum * a);
+    return vec2<f32>(a, c);
 }
 
-fn dot_grad(a: ptr<function, Row>, base: u32) -> f32 {
-    var s = 0.0;
-    for (var d4 = 0u; d4 < dims4(); d4++) { s += dot((*a)[d4], load_grad(base, 4u * d4)); }
-    return s;
+// Four values (at d4) of row t's accumulator, scaled by finish_row's (a, c): into out, or merged
+// into the partials.
+fn finish_acc(b: u32, h: u32, t: u32, d4: u32, v: vec4<f32>, ac: vec2<f32>) {
+    if (t >= params.seq) { return; }
+    if (params.chunks == 1u) {
+        store_out(out_base(b, t, h), 4u * d4, v * ac.x);
+    } else {
+        let k = ((b * params.heads + h) * params.seq + t) * dims4() + d4;
+        var prev = vec4<f32>(0.0);
+        if (params.chunk != 0u) { prev = partial[k]; }
+        partial[k] = prev * ac.y + v * ac.x;
+    }
 }
 
-// 4 queries per thread (l, l + 16, l + 32, l + 48 of the block): every key and value row loaded
-// serves four queries, which is what a CPU adapter needs (there each load is one per lane).
-@compute @workgroup_size(16, 1, 1)
+// 8 queries per thread (l, l + 8, ..., l + 56 of the block), 2 keys per iteration (one
+// online-softmax rescale per 2): every key and value row loaded serves eight queries, which is
+// what a CPU adapter needs (there each load is one per lane). Every private array is indexed by
+// a constant row and the loop's d4.
+@compute @workgroup_size(8, 1, 1)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let b = wid.y / params.heads;
     let h = wid.y % params.heads;
-    var t: array<u32, 4>;
-    var q: array<Row, 4>;
-    var acc: array<Row, 4>;
-    var m: array<f32, 4>;
-    var sum: array<f32, 4>;
-    for (var j = 0u; j < 4u; j++) {
-        t[j] = wid.x * WG + l + 16u * j;
-        let qb = qkv_base(b, min(t[j], params.seq - 1u), 0u, h);
-        for (var d4 = 0u; d4 < D4; d4++) { q[j][d4] = load_qkv(qb, 4u * d4) * params.scale; }
-        m[j] = NEG;
-        sum[j] = 0.0;
+    let n4 = dims4();
+    let last = params.seq - 1u;
+    // Queries 0-3 (lo) and 4-7 (hi) of this thread.
+    let t0 = wid.x * WG + l;
+    let t_lo = vec4<u32>(t0, t0 + 8u, t0 + 16u, t0 + 24u);
+    let t_hi = t_lo + vec4<u32>(32u);
+    let c_lo = min(t_lo, vec4<u32>(last));
+    let c_hi = min(t_hi, vec4<u32>(last));
+    let tq = array<u32, 8>(c_lo.x, c_lo.y, c_lo.z, c_lo.w, c_hi.x, c_hi.y, c_hi.z, c_hi.w);
+    var q: array<Row, 8>;
+    var acc: array<Row, 8>;
+    for (var d4 = 0u; d4 < n4; d4++) {
+        q[0][d4] = load_qkv(qkv_base(b, tq[0], 0u, h), 4u * d4) * params.scale;
+        q[1][d4] = load_qkv(qkv_base(b, tq[1], 0u, h), 4u * d4) * params.scale;
+        q[2][d4] = load_qkv(qkv_base(b, tq[2], 0u, h), 4u * d4) * params.scale;
+        q[3][d4] = load_qkv(qkv_base(b, tq[3], 0u, h), 4u * d4) * params.scale;
+        q[4][d4] = load_qkv(qkv_base(b, tq[4], 0u, h), 4u * d4) * params.scale;
+        q[5][d4] = load_qkv(qkv_base(b, tq[5], 0u, h), 4u * d4) * params.scale;
+        q[6][d4] = load_qkv(qkv_base(b, tq[6], 0u, h), 4u * d4) * params.scale;
+        q[7][d4] = load_qkv(qkv_base(b, tq[7], 0u, h), 4u * d4) * params.scale;
     }
+    var m_lo = vec4<f32>(NEG);
+    var m_hi = vec4<f32>(NEG);
+    var sum_lo = vec4<f32>(0.0);
+    var sum_hi = vec4<f32>(0.0);
     // Keys: this dispatch's chunk of the unpadded ones, cut (causal) after the block's last query.
     var end = valid_keys(b);
     if (params.causal != 0u) { end = min(end, wid.x * WG + WG); }
     let range = chunk_range(0u, end);
-    let last = params.seq - 1u;
-    for (var k0 = range.x; k0 < range.y; k0 += 4u) {
-        // Scores of 4 keys for the 4 queries: s[j][i].
-        var s: array<vec4<f32>, 4>;
-        for (var i = 0u; i < 4u; i++) {
-            var kr: Row;
-            let kb = qkv_base(b, min(k0 + i, last), 1u, h);
-            for (var d4 = 0u; d4 < D4; d4++) { kr[d4] = load_qkv(kb, 4u * d4); }
-            for (var j = 0u; j < 4u; j++) {
-                var d = 0.0;
-                for (var d4 = 0u; d4 < D4; d4++) { d += dot(q[j][d4], kr[d4]); }
-                if (!visible(t[j], k0 + i, range.y)) { d = NEG; }
-                s[j][i] = d;
-            }
+    for (var k = range.x; k < range.y; k += 2u) {
+        let k1 = k + 1u;
+        let ka = qkv_base(b, k, 1u, h);
+        let kb = qkv_base(b, min(k1, last), 1u, h);
+        // Scores of the 8 queries with key k (a) and key k + 1 (c).
+        var a_lo = vec4<f32>(0.0);
+        var a_hi = vec4<f32>(0.0);
+        var c_lo = vec4<f32>(0.0);
+        var c_hi = vec4<f32>(0.0);
+        for (var d4 = 0u; d4 < n4; d4++) {
+            let x = load_qkv(ka, 4u * d4);
+            let y = load_qkv(kb, 4u * d4);
+            a_lo += vec4<f32>(dot(q[0][d4], x), dot(q[1][d4], x), dot(q[2][d4], x), dot(q[3][d4], x));
+            a_hi += vec4<f32>(dot(q[4][d4], x), dot(q[5][d4], x), dot(q[6][d4], x), dot(q[7][d4], x));
+            c_lo += vec4<f32>(dot(q[0][d4], y), dot(q[1][d4], y), dot(q[2][d4], y), dot(q[3][d4], y));
+            c_hi += vec4<f32>(dot(q[4][d4], y), dot(q[5][d4], y), dot(q[6][d4], y), dot(q[7][d4], y));
         }
-        var p: array<vec4<f32>, 4>;
-        var alpha: array<f32, 4>;
-        for (var j = 0u; j < 4u; j++) {
-            let m_new = max(m[j], max(max(s[j].x, s[j].y), max(s[j].z, s[j].w)));
-            alpha[j] = exp(m[j] - m_new);
-            p[j] = select(vec4<f32>(0.0), exp(s[j] - m_new), s[j] > vec4<f32>(0.5 * NEG));
-            sum[j] = sum[j] * alpha[j] + (p[j].x + p[j].y) + (p[j].z + p[j].w);
-            m[j] = m_new;
+        var seen_a_lo = vec4<bool>(true);
+        var seen_a_hi = vec4<bool>(true);
+        var seen_c_lo = vec4<bool>(k1 < range.y);
+        var seen_c_hi = vec4<bool>(k1 < range.y);
+        if (params.causal != 0u) {
+            seen_a_lo = vec4<u32>(k) <= t_lo;
+            seen_a_hi = vec4<u32>(k) <= t_hi;
+            seen_c_lo = seen_c_lo & (vec4<u32>(k1) <= t_lo);
+            seen_c_hi = seen_c_hi & (vec4<u32>(k1) <= t_hi);
         }
-        let v0 = qkv_base(b, min(k0, last), 2u, h);
-        let v1 = qkv_base(b, min(k0 + 1u, last), 2u, h);
-        let v2 = qkv_base(b, min(k0 + 2u, last), 2u, h);
-        let v3 = qkv_base(b, min(k0 + 3u, last), 2u, h);
-        for (var d4 = 0u; d4 < D4; d4++) {
-            let i = 4u * d4;
-            let a = load_qkv(v0, i);
-            let bb = load_qkv(v1, i);
-            let c = load_qkv(v2, i);
-            let e = load_qkv(v3, i);
-            for (var j = 0u; j < 4u; j++) {
-                acc[j][d4] = acc[j][d4] * alpha[j] + p[j].x * a + p[j].y * bb + p[j].z * c + p[j].w * e;
-            }
+        a_lo = select(vec4<f32>(NEG), a_lo, seen_a_lo);
+        a_hi = select(vec4<f32>(NEG), a_hi, seen_a_hi);
+        c_lo = select(vec4<f32>(NEG), c_lo, seen_c_lo);
+        c_hi = select(vec4<f32>(NEG), c_hi, seen_c_hi);
+        let mn_lo = max(m_lo, max(a_lo, c_lo));
+        let mn_hi = max(m_hi, max(a_hi, c_hi));
+        let al_lo = exp(m_lo - mn_lo);
+        let al_hi = exp(m_hi - mn_hi);
+        let pa_lo = select(vec4<f32>(0.0), exp(a_lo - mn_lo), seen_a_lo);
+        let pa_hi = select(vec4<f32>(0.0), exp(a_hi - mn_hi), seen_a_hi);
+        let pc_lo = select(vec4<f32>(0.0), exp(c_lo - mn_lo), seen_c_lo);
+        let pc_hi = select(vec4<f32>(0.0), exp(c_hi - mn_hi), seen_c_hi);
+        sum_lo = sum_lo * al_lo + pa_lo + pc_lo;
+        sum_hi = sum_hi * al_hi + pa_hi + pc_hi;
+        m_lo = mn_lo;
+        m_hi = mn_hi;
+        let va = ka + params.heads * params.head_dim;
+        let vb = kb + params.heads * params.head_dim;
+        for (var d4 = 0u; d4 < n4; d4++) {
+            let x = load_qkv(va, 4u * d4);
+            let y = load_qkv(vb, 4u * d4);
+            acc[0][d4] = acc[0][d4] * al_lo.x + pa_lo.x * x + pc_lo.x * y;
+            acc[1][d4] = acc[1][d4] * al_lo.y + pa_lo.y * x + pc_lo.y * y;
+            acc[2][d4] = acc[2][d4] * al_lo.z + pa_lo.z * x + pc_lo.z * y;
+            acc[3][d4] = acc[3][d4] * al_lo.w + pa_lo.w * x + pc_lo.w * y;
+            acc[4][d4] = acc[4][d4] * al_hi.x + pa_hi.x * x + pc_hi.x * y;
+            acc[5][d4] = acc[5][d4] * al_hi.y + pa_hi.y * x + pc_hi.y * y;
+            acc[6][d4] = acc[6][d4] * al_hi.z + pa_hi.z * x + pc_hi.z * y;
+            acc[7][d4] = acc[7][d4] * al_hi.w + pa_hi.w * x + pc_hi.w * y;
         }
     }
-    for (var j = 0u; j < 4u; j++) {
-        if (t[j] >= params.seq) { continue; }
-        let row = wid.y * params.seq + t[j];
-        if (params.chunks == 1u) {
-            let inv = select(0.0, 1.0 / sum[j], sum[j] > 0.0);
-            let base = out_base(b, t[j], h);
-            for (var d4 = 0u; d4 < D4; d4++) { store_out(base, 4u * d4, acc[j][d4] * inv); }
-            lse_out[row] = select(pos_inf(), m[j] + log(sum[j]), sum[j] > 0.0);
-        } else {
-            var a = 1.0;
-            var c = 0.0;
-            if (params.chunk == 0u) {
-                partial_ml[row] = vec2<f32>(m[j], sum[j]);
-            } else {
-                let old = partial_ml[row];
-                let m_new = max(old.x, m[j]);
-                c = exp(old.x - m_new);
-                a = exp(m[j] - m_new);
-                partial_ml[row] = vec2<f32>(m_new, old.y * c + sum[j] * a);
-            }
-            for (var d4 = 0u; d4 < D4; d4++) {
-                let k = row * D4 + d4;
-                var prev = vec4<f32>(0.0);
-                if (params.chunk != 0u) { prev = partial[k]; }
-                partial[k] = prev * c + acc[j][d4] * a;
-            }
-        }
+    let t = array<u32, 8>(t_lo.x, t_lo.y, t_lo.z, t_lo.w, t_hi.x, t_hi.y, t_hi.z, t_hi.w);
+    var ac: array<vec2<f32>, 8>;
+    ac[0] = finish_row(wid.y, t[0], m_lo.x, sum_lo.x);
+    ac[1] = finish_row(wid.y, t[1], m_lo.y, sum_lo.y);
+    ac[2] = finish_row(wid.y, t[2], m_lo.z, sum_lo.z);
+    ac[3] = finish_row(wid.y, t[3], m_lo.w, sum_lo.w);
+    ac[4] = finish_row(wid.y, t[4], m_hi.x, sum_hi.x);
+    ac[5] = finish_row(wid.y, t[5], m_hi.y, sum_hi.y);
+    ac[6] = finish_row(wid.y, t[6], m_hi.z, sum_hi.z);
+    ac[7] = finish_row(wid.y, t[7], m_hi.w, sum_hi.w);
+    for (var d4 = 0u; d4 < n4; d4++) {
+        finish_acc(b, h, t[0], d4, acc[0][d4], ac[0]);
+        finish_acc(b, h, t[1], d4, acc[1][d4], ac[1]);
+        finish_acc(b, h, t[2], d4, acc[2][d4], ac[2]);
+        finish_acc(b, h, t[3], d4, acc[3][d4], ac[3]);
+        finish_acc(b, h, t[4], d4, acc[4][d4], ac[4]);
+        finish_acc(b, h, t[5], d4, acc[5][d4], ac[5]);
+        finish_acc(b, h, t[6], d4, acc[6][d4], ac[6]);
+        finish_acc(b, h, t[7], d4, acc[7][d4], ac[7]);
     }
 }
 
@@ -296,125 +343,238 @@ fn backward_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     delta_out[row] = s;
 }
 
-// Writes a row of section s into dqkv, or adds it into the partials.
-fn store_grad(acc: ptr<function, Row>, b: u32, t: u32, h: u32, s: u32) {
+// Four values (at d4) of row t of section s: into dqkv, or added into the partials. Nothing for
+// a row past the sequence.
+fn store_grad(b: u32, t: u32, h: u32, s: u32, d4: u32, v: vec4<f32>) {
+    if (t >= params.seq) { return; }
     if (params.chunks == 1u) {
-        let base = qkv_base(b, t, s, h);
-        for (var d4 = 0u; d4 < dims4(); d4++) { store_out(base, 4u * d4, (*acc)[d4]); }
+        store_out(qkv_base(b, t, s, h), 4u * d4, v);
     } else {
         let rows = params.batch * params.heads * params.seq;
         let row = (b * params.heads + h) * params.seq + t;
-        for (var d4 = 0u; d4 < dims4(); d4++) {
-            let k = (s * rows + row) * dims4() + d4;
-            var prev = vec4<f32>(0.0);
-            if (params.chunk != 0u) { prev = partial[k]; }
-            partial[k] = prev + (*acc)[d4];
-        }
+        let k = (s * rows + row) * dims4() + d4;
+        var prev = vec4<f32>(0.0);
+        if (params.chunk != 0u) { prev = partial[k]; }
+        partial[k] = prev + v;
     }
 }
 
 // dq = scale · Σ_k dS[q, k] · k, with dS = P ⊙ (dP - delta), P = exp(scale · q·k - lse), dP = dO·v.
-@compute @workgroup_size(64, 1, 1)
+// 8 queries per thread (l, l + 8, ..., l + 56 of the block), one key per iteration: each key and
+// value row loaded serves eight queries. Every private array is indexed by a constant row and the
+// loop's d4 (a run-time row index made the software drivers' compile minutes long).
+@compute @workgroup_size(8, 1, 1)
 fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let b = wid.y / params.heads;
     let h = wid.y % params.heads;
-    let t = wid.x * WG + l;
-    let tq = min(t, params.seq - 1u);
-    var q: Row;
-    var g: Row;
-    let qb = qkv_base(b, tq, 0u, h);
-    let gb = out_base(b, tq, h);
-    for (var d4 = 0u; d4 < dims4(); d4++) {
-        q[d4] = load_qkv(qb, 4u * d4) * params.scale;
-        g[d4] = load_grad(gb, 4u * d4);
+    let n4 = dims4();
+    let last = params.seq - 1u;
+    // Queries 0-3 (lo) and 4-7 (hi) of this thread.
+    let t0 = wid.x * WG + l;
+    let t_lo = vec4<u32>(t0, t0 + 8u, t0 + 16u, t0 + 24u);
+    let t_hi = t_lo + vec4<u32>(32u);
+    let c_lo = min(t_lo, vec4<u32>(last));
+    let c_hi = min(t_hi, vec4<u32>(last));
+    let tq = array<u32, 8>(c_lo.x, c_lo.y, c_lo.z, c_lo.w, c_hi.x, c_hi.y, c_hi.z, c_hi.w);
+    let r = wid.y * params.seq;
+    let l_lo = vec4<f32>(lse[r + c_lo.x], lse[r + c_lo.y], lse[r + c_lo.z], lse[r + c_lo.w]);
+    let l_hi = vec4<f32>(lse[r + c_hi.x], lse[r + c_hi.y], lse[r + c_hi.z], lse[r + c_hi.w]);
+    let d_lo = vec4<f32>(delta[r + c_lo.x], delta[r + c_lo.y], delta[r + c_lo.z], delta[r + c_lo.w]);
+    let d_hi = vec4<f32>(delta[r + c_hi.x], delta[r + c_hi.y], delta[r + c_hi.z], delta[r + c_hi.w]);
+    var q: array<Row, 8>;
+    var g: array<Row, 8>;
+    var acc: array<Row, 8>;
+    for (var d4 = 0u; d4 < n4; d4++) {
+        let i = 4u * d4;
+        q[0][d4] = load_qkv(qkv_base(b, tq[0], 0u, h), i) * params.scale;
+        g[0][d4] = load_grad(out_base(b, tq[0], h), i);
+        q[1][d4] = load_qkv(qkv_base(b, tq[1], 0u, h), i) * params.scale;
+        g[1][d4] = load_grad(out_base(b, tq[1], h), i);
+        q[2][d4] = load_qkv(qkv_base(b, tq[2], 0u, h), i) * params.scale;
+        g[2][d4] = load_grad(out_base(b, tq[2], h), i);
+        q[3][d4] = load_qkv(qkv_base(b, tq[3], 0u, h), i) * params.scale;
+        g[3][d4] = load_grad(out_base(b, tq[3], h), i);
+        q[4][d4] = load_qkv(qkv_base(b, tq[4], 0u, h), i) * params.scale;
+        g[4][d4] = load_grad(out_base(b, tq[4], h), i);
+        q[5][d4] = load_qkv(qkv_base(b, tq[5], 0u, h), i) * params.scale;
+        g[5][d4] = load_grad(out_base(b, tq[5], h), i);
+        q[6][d4] = load_qkv(qkv_base(b, tq[6], 0u, h), i) * params.scale;
+        g[6][d4] = load_grad(out_base(b, tq[6], h), i);
+        q[7][d4] = load_qkv(qkv_base(b, tq[7], 0u, h), i) * params.scale;
+        g[7][d4] = load_grad(out_base(b, tq[7], h), i);
     }
-    let row_l = lse[wid.y * params.seq + tq];
-    let row_d = delta[wid.y * params.seq + tq];
-    var acc: Row;
     var end = valid_keys(b);
     if (params.causal != 0u) { end = min(end, wid.x * WG + WG); }
     let range = chunk_range(0u, end);
-    let last = params.seq - 1u;
-    for (var k0 = range.x; k0 < range.y; k0 += 4u) {
-        let k = vec4<u32>(k0, k0 + 1u, k0 + 2u, k0 + 3u);
-        let kk = min(k, vec4<u32>(last));
-        let kb = vec4<u32>(qkv_base(b, kk.x, 1u, h), qkv_base(b, kk.y, 1u, h),
-                           qkv_base(b, kk.z, 1u, h), qkv_base(b, kk.w, 1u, h));
-        let hd = params.heads * params.head_dim;
-        let s = vec4<f32>(dot_qkv(&q, kb.x), dot_qkv(&q, kb.y), dot_qkv(&q, kb.z), dot_qkv(&q, kb.w));
-        let dp = vec4<f32>(dot_qkv(&g, kb.x + hd), dot_qkv(&g, kb.y + hd), dot_qkv(&g, kb.z + hd),
-                           dot_qkv(&g, kb.w + hd));
-        let seen = vec4<bool>(visible(t, k.x, range.y), visible(t, k.y, range.y),
-                              visible(t, k.z, range.y), visible(t, k.w, range.y));
-        let ds = select(vec4<f32>(0.0), exp(s - row_l) * (dp - row_d), seen);
-        for (var d4 = 0u; d4 < dims4(); d4++) {
-            let i = 4u * d4;
-            acc[d4] += ds.x * load_qkv(kb.x, i) + ds.y * load_qkv(kb.y, i) + ds.z * load_qkv(kb.z, i)
-                + ds.w * load_qkv(kb.w, i);
+    let hd = params.heads * params.head_dim;
+    for (var k = range.x; k < range.y; k++) {
+        let kb = qkv_base(b, k, 1u, h);
+        var s_lo = vec4<f32>(0.0);
+        var s_hi = vec4<f32>(0.0);
+        var p_lo = vec4<f32>(0.0);
+        var p_hi = vec4<f32>(0.0);
+        var kc: Row;
+        for (var d4 = 0u; d4 < n4; d4++) {
+            let kr = load_qkv(kb, 4u * d4);
+            let vr = load_qkv(kb + hd, 4u * d4);
+            kc[d4] = kr;
+            s_lo += vec4<f32>(dot(q[0][d4], kr), dot(q[1][d4], kr), dot(q[2][d4], kr), dot(q[3][d4], kr));
+            s_hi += vec4<f32>(dot(q[4][d4], kr), dot(q[5][d4], kr), dot(q[6][d4], kr), dot(q[7][d4], kr));
+            p_lo += vec4<f32>(dot(g[0][d4], vr), dot(g[1][d4], vr), dot(g[2][d4], vr), dot(g[3][d4], vr));
+            p_hi += vec4<f32>(dot(g[4][d4], vr), dot(g[5][d4], vr), dot(g[6][d4], vr), dot(g[7][d4], vr));
+        }
+        var seen_lo = vec4<bool>(true);
+        var seen_hi = vec4<bool>(true);
+        if (params.causal != 0u) {
+            seen_lo = vec4<u32>(k) <= t_lo;
+            seen_hi = vec4<u32>(k) <= t_hi;
+        }
+        let a = select(vec4<f32>(0.0), exp(s_lo - l_lo) * (p_lo - d_lo), seen_lo);
+        let c = select(vec4<f32>(0.0), exp(s_hi - l_hi) * (p_hi - d_hi), seen_hi);
+        for (var d4 = 0u; d4 < n4; d4++) {
+            let kr = kc[d4];
+            acc[0][d4] += a.x * kr;
+            acc[1][d4] += a.y * kr;
+            acc[2][d4] += a.z * kr;
+            acc[3][d4] += a.w * kr;
+            acc[4][d4] += c.x * kr;
+            acc[5][d4] += c.y * kr;
+            acc[6][d4] += c.z * kr;
+            acc[7][d4] += c.w * kr;
         }
     }
-    if (t >= params.seq) { return; }
-    for (var d4 = 0u; d4 < dims4(); d4++) { acc[d4] *= params.scale; }
-    store_grad(&acc, b, t, h, 0u);
+    let t = array<u32, 8>(t_lo.x, t_lo.y, t_lo.z, t_lo.w, t_hi.x, t_hi.y, t_hi.z, t_hi.w);
+    for (var d4 = 0u; d4 < n4; d4++) {
+        store_grad(b, t[0], h, 0u, d4, acc[0][d4] * params.scale);
+        store_grad(b, t[1], h, 0u, d4, acc[1][d4] * params.scale);
+        store_grad(b, t[2], h, 0u, d4, acc[2][d4] * params.scale);
+        store_grad(b, t[3], h, 0u, d4, acc[3][d4] * params.scale);
+        store_grad(b, t[4], h, 0u, d4, acc[4][d4] * params.scale);
+        store_grad(b, t[5], h, 0u, d4, acc[5][d4] * params.scale);
+        store_grad(b, t[6], h, 0u, d4, acc[6][d4] * params.scale);
+        store_grad(b, t[7], h, 0u, d4, acc[7][d4] * params.scale);
+    }
 }
 
-// dv = Σ_q P[q, k] · dO[q]; dk = scale · Σ_q dS[q, k] · q, one thread per key.
-@compute @workgroup_size(64, 1, 1)
+// dv = Σ_q P[q, k] · dO[q]; dk = scale · Σ_q dS[q, k] · q. 8 keys per thread (l, l + 8, ..., l + 56
+// of the block), one query per iteration: each query and dO row loaded serves eight keys.
+@compute @workgroup_size(8, 1, 1)
 fn backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let b = wid.y / params.heads;
     let h = wid.y % params.heads;
-    let kt = wid.x * WG + l;
-    let tk = min(kt, params.seq - 1u);
+    let n4 = dims4();
+    let last = params.seq - 1u;
     let keys = valid_keys(b);
-    var k: Row;
-    var v: Row;
-    let kb = qkv_base(b, tk, 1u, h);
-    for (var d4 = 0u; d4 < dims4(); d4++) {
-        k[d4] = load_qkv(kb, 4u * d4) * params.scale;
-        v[d4] = load_qkv(kb + params.heads * params.head_dim, 4u * d4);
+    let hd = params.heads * params.head_dim;
+    let k0 = wid.x * WG + l;
+    let k_lo = vec4<u32>(k0, k0 + 8u, k0 + 16u, k0 + 24u);
+    let k_hi = k_lo + vec4<u32>(32u);
+    let c_lo = min(k_lo, vec4<u32>(last));
+    let c_hi = min(k_hi, vec4<u32>(last));
+    let tk = array<u32, 8>(c_lo.x, c_lo.y, c_lo.z, c_lo.w, c_hi.x, c_hi.y, c_hi.z, c_hi.w);
+    var k: array<Row, 8>;
+    var v: array<Row, 8>;
+    var dk: array<Row, 8>;
+    var dv: array<Row, 8>;
+    for (var d4 = 0u; d4 < n4; d4++) {
+        let i = 4u * d4;
+        k[0][d4] = load_qkv(qkv_base(b, tk[0], 1u, h), i) * params.scale;
+        v[0][d4] = load_qkv(qkv_base(b, tk[0], 2u, h), i);
+        k[1][d4] = load_qkv(qkv_base(b, tk[1], 1u, h), i) * params.scale;
+        v[1][d4] = load_qkv(qkv_base(b, tk[1], 2u, h), i);
+        k[2][d4] = load_qkv(qkv_base(b, tk[2], 1u, h), i) * params.scale;
+        v[2][d4] = load_qkv(qkv_base(b, tk[2], 2u, h), i);
+        k[3][d4] = load_qkv(qkv_base(b, tk[3], 1u, h), i) * params.scale;
+        v[3][d4] = load_qkv(qkv_base(b, tk[3], 2u, h), i);
+        k[4][d4] = load_qkv(qkv_base(b, tk[4], 1u, h), i) * params.scale;
+        v[4][d4] = load_qkv(qkv_base(b, tk[4], 2u, h), i);
+        k[5][d4] = load_qkv(qkv_base(b, tk[5], 1u, h), i) * params.scale;
+        v[5][d4] = load_qkv(qkv_base(b, tk[5], 2u, h), i);
+        k[6][d4] = load_qkv(qkv_base(b, tk[6], 1u, h), i) * params.scale;
+        v[6][d4] = load_qkv(qkv_base(b, tk[6], 2u, h), i);
+        k[7][d4] = load_qkv(qkv_base(b, tk[7], 1u, h), i) * params.scale;
+        v[7][d4] = load_qkv(qkv_base(b, tk[7], 2u, h), i);
     }
-    var dk: Row;
-    var dv: Row;
+    let mine_lo = k_lo < vec4<u32>(keys);
+    let mine_hi = k_hi < vec4<u32>(keys);
     // Queries: all, from the block's first key on when causal; none for a block of padding.
     var first = 0u;
     if (params.causal != 0u) { first = wid.x * WG; }
     var end = params.seq;
     if (wid.x * WG >= keys) { end = first; }
     let range = chunk_range(first, end);
-    let last = params.seq - 1u;
-    let mine = kt < keys;
-    for (var q0 = range.x; q0 < range.y; q0 += 4u) {
-        let qi = vec4<u32>(q0, q0 + 1u, q0 + 2u, q0 + 3u);
-        let qq = min(qi, vec4<u32>(last));
-        let qb = vec4<u32>(qkv_base(b, qq.x, 0u, h), qkv_base(b, qq.y, 0u, h),
-                           qkv_base(b, qq.z, 0u, h), qkv_base(b, qq.w, 0u, h));
-        let gb = vec4<u32>(out_base(b, qq.x, h), out_base(b, qq.y, h), out_base(b, qq.z, h),
-                           out_base(b, qq.w, h));
-        let s = vec4<f32>(dot_qkv(&k, qb.x), dot_qkv(&k, qb.y), dot_qkv(&k, qb.z), dot_qkv(&k, qb.w));
-        let dp = vec4<f32>(dot_grad(&v, gb.x), dot_grad(&v, gb.y), dot_grad(&v, gb.z),
-                           dot_grad(&v, gb.w));
-        let r = wid.y * params.seq;
-        let ls = vec4<f32>(lse[r + qq.x], lse[r + qq.y], lse[r + qq.z], lse[r + qq.w]);
-        let dl = vec4<f32>(delta[r + qq.x], delta[r + qq.y], delta[r + qq.z], delta[r + qq.w]);
-        let seen = vec4<bool>(
-            mine && qi.x < range.y && !(params.causal != 0u && kt > qi.x),
-            mine && qi.y < range.y && !(params.causal != 0u && kt > qi.y),
-            mine && qi.z < range.y && !(params.causal != 0u && kt > qi.z),
-            mine && qi.w < range.y && !(params.causal != 0u && kt > qi.w));
-        let p = select(vec4<f32>(0.0), exp(s - ls), seen);
-        let ds = p * (dp - dl);
-        for (var d4 = 0u; d4 < dims4(); d4++) {
-            let i = 4u * d4;
-            dv[d4] += p.x * load_grad(gb.x, i) + p.y * load_grad(gb.y, i) + p.z * load_grad(gb.z, i)
-                + p.w * load_grad(gb.w, i);
-            dk[d4] += ds.x * load_qkv(qb.x, i) + ds.y * load_qkv(qb.y, i) + ds.z * load_qkv(qb.z, i)
-                + ds.w * load_qkv(qb.w, i);
+    let r = wid.y * params.seq;
+    for (var qi = range.x; qi < range.y; qi++) {
+        let qb = qkv_base(b, qi, 0u, h);
+        let gb = out_base(b, qi, h);
+        var s_lo = vec4<f32>(0.0);
+        var s_hi = vec4<f32>(0.0);
+        var p_lo = vec4<f32>(0.0);
+        var p_hi = vec4<f32>(0.0);
+        var qc: Row;
+        var gc: Row;
+        for (var d4 = 0u; d4 < n4; d4++) {
+            let qr = load_qkv(qb, 4u * d4);
+            let gr = load_grad(gb, 4u * d4);
+            qc[d4] = qr;
+            gc[d4] = gr;
+            s_lo += vec4<f32>(dot(k[0][d4], qr), dot(k[1][d4], qr), dot(k[2][d4], qr), dot(k[3][d4], qr));
+            s_hi += vec4<f32>(dot(k[4][d4], qr), dot(k[5][d4], qr), dot(k[6][d4], qr), dot(k[7][d4], qr));
+            p_lo += vec4<f32>(dot(v[0][d4], gr), dot(v[1][d4], gr), dot(v[2][d4], gr), dot(v[3][d4], gr));
+            p_hi += vec4<f32>(dot(v[4][d4], gr), dot(v[5][d4], gr), dot(v[6][d4], gr), dot(v[7][d4], gr));
+        }
+        var seen_lo = mine_lo;
+        var seen_hi = mine_hi;
+        if (params.causal != 0u) {
+            seen_lo = seen_lo & (k_lo <= vec4<u32>(qi));
+            seen_hi = seen_hi & (k_hi <= vec4<u32>(qi));
+        }
+        let row_l = lse[r + qi];
+        let row_d = delta[r + qi];
+        let pa = select(vec4<f32>(0.0), exp(s_lo - row_l), seen_lo);
+        let pc = select(vec4<f32>(0.0), exp(s_hi - row_l), seen_hi);
+        let a = pa * (p_lo - row_d);
+        let c = pc * (p_hi - row_d);
+        for (var d4 = 0u; d4 < n4; d4++) {
+            let qr = qc[d4];
+            let gr = gc[d4];
+            dv[0][d4] += pa.x * gr;
+            dv[1][d4] += pa.y * gr;
+            dv[2][d4] += pa.z * gr;
+            dv[3][d4] += pa.w * gr;
+            dv[4][d4] += pc.x * gr;
+            dv[5][d4] += pc.y * gr;
+            dv[6][d4] += pc.z * gr;
+            dv[7][d4] += pc.w * gr;
+            dk[0][d4] += a.x * qr;
+            dk[1][d4] += a.y * qr;
+            dk[2][d4] += a.z * qr;
+            dk[3][d4] += a.w * qr;
+            dk[4][d4] += c.x * qr;
+            dk[5][d4] += c.y * qr;
+            dk[6][d4] += c.z * qr;
+            dk[7][d4] += c.w * qr;
         }
     }
-    if (kt >= params.seq) { return; }
-    for (var d4 = 0u; d4 < dims4(); d4++) { dk[d4] *= params.scale; }
-    store_grad(&dk, b, kt, h, 1u);
-    store_grad(&dv, b, kt, h, 2u);
+    let kt = array<u32, 8>(k_lo.x, k_lo.y, k_lo.z, k_lo.w, k_hi.x, k_hi.y, k_hi.z, k_hi.w);
+    for (var d4 = 0u; d4 < n4; d4++) {
+        store_grad(b, kt[0], h, 1u, d4, dk[0][d4] * params.scale);
+        store_grad(b, kt[0], h, 2u, d4, dv[0][d4]);
+        store_grad(b, kt[1], h, 1u, d4, dk[1][d4] * params.scale);
+        store_grad(b, kt[1], h, 2u, d4, dv[1][d4]);
+        store_grad(b, kt[2], h, 1u, d4, dk[2][d4] * params.scale);
+        store_grad(b, kt[2], h, 2u, d4, dv[2][d4]);
+        store_grad(b, kt[3], h, 1u, d4, dk[3][d4] * params.scale);
+        store_grad(b, kt[3], h, 2u, d4, dv[3][d4]);
+        store_grad(b, kt[4], h, 1u, d4, dk[4][d4] * params.scale);
+        store_grad(b, kt[4], h, 2u, d4, dv[4][d4]);
+        store_grad(b, kt[5], h, 1u, d4, dk[5][d4] * params.scale);
+        store_grad(b, kt[5], h, 2u, d4, dv[5][d4]);
+        store_grad(b, kt[6], h, 1u, d4, dk[6][d4] * params.scale);
+        store_grad(b, kt[6], h, 2u, d4, dv[6][d4]);
+        store_grad(b, kt[7], h, 1u, d4, dk[7][d4] * params.scale);
+        store_grad(b, kt[7], h, 2u, d4, dv[7][d4]);
+    }
 }
 
 // One thread per (section, row, d4): the summed partials into dqkv.

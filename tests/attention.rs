@@ -30,7 +30,7 @@ fn cases() -> Vec<Case> {
         (2, 64, 1, 16, true, Some(vec![0, 33])),
         (2, 257, 2, 40, true, Some(vec![200, 257])),
         (1, 257, 1, 128, false, Some(vec![250])),
-        // At D = 64: six forward chunks of 344 keys and two backward chunks of 1,024, merged.
+        // At D = 64: two forward chunks of 1,664 keys and three backward chunks of 908, merged.
         (1, 2048, 1, 64, true, Some(vec![1999])),
     ]
 }

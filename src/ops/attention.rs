@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::ops::checks::{float_dtype, fold_grid, same_dtype, same_gpu, to_u32};
 use crate::ops::matmul::{matmul, MatmulOptions, Transposes};
 use crate::ops::softmax::{softmax, softmax_backward};
-use crate::shaders::{entry_points, shader_params, KernelSpec, Override};
+use crate::shaders::{entry_points, shader_params, KernelSpec};
 use crate::tensor::Tensor;
 
 /// The largest head dimension the fused kernels take (their tiles hold 128 values per row).
@@ -70,13 +70,7 @@ pub(crate) static KERNEL: KernelSpec = KernelSpec {
     subgroup_preludes: None,
     dtypes: &[DType::F32, DType::F16],
     entries: ENTRY_POINTS,
-    overrides: &[Override {
-        name: "D4",
-        values: &[
-            1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
-            25, 26, 27, 28, 29, 30, 31, 32,
-        ],
-    }],
+    overrides: &[],
     override_sets: None,
     writes: &[1, 2, 3, 6, 7, 8],
 };
@@ -132,23 +126,19 @@ impl Dims {
         self.seq.div_ceil(WG)
     }
     /// Positions one dispatch walks along the other axis, counted as if no compiler unrolled a
-    /// loop: the forward's threads (4 queries each) loop about 7 · D/4 times per key, the
-    /// backward's about 2.5 · D/4 times per key or query, so no invocation loops more than about
-    /// 40,000 times (the software drivers' cap is 65,535). A multiple of 4 (positions go 4 at a
-    /// time). At D = 64: 344 keys forward, 1,024 backward.
+    /// loop: the forward's threads loop about 1.25 · D/4 times per key (two keys per iteration,
+    /// two loops over D/4 each), the backward's at most 2.5 · D/4 times per key or query, so no
+    /// invocation loops more than about 40,000 times (the software drivers' cap is 65,535). A
+    /// multiple of 4. At D = 64: 1,664 keys forward, 908 backward.
     fn chunk_keys(&self, pass: Pass) -> usize {
         let per_position = match pass {
-            Pass::Forward => 7 * self.d4() + 4,
+            Pass::Forward => 5 * self.d4() / 4 + 4,
             Pass::Backward => 5 * self.d4() / 2 + 4,
         };
         (40_000 / per_position / 4 * 4).clamp(4, 16_384)
     }
     fn chunks(&self, pass: Pass) -> usize {
         self.seq.div_ceil(self.chunk_keys(pass))
-    }
-    /// The forward's override constant (the other entry points take D at run time).
-    fn constants(&self) -> Vec<(&'static str, u32)> {
-        vec![("D4", self.d4() as u32)]
     }
 }
 
@@ -260,7 +250,7 @@ pub fn attention(batch: &mut Batch, qkv: &Tensor, options: &AttentionOptions) ->
             Tensor::uninit(&gpu, &[2], DType::F32)?,
         )
     };
-    let pipeline = gpu.pipeline(KERNEL.pipeline(Entry::Forward, qkv.dtype(), d.constants()))?;
+    let pipeline = gpu.pipeline(KERNEL.pipeline(Entry::Forward, qkv.dtype(), Vec::new()))?;
     let grid = [d.blocks() as u32, (d.batch * d.heads) as u32, 1];
     for chunk in 0..chunks {
         let params = Params {
