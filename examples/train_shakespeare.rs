@@ -7,7 +7,10 @@
 //!
 //! Run: `cargo run --release --example train_shakespeare [-- --steps N] [--layers N] [--dim N]
 //! [--heads N] [--context N] [--batch-size N] [--lr X] [--seed N] [--eval-every N] [--quick]
-//! [--out DIR]`. `--quick` is the short run CI makes.
+//! [--mixed-precision] [--profile] [--out DIR]`. `--quick` is the short run CI makes;
+//! `--mixed-precision` trains with f16 activations and gradients (f32 master weights, a dynamic
+//! loss scale) where the adapter has SHADER_F16; `--profile` prints each kernel's GPU time in one
+//! step.
 
 mod common;
 
@@ -20,7 +23,7 @@ use plotters::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use wgnn::data::CharCorpus;
-use wgnn::nn::{GptConfig, LanguageModel, Optimizer, Sampling, WarmupCosine};
+use wgnn::nn::{GptConfig, LanguageModel, MixedPrecision, Optimizer, Sampling, WarmupCosine};
 use wgnn::ops::AdamConfig;
 use wgnn::{Activation, Gpu};
 
@@ -35,6 +38,7 @@ struct Args {
     seed: u64,
     eval_every: u32,
     quick: bool,
+    mixed_precision: bool,
     profile: bool,
     out: PathBuf,
 }
@@ -51,6 +55,7 @@ fn parse_args() -> Result<Args> {
         seed: 1337,
         eval_every: 100,
         quick: false,
+        mixed_precision: false,
         profile: false,
         out: PathBuf::from("target/train_shakespeare"),
     };
@@ -68,13 +73,14 @@ fn parse_args() -> Result<Args> {
             "--seed" => args.seed = value()?.parse()?,
             "--eval-every" => args.eval_every = value()?.parse()?,
             "--quick" => args.quick = true,
+            "--mixed-precision" => args.mixed_precision = true,
             "--profile" => args.profile = true,
             "--out" => args.out = PathBuf::from(value()?),
             "-h" | "--help" => {
                 println!(
                     "train_shakespeare [--steps N] [--layers N] [--dim N] [--heads N] \
                      [--context N] [--batch-size N] [--lr X] [--seed N] [--eval-every N] \
-                     [--quick] [--profile] [--out DIR]"
+                     [--quick] [--mixed-precision] [--profile] [--out DIR]"
                 );
                 std::process::exit(0);
             }
@@ -150,6 +156,11 @@ fn main() -> Result<()> {
     };
     let mut model = LanguageModel::new(&gpu, config, args.seed)?;
     model.set_grad_clip(Some(1.0))?;
+    if args.mixed_precision {
+        model
+            .enable_mixed_precision(MixedPrecision::default())
+            .context("--mixed-precision needs an adapter with SHADER_F16")?;
+    }
     let mut optimizer = Optimizer::adam(AdamConfig {
         beta2: 0.99,
         ..AdamConfig::adamw(args.lr, 0.1)
@@ -158,7 +169,7 @@ fn main() -> Result<()> {
     let schedule = WarmupCosine::new(args.lr, args.lr / 10.0, args.steps / 20, args.steps)?;
     println!(
         "{} characters ({} training, {} validation), vocabulary {}; {} layers of {} ({} heads), \
-         context {}, batch {}, {} parameters, {} steps",
+         context {}, batch {}, {} parameters, {} steps{}",
         corpus.text.len(),
         train.len(),
         validation.len(),
@@ -169,7 +180,12 @@ fn main() -> Result<()> {
         config.context,
         args.batch_size,
         model.model().params().len(),
-        args.steps
+        args.steps,
+        if args.mixed_precision {
+            ", mixed precision"
+        } else {
+            ""
+        }
     );
     let mut rng = StdRng::seed_from_u64(args.seed);
     if args.profile {
@@ -232,6 +248,9 @@ fn main() -> Result<()> {
             format!("all {}", validation.len())
         }
     );
+    if let Some((scale, skipped)) = model.loss_scale()? {
+        println!("loss scale {scale}, {skipped} steps skipped for overflow");
+    }
     let prompt = corpus.encode("ROMEO.\n")?;
     let text = model.generate(
         &prompt,

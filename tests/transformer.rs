@@ -60,6 +60,74 @@ fn three_adamw_steps_match_the_reference() {
     }
 }
 
+/// Mixed precision: three AdamW steps with f16 activations and gradients follow the f32 reference
+/// within f16's bounds (a missed unscale is a factor 1,024 and fails by far), the loss scale
+/// grows as set, and an adapter without f16 gets a typed error.
+#[test]
+fn mixed_precision_follows_the_reference() {
+    use wgnn::nn::MixedPrecision;
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    let config = config();
+    let mut lm = LanguageModel::new(&gpu, config, seed).unwrap();
+    let settings = MixedPrecision {
+        initial_scale: 1024.0,
+        growth_interval: 2,
+    };
+    if !gpu.supports_f16() {
+        let r = lm.enable_mixed_precision(settings);
+        assert!(matches!(r, Err(Error::UnsupportedFeature { .. })));
+        return;
+    }
+    lm.enable_mixed_precision(settings).unwrap();
+    lm.set_grad_clip(Some(1.0)).unwrap();
+    let adam = AdamConfig {
+        eps: 1e-4,
+        ..AdamConfig::adamw(1e-2, 0.1)
+    };
+    let mut optimizer = Optimizer::adam(adam);
+    optimizer.decay_weights_only(lm.model()).unwrap();
+    let mut reference = Gpt::new(config, lm.model().params().to_host().unwrap());
+    for step in 0..3 {
+        let n = 3 * config.context;
+        let inputs: Vec<u32> = (0..n).map(|_| rng.random_range(0..11)).collect();
+        let targets: Vec<u32> = (0..n).map(|_| rng.random_range(0..11)).collect();
+        lm.train_step(&mut optimizer, &inputs, &targets, config.context)
+            .unwrap();
+        let want = reference.step(&inputs, &targets, &adam, Some(1.0));
+        let got = lm.mean_loss().unwrap();
+        assert_close(
+            &[got],
+            &[want],
+            1e-2,
+            &format!("mixed-precision loss of step {step}, seed {seed}"),
+        );
+    }
+    // Three good steps, growth every 2: the scale doubled once, nothing was skipped.
+    assert_eq!(lm.loss_scale().unwrap(), Some((2048.0, 0)));
+    let got = lm.model().params().to_host().unwrap();
+    for ((name, _, g), (_, _, w)) in got.iter().zip(&reference.params) {
+        assert_close(
+            g,
+            w,
+            2e-2,
+            &format!("{name} after 3 mixed-precision steps, seed {seed}"),
+        );
+    }
+    // Evaluation runs in f16 too: its loss is the reference's next step's within f16's bounds.
+    let n = 3 * config.context;
+    let inputs: Vec<u32> = (0..n).map(|_| rng.random_range(0..11)).collect();
+    let targets: Vec<u32> = (0..n).map(|_| rng.random_range(0..11)).collect();
+    let got = lm.loss(&inputs, &targets, config.context).unwrap();
+    let want = reference.step(&inputs, &targets, &adam, Some(1.0));
+    assert_close(
+        &[got],
+        &[want],
+        1e-2,
+        &format!("mixed-precision evaluation, seed {seed}"),
+    );
+}
+
 #[test]
 fn a_saved_model_loads_with_its_vocabulary_and_the_same_logits() {
     let gpu = gpu();

@@ -12,12 +12,13 @@ use super::io::{corrupt, read_capped, ReadOptions};
 use super::layers::Linear;
 use super::model::{Init, Model, ModelBuilder};
 use super::optimizer::Optimizer;
+use super::trainer::MixedPrecision;
 use super::transformer::{transformer_block, BlockConfig, Embedding, LayerNorm};
 use crate::batch::Batch;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::ops::{self, Activation};
+use crate::ops::{self, amp::LossScale, Activation};
 use crate::tensor::Tensor;
 
 /// The architecture of a [`LanguageModel`]. Every size is checked ([`Self::validate`]) before
@@ -126,6 +127,7 @@ pub struct LanguageModel {
     loss_sum: Option<Tensor>,
     loss_steps: u32,
     grad_clip: Option<f32>,
+    loss_scale: Option<LossScale>,
 }
 
 /// How [`LanguageModel::generate`] picks each token.
@@ -176,6 +178,7 @@ impl LanguageModel {
             loss_sum: None,
             loss_steps: 0,
             grad_clip: None,
+            loss_scale: None,
         }
     }
 
@@ -190,6 +193,38 @@ impl LanguageModel {
     /// The model, mutably.
     pub fn model_mut(&mut self) -> &mut Model {
         &mut self.model
+    }
+
+    /// Switches training to mixed precision: f16 weight copies, activations and gradients (the
+    /// forward, backward, attention and the other kernels in f16 storage with f32 arithmetic),
+    /// f32 master weights that the optimizer updates, and a dynamic loss scale: a step whose f16
+    /// gradients overflow is skipped on the GPU and the scale halves (as in PyTorch's
+    /// GradScaler). Evaluation and generation then run in f16 too. Needs an adapter with
+    /// SHADER_F16 ([`Error::UnsupportedFeature`] otherwise); does nothing the second time.
+    pub fn enable_mixed_precision(&mut self, settings: MixedPrecision) -> Result<()> {
+        if self.loss_scale.is_some() {
+            return Ok(());
+        }
+        let scale = LossScale::new(
+            self.model.gpu(),
+            settings.initial_scale,
+            settings.growth_interval,
+        )?;
+        self.model.enable_mixed_precision()?;
+        self.loss_scale = Some(scale);
+        Ok(())
+    }
+
+    /// In mixed precision, the current loss scale and the number of steps skipped for overflow
+    /// (one readback); `None` in f32.
+    pub fn loss_scale(&self) -> Result<Option<(f32, u32)>> {
+        match &self.loss_scale {
+            None => Ok(None),
+            Some(s) => {
+                let state = s.state.to_vec::<f32>()?;
+                Ok(Some((state[0], state[2] as u32)))
+            }
+        }
     }
 
     /// Clips the gradients' global norm to `max_norm` before each update (`None`: no clipping).
@@ -314,13 +349,31 @@ impl LanguageModel {
         self.model.zero_grads(batch)?;
         let logits = self.model.forward(batch, &ids, true)?;
         let loss = ops::cross_entropy(batch, &logits, &labels, 0.0)?;
+        if let Some(scale) = &self.loss_scale {
+            ops::amp::scale_by_loss_scale(batch, &loss.grad_logits, scale)?;
+        }
         self.model
             .backward(batch, &loss.grad_logits.reshape(logits.shape())?)?;
         let params = self.model.params();
-        if let Some(max_norm) = self.grad_clip {
-            ops::clip_grad_norm(batch, &[params.grads()], max_norm)?;
+        match (&self.loss_scale, params.half()) {
+            (Some(scale), Some((half_values, half_grads))) => {
+                // f16 gradients / scale -> f32 gradients (flagging overflow), clipping, the
+                // update unless flagged, the scale's adjustment, fresh f16 copies of the weights.
+                ops::amp::unscale_gradients(batch, half_grads, params.grads(), scale)?;
+                if let Some(max_norm) = self.grad_clip {
+                    ops::clip_grad_norm(batch, &[params.grads()], max_norm)?;
+                }
+                optimizer.step_unless(batch, params, Some(&scale.found_overflow))?;
+                ops::amp::update_loss_scale(batch, scale)?;
+                ops::amp::cast_from_f32(batch, params.values(), half_values)?;
+            }
+            _ => {
+                if let Some(max_norm) = self.grad_clip {
+                    ops::clip_grad_norm(batch, &[params.grads()], max_norm)?;
+                }
+                optimizer.step(batch, params)?;
+            }
         }
-        optimizer.step(batch, params)?;
         if self.loss_sum.is_none() {
             self.loss_sum = Some(Tensor::zeros(self.model.gpu(), &[1], DType::F32)?);
         }
