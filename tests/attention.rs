@@ -148,6 +148,48 @@ fn fused_and_naive_match_the_reference_f32() {
     }
 }
 
+/// The longest sequence, 8,192 tokens: several chunked dispatches each way, none cut short
+/// by the software drivers' 65,535-iteration cap (a truncated loop leaves keys out and fails).
+/// Forward and backward in separate submissions, each well under GL's lock timeout.
+#[test]
+fn the_longest_sequences_match_the_reference() {
+    let _gpu = exclusive();
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    let case: Case = (1, 8192, 1, 16, true, Some(vec![8000]));
+    let (b, t, h, d, ..) = case;
+    let qkv = random(&mut rng, b * t * 3 * h * d);
+    let g = random(&mut rng, b * t * h * d);
+    let x = Tensor::from_f32(&gpu, &qkv, &[b, t, 3 * h * d], DType::F32).unwrap();
+    let go = Tensor::from_f32(&gpu, &g, &[b, t, h * d], DType::F32).unwrap();
+    let lens = Tensor::from_slice(&gpu, &[8000u32], &[1]).unwrap();
+    let options = AttentionOptions {
+        heads: h,
+        causal: true,
+        lengths: Some(&lens),
+        scale: None,
+    };
+    let mut batch = Batch::new(&gpu);
+    let fwd = ops::attention(&mut batch, &x, &options).unwrap();
+    batch.submit().unwrap();
+    let mut batch = Batch::new(&gpu);
+    let dqkv = ops::attention_backward(&mut batch, &x, &fwd, &go, &options).unwrap();
+    batch.submit().unwrap();
+    let context = format!("T = 8,192, seed {seed}");
+    let xa = Array::new(&[b, t, 3 * h * d], qkv);
+    let (want_out, want_lse) = reference::attention(&xa, &spec(&case));
+    let want_dqkv =
+        reference::attention_backward(&xa, &Array::new(&[b, t, h * d], g), &spec(&case));
+    assert_close(
+        &fwd.out.to_vec_f32().unwrap(),
+        &want_out.data,
+        1e-4,
+        &context,
+    );
+    assert_lse(&fwd.lse.to_vec_f32().unwrap(), &want_lse, 1e-4, &context);
+    assert_close(&dqkv.to_vec_f32().unwrap(), &want_dqkv.data, 1e-4, &context);
+}
+
 #[test]
 fn fused_matches_the_reference_f16() {
     let _gpu = exclusive();

@@ -4,9 +4,11 @@
 //! first call of a shape class, or reads its tuning cache). burn is built with its default
 //! features (autotune and fusion on), as a burn user gets it.
 //!
-//! Cases: single ops (matmul, conv, softmax) and whole models (`--only models`): a training step
+//! Cases: single ops (matmul, conv, softmax), whole models (`--only models`): a training step
 //! and a prediction of the benches' MLP and CNN, as issue 17 defines them (see `run_wgnn_models`
-//! and `run_burn_models` for what each side's call includes).
+//! and `run_burn_models` for what each side's call includes), and (`--only transformer`) one
+//! training step of `examples/train_shakespeare`'s default language model (issue 18; see
+//! `run_wgnn_transformer` and `run_burn_transformer`).
 //!
 //! Each library runs in a child process of its own, alternately (burn, wgnn, burn, wgnn, ... for
 //! `--rounds` rounds, default 3), so neither runs beside the other's device threads: in one process,
@@ -15,26 +17,33 @@
 //!
 //! Run from this directory: `cargo run --release` (burn takes about 20 minutes to build on 2 cores).
 //! Both libraries pick their adapter by themselves; on a machine without a GPU both get lavapipe.
-//! Options: `--runs N`, `--rounds N`, `--only matmul|conv|softmax|models`.
+//! Options: `--runs N`, `--rounds N`, `--only matmul|conv|softmax|models|transformer`.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use burn::module::Module;
+use burn::nn::attention::generate_autoregressive_mask;
 use burn::nn::conv::{Conv2d as BurnConv2d, Conv2dConfig};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Linear as BurnLinear, LinearConfig, PaddingConfig2d};
+use burn::nn::transformer::{
+    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
+};
+use burn::nn::{
+    Embedding as BurnEmbedding, EmbeddingConfig, LayerNorm as BurnLayerNorm, LayerNormConfig,
+    Linear as BurnLinear, LinearConfig, PaddingConfig2d,
+};
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig as BurnSgdConfig};
+use burn::optim::{AdamWConfig, GradientsParams, SgdConfig as BurnSgdConfig};
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{
     activation, Device, DeviceKind, Distribution, Int, Tensor as BurnTensor, TensorData,
 };
 use wgnn::infer::{InferenceSession, SessionOptions};
-use wgnn::nn::{Init, LayerSpec, Optimizer, Sequential, Trainer};
-use wgnn::ops::{self, Conv2dParams, SgdConfig};
+use wgnn::nn::{GptConfig, Init, LanguageModel, LayerSpec, Optimizer, Sequential, Trainer};
+use wgnn::ops::{self, AdamConfig, Conv2dParams, SgdConfig};
 use wgnn::{Activation, Batch, DType, Gpu, Tensor};
 
 fn random(len: usize, seed: u32) -> Vec<f32> {
@@ -60,7 +69,7 @@ fn time(runs: usize, mut call: impl FnMut()) -> Vec<Duration> {
         .collect()
 }
 
-const CASES: [(&str, &str); 13] = [
+const CASES: [(&str, &str); 14] = [
     ("matmul", "matmul f32 1024³"),
     ("matmul", "matmul f32 1000³"),
     ("conv", "conv fwd 256×1×28×28 → 32, 3×3 pad 1"),
@@ -74,7 +83,129 @@ const CASES: [(&str, &str); 13] = [
     ("models", "predict CNN f32, batch 1"),
     ("models", "predict MLP f32, batch 64"),
     ("models", "predict CNN f32, batch 64"),
+    ("transformer", "train GPT 2×64, 4 heads, batch 16×64"),
 ];
+
+/// `examples/train_shakespeare`'s default model: its character vocabulary of 80, context 64, 2
+/// pre-norm blocks of width 64 with 4 heads and a 256-wide GELU MLP, dropout 0; batch 16.
+const GPT_VOCAB: usize = 80;
+const GPT_CONTEXT: usize = 64;
+const GPT_DIM: usize = 64;
+const GPT_HEADS: usize = 4;
+const GPT_LAYERS: usize = 2;
+const GPT_BATCH: usize = 16;
+
+/// Token ids and next-token targets of one batch (fixed pseudo-random text).
+fn gpt_batch() -> (Vec<u32>, Vec<u32>) {
+    let text: Vec<u32> = (0..GPT_BATCH * GPT_CONTEXT + 1)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 7) % GPT_VOCAB as u32)
+        .collect();
+    let n = GPT_BATCH * GPT_CONTEXT;
+    (text[..n].to_vec(), text[1..=n].to_vec())
+}
+
+/// wgnn: `LanguageModel::train_step` (uploads ids and targets, forward with fused attention,
+/// cross-entropy, backward, AdamW (lr 1e-3, decay 0.1, beta2 0.99) on every parameter, no
+/// clipping) and a device wait.
+fn run_wgnn_transformer(gpu: &Gpu, runs: usize) -> anyhow::Result<()> {
+    let config = GptConfig {
+        vocab: GPT_VOCAB,
+        context: GPT_CONTEXT,
+        dim: GPT_DIM,
+        heads: GPT_HEADS,
+        layers: GPT_LAYERS,
+        activation: wgnn::Activation::Gelu,
+        dropout: 0.0,
+    };
+    let mut model = LanguageModel::new(gpu, config, 1)?;
+    let mut optimizer = Optimizer::adam(AdamConfig {
+        beta2: 0.99,
+        ..AdamConfig::adamw(1e-3, 0.1)
+    });
+    let (ids, targets) = gpt_batch();
+    let t = time(runs, || {
+        model
+            .train_step(&mut optimizer, &ids, &targets, GPT_CONTEXT)
+            .unwrap();
+        gpu.wait().unwrap();
+    });
+    print_times(CASES[13].1, &t);
+    Ok(())
+}
+
+/// The same model in burn: token and position embeddings, burn's `TransformerEncoder` (pre-norm,
+/// GELU, dropout 0) with a causal mask, a final LayerNorm, the output projection.
+#[derive(Module, Debug)]
+struct BurnGpt {
+    tokens: BurnEmbedding,
+    positions: BurnEmbedding,
+    blocks: TransformerEncoder,
+    norm: BurnLayerNorm,
+    head: BurnLinear,
+}
+
+impl BurnGpt {
+    fn new(device: &Device) -> Self {
+        BurnGpt {
+            tokens: EmbeddingConfig::new(GPT_VOCAB, GPT_DIM).init(device),
+            positions: EmbeddingConfig::new(GPT_CONTEXT, GPT_DIM).init(device),
+            blocks: TransformerEncoderConfig::new(GPT_DIM, 4 * GPT_DIM, GPT_HEADS, GPT_LAYERS)
+                .with_dropout(0.0)
+                .with_norm_first(true)
+                .init(device),
+            norm: LayerNormConfig::new(GPT_DIM).init(device),
+            head: LinearConfig::new(GPT_DIM, GPT_VOCAB).init(device),
+        }
+    }
+
+    /// Logits `[batch · T, vocab]` for ids `[batch, T]`.
+    fn forward(&self, ids: BurnTensor<2, Int>) -> BurnTensor<2> {
+        let [b, t] = ids.dims();
+        let device = ids.device();
+        let positions = BurnTensor::<1, Int>::arange(0..t as i64, &device)
+            .reshape([1, t])
+            .repeat_dim(0, b);
+        let x = self.tokens.forward(ids) + self.positions.forward(positions);
+        let mask = generate_autoregressive_mask(b, t, &device);
+        let x = self
+            .blocks
+            .forward(TransformerEncoderInput::new(x).mask_attn(mask));
+        self.head
+            .forward(self.norm.forward(x))
+            .reshape([b * t, GPT_VOCAB])
+    }
+}
+
+/// burn: the forward, cross-entropy, backward and AdamW (same settings) on its autodiff device,
+/// the batch uploaded each step, then `Device::sync`.
+fn run_burn_transformer(device: &Device, runs: usize) -> anyhow::Result<()> {
+    let ad = device.clone().autodiff();
+    let mut model = BurnGpt::new(&ad);
+    let mut optim = AdamWConfig::new()
+        .with_beta_2(0.99)
+        .with_weight_decay(0.1)
+        .init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let (ids, targets) = gpt_batch();
+    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let targets: Vec<i64> = targets.iter().map(|&i| i64::from(i)).collect();
+    let t = time(runs, || {
+        let xs = BurnTensor::<2, Int>::from_data(
+            TensorData::new(ids.clone(), [GPT_BATCH, GPT_CONTEXT]),
+            &ad,
+        );
+        let ys = BurnTensor::<1, Int>::from_data(
+            TensorData::new(targets.clone(), [GPT_BATCH * GPT_CONTEXT]),
+            &ad,
+        );
+        let loss = loss_fn.forward(model.forward(xs), ys);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model.clone(), grads);
+        ad.sync().unwrap();
+    });
+    print_times(CASES[13].1, &t);
+    Ok(())
+}
 
 /// The whole-model cases: (model, batch, training?) in CASES order from index 5.
 const MODEL_CASES: [(Net, usize, bool); 8] = [
@@ -182,7 +313,7 @@ fn labels(batch: usize) -> Vec<u32> {
 /// 0.9) and a device wait; `InferenceSession::predict` (uploads, forward, softmax, argmax, top-3,
 /// reads back).
 fn run_wgnn_models(gpu: &Gpu, runs: usize) -> anyhow::Result<()> {
-    for ((net, batch, training), (_, case)) in MODEL_CASES.iter().zip(&CASES[5..]) {
+    for ((net, batch, training), (_, case)) in MODEL_CASES.iter().zip(&CASES[5..13]) {
         let (input, specs) = net.wgnn_specs();
         let model = Sequential::new(gpu, &input, specs, Init::KaimingUniform { seed: 1 })?;
         let x = random(batch * net.input_len(), 7);
@@ -219,7 +350,7 @@ fn run_wgnn_models(gpu: &Gpu, runs: usize) -> anyhow::Result<()> {
 /// batch uploaded each step, then `Device::sync`; prediction is the forward and softmax on an
 /// input already on the device, then `Device::sync` (no readback).
 fn run_burn_models(device: &Device, runs: usize) -> anyhow::Result<()> {
-    for ((net, batch, training), (_, case)) in MODEL_CASES.iter().zip(&CASES[5..]) {
+    for ((net, batch, training), (_, case)) in MODEL_CASES.iter().zip(&CASES[5..13]) {
         let x = random(batch * net.input_len(), 7);
         let t = if *training {
             let ad = device.clone().autodiff();
@@ -311,6 +442,9 @@ fn run_wgnn(runs: usize, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
     if wanted("models") {
         run_wgnn_models(&gpu, runs)?;
     }
+    if wanted("transformer") {
+        run_wgnn_transformer(&gpu, runs)?;
+    }
     if wanted("softmax") {
         for ((rows, cols), case) in [
             ((4096usize, 4096usize), CASES[3].1),
@@ -369,6 +503,9 @@ fn run_burn(runs: usize, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
     }
     if wanted("models") {
         run_burn_models(&device, runs)?;
+    }
+    if wanted("transformer") {
+        run_burn_transformer(&device, runs)?;
     }
     if wanted("softmax") {
         for ((rows, cols), case) in [
