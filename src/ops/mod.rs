@@ -16,6 +16,7 @@ pub(crate) mod output_check;
 pub mod pool;
 pub mod quantized_linear;
 pub mod reduce;
+pub mod sampling;
 pub mod softmax;
 
 pub use activation::Activation;
@@ -40,6 +41,7 @@ pub use optim::{adam_step, clip_grad_norm, sgd_step, AdamConfig, Momentum, SgdCo
 pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, Pool2dParams};
 pub use quantized_linear::{quantize_int8, quantized_linear, QuantizedWeights};
 pub use reduce::{channel_sum, mean, row_max_argmax, sum, sum_squares, top_k};
+pub use sampling::{sample_tokens, SamplingSettings};
 pub use softmax::{
     log_softmax, log_softmax_backward, softmax, softmax_backward, softmax_into, SoftmaxKind,
 };
@@ -64,4 +66,5 @@ pub const KERNELS: &[&KernelSpec] = &[
     &layer_norm::KERNEL,
     &embedding::KERNEL,
     &dropout::KERNEL,
+    &sampling::KERNEL,
 ];

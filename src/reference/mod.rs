@@ -13,6 +13,7 @@ pub mod nn;
 pub mod optim;
 pub mod quantized_linear;
 pub mod reduce;
+pub mod sampling;
 pub mod softmax;
 pub mod transformer;
 
