@@ -4,7 +4,8 @@
 use super::Array;
 use crate::ops::dropout::DropoutKey;
 
-fn mix(v: u32) -> u32 {
+/// The generator's 32-bit mixer (lowbias32), shared with the sampling reference.
+pub(crate) fn mix(v: u32) -> u32 {
     let mut h = v;
     h ^= h >> 16;
     h = h.wrapping_mul(0x7feb_352d);

@@ -1,17 +1,8 @@
 //! Reference token sampling, mirroring [`crate::ops::sampling`](mod@crate::ops::sampling): the
 //! same kept set, the same generator and the same draw, in f64.
 
+use super::dropout::mix;
 use crate::ops::sampling::SamplingSettings;
-
-fn mix(v: u32) -> u32 {
-    let mut h = v;
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x7feb_352d);
-    h ^= h >> 15;
-    h = h.wrapping_mul(0x846c_a68b);
-    h ^= h >> 16;
-    h
-}
 
 /// The generator's uniform draw in [0, 1) for `settings`' seed and counter (24 bits).
 pub fn uniform(settings: &SamplingSettings) -> f64 {
