@@ -2,9 +2,8 @@
 // (seed, counter) is kept when hash(seed, counter, i) ≥ p · 2³², and kept values are scaled by
 // 1 / (1 - p). The mask is never stored: the backward recomputes it from the same key, so forward
 // and backward drop the same elements, and a run is reproducible from its seed.
-// The hash is a few rounds of a 32-bit integer mixer (lowbias32 by C. Wellons) over the element
-// index, each round keyed by one word of (seed_lo, seed_hi, counter): plain u32 arithmetic, the same
-// bits on every backend.
+// The hash is a few rounds of hash.wgsl's 32-bit mixer over the element index, each round keyed by
+// one word of (seed_lo, seed_hi, counter): the same bits on every backend.
 // Bindings: 0 params, 1 x (forward: the input; backward: dL/dy), 2 out.
 //   apply   one thread per element: out = x · mask / (1 - p) (forward and backward alike)
 // Grid: 256-thread workgroups, folded into y past 65,535 along x. No loops.
@@ -26,16 +25,6 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> out: array<Elem>;
-
-fn mix(v: u32) -> u32 {
-    var h = v;
-    h ^= h >> 16u;
-    h *= 0x7feb352du;
-    h ^= h >> 15u;
-    h *= 0x846ca68bu;
-    h ^= h >> 16u;
-    return h;
-}
 
 fn keep_hash(i: u32) -> u32 {
     var h = mix(i ^ params.seed_lo);

@@ -10,7 +10,8 @@
 // and no memory beyond the workgroup's. The draw: u = (hash >> 8) / 2²⁴, a goal of u · M (M the
 // kept mass); the token is the first, in vocabulary order, whose running kept mass passes the goal.
 // Every sum has a fixed order: 256 contiguous segments, each summed in order, then the segment
-// sums in order (thread 0) or by a fixed tree.
+// sums in order (thread 0) or by reduce_shared.wgsl's tree (counts too: exact in f32 below 2^24).
+// Preludes: hash.wgsl (the generator's mixer), numerics.wgsl, reduce_shared.wgsl.
 //
 // Bindings: 0 params, 1 logits [rows, vocab], 2 settings (8 words per row), 3 tokens (u32 [rows]).
 //   sample   one 256-thread workgroup per row (grid folded into y past groups_x)
@@ -57,41 +58,6 @@ var<workgroup> row_top_p: f32;
 fn key_of(x: f32) -> u32 {
     let b = bitcast<u32>(x);
     return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
-}
-
-fn mix(v: u32) -> u32 {
-    var h = v;
-    h ^= h >> 16u;
-    h *= 0x7feb352du;
-    h ^= h >> 15u;
-    h *= 0x846ca68bu;
-    h ^= h >> 16u;
-    return h;
-}
-
-// Σ over the workgroup of v (a fixed tree), the same in every thread.
-fn sum_f(l: u32, v: f32) -> f32 {
-    red_f[l] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (l < s) { red_f[l] += red_f[l + s]; }
-        workgroupBarrier();
-    }
-    let r = red_f[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn sum_u(l: u32, v: u32) -> u32 {
-    red_u[l] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (l < s) { red_u[l] += red_u[l + s]; }
-        workgroupBarrier();
-    }
-    let r = red_u[0];
-    workgroupBarrier();
-    return r;
 }
 
 @compute @workgroup_size(256, 1, 1)
@@ -153,7 +119,7 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             for (var i = lo; i < hi; i++) {
                 c += select(0u, 1u, key_of(f32(logits[base + i])) >= cand);
             }
-            if (sum_u(l, c) >= top_k) { kk = cand; }
+            if (workgroup_sum(l, f32(c)) >= f32(top_k)) { kk = cand; }
         }
     }
     // K_p: the largest key whose tail mass is at least top_p of the total.
@@ -161,7 +127,7 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if (top_p < 1.0) {
         var t = 0.0;
         for (var i = lo; i < hi; i++) { t += exp(f32(logits[base + i]) * inv_t - m); }
-        let goal = top_p * sum_f(l, t);
+        let goal = top_p * workgroup_sum(l, t);
         for (var bit = 31i; bit >= 0i; bit--) {
             let cand = kp | (1u << u32(bit));
             var w = 0.0;
@@ -169,7 +135,7 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 let x = f32(logits[base + i]);
                 if (key_of(x) >= cand) { w += exp(x * inv_t - m); }
             }
-            if (sum_f(l, w) >= goal) { kp = cand; }
+            if (workgroup_sum(l, w) >= goal) { kp = cand; }
         }
     }
     let keep = max(kk, kp);

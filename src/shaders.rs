@@ -31,6 +31,8 @@ pub enum Prelude {
     MatmulSharedRows,
     /// `matmul_lanes_portable.wgsl`: the same without subgroups.
     MatmulLanesPortable,
+    /// `hash.wgsl`: the counter-based generator's mixer (dropout, sampling).
+    Hash,
 }
 
 impl Prelude {
@@ -42,6 +44,7 @@ impl Prelude {
         Prelude::ReduceSubgroup,
         Prelude::MatmulSharedRows,
         Prelude::MatmulLanesPortable,
+        Prelude::Hash,
     ];
 
     /// The file's stem in `shaders/`.
@@ -53,6 +56,7 @@ impl Prelude {
             Prelude::ReduceSubgroup => "reduce_subgroup",
             Prelude::MatmulSharedRows => "matmul_shared_rows",
             Prelude::MatmulLanesPortable => "matmul_lanes_portable",
+            Prelude::Hash => "hash",
         }
     }
 
@@ -65,6 +69,7 @@ impl Prelude {
             Prelude::ReduceSubgroup => include_str!("../shaders/reduce_subgroup.wgsl"),
             Prelude::MatmulSharedRows => include_str!("../shaders/matmul_shared_rows.wgsl"),
             Prelude::MatmulLanesPortable => include_str!("../shaders/matmul_lanes_portable.wgsl"),
+            Prelude::Hash => include_str!("../shaders/hash.wgsl"),
         }
     }
 }

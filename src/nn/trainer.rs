@@ -273,13 +273,7 @@ impl Trainer {
     /// In mixed precision, the current loss scale and the number of steps skipped for overflow
     /// (one readback).
     pub fn loss_scale(&self) -> Result<Option<(f32, u32)>> {
-        match &self.loss_scale {
-            None => Ok(None),
-            Some(s) => {
-                let state = s.state.to_vec::<f32>()?;
-                Ok(Some((state[0], state[2] as u32)))
-            }
-        }
+        self.loss_scale.as_ref().map(LossScale::read).transpose()
     }
 
     /// The model.

@@ -74,6 +74,12 @@ impl LossScale {
             growth_interval,
         })
     }
+
+    /// The current scale and the number of steps skipped for overflow (one readback).
+    pub fn read(&self) -> Result<(f32, u32)> {
+        let state = self.state.to_vec::<f32>()?;
+        Ok((state[0], state[2] as u32))
+    }
 }
 
 fn record(

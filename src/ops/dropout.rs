@@ -6,7 +6,7 @@ use crate::batch::Batch;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::checks::{float_dtype, fold_grid, same_gpu, to_u32};
-use crate::shaders::{entry_points, shader_params, KernelSpec};
+use crate::shaders::{entry_points, shader_params, KernelSpec, Prelude};
 use crate::tensor::Tensor;
 
 shader_params! {
@@ -34,7 +34,7 @@ entry_points! {
 pub(crate) static KERNEL: KernelSpec = KernelSpec {
     name: "dropout",
     wgsl: include_str!("../../shaders/dropout.wgsl"),
-    preludes: &[],
+    preludes: &[Prelude::Hash],
     subgroup_preludes: None,
     dtypes: &[DType::F32, DType::F16],
     entries: ENTRY_POINTS,

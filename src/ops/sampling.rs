@@ -12,7 +12,7 @@ use crate::batch::Batch;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::checks::{float_dtype, fold_grid, same_gpu, to_u32};
-use crate::shaders::{entry_points, shader_params, KernelSpec};
+use crate::shaders::{entry_points, shader_params, KernelSpec, Prelude};
 use crate::tensor::Tensor;
 
 /// The largest vocabulary [`sample_tokens`] takes (its passes over a row stay under the software
@@ -42,7 +42,7 @@ entry_points! {
 pub(crate) static KERNEL: KernelSpec = KernelSpec {
     name: "sampling",
     wgsl: include_str!("../../shaders/sampling.wgsl"),
-    preludes: &[],
+    preludes: &[Prelude::Hash, Prelude::Numerics, Prelude::ReduceShared],
     subgroup_preludes: None,
     dtypes: &[DType::F32, DType::F16],
     entries: ENTRY_POINTS,
