@@ -117,6 +117,11 @@ pub enum Error {
         /// The call that was refused.
         op: &'static str,
     },
+    /// The caller cancelled the request before it finished.
+    Cancelled {
+        /// The call whose request was cancelled.
+        op: &'static str,
+    },
     /// Any other error reported by wgpu or the driver (mapping a buffer, an internal error).
     Gpu(String),
 }
@@ -173,6 +178,7 @@ impl fmt::Display for Error {
                 write!(f, "{op}: no answer within the deadline of {after:?}")
             }
             Error::ShutDown { op } => write!(f, "{op}: shut down, no more requests are accepted"),
+            Error::Cancelled { op } => write!(f, "{op}: cancelled by the caller"),
             Error::Gpu(e) => write!(f, "GPU error: {e}"),
         }
     }

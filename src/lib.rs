@@ -27,6 +27,7 @@ mod batch;
 pub mod data;
 mod dtype;
 mod error;
+pub mod generate;
 mod gpu;
 pub mod infer;
 pub mod nn;

@@ -8,6 +8,7 @@ pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod kv_cache;
 pub mod layer_norm;
 pub mod loss;
 pub mod matmul;
@@ -32,6 +33,7 @@ pub use elementwise::{
     activation, activation_backward, axpy, bias_add, mul_in_place, scale_add, scale_in_place,
 };
 pub use embedding::{check_ids, embedding, embedding_backward};
+pub use kv_cache::{cache_append, decode_attention, embed_at, gather_rows};
 pub use layer_norm::{layer_norm, layer_norm_backward, NormGrads, NormKind, Normalized};
 pub use loss::{cross_entropy, regression, soft_cross_entropy, Loss, Regression, IGNORE_INDEX};
 pub use matmul::{
@@ -41,7 +43,7 @@ pub use optim::{adam_step, clip_grad_norm, sgd_step, AdamConfig, Momentum, SgdCo
 pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, Pool2dParams};
 pub use quantized_linear::{quantize_int8, quantized_linear, QuantizedWeights};
 pub use reduce::{channel_sum, mean, row_max_argmax, sum, sum_squares, top_k};
-pub use sampling::{sample_tokens, SamplingSettings};
+pub use sampling::{sample_tokens, sample_tokens_with_table, SamplingSettings};
 pub use softmax::{
     log_softmax, log_softmax_backward, softmax, softmax_backward, softmax_into, SoftmaxKind,
 };
@@ -67,4 +69,5 @@ pub const KERNELS: &[&KernelSpec] = &[
     &embedding::KERNEL,
     &dropout::KERNEL,
     &sampling::KERNEL,
+    &kv_cache::KERNEL,
 ];

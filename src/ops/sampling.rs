@@ -79,6 +79,15 @@ impl SamplingSettings {
         }
     }
 
+    /// Words one row's settings take in a settings table ([`sample_tokens_with_table`]).
+    pub const WORDS: usize = 8;
+
+    /// Checks the settings for a vocabulary of `vocab` ([`Error::InvalidArgument`] naming
+    /// `row`).
+    pub fn validate(&self, op: &'static str, row: usize, vocab: usize) -> Result<()> {
+        self.check(op, row, vocab)
+    }
+
     fn check(&self, op: &'static str, row: usize, vocab: usize) -> Result<()> {
         let bad = |details: String| {
             Err(Error::InvalidArgument {
@@ -105,7 +114,9 @@ impl SamplingSettings {
         Ok(())
     }
 
-    fn words(&self) -> [u32; 8] {
+    /// The row's entry in a settings table (U32 `[rows, WORDS]`) for
+    /// [`sample_tokens_with_table`].
+    pub fn words(&self) -> [u32; 8] {
         [
             self.temperature.to_bits(),
             self.top_k,
@@ -156,8 +167,57 @@ pub fn sample_tokens(
     }
     let gpu = batch.gpu().clone();
     let words: Vec<u32> = settings.iter().flat_map(|s| s.words()).collect();
-    let table = Tensor::uninit(&gpu, &[rows, 8], DType::U32)?;
+    let table = Tensor::uninit(&gpu, &[rows, SamplingSettings::WORDS], DType::U32)?;
     batch.write(&table, &words)?;
+    record(batch, logits, &table)
+}
+
+/// [`sample_tokens`] with the settings already on the GPU: `table` is U32 `[rows,
+/// SamplingSettings::WORDS]`, each row [`SamplingSettings::words`] of settings the caller checked
+/// ([`SamplingSettings::validate`]). What a replayed plan uses: the table is written between
+/// replays, nothing is allocated per step.
+pub fn sample_tokens_with_table(
+    batch: &mut Batch,
+    logits: &Tensor,
+    table: &Tensor,
+) -> Result<Tensor> {
+    const OP: &str = "sample_tokens_with_table";
+    same_gpu(OP, batch, &[logits, table])?;
+    float_dtype(OP, logits)?;
+    let &[rows, vocab] = logits.shape() else {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: format!("logits must be [rows, vocab], got {:?}", logits.shape()),
+        });
+    };
+    if rows == 0 || vocab == 0 {
+        return Err(Error::EmptyTensor { op: OP });
+    }
+    if vocab > MAX_SAMPLING_VOCAB {
+        return Err(Error::LimitExceeded {
+            what: format!("{OP}: vocabulary"),
+            requested: vocab as u64,
+            limit: MAX_SAMPLING_VOCAB as u64,
+        });
+    }
+    if table.dtype() != DType::U32 || table.shape() != [rows, SamplingSettings::WORDS] {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: format!(
+                "the settings table must be U32 [{rows}, {}], got {:?} {:?}",
+                SamplingSettings::WORDS,
+                table.dtype(),
+                table.shape()
+            ),
+        });
+    }
+    record(batch, logits, table)
+}
+
+fn record(batch: &mut Batch, logits: &Tensor, table: &Tensor) -> Result<Tensor> {
+    const OP: &str = "sample_tokens";
+    let gpu = batch.gpu().clone();
+    let (rows, vocab) = (logits.shape()[0], logits.shape()[1]);
     let tokens = Tensor::uninit(&gpu, &[rows], DType::U32)?;
     let (grid, groups_x) = fold_grid(&gpu, rows)?;
     let params = Params {
@@ -170,7 +230,7 @@ pub fn sample_tokens(
     batch.dispatch(
         &pipeline,
         bytemuck::bytes_of(&params),
-        &[logits, &table, &tokens],
+        &[logits, table, &tokens],
         grid,
     )?;
     Ok(tokens)

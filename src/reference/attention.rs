@@ -166,3 +166,51 @@ pub fn attention_backward(qkv: &Array, grad_out: &Array, spec: &AttentionSpec) -
     }
     Array::new(&qkv.shape, dqkv.into_iter().map(|v| v as f32).collect())
 }
+
+/// Decode attention over a key/value cache (`ops::decode_attention`'s reference): for each row
+/// `r` with cursor `(slot, position)`, the query `qkv[r][..dim]` (`heads` heads) attends to
+/// `k_cache[slot][0..=position]` and `v_cache` alike, scaled by 1/√D. Caches are
+/// `[slots, context, dim]`, flat; a cursor outside the cache gives zeros. In f64.
+pub fn decode_attention(
+    qkv: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    cursor: &[(usize, usize)],
+    heads: usize,
+    slots: usize,
+    context: usize,
+) -> Vec<f32> {
+    let dim = qkv.len() / (3 * cursor.len().max(1));
+    let d = dim / heads;
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut out = vec![0.0f32; cursor.len() * dim];
+    for (r, &(slot, pos)) in cursor.iter().enumerate() {
+        if slot >= slots || pos >= context {
+            continue;
+        }
+        for h in 0..heads {
+            let q = &qkv[r * 3 * dim + h * d..][..d];
+            let at = |j: usize| (slot * context + j) * dim + h * d;
+            let scores: Vec<f64> = (0..=pos)
+                .map(|j| {
+                    let k = &k_cache[at(j)..][..d];
+                    scale
+                        * q.iter()
+                            .zip(k)
+                            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                            .sum::<f64>()
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for c in 0..d {
+                let v: f64 = (0..=pos)
+                    .map(|j| weights[j] * f64::from(v_cache[at(j) + c]))
+                    .sum();
+                out[r * dim + h * d + c] = (v / total) as f32;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,802 @@
+//! The generation engine: a bounded queue in front of one worker thread that owns the
+//! [`Decoder`], admits queued requests into the running batch between decode steps (their
+//! prefill gives their first token), replays one captured step per iteration for every running
+//! sequence, streams each token to its caller, and retires sequences on their stop condition,
+//! cancellation or deadline.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::{DecodeRow, Decoder};
+use crate::error::{Error, Result};
+use crate::ops::{self, SamplingSettings};
+
+/// How the engine forms its running batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// Iteration-level batching: sequences join after their prefill and leave when they finish,
+    /// between any two decode steps.
+    Continuous,
+    /// A batch forms from the queue when the previous one has finished entirely: it waits for its
+    /// longest sequence (the baseline continuous batching improves on).
+    Static,
+    /// One sequence at a time.
+    OneAtATime,
+}
+
+/// How an [`Engine`] runs. [`Engine::new`] checks every field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineOptions {
+    /// How the running batch is formed.
+    pub batching: Batching,
+    /// Requests waiting at most: 1 to [`EngineOptions::MAX_QUEUE_CAPACITY`]; past it
+    /// [`Engine::submit`] returns [`Error::Overloaded`].
+    pub queue_capacity: usize,
+    /// A token that ends a sequence (it is streamed, then the sequence finishes).
+    pub end_token: Option<u32>,
+    /// Each token id's text, for requests' stop strings (`None`: stop strings are refused).
+    pub vocabulary: Option<Vec<String>>,
+    /// Capture every running-batch size's step when the engine starts, so the first requests do
+    /// not pay for it.
+    pub warm_up: bool,
+}
+
+impl EngineOptions {
+    /// The largest `queue_capacity`: 65,536.
+    pub const MAX_QUEUE_CAPACITY: usize = 1 << 16;
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            batching: Batching::Continuous,
+            queue_capacity: 256,
+            end_token: None,
+            vocabulary: None,
+            warm_up: true,
+        }
+    }
+}
+
+/// One generation: a prompt, how many tokens at most, how to sample them and when to stop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    /// Token ids: 1 to the model's context of them, each within the vocabulary.
+    pub prompt: Vec<u32>,
+    /// New tokens at most: 1 to the model's context.
+    pub max_tokens: usize,
+    /// How each token is drawn (its `counter` is ignored: the engine numbers the draws 0, 1, …,
+    /// so a seed gives the same text whatever runs beside it).
+    pub sampling: SamplingSettings,
+    /// Texts that end the sequence once the generated text contains one (at most 16, each 1 to
+    /// 256 bytes; needs [`EngineOptions::vocabulary`]).
+    pub stop: Vec<String>,
+    /// Longest the request may take from submission, at most one hour (`None`: no limit); past it
+    /// the stream ends with [`Error::Timeout`].
+    pub timeout: Option<Duration>,
+}
+
+impl GenerationRequest {
+    /// Greedy decoding of up to `max_tokens` after `prompt`, no stop strings, no timeout.
+    pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        GenerationRequest {
+            prompt,
+            max_tokens,
+            sampling: SamplingSettings::greedy(),
+            stop: Vec::new(),
+            timeout: None,
+        }
+    }
+}
+
+/// Why a sequence finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It made `max_tokens` tokens.
+    MaxTokens,
+    /// It made the engine's end token.
+    EndToken,
+    /// Its text contains one of its stop strings.
+    StopString,
+    /// It filled the model's context.
+    ContextFull,
+}
+
+/// What a [`Generation`] receives, in order: tokens, then one `Finished` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The next token.
+    Token(u32),
+    /// The sequence ended normally.
+    Finished(FinishReason),
+    /// The sequence ended with an error (cancelled, timed out, shut down, a GPU error).
+    Failed(Error),
+}
+
+/// The caller's end of one generation: tokens as they are made ([`Iterator`] of token ids, or
+/// [`Generation::next_event`]), and [`Generation::cancel`]. Dropping it cancels the request.
+#[derive(Debug)]
+pub struct Generation {
+    events: Receiver<Event>,
+    cancelled: Arc<AtomicBool>,
+    finish: Option<std::result::Result<FinishReason, Error>>,
+}
+
+impl Generation {
+    /// Asks the engine to stop this sequence: its stream ends with [`Error::Cancelled`] at the
+    /// next step (tokens already made may still arrive before it).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// The next event, waiting at most `timeout`; `None` if none came in time or the stream has
+    /// ended.
+    pub fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        if self.finish.is_some() {
+            return None;
+        }
+        let event = self.events.recv_timeout(timeout).ok()?;
+        match &event {
+            Event::Finished(r) => self.finish = Some(Ok(*r)),
+            Event::Failed(e) => self.finish = Some(Err(e.clone())),
+            Event::Token(_) => {}
+        }
+        Some(event)
+    }
+
+    /// How the stream ended, once it has.
+    pub fn finish(&self) -> Option<&std::result::Result<FinishReason, Error>> {
+        self.finish.as_ref()
+    }
+
+    /// Every remaining token and why the sequence finished (blocks until it does).
+    pub fn wait(mut self) -> Result<(Vec<u32>, FinishReason)> {
+        let tokens: Vec<u32> = self.by_ref().collect::<Result<_>>()?;
+        match self.finish.take() {
+            Some(Ok(reason)) => Ok((tokens, reason)),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::ShutDown { op: "Generation" }),
+        }
+    }
+}
+
+impl Iterator for Generation {
+    type Item = Result<u32>;
+
+    /// The next token (blocking); an error ends the stream.
+    fn next(&mut self) -> Option<Result<u32>> {
+        if self.finish.is_some() {
+            return None;
+        }
+        match self.events.recv() {
+            Ok(Event::Token(t)) => Some(Ok(t)),
+            Ok(Event::Finished(r)) => {
+                self.finish = Some(Ok(r));
+                None
+            }
+            Ok(Event::Failed(e)) => {
+                self.finish = Some(Err(e.clone()));
+                Some(Err(e))
+            }
+            Err(_) => {
+                let e = Error::ShutDown { op: "Generation" };
+                self.finish = Some(Err(e.clone()));
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Percentiles of one latency.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Latencies {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 95th percentile.
+    pub p95: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Largest.
+    pub max: Duration,
+}
+
+impl Latencies {
+    fn of(h: &Histogram<u64>) -> Self {
+        let q = |x: f64| Duration::from_micros(h.value_at_quantile(x));
+        Latencies {
+            count: h.len(),
+            p50: q(0.5),
+            p95: q(0.95),
+            p99: q(0.99),
+            max: Duration::from_micros(h.max()),
+        }
+    }
+}
+
+/// The engine's own statistics since it started or since [`Engine::reset_stats`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EngineStats {
+    /// From submission to the first token.
+    pub time_to_first_token: Latencies,
+    /// Between consecutive tokens of a sequence.
+    pub inter_token: Latencies,
+    /// Tokens made.
+    pub tokens: u64,
+    /// Tokens made per second of wall time.
+    pub tokens_per_second: f64,
+    /// Requests waiting now.
+    pub queue_depth: usize,
+    /// Sequences running now.
+    pub running: usize,
+    /// The running batch's capacity.
+    pub capacity: usize,
+    /// Decode steps.
+    pub steps: u64,
+    /// Mean running sequences per decode step over the capacity, in [0, 1].
+    pub occupancy: f64,
+    /// Sequences that finished normally.
+    pub completed: u64,
+    /// Sequences that ended with an error (cancelled, timed out, refused at admission).
+    pub failed: u64,
+}
+
+#[derive(Debug)]
+struct Counters {
+    ttft: Histogram<u64>,
+    inter_token: Histogram<u64>,
+    tokens: u64,
+    steps: u64,
+    occupied: u64,
+    completed: u64,
+    failed: u64,
+    since: Instant,
+}
+
+impl Counters {
+    fn new() -> Self {
+        let histogram =
+            || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds");
+        Counters {
+            ttft: histogram(),
+            inter_token: histogram(),
+            tokens: 0,
+            steps: 0,
+            occupied: 0,
+            completed: 0,
+            failed: 0,
+            since: Instant::now(),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .clamp(1, 3_600_000_000)
+}
+
+#[derive(Debug)]
+struct Shared {
+    stop: AtomicBool,
+    queued: AtomicUsize,
+    running: AtomicUsize,
+    counters: Mutex<Counters>,
+}
+
+impl Shared {
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.counters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A request on its way through the engine.
+struct Job {
+    request: GenerationRequest,
+    events: Sender<Event>,
+    cancelled: Arc<AtomicBool>,
+    submitted: Instant,
+    deadline: Option<Instant>,
+}
+
+impl Job {
+    /// Why it must stop now, if it must.
+    fn interrupted(&self, now: Instant) -> Option<Error> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Some(Error::Cancelled { op: "Engine" });
+        }
+        match (self.deadline, self.request.timeout) {
+            (Some(d), Some(after)) if now >= d => Some(Error::Timeout {
+                op: "Engine",
+                after,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A sequence in the running batch.
+struct Sequence {
+    job: Job,
+    slot: usize,
+    generated: Vec<u32>,
+    text: String,
+    /// Position of the last token (not yet in the cache).
+    position: usize,
+    last_token: Instant,
+}
+
+/// Continuous batching over a [`Decoder`]: many threads [`Engine::submit`] requests, one worker
+/// runs them. See the module documentation.
+#[derive(Debug)]
+pub struct Engine {
+    queue: Mutex<Option<SyncSender<Job>>>,
+    shared: Arc<Shared>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    vocab: usize,
+    context: usize,
+    capacity: usize,
+    queue_capacity: usize,
+    has_vocabulary: bool,
+}
+
+const OP: &str = "Engine::submit";
+
+impl Engine {
+    /// Starts the worker thread, which owns `decoder`.
+    pub fn new(mut decoder: Decoder, options: EngineOptions) -> Result<Self> {
+        let config = *decoder.config();
+        if options.queue_capacity == 0 || options.queue_capacity > EngineOptions::MAX_QUEUE_CAPACITY
+        {
+            return Err(Error::InvalidArgument {
+                op: "Engine::new",
+                details: format!(
+                    "queue_capacity must be in 1..={}, got {}",
+                    EngineOptions::MAX_QUEUE_CAPACITY,
+                    options.queue_capacity
+                ),
+            });
+        }
+        if let Some(t) = options.end_token {
+            ops::check_ids("Engine::new (end_token)", &[t], config.vocab)?;
+        }
+        if let Some(v) = &options.vocabulary {
+            if v.len() != config.vocab {
+                return Err(Error::ShapeMismatch {
+                    op: "Engine::new",
+                    details: format!(
+                        "the vocabulary has {} entries, the model {}",
+                        v.len(),
+                        config.vocab
+                    ),
+                });
+            }
+        }
+        if options.warm_up {
+            decoder.capture_all()?;
+        }
+        let capacity = match options.batching {
+            Batching::OneAtATime => 1,
+            _ => decoder.slots(),
+        };
+        let (tx, rx) = mpsc::sync_channel(options.queue_capacity);
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            counters: Mutex::new(Counters::new()),
+        });
+        let worker = Worker {
+            decoder,
+            options: options.clone(),
+            capacity,
+            shared: shared.clone(),
+            free: Vec::new(),
+            running: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("wgnn-generate".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| Error::Io(format!("spawning the engine's worker: {e}")))?;
+        Ok(Engine {
+            queue: Mutex::new(Some(tx)),
+            shared,
+            worker: Mutex::new(Some(handle)),
+            vocab: config.vocab,
+            context: config.context,
+            capacity,
+            queue_capacity: options.queue_capacity,
+            has_vocabulary: options.vocabulary.is_some(),
+        })
+    }
+
+    fn check(&self, r: &GenerationRequest) -> Result<()> {
+        if r.prompt.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                details: "the prompt needs at least one token".into(),
+            });
+        }
+        if r.prompt.len() > self.context {
+            return Err(Error::LimitExceeded {
+                what: format!("{OP}: prompt tokens (the model's context)"),
+                requested: r.prompt.len() as u64,
+                limit: self.context as u64,
+            });
+        }
+        ops::check_ids(OP, &r.prompt, self.vocab)?;
+        if r.max_tokens == 0 || r.max_tokens > self.context {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                details: format!(
+                    "max_tokens must be in 1..={} (the context), got {}",
+                    self.context, r.max_tokens
+                ),
+            });
+        }
+        r.sampling.validate(OP, 0, self.vocab)?;
+        if !r.stop.is_empty() && !self.has_vocabulary {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                details: "stop strings need the engine's vocabulary (EngineOptions::vocabulary)"
+                    .into(),
+            });
+        }
+        if r.stop.len() > 16 || r.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                details: "at most 16 stop strings of 1 to 256 bytes each".into(),
+            });
+        }
+        if let Some(t) = r.timeout {
+            if t.is_zero() || t > Duration::from_secs(3600) {
+                return Err(Error::InvalidArgument {
+                    op: OP,
+                    details: format!("timeout must be in (0, 1 h], got {t:?}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `request` and returns its stream. A bad request is refused here with a typed
+    /// error; a full queue with [`Error::Overloaded`]; a shut-down engine with
+    /// [`Error::ShutDown`].
+    pub fn submit(&self, request: GenerationRequest) -> Result<Generation> {
+        self.check(&request)?;
+        let (events, rx) = mpsc::channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let submitted = Instant::now();
+        let job = Job {
+            deadline: request.timeout.map(|t| submitted + t),
+            request,
+            events,
+            cancelled: cancelled.clone(),
+            submitted,
+        };
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(tx) = queue.as_ref() else {
+            return Err(Error::ShutDown { op: OP });
+        };
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        match tx.try_send(job) {
+            Ok(()) => Ok(Generation {
+                events: rx,
+                cancelled,
+                finish: None,
+            }),
+            Err(e) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => Error::Overloaded {
+                        capacity: self.queue_capacity,
+                    },
+                    TrySendError::Disconnected(_) => Error::ShutDown { op: OP },
+                })
+            }
+        }
+    }
+
+    /// Submits and waits for the whole generation.
+    pub fn generate(&self, request: GenerationRequest) -> Result<(Vec<u32>, FinishReason)> {
+        self.submit(request)?.wait()
+    }
+
+    /// The statistics so far (a short lock the worker also takes once per step: reading them
+    /// does not stall generation).
+    pub fn stats(&self) -> EngineStats {
+        let c = self.shared.counters();
+        let elapsed = c.since.elapsed().as_secs_f64().max(1e-9);
+        EngineStats {
+            time_to_first_token: Latencies::of(&c.ttft),
+            inter_token: Latencies::of(&c.inter_token),
+            tokens: c.tokens,
+            tokens_per_second: c.tokens as f64 / elapsed,
+            queue_depth: self.shared.queued.load(Ordering::Relaxed),
+            running: self.shared.running.load(Ordering::Relaxed),
+            capacity: self.capacity,
+            steps: c.steps,
+            occupancy: if c.steps == 0 {
+                0.0
+            } else {
+                c.occupied as f64 / (c.steps as f64 * self.capacity as f64)
+            },
+            completed: c.completed,
+            failed: c.failed,
+        }
+    }
+
+    /// Starts the statistics afresh (a new load level, say).
+    pub fn reset_stats(&self) {
+        *self.shared.counters() = Counters::new();
+    }
+
+    /// Stops accepting requests, ends every queued and running sequence with
+    /// [`Error::ShutDown`], and waits for the worker to exit. Later calls do nothing.
+    pub fn shutdown(&self) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let handle = self
+            .worker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Worker {
+    decoder: Decoder,
+    options: EngineOptions,
+    capacity: usize,
+    shared: Arc<Shared>,
+    free: Vec<usize>,
+    running: Vec<Sequence>,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Job>) {
+        self.free = (0..self.decoder.slots()).rev().collect();
+        loop {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                self.shut_down(&rx);
+                return;
+            }
+            self.retire_interrupted();
+            let joining = self.admit(&rx);
+            if !joining.is_empty() {
+                self.prefill(joining);
+            }
+            if !self.running.is_empty() {
+                self.step();
+            }
+            self.shared
+                .running
+                .store(self.running.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn fail(&self, job: &Job, error: Error) {
+        // Counted before the caller can see it.
+        self.shared.counters().failed += 1;
+        let _ = job.events.send(Event::Failed(error));
+    }
+
+    fn shut_down(&mut self, rx: &Receiver<Job>) {
+        for s in std::mem::take(&mut self.running) {
+            self.fail(&s.job, Error::ShutDown { op: "Engine" });
+        }
+        while let Ok(job) = rx.try_recv() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.fail(&job, Error::ShutDown { op: "Engine" });
+        }
+        self.shared.running.store(0, Ordering::Relaxed);
+    }
+
+    fn retire_interrupted(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.running.len() {
+            match self.running[i].job.interrupted(now) {
+                Some(e) => {
+                    let s = self.running.swap_remove(i);
+                    self.fail(&s.job, e);
+                    self.free.push(s.slot);
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// Jobs to join the running batch now: queued ones up to the capacity (static batching
+    /// admits only into an empty batch); waits briefly when nothing runs.
+    fn admit(&mut self, rx: &Receiver<Job>) -> Vec<Job> {
+        let mut joining = Vec::new();
+        if self.options.batching == Batching::Static && !self.running.is_empty() {
+            return joining;
+        }
+        while self.running.len() + joining.len() < self.capacity {
+            let job = if self.running.is_empty() && joining.is_empty() {
+                match rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.shared.stop.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            match job.interrupted(Instant::now()) {
+                Some(e) => self.fail(&job, e),
+                None => joining.push(job),
+            }
+        }
+        joining
+    }
+
+    fn settings(job: &Job, counter: usize) -> SamplingSettings {
+        SamplingSettings {
+            counter: counter as u32,
+            ..job.request.sampling
+        }
+    }
+
+    fn prefill(&mut self, joining: Vec<Job>) {
+        let slots: Vec<usize> = joining
+            .iter()
+            .map(|_| self.free.pop().expect("admission stays within the slots"))
+            .collect();
+        let prompts: Vec<(usize, &[u32])> = joining
+            .iter()
+            .zip(&slots)
+            .map(|(j, &s)| (s, j.request.prompt.as_slice()))
+            .collect();
+        let settings: Vec<SamplingSettings> =
+            joining.iter().map(|j| Self::settings(j, 0)).collect();
+        let result = self.decoder.prefill_and_sample(&prompts, &settings);
+        match result {
+            Ok(tokens) => {
+                for ((job, slot), token) in joining.into_iter().zip(slots).zip(tokens) {
+                    let now = Instant::now();
+                    {
+                        let mut c = self.shared.counters();
+                        c.ttft.saturating_record(micros(now - job.submitted));
+                        c.tokens += 1;
+                    }
+                    let position = job.request.prompt.len();
+                    let mut s = Sequence {
+                        job,
+                        slot,
+                        generated: Vec::new(),
+                        text: String::new(),
+                        position,
+                        last_token: now,
+                    };
+                    match self.emit(&mut s, token) {
+                        Some(reason) => self.finish(s, reason),
+                        None => self.running.push(s),
+                    }
+                }
+            }
+            Err(e) => {
+                for (job, slot) in joining.iter().zip(slots) {
+                    self.fail(job, e.clone());
+                    self.free.push(slot);
+                }
+            }
+        }
+    }
+
+    /// Streams `token` and says whether the sequence is done.
+    fn emit(&self, s: &mut Sequence, token: u32) -> Option<FinishReason> {
+        s.generated.push(token);
+        if s.job.events.send(Event::Token(token)).is_err() {
+            // The caller dropped its stream: retired at the next iteration.
+            s.job.cancelled.store(true, Ordering::Relaxed);
+        }
+        if self.options.end_token == Some(token) {
+            return Some(FinishReason::EndToken);
+        }
+        if !s.job.request.stop.is_empty() {
+            if let Some(v) = &self.options.vocabulary {
+                s.text.push_str(&v[token as usize]);
+                if s.job.request.stop.iter().any(|stop| s.text.contains(stop)) {
+                    return Some(FinishReason::StopString);
+                }
+            }
+        }
+        if s.generated.len() >= s.job.request.max_tokens {
+            return Some(FinishReason::MaxTokens);
+        }
+        if s.position >= self.decoder.config().context {
+            return Some(FinishReason::ContextFull);
+        }
+        None
+    }
+
+    fn finish(&mut self, s: Sequence, reason: FinishReason) {
+        self.shared.counters().completed += 1;
+        let _ = s.job.events.send(Event::Finished(reason));
+        self.free.push(s.slot);
+    }
+
+    fn step(&mut self) {
+        let rows: Vec<DecodeRow> = self
+            .running
+            .iter()
+            .map(|s| DecodeRow {
+                slot: s.slot,
+                position: s.position,
+                token: *s.generated.last().expect("a running sequence has a token"),
+            })
+            .collect();
+        let settings: Vec<SamplingSettings> = self
+            .running
+            .iter()
+            .map(|s| Self::settings(&s.job, s.generated.len()))
+            .collect();
+        match self.decoder.step(&rows, &settings) {
+            Ok(tokens) => {
+                let now = Instant::now();
+                {
+                    let mut c = self.shared.counters();
+                    c.steps += 1;
+                    c.occupied += rows.len() as u64;
+                    c.tokens += tokens.len() as u64;
+                    for s in &self.running {
+                        c.inter_token.saturating_record(micros(now - s.last_token));
+                    }
+                }
+                let running = std::mem::take(&mut self.running);
+                for (mut s, token) in running.into_iter().zip(tokens) {
+                    s.position += 1;
+                    s.last_token = now;
+                    match self.emit(&mut s, token) {
+                        Some(reason) => self.finish(s, reason),
+                        None => self.running.push(s),
+                    }
+                }
+            }
+            Err(e) => {
+                for s in std::mem::take(&mut self.running) {
+                    self.fail(&s.job, e.clone());
+                    self.free.push(s.slot);
+                }
+            }
+        }
+    }
+}
