@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 mod common;
 
-use common::{cnn, full_size_set, mlp, random};
+use common::{cnn, full_size_set, host_time, mlp, random, RawLoop};
 use wgnn::infer::{Head, InferenceSession, Precision, SessionOptions};
 use wgnn::nn::{Init, Sequential};
 use wgnn::{Batch, DType, Gpu, Tensor};
@@ -35,75 +35,6 @@ fn model(gpu: &Gpu, name: &str) -> Sequential {
         (cnn(), vec![1, 8, 8])
     };
     Sequential::new(gpu, &input, specs, Init::KaimingUniform { seed: 1 }).expect("model")
-}
-
-/// A raw wgpu loop: `n` prebuilt bind groups of a trivial kernel, dispatched one workgroup each.
-struct RawLoop {
-    pipeline: wgpu::ComputePipeline,
-    groups: Vec<wgpu::BindGroup>,
-    _buffers: Vec<wgpu::Buffer>,
-}
-
-impl RawLoop {
-    fn new(gpu: &Gpu, n: usize) -> Self {
-        let device = gpu.device();
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("raw loop"),
-            source: wgpu::ShaderSource::Wgsl(
-                "@group(0) @binding(0) var<storage, read_write> x: array<f32>;
-                 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) i: vec3<u32>) {
-                     x[i.x] = x[i.x] * 0.5 + 1.0;
-                 }"
-                .into(),
-            ),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("raw loop"),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        let layout = pipeline.get_bind_group_layout(0);
-        let buffers: Vec<wgpu::Buffer> = (0..n)
-            .map(|_| {
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: None,
-                    size: 256,
-                    usage: wgpu::BufferUsages::STORAGE,
-                    mapped_at_creation: false,
-                })
-            })
-            .collect();
-        let groups = buffers
-            .iter()
-            .map(|b| {
-                device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &layout,
-                    entries: &[wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: b.as_entire_binding(),
-                    }],
-                })
-            })
-            .collect();
-        RawLoop {
-            pipeline,
-            groups,
-            _buffers: buffers,
-        }
-    }
-
-    fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        for g in &self.groups {
-            pass.set_pipeline(&self.pipeline);
-            pass.set_bind_group(0, g, &[]);
-            pass.dispatch_workgroups(1, 1, 1);
-        }
-    }
 }
 
 /// A classifier's batch-1 round trip with raw wgpu calls around a captured plan of the same
@@ -170,20 +101,6 @@ impl RawRoundTrip {
         self.staging.unmap();
         first
     }
-}
-
-/// Host time of `encode` + submit, waiting for the GPU outside the timed region.
-fn host_time(gpu: &Gpu, iters: u64, encode: &dyn Fn(&mut wgpu::CommandEncoder)) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        let start = Instant::now();
-        let mut encoder = gpu.device().create_command_encoder(&Default::default());
-        encode(&mut encoder);
-        gpu.queue().submit([encoder.finish()]);
-        total += start.elapsed();
-        gpu.wait().expect("wait");
-    }
-    total
 }
 
 fn bench(c: &mut Criterion) {

@@ -54,6 +54,11 @@ var<workgroup> red_i: array<u32, 256>;
 var<workgroup> row_temperature: f32;
 var<workgroup> row_top_k: u32;
 var<workgroup> row_top_p: f32;
+// Radix select's histogram and the digit thread 0 picks from it; the candidate count.
+var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> radix_digit: u32;
+var<workgroup> radix_need: u32;
+var<workgroup> cand_count: atomic<u32>;
 
 fn key_of(x: f32) -> u32 {
     let b = bitcast<u32>(x);
@@ -110,16 +115,40 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     }
     let inv_t = 1.0 / temperature;
     let m = max_logit * inv_t;
-    // K_k: the largest key with at least top_k tokens at or above it.
+    // K_k: the largest key with at least top_k tokens at or above it (the k-th largest key),
+    // by radix select: 8 bits per pass from the top, each pass a histogram of the keys that
+    // share the bits found so far (integer counts: the same in any order).
     var kk = 0u;
     if (top_k != 0u && top_k < params.vocab) {
-        for (var bit = 31i; bit >= 0i; bit--) {
-            let cand = kk | (1u << u32(bit));
-            var c = 0u;
+        var need = top_k;
+        var high = 0u;               // mask of the bits found so far
+        for (var round = 0u; round < 4u; round++) {
+            let shift = 24u - 8u * round;
+            atomicStore(&hist[l], 0u);
+            workgroupBarrier();
             for (var i = lo; i < hi; i++) {
-                c += select(0u, 1u, key_of(f32(logits[base + i])) >= cand);
+                let k = key_of(f32(logits[base + i]));
+                if ((k & high) == kk) { atomicAdd(&hist[(k >> shift) & 255u], 1u); }
             }
-            if (workgroup_sum(l, f32(c)) >= f32(top_k)) { kk = cand; }
+            workgroupBarrier();
+            if (l == 0u) {
+                var above = 0u;
+                var digit = 0u;
+                for (var d = 255i; d >= 0i; d--) {
+                    let n = atomicLoad(&hist[u32(d)]);
+                    if (above + n >= need) {
+                        digit = u32(d);
+                        break;
+                    }
+                    above += n;
+                }
+                radix_digit = digit;
+                radix_need = need - above;
+            }
+            let digit = workgroupUniformLoad(&radix_digit);
+            need = workgroupUniformLoad(&radix_need);
+            kk |= digit << shift;
+            high |= 255u << shift;
         }
     }
     // K_p: the largest key whose tail mass is at least top_p of the total.
@@ -128,14 +157,73 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         var t = 0.0;
         for (var i = lo; i < hi; i++) { t += exp(f32(logits[base + i]) * inv_t - m); }
         let goal = top_p * workgroup_sum(l, t);
-        for (var bit = 31i; bit >= 0i; bit--) {
-            let cand = kp | (1u << u32(bit));
-            var w = 0.0;
+        // With top-k, K_p matters only above K_k: among the (few) kept tokens, sorted by key
+        // (ties by index, so the order and the sums are the same every run), the tail masses
+        // are running sums from the top.
+        var sorted = false;
+        if (kk != 0u) {
+            if (l == 0u) { atomicStore(&cand_count, 0u); }
+            workgroupBarrier();
             for (var i = lo; i < hi; i++) {
                 let x = f32(logits[base + i]);
-                if (key_of(x) >= cand) { w += exp(x * inv_t - m); }
+                let k = key_of(x);
+                if (k >= kk) {
+                    let at = atomicAdd(&cand_count, 1u);
+                    if (at < WG) {
+                        red_u[at] = k;
+                        red_i[at] = i;
+                        red_f[at] = exp(x * inv_t - m);
+                    }
+                }
             }
-            if (workgroup_sum(l, w) >= goal) { kp = cand; }
+            let c = workgroupUniformLoad(&cand_count);
+            if (c <= WG) {
+                var rank = 0u;
+                var my_k = 0u;
+                var my_i = 0u;
+                var my_w = 0.0;
+                if (l < c) {
+                    my_k = red_u[l];
+                    my_i = red_i[l];
+                    my_w = red_f[l];
+                    for (var j = 0u; j < c; j++) {
+                        let o = red_u[j];
+                        if (o > my_k || (o == my_k && red_i[j] < my_i)) { rank++; }
+                    }
+                }
+                workgroupBarrier();
+                if (l < c) {
+                    red_u[rank] = my_k;
+                    red_f[rank] = my_w;
+                }
+                workgroupBarrier();
+                if (l == 0u) {
+                    var tail = 0.0;
+                    var found = 0u;
+                    for (var j = 0u; j < c; j++) {
+                        tail += red_f[j];
+                        let last_of_key = j + 1u == c || red_u[j + 1u] != red_u[j];
+                        if (last_of_key && tail >= goal) {
+                            found = red_u[j];
+                            break;
+                        }
+                    }
+                    radix_digit = found;
+                }
+                kp = workgroupUniformLoad(&radix_digit);
+                sorted = true;
+            }
+        }
+        if (!sorted) {
+            for (var bit = 31i; bit >= 0i; bit--) {
+                let cand = kp | (1u << u32(bit));
+                var w = 0.0;
+                for (var i = lo; i < hi; i++) {
+                    let x = f32(logits[base + i]);
+                    if (key_of(x) >= cand) { w += exp(x * inv_t - m); }
+                }
+                if (workgroup_sum(l, w) >= goal) { kp = cand; }
+            }
         }
     }
     let keep = max(kk, kp);

@@ -178,6 +178,7 @@ fn decoding_matches_a_full_forward_at_every_position() {
     let options = DecoderOptions {
         max_sequences: 4,
         precision: Precision::F32,
+        ..Default::default()
     };
     let mut together = Decoder::new(&lm, options).unwrap();
     let mut alone = Decoder::new(&lm, options).unwrap();
@@ -192,6 +193,40 @@ fn decoding_matches_a_full_forward_at_every_position() {
         );
         alone.prefill(slot, s).unwrap();
     }
+    // A prompt as rows of a step (chunked prefill), beside another sequence's decode row.
+    let chunk = tokens(&mut rng, 9);
+    let mut rows: Vec<DecodeRow> = chunk
+        .iter()
+        .enumerate()
+        .map(|(position, &token)| DecodeRow {
+            slot: 3,
+            position,
+            token,
+        })
+        .collect();
+    rows.push(DecodeRow {
+        slot: 0,
+        position: 1,
+        token: 5,
+    });
+    let got = alone.decode(&rows).unwrap();
+    let want = lm.logits(&chunk, chunk.len()).unwrap();
+    assert_close(
+        &got[..9 * vocab],
+        &want,
+        1e-4,
+        &format!("chunk, seed {seed}"),
+    );
+    let pair = [seqs[0][0], 5];
+    let want = lm.logits(&pair, 2).unwrap();
+    assert_close(
+        &got[9 * vocab..],
+        &want[vocab..],
+        1e-4,
+        &format!("beside, seed {seed}"),
+    );
+    // `alone` continues from here: slot 0 now holds two tokens.
+    let mut alone_seq0 = pair.to_vec();
     for step in 0..context - 17 {
         let rows: Vec<DecodeRow> = seqs
             .iter()
@@ -210,8 +245,23 @@ fn decoding_matches_a_full_forward_at_every_position() {
             let want = &full[(s.len() - 1) * vocab..];
             let context = format!("step {step}, sequence {r} at {}, seed {seed}", row.position);
             assert_close(&got[r * vocab..(r + 1) * vocab], want, 1e-4, &context);
-            let one = alone.decode(&[*row]).unwrap();
-            assert_close(&one, want, 1e-4, &format!("alone: {context}"));
+            if r > 0 {
+                let one = alone.decode(&[*row]).unwrap();
+                assert_close(&one, want, 1e-4, &format!("alone: {context}"));
+            } else {
+                // Slot 0 of `alone` took another second token above: its own sequence.
+                let alone_row = DecodeRow {
+                    position: alone_seq0.len(),
+                    ..*row
+                };
+                alone_seq0.push(row.token);
+                if alone_seq0.len() <= config().context {
+                    let one = alone.decode(&[alone_row]).unwrap();
+                    let full = lm.logits(&alone_seq0, alone_seq0.len()).unwrap();
+                    let want = &full[(alone_seq0.len() - 1) * vocab..];
+                    assert_close(&one, want, 1e-4, &format!("alone: {context}"));
+                }
+            }
         }
     }
     // The longest reached the context's last position; one more is a typed error.
@@ -252,6 +302,7 @@ fn engine(lm: &LanguageModel, slots: usize, options: EngineOptions) -> Engine {
         DecoderOptions {
             max_sequences: slots,
             precision: Precision::F32,
+            ..Default::default()
         },
     )
     .unwrap();

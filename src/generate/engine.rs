@@ -338,6 +338,9 @@ struct Sequence {
     /// Position of the last token (not yet in the cache).
     position: usize,
     last_token: Instant,
+    /// Prompt tokens in the cache: below the prompt's length while its prefill rides in the
+    /// decode steps, chunk by chunk.
+    prefilled: usize,
 }
 
 /// Continuous batching over a [`Decoder`]: many threads [`Engine::submit`] requests, one worker
@@ -593,7 +596,25 @@ impl Worker {
             self.retire_interrupted();
             let joining = self.admit(&rx);
             if !joining.is_empty() {
-                self.prefill(joining);
+                let generating = self.running.iter().any(|s| !s.generated.is_empty());
+                if generating && self.decoder.max_rows() > self.decoder.slots() {
+                    // Chunked into the coming steps: the running sequences keep their pace.
+                    for job in joining {
+                        let slot = self.free.pop().expect("admission stays within the slots");
+                        self.running.push(Sequence {
+                            job,
+                            slot,
+                            generated: Vec::new(),
+                            text: String::new(),
+                            position: 0,
+                            last_token: Instant::now(),
+                            prefilled: 0,
+                        });
+                    }
+                } else {
+                    // Nothing else to hold up: the whole prompts through the fused attention.
+                    self.prefill(joining);
+                }
             }
             if !self.running.is_empty() {
                 self.step();
@@ -705,6 +726,7 @@ impl Worker {
                         text: String::new(),
                         position,
                         last_token: now,
+                        prefilled: position,
                     };
                     match self.emit(&mut s, token) {
                         Some(reason) => self.finish(s, reason),
@@ -755,37 +777,85 @@ impl Worker {
     }
 
     fn step(&mut self) {
-        let rows: Vec<DecodeRow> = self
-            .running
-            .iter()
-            .map(|s| DecodeRow {
-                slot: s.slot,
-                position: s.position,
-                token: *s.generated.last().expect("a running sequence has a token"),
-            })
-            .collect();
-        let settings: Vec<SamplingSettings> = self
-            .running
-            .iter()
-            .map(|s| Self::settings(&s.job, s.generated.len()))
-            .collect();
+        // A row per generating sequence; prompt chunks for those still prefilling, within the
+        // step's budget, oldest first. `last[i]`: sequence i's row whose token it keeps.
+        let mut budget = self.decoder.max_rows() - self.decoder.slots();
+        let mut rows = Vec::with_capacity(self.running.len() + budget);
+        let mut settings = Vec::with_capacity(rows.capacity());
+        let mut last: Vec<Option<usize>> = Vec::with_capacity(self.running.len());
+        let mut taken = Vec::with_capacity(self.running.len());
+        for s in &self.running {
+            if s.generated.is_empty() {
+                let prompt = &s.job.request.prompt;
+                let take = budget.min(prompt.len() - s.prefilled);
+                budget -= take;
+                for p in s.prefilled..s.prefilled + take {
+                    rows.push(DecodeRow {
+                        slot: s.slot,
+                        position: p,
+                        token: prompt[p],
+                    });
+                    // Only the prompt's last row draws a token that is kept; the others take
+                    // the cheap greedy path of the sampling kernel.
+                    settings.push(if p + 1 == prompt.len() {
+                        Self::settings(&s.job, 0)
+                    } else {
+                        SamplingSettings::greedy()
+                    });
+                }
+                let done = take > 0 && s.prefilled + take == prompt.len();
+                last.push(done.then(|| rows.len() - 1));
+                taken.push(take);
+            } else {
+                rows.push(DecodeRow {
+                    slot: s.slot,
+                    position: s.position,
+                    token: *s
+                        .generated
+                        .last()
+                        .expect("a generating sequence has a token"),
+                });
+                settings.push(Self::settings(&s.job, s.generated.len()));
+                last.push(Some(rows.len() - 1));
+                taken.push(0);
+            }
+        }
+        if rows.is_empty() {
+            return;
+        }
         match self.decoder.step(&rows, &settings) {
             Ok(tokens) => {
                 let now = Instant::now();
                 {
                     let mut c = self.shared.counters();
                     c.steps += 1;
-                    c.occupied += rows.len() as u64;
-                    c.tokens += tokens.len() as u64;
-                    for s in &self.running {
-                        c.inter_token.saturating_record(micros(now - s.last_token));
+                    c.occupied += self.running.len() as u64;
+                    for (s, l) in self.running.iter().zip(&last) {
+                        if l.is_some() {
+                            c.tokens += 1;
+                            if s.generated.is_empty() {
+                                c.ttft.saturating_record(micros(now - s.job.submitted));
+                            } else {
+                                c.inter_token.saturating_record(micros(now - s.last_token));
+                            }
+                        }
                     }
                 }
                 let running = std::mem::take(&mut self.running);
-                for (mut s, token) in running.into_iter().zip(tokens) {
-                    s.position += 1;
+                for ((mut s, l), take) in running.into_iter().zip(last).zip(taken) {
+                    let Some(row) = l else {
+                        s.prefilled += take;
+                        self.running.push(s);
+                        continue;
+                    };
+                    if s.generated.is_empty() {
+                        s.prefilled += take;
+                        s.position = s.prefilled;
+                    } else {
+                        s.position += 1;
+                    }
                     s.last_token = now;
-                    match self.emit(&mut s, token) {
+                    match self.emit(&mut s, tokens[row]) {
                         Some(reason) => self.finish(s, reason),
                         None => self.running.push(s),
                     }

@@ -16,7 +16,7 @@ pub use engine::{
     GenerationRequest, Latencies,
 };
 
-use crate::batch::{Batch, Plan};
+use crate::batch::{Batch, DispatchProfile, DispatchStamps, Plan};
 use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -32,11 +32,18 @@ pub struct DecoderOptions {
     /// The matrices' storage: f32, or f16 / int8 dequantized inside the kernels (embeddings,
     /// norms, biases and activations stay f32).
     pub precision: Precision,
+    /// Prompt tokens one step may carry besides a token per sequence (chunked prefill: a
+    /// sequence joining a running batch has its prompt processed in the decode steps, so the
+    /// others' next tokens are not held up by a whole prefill): 0 to
+    /// [`DecoderOptions::MAX_PREFILL_CHUNK`].
+    pub prefill_chunk: usize,
 }
 
 impl DecoderOptions {
     /// The most slots: 1,024.
     pub const MAX_SEQUENCES: usize = 1024;
+    /// The largest `prefill_chunk`: 1,024.
+    pub const MAX_PREFILL_CHUNK: usize = 1024;
 }
 
 impl Default for DecoderOptions {
@@ -44,6 +51,7 @@ impl Default for DecoderOptions {
         DecoderOptions {
             max_sequences: 16,
             precision: Precision::F32,
+            prefill_chunk: 16,
         }
     }
 }
@@ -116,6 +124,8 @@ pub struct Decoder {
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
     slots: usize,
+    /// Rows one step takes: a token per slot and the prefill chunk.
+    max_rows: usize,
     weight_bytes: usize,
     plans: Vec<StepPlan>,
 }
@@ -138,6 +148,16 @@ impl Decoder {
                     "max_sequences must be in 1..={}, got {}",
                     DecoderOptions::MAX_SEQUENCES,
                     options.max_sequences
+                ),
+            ));
+        }
+        if options.prefill_chunk > DecoderOptions::MAX_PREFILL_CHUNK {
+            return Err(invalid(
+                OP,
+                format!(
+                    "prefill_chunk must be at most {}, got {}",
+                    DecoderOptions::MAX_PREFILL_CHUNK,
+                    options.prefill_chunk
                 ),
             ));
         }
@@ -272,6 +292,7 @@ impl Decoder {
             keys,
             values,
             slots: options.max_sequences,
+            max_rows: options.max_sequences + options.prefill_chunk,
             weight_bytes,
             plans: Vec::new(),
         })
@@ -284,6 +305,11 @@ impl Decoder {
     /// The cache's slots: sequences held at once.
     pub fn slots(&self) -> usize {
         self.slots
+    }
+    /// Rows one [`Self::step`] or [`Self::decode`] takes at most: a token per slot and
+    /// [`DecoderOptions::prefill_chunk`] prompt tokens.
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
     }
     /// The matrices' storage.
     pub fn precision(&self) -> Precision {
@@ -434,12 +460,16 @@ impl Decoder {
         if rows.is_empty() {
             return Err(invalid(op, "no rows to decode".into()));
         }
-        let mut seen = vec![false; self.slots];
+        if rows.len() > self.max_rows {
+            return Err(Error::LimitExceeded {
+                what: format!("{op}: rows of one step (slots + prefill_chunk)"),
+                requested: rows.len() as u64,
+                limit: self.max_rows as u64,
+            });
+        }
+        let mut seen = std::collections::HashSet::with_capacity(rows.len());
         for r in rows {
             self.check_slot(op, r.slot)?;
-            if std::mem::replace(&mut seen[r.slot], true) {
-                return Err(invalid(op, format!("slot {} appears twice", r.slot)));
-            }
             if r.position >= self.config.context {
                 return Err(Error::LimitExceeded {
                     what: format!("{op}: position (the model's context)"),
@@ -447,14 +477,22 @@ impl Decoder {
                     limit: self.config.context as u64 - 1,
                 });
             }
+            if !seen.insert((r.slot, r.position)) {
+                return Err(invalid(
+                    op,
+                    format!("slot {} position {} appears twice", r.slot, r.position),
+                ));
+            }
         }
         let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
         ops::check_ids(op, &tokens, self.config.vocab)
     }
 
-    /// One token for each row's sequence (the cache must hold its positions before
-    /// `row.position`): appends the tokens' keys and values and returns the logits after them
-    /// (`[rows, vocab]`, row-major). One submission and one readback, nothing captured.
+    /// One token for each row (the cache must hold its sequence's positions before
+    /// `row.position`, or rows of this call must bring them: a sequence may have several rows at
+    /// consecutive positions, a prompt's chunk): appends the tokens' keys and values and returns
+    /// the logits after each (`[rows, vocab]`, row-major). One submission and one readback,
+    /// nothing captured.
     pub fn decode(&mut self, rows: &[DecodeRow]) -> Result<Vec<f32>> {
         const OP: &str = "Decoder::decode";
         self.check_rows(OP, rows)?;
@@ -473,14 +511,13 @@ impl Decoder {
         logits.to_vec::<f32>()
     }
 
-    /// The running-batch sizes steps are captured for: powers of two up to the slots, and the
-    /// slots.
+    /// The step sizes captured: powers of two up to [`Self::max_rows`], and it.
     pub fn bucket_sizes(&self) -> Vec<usize> {
         let mut sizes: Vec<usize> = (0..)
             .map(|i| 1usize << i)
-            .take_while(|&s| s < self.slots)
+            .take_while(|&s| s < self.max_rows)
             .collect();
-        sizes.push(self.slots);
+        sizes.push(self.max_rows);
         sizes
     }
 
@@ -490,7 +527,7 @@ impl Decoder {
             .bucket_sizes()
             .into_iter()
             .find(|&s| s >= rows)
-            .unwrap_or(self.slots);
+            .unwrap_or(self.max_rows);
         if let Some(i) = self.plans.iter().position(|p| p.size == size) {
             return Ok(i);
         }
@@ -514,6 +551,13 @@ impl Decoder {
         Ok(self.plans.len() - 1)
     }
 
+    /// The captured step that serves `rows` rows (captured now if it was not): for measuring
+    /// its host cost or its dispatches.
+    pub fn captured_step(&mut self, rows: usize) -> Result<&Plan> {
+        let index = self.plan_for(rows)?;
+        Ok(&self.plans[index].plan)
+    }
+
     /// Captures every bucket's step now, so the first steps of a running batch pay no capture.
     pub fn capture_all(&mut self) -> Result<()> {
         for size in self.bucket_sizes() {
@@ -522,11 +566,19 @@ impl Decoder {
         Ok(())
     }
 
-    /// One decode step for `rows` with each row's next token sampled on the GPU as `settings`
-    /// says (checked by the caller: [`SamplingSettings::validate`]); only the token ids are read
-    /// back. Replays the captured step of the smallest bucket that holds the rows; unused rows of
+    /// One decode step for `rows` (as [`Self::decode`] takes them) with each row's next token
+    /// sampled on the GPU as `settings` says; only the token ids are read back. Replays the captured step of the smallest bucket that holds the rows; unused rows of
     /// the bucket point outside the cache and change nothing.
     pub fn step(&mut self, rows: &[DecodeRow], settings: &[SamplingSettings]) -> Result<Vec<u32>> {
+        self.replay(rows, settings, None)
+    }
+
+    fn replay(
+        &mut self,
+        rows: &[DecodeRow],
+        settings: &[SamplingSettings],
+        stamps: Option<&mut DispatchStamps>,
+    ) -> Result<Vec<u32>> {
         const OP: &str = "Decoder::step";
         self.check_rows(OP, rows)?;
         if settings.len() != rows.len() {
@@ -565,12 +617,30 @@ impl Decoder {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("wgnn decode step"),
                 });
-        p.plan.encode(&mut encoder);
+        match stamps {
+            Some(stamps) => {
+                p.plan.encode_profiled(&mut encoder, stamps);
+                stamps.resolve(&mut encoder);
+            }
+            None => p.plan.encode(&mut encoder),
+        }
         self.gpu
             .scoped(|| self.gpu.queue().submit([encoder.finish()]))?;
         let mut tokens = p.tokens.to_vec::<u32>()?;
         tokens.truncate(rows.len());
         Ok(tokens)
+    }
+
+    /// [`Self::step`] with each dispatch of the replay timed on the GPU (needs timestamp
+    /// queries): where a step's time goes.
+    pub fn profile_step(
+        &mut self,
+        rows: &[DecodeRow],
+        settings: &[SamplingSettings],
+    ) -> Result<DispatchProfile> {
+        let mut stamps = DispatchStamps::new(&self.gpu, "Decoder::profile_step")?;
+        self.replay(rows, settings, Some(&mut stamps))?;
+        stamps.read(&self.gpu)
     }
 
     /// Fills each `(slot, prompt)` in one submission and samples each prompt's next token on the
