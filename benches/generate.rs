@@ -6,9 +6,12 @@
 //!   tokens/s. Each sequence attends to 48 cached positions.
 //! - `generate/prefill/{p}`: one prompt of p tokens through the fused attention into the cache,
 //!   and its first token sampled.
-//! - `generate/host/decode_plan/batch{n}` and `generate/host/raw_wgpu/{d}_dispatches`: host time
-//!   to encode and submit one replay of the captured step beside a raw wgpu loop with prebuilt
-//!   bind groups and the same number of dispatches (printed).
+//! - `generate/host/decode_plan/batch{n}` and `generate/host/raw_wgpu/{d}_dispatches_{kind}`: host
+//!   time to encode and submit one replay of the captured step beside raw wgpu loops with prebuilt
+//!   bind groups and the same number of dispatches (printed): each binding one storage buffer
+//!   (`1_buffer`, the inference bench's loop), a uniform and four storage buffers (`5_buffers`),
+//!   or five buffers with each dispatch reading what the one before wrote (`chained`: the
+//!   read-after-write tracking a model's dependent dispatches cost wgpu).
 //!
 //! `cargo bench --bench generate`.
 
@@ -92,11 +95,19 @@ fn bench(c: &mut Criterion) {
             continue;
         }
         raw_counts.push(n);
-        let raw = RawLoop::new(&gpu, n);
-        group.bench_function(
-            BenchmarkId::new("host", format!("raw_wgpu/{n}_dispatches")),
-            |b| b.iter_custom(|iters| host_time(&gpu, iters, &|e| raw.encode(e))),
-        );
+        // One buffer per dispatch (the inference bench's loop), and a uniform and four storage
+        // buffers per dispatch (about what the step's kernels bind).
+        let loops = [
+            ("1_buffer", RawLoop::with_bindings(&gpu, n, 1)),
+            ("5_buffers", RawLoop::with_bindings(&gpu, n, 4)),
+            ("chained", RawLoop::chained(&gpu, n)),
+        ];
+        for (name, raw) in &loops {
+            group.bench_function(
+                BenchmarkId::new("host", format!("raw_wgpu/{n}_dispatches_{name}")),
+                |b| b.iter_custom(|iters| host_time(&gpu, iters, &|e| raw.encode(e))),
+            );
+        }
     }
     group.finish();
 }

@@ -10,15 +10,16 @@
 // (f32), 9 out.
 //   embed_at        one thread per output element: table[id] + positions[position]
 //   append          one thread per (row, feature): the row's key and value into its cache slot
-//   decode_partial  one 256-thread workgroup per (row, head, split): the split's 256 keys at most,
-//                   one per thread; writes (max, Σ exp, Σ exp · v) unnormalized
+//   decode_partial  one 64-thread workgroup per (row, head, split): the split's 64 keys at most,
+//                   one per thread; writes (max, Σ exp, Σ exp · v) unnormalized; a split with no
+//                   key (past the row's position, or a padding row) returns before any barrier
 //   decode_combine  one thread per output element: merges the row's splits in order
 //   gather_rows     one thread per output element: out[i] = x[ids[i]] (rows of `dim`)
 // Rows whose cursor is outside the cache write nothing to it and attend to nothing (zeros).
-// Loops per thread: head_dim (≤ 128) + 256 in decode_partial, `splits` (≤ 256) in
+// Loops per thread: head_dim (≤ 128) + 2 · 64 in decode_partial, `splits` (≤ 1,024) twice in
 // decode_combine: under the software drivers' 65,535-iteration cap.
 // Grid: folded into y past groups_x. Elem is f32 or f16 (wgnn rewrites the alias); arithmetic
-// and partials are f32. Preludes: numerics.wgsl, reduce_shared.wgsl.
+// and partials are f32. Prelude: numerics.wgsl.
 
 alias Elem = f32;
 
@@ -41,7 +42,7 @@ struct Params {
     _pad3: u32,
 }
 
-const SPLIT: u32 = 256u;
+const SPLIT: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> cursor: array<u32>;
@@ -54,7 +55,9 @@ const SPLIT: u32 = 256u;
 @group(0) @binding(8) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(9) var<storage, read_write> out: array<Elem>;
 
-var<workgroup> weights: array<f32, 256>;
+var<workgroup> weights: array<f32, 64>;
+var<workgroup> pair: array<vec2<f32>, 64>;
+var<workgroup> split_keys: u32;
 
 fn thread_index(wid: vec3<u32>, l: u32, size: u32) -> u32 {
     return (wid.y * params.groups_x + wid.x) * size + l;
@@ -94,9 +97,8 @@ fn append(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     v_cache[at] = qkv[src + 2u * params.dim];
 }
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(64, 1, 1)
 fn decode_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    // No early return: every thread reaches the reduction's barriers.
     let g = wid.y * params.groups_x + wid.x;
     let live = g < params.total;
     let gi = min(g, params.total - 1u);
@@ -107,8 +109,24 @@ fn decode_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let pos = cursor[2u * row + 1u];
     let d = params.head_dim;
     let first = split * SPLIT;
-    var keys = 0u;
-    if (live && in_cache(slot, pos) && pos + 1u > first) { keys = min(pos + 1u - first, SPLIT); }
+    let stride = d + 2u;
+    let at = gi * stride;
+    if (l == 0u) {
+        var n = 0u;
+        if (live && in_cache(slot, pos) && pos + 1u > first) { n = min(pos + 1u - first, SPLIT); }
+        split_keys = n;
+    }
+    // Uniform across the workgroup: a split with no key (past the row's position, a padding
+    // row) writes an empty partial and skips the reduction's barriers.
+    let keys = workgroupUniformLoad(&split_keys);
+    if (keys == 0u) {
+        if (live && l == 0u) {
+            partials[at] = neg_inf();
+            partials[at + 1u] = 0.0;
+        }
+        if (live && l < d) { partials[at + 2u + l] = 0.0; }
+        return;
+    }
     let base = (slot * params.context + first) * params.dim + head * d;
     var score = neg_inf();
     if (l < keys) {
@@ -118,17 +136,23 @@ fn decode_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         for (var j = 0u; j < d; j++) { dot += f32(qkv[q + j]) * f32(k_cache[k + j]); }
         score = dot * params.scale;
     }
-    let ms = workgroup_max_sum(l, vec2<f32>(score, select(0.0, 1.0, l < keys)));
+    // (max, Σ exp) over the split's keys: a 64-wide tree.
+    pair[l] = vec2<f32>(score, select(0.0, 1.0, l < keys));
+    workgroupBarrier();
+    for (var width = SPLIT / 2u; width > 0u; width /= 2u) {
+        if (l < width) { pair[l] = merge_max_sum(pair[l], pair[l + width]); }
+        workgroupBarrier();
+    }
+    let ms = pair[0];
     weights[l] = exp_diff(score, ms.x);
     workgroupBarrier();
-    let stride = d + 2u;
-    let at = gi * stride;
-    if (live && l < d) {
+    // Σ p · v for the head's dimensions: thread l takes dimensions l and l + 64.
+    for (var c = l; c < d; c += SPLIT) {
         var acc = 0.0;
         for (var j = 0u; j < keys; j++) {
-            acc += weights[j] * f32(v_cache[base + j * params.dim + l]);
+            acc += weights[j] * f32(v_cache[base + j * params.dim + c]);
         }
-        partials[at + 2u + l] = acc;
+        if (live) { partials[at + 2u + c] = acc; }
     }
     if (live && l == 0u) {
         partials[at] = ms.x;

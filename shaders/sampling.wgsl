@@ -29,7 +29,7 @@ struct Params {
 }
 
 struct RowSettings {
-    temperature: f32,    // 0: greedy
+    temperature: f32,    // 0: greedy; negative: no draw (token 0)
     top_k: u32,          // 0: all
     top_p: f32,          // in (0, 1]; 1: all
     seed_lo: u32,
@@ -78,6 +78,11 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     let temperature = workgroupUniformLoad(&row_temperature);
     let top_k = workgroupUniformLoad(&row_top_k);
     let top_p = workgroupUniformLoad(&row_top_p);
+    if (temperature < 0.0) {
+        // A row whose token nobody reads (a prompt's inner position, a padding row).
+        if (l == 0u) { tokens[row] = 0u; }
+        return;
+    }
     let base = row * params.vocab;
     let lo = min(l * params.seg, params.vocab);
     let hi = min(lo + params.seg, params.vocab);

@@ -49,7 +49,7 @@ fn cache_kernels_match_the_reference_across_splits() {
     let _one = exclusive();
     let gpu = gpu();
     let (mut rng, seed) = rng();
-    // 600 positions: three splits of 256, the last partial; rows at split edges and one padding
+    // 600 positions: ten splits of 64, the last partial; rows at split edges and one padding
     // row outside the cache.
     let (slots, context, heads, d) = (3, 600, 2, 24);
     let dim = heads * d;

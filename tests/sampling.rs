@@ -42,8 +42,9 @@ fn settings(rng: &mut rand::rngs::StdRng, vocab: usize, i: usize) -> SamplingSet
         seed: rng.random(),
         counter: rng.random_range(0..1000),
     };
-    match i % 5 {
+    match i % 6 {
         0 => SamplingSettings::greedy(),
+        5 => SamplingSettings::skip(),
         1 => base,
         2 => SamplingSettings {
             top_k: rng.random_range(1..=vocab as u32),
@@ -176,7 +177,7 @@ fn bad_settings_get_typed_errors() {
     let mut batch = Batch::new(&gpu);
     for bad in [
         SamplingSettings {
-            temperature: -1.0,
+            temperature: -0.5,
             ..ok
         },
         SamplingSettings {

@@ -74,17 +74,41 @@ pub struct RawLoop {
 }
 
 impl RawLoop {
+    /// `n` dispatches of a trivial kernel binding one storage buffer.
     pub fn new(gpu: &Gpu, n: usize) -> Self {
+        Self::with_bindings(gpu, n, 1)
+    }
+
+    /// `n` dispatches of a trivial kernel that binds a uniform and `storage` storage buffers (as
+    /// wgnn's kernels do: a parameter block and 2 to 8 tensors), each dispatch its own buffers.
+    pub fn with_bindings(gpu: &Gpu, n: usize, storage: usize) -> Self {
         let device = gpu.device();
+        let uniform = storage > 1;
+        let mut wgsl = String::new();
+        if uniform {
+            wgsl.push_str("struct P { a: vec4<f32> }\n@group(0) @binding(0) var<uniform> p: P;\n");
+        }
+        let first = usize::from(uniform);
+        for b in 0..storage {
+            wgsl.push_str(&format!(
+                "@group(0) @binding({}) var<storage, read_write> x{b}: array<f32>;\n",
+                first + b
+            ));
+        }
+        let mut body = String::from("x0[i.x] = x0[i.x] * 0.5 + 1.0");
+        for b in 1..storage {
+            body.push_str(&format!(" + x{b}[i.x]"));
+        }
+        if uniform {
+            body.push_str(" + p.a.x");
+        }
+        wgsl.push_str(&format!(
+            "@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) i: vec3<u32>) \
+             {{ {body}; }}"
+        ));
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("raw loop"),
-            source: wgpu::ShaderSource::Wgsl(
-                "@group(0) @binding(0) var<storage, read_write> x: array<f32>;
-                 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) i: vec3<u32>) {
-                     x[i.x] = x[i.x] * 0.5 + 1.0;
-                 }"
-                .into(),
-            ),
+            source: wgpu::ShaderSource::Wgsl(wgsl.into()),
         });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("raw loop"),
@@ -95,29 +119,41 @@ impl RawLoop {
             cache: None,
         });
         let layout = pipeline.get_bind_group_layout(0);
-        let buffers: Vec<wgpu::Buffer> = (0..n)
-            .map(|_| {
-                device.create_buffer(&wgpu::BufferDescriptor {
+        let mut buffers = Vec::new();
+        let mut groups = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut own = Vec::new();
+            if uniform {
+                own.push(device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: 16,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                    mapped_at_creation: false,
+                }));
+            }
+            for _ in 0..storage {
+                own.push(device.create_buffer(&wgpu::BufferDescriptor {
                     label: None,
                     size: 256,
                     usage: wgpu::BufferUsages::STORAGE,
                     mapped_at_creation: false,
+                }));
+            }
+            let entries: Vec<wgpu::BindGroupEntry> = own
+                .iter()
+                .enumerate()
+                .map(|(b, buffer)| wgpu::BindGroupEntry {
+                    binding: b as u32,
+                    resource: buffer.as_entire_binding(),
                 })
-            })
-            .collect();
-        let groups = buffers
-            .iter()
-            .map(|b| {
-                device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &layout,
-                    entries: &[wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: b.as_entire_binding(),
-                    }],
-                })
-            })
-            .collect();
+                .collect();
+            groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &entries,
+            }));
+            buffers.extend(own);
+        }
         RawLoop {
             pipeline,
             groups,
@@ -125,6 +161,86 @@ impl RawLoop {
         }
     }
 
+    /// `n` dependent dispatches, as a model's are: dispatch i reads the buffer dispatch i − 1
+    /// wrote and two shared ones (weights), writes its own, and binds a uniform, so wgpu tracks a
+    /// read-after-write hazard at every step (what a replayed plan pays for too).
+    pub fn chained(gpu: &Gpu, n: usize) -> Self {
+        let device = gpu.device();
+        let wgsl = "struct P { a: vec4<f32> }
+             @group(0) @binding(0) var<uniform> p: P;
+             @group(0) @binding(1) var<storage, read> src: array<f32>;
+             @group(0) @binding(2) var<storage, read> w0: array<f32>;
+             @group(0) @binding(3) var<storage, read> w1: array<f32>;
+             @group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+             @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) i: vec3<u32>) {
+                 dst[i.x] = src[i.x] * w0[i.x] + w1[i.x] + p.a.x;
+             }";
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("raw chain"),
+            source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("raw chain"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        let buffer = |usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 256,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let weights = [
+            buffer(wgpu::BufferUsages::STORAGE),
+            buffer(wgpu::BufferUsages::STORAGE),
+        ];
+        let values: Vec<wgpu::Buffer> = (0..=n)
+            .map(|_| buffer(wgpu::BufferUsages::STORAGE))
+            .collect();
+        let uniforms: Vec<wgpu::Buffer> = (0..n)
+            .map(|_| buffer(wgpu::BufferUsages::UNIFORM))
+            .collect();
+        let groups = (0..n)
+            .map(|i| {
+                let bound = [
+                    &uniforms[i],
+                    &values[i],
+                    &weights[0],
+                    &weights[1],
+                    &values[i + 1],
+                ];
+                let entries: Vec<wgpu::BindGroupEntry> = bound
+                    .iter()
+                    .enumerate()
+                    .map(|(b, buffer)| wgpu::BindGroupEntry {
+                        binding: b as u32,
+                        resource: buffer.as_entire_binding(),
+                    })
+                    .collect();
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &layout,
+                    entries: &entries,
+                })
+            })
+            .collect();
+        let mut buffers: Vec<wgpu::Buffer> = weights.into_iter().collect();
+        buffers.extend(values);
+        buffers.extend(uniforms);
+        RawLoop {
+            pipeline,
+            groups,
+            _buffers: buffers,
+        }
+    }
+
+    /// Records every dispatch into one compute pass.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         for g in &self.groups {

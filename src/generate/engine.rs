@@ -23,7 +23,8 @@ pub enum Batching {
     /// between any two decode steps.
     Continuous,
     /// A batch forms from the queue when the previous one has finished entirely: it waits for its
-    /// longest sequence (the baseline continuous batching improves on).
+    /// longest sequence, computing the rows of those that finished (as a padded batch does) until
+    /// then. The baseline continuous batching improves on.
     Static,
     /// One sequence at a time.
     OneAtATime,
@@ -341,6 +342,8 @@ struct Sequence {
     /// Prompt tokens in the cache: below the prompt's length while its prefill rides in the
     /// decode steps, chunk by chunk.
     prefilled: usize,
+    /// Static batching: finished, but its row is still computed until the whole batch is.
+    done: bool,
 }
 
 /// Continuous batching over a [`Decoder`]: many threads [`Engine::submit`] requests, one worker
@@ -609,6 +612,7 @@ impl Worker {
                             position: 0,
                             last_token: Instant::now(),
                             prefilled: 0,
+                            done: false,
                         });
                     }
                 } else {
@@ -619,6 +623,7 @@ impl Worker {
             if !self.running.is_empty() {
                 self.step();
             }
+            self.release_finished_batch();
             self.shared
                 .running
                 .store(self.running.len(), Ordering::Relaxed);
@@ -633,7 +638,9 @@ impl Worker {
 
     fn shut_down(&mut self, rx: &Receiver<Job>) {
         for s in std::mem::take(&mut self.running) {
-            self.fail(&s.job, Error::ShutDown { op: "Engine" });
+            if !s.done {
+                self.fail(&s.job, Error::ShutDown { op: "Engine" });
+            }
         }
         while let Ok(job) = rx.try_recv() {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
@@ -646,6 +653,10 @@ impl Worker {
         let now = Instant::now();
         let mut i = 0;
         while i < self.running.len() {
+            if self.running[i].done {
+                i += 1;
+                continue;
+            }
             match self.running[i].job.interrupted(now) {
                 Some(e) => {
                     let s = self.running.swap_remove(i);
@@ -727,6 +738,7 @@ impl Worker {
                         position,
                         last_token: now,
                         prefilled: position,
+                        done: false,
                     };
                     match self.emit(&mut s, token) {
                         Some(reason) => self.finish(s, reason),
@@ -770,10 +782,25 @@ impl Worker {
         None
     }
 
-    fn finish(&mut self, s: Sequence, reason: FinishReason) {
+    fn finish(&mut self, mut s: Sequence, reason: FinishReason) {
         self.shared.counters().completed += 1;
         let _ = s.job.events.send(Event::Finished(reason));
-        self.free.push(s.slot);
+        if self.options.batching == Batching::Static {
+            // The batch waits for its longest sequence: this row keeps being computed.
+            s.done = true;
+            self.running.push(s);
+        } else {
+            self.free.push(s.slot);
+        }
+    }
+
+    /// Static batching: once every sequence of the batch has finished, their slots come free.
+    fn release_finished_batch(&mut self) {
+        if !self.running.is_empty() && self.running.iter().all(|s| s.done) {
+            for s in std::mem::take(&mut self.running) {
+                self.free.push(s.slot);
+            }
+        }
     }
 
     fn step(&mut self) {
@@ -784,8 +811,19 @@ impl Worker {
         let mut settings = Vec::with_capacity(rows.capacity());
         let mut last: Vec<Option<usize>> = Vec::with_capacity(self.running.len());
         let mut taken = Vec::with_capacity(self.running.len());
+        let context = self.decoder.config().context;
         for s in &self.running {
-            if s.generated.is_empty() {
+            if s.done {
+                // A finished row of a static batch: computed, its token unused.
+                rows.push(DecodeRow {
+                    slot: s.slot,
+                    position: s.position.min(context - 1),
+                    token: *s.generated.last().expect("a finished sequence has a token"),
+                });
+                settings.push(SamplingSettings::skip());
+                last.push(None);
+                taken.push(0);
+            } else if s.generated.is_empty() {
                 let prompt = &s.job.request.prompt;
                 let take = budget.min(prompt.len() - s.prefilled);
                 budget -= take;
@@ -795,12 +833,11 @@ impl Worker {
                         position: p,
                         token: prompt[p],
                     });
-                    // Only the prompt's last row draws a token that is kept; the others take
-                    // the cheap greedy path of the sampling kernel.
+                    // Only the prompt's last row draws a token that is kept.
                     settings.push(if p + 1 == prompt.len() {
                         Self::settings(&s.job, 0)
                     } else {
-                        SamplingSettings::greedy()
+                        SamplingSettings::skip()
                     });
                 }
                 let done = take > 0 && s.prefilled + take == prompt.len();
@@ -831,7 +868,7 @@ impl Worker {
                     c.steps += 1;
                     c.occupied += self.running.len() as u64;
                     for (s, l) in self.running.iter().zip(&last) {
-                        if l.is_some() {
+                        if l.is_some() && !s.done {
                             c.tokens += 1;
                             if s.generated.is_empty() {
                                 c.ttft.saturating_record(micros(now - s.job.submitted));
@@ -843,7 +880,7 @@ impl Worker {
                 }
                 let running = std::mem::take(&mut self.running);
                 for ((mut s, l), take) in running.into_iter().zip(last).zip(taken) {
-                    let Some(row) = l else {
+                    let Some(row) = l.filter(|_| !s.done) else {
                         s.prefilled += take;
                         self.running.push(s);
                         continue;
@@ -863,7 +900,9 @@ impl Worker {
             }
             Err(e) => {
                 for s in std::mem::take(&mut self.running) {
-                    self.fail(&s.job, e.clone());
+                    if !s.done {
+                        self.fail(&s.job, e.clone());
+                    }
                     self.free.push(s.slot);
                 }
             }

@@ -51,7 +51,7 @@ impl Default for DecoderOptions {
         DecoderOptions {
             max_sequences: 16,
             precision: Precision::F32,
-            prefill_chunk: 16,
+            prefill_chunk: 8,
         }
     }
 }
@@ -511,12 +511,15 @@ impl Decoder {
         logits.to_vec::<f32>()
     }
 
-    /// The step sizes captured: powers of two up to [`Self::max_rows`], and it.
+    /// The step sizes captured: powers of two and the midpoints between them (1, 2, 3, 4, 6, 8,
+    /// 12, …) below [`Self::max_rows`], and it: a step pads at most a third of its rows.
     pub fn bucket_sizes(&self) -> Vec<usize> {
-        let mut sizes: Vec<usize> = (0..)
-            .map(|i| 1usize << i)
+        let mut sizes: Vec<usize> = (0..usize::BITS - 1)
+            .flat_map(|i| [1usize << i, 3usize << i >> 1])
+            .filter(|&s| s >= 1)
             .take_while(|&s| s < self.max_rows)
             .collect();
+        sizes.dedup();
         sizes.push(self.max_rows);
         sizes
     }
@@ -595,12 +598,12 @@ impl Decoder {
         let mut ids = vec![0u32; p.size];
         let mut cursor = vec![0u32; 2 * p.size];
         let mut table = vec![0u32; SamplingSettings::WORDS * p.size];
-        let greedy = SamplingSettings::greedy().words();
+        let skip = SamplingSettings::skip().words();
         for i in 0..p.size {
             let (row, words) = match rows.get(i) {
                 Some(r) => ((r.token, r.slot, r.position), settings[i].words()),
                 // Outside the cache: no append, no attention.
-                None => ((0, self.slots, 0), greedy),
+                None => ((0, self.slots, 0), skip),
             };
             ids[i] = row.0;
             cursor[2 * i] = row.1 as u32;

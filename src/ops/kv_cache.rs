@@ -2,7 +2,7 @@
 //! (the sequence's slot in the cache, the token's position in it). [`embed_at`] embeds tokens at
 //! their positions, [`cache_append`] writes their keys and values into the cache in place, and
 //! [`decode_attention`] attends each row's query to its slot's keys `0..=position`, for rows of
-//! different sequences and lengths in one dispatch, split along the cache in blocks of 256 keys
+//! different sequences and lengths in one dispatch, split along the cache in blocks of 64 keys
 //! that a second pass merges (as flash-decoding does), so no thread loops past the software
 //! drivers' cap whatever the length.
 //!
@@ -18,9 +18,9 @@ use crate::shaders::{entry_points, shader_params, KernelSpec, Prelude};
 use crate::tensor::Tensor;
 
 /// Keys one decode workgroup takes (`SPLIT` in the shader).
-pub const DECODE_SPLIT: usize = 256;
-/// The longest cache [`decode_attention`] takes: 256 splits, each merged in one loop.
-pub const MAX_CACHE_CONTEXT: usize = 256 * DECODE_SPLIT;
+pub const DECODE_SPLIT: usize = 64;
+/// The longest cache [`decode_attention`] takes: 1,024 splits, merged in one loop.
+pub const MAX_CACHE_CONTEXT: usize = 1024 * DECODE_SPLIT;
 
 shader_params! {
     struct Params {
@@ -59,7 +59,7 @@ entry_points! {
 pub(crate) static KERNEL: KernelSpec = KernelSpec {
     name: "kv_cache",
     wgsl: include_str!("../../shaders/kv_cache.wgsl"),
-    preludes: &[Prelude::Numerics, Prelude::ReduceShared],
+    preludes: &[Prelude::Numerics],
     subgroup_preludes: None,
     dtypes: &[DType::F32, DType::F16],
     entries: ENTRY_POINTS,

@@ -54,7 +54,7 @@ pub(crate) static KERNEL: KernelSpec = KernelSpec {
 /// How one row's token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingSettings {
-    /// 0: greedy; otherwise within [`TEMPERATURE_RANGE`].
+    /// 0: greedy; otherwise within [`TEMPERATURE_RANGE`]; or -1: no draw ([`Self::skip`]).
     pub temperature: f32,
     /// Keep the k most likely tokens (ties at the k-th kept too); 0: all.
     pub top_k: u32,
@@ -88,7 +88,24 @@ impl SamplingSettings {
         self.check(op, row, vocab)
     }
 
+    /// No draw: the row's token is not needed and comes back as 0, at almost no cost (a prompt's
+    /// inner positions in a decode step, say).
+    pub fn skip() -> Self {
+        SamplingSettings {
+            temperature: -1.0,
+            ..Self::greedy()
+        }
+    }
+
+    /// Whether this is [`Self::skip`].
+    pub fn is_skip(&self) -> bool {
+        self.temperature == -1.0
+    }
+
     fn check(&self, op: &'static str, row: usize, vocab: usize) -> Result<()> {
+        if self.is_skip() {
+            return Ok(());
+        }
         let bad = |details: String| {
             Err(Error::InvalidArgument {
                 op,
@@ -98,7 +115,7 @@ impl SamplingSettings {
         let (lo, hi) = TEMPERATURE_RANGE;
         if !(self.temperature == 0.0 || (lo..=hi).contains(&self.temperature)) {
             return bad(format!(
-                "temperature must be 0 (greedy) or in [{lo}, {hi}], got {}",
+                "temperature must be 0 (greedy), -1 (no draw) or in [{lo}, {hi}], got {}",
                 self.temperature
             ));
         }

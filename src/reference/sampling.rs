@@ -65,6 +65,9 @@ fn weights(logits: &[f32], temperature: f32) -> Vec<f64> {
 
 /// The token [`crate::ops::sample_tokens`] chooses for one row.
 pub fn sample(logits: &[f32], settings: &SamplingSettings) -> u32 {
+    if settings.is_skip() {
+        return 0;
+    }
     let keep = kept(logits, settings);
     if settings.temperature == 0.0 || settings.top_k == 1 {
         return keep.iter().position(|&k| k).unwrap_or(0) as u32;
