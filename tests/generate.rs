@@ -473,6 +473,35 @@ fn cancellation_deadlines_and_bad_requests_get_typed_errors() {
     let _one = exclusive();
     let (mut rng, seed) = rng();
     let lm = model(seed);
+    for bad in [
+        EngineOptions {
+            prefill_share: 0.0,
+            ..Default::default()
+        },
+        EngineOptions {
+            queue_capacity: 0,
+            ..Default::default()
+        },
+        EngineOptions {
+            end_token: Some(37),
+            ..Default::default()
+        },
+        EngineOptions {
+            vocabulary: Some(vec!["a".into(); 3]),
+            ..Default::default()
+        },
+    ] {
+        let decoder = Decoder::new(&lm, DecoderOptions::default()).unwrap();
+        assert!(Engine::new(decoder, bad).is_err());
+    }
+    let too_many = DecoderOptions {
+        max_sequences: 0,
+        ..Default::default()
+    };
+    assert!(matches!(
+        Decoder::new(&lm, too_many),
+        Err(Error::InvalidArgument { .. })
+    ));
     let e = engine(&lm, 2, EngineOptions::default());
     // Cancelled mid-stream: the others finish.
     let mut long = e

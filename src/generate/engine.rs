@@ -45,6 +45,11 @@ pub struct EngineOptions {
     /// Capture every running-batch size's step when the engine starts, so the first requests do
     /// not pay for it.
     pub warm_up: bool,
+    /// Prompt tokens a decode step carries per sequence decoding in it (chunked prefill), in
+    /// (0, 64]; at least one and at most the decoder's `prefill_chunk` per step. Lower keeps the
+    /// running sequences' inter-token latency closer to a plain step's; higher gives joining
+    /// sequences their first token sooner.
+    pub prefill_share: f32,
 }
 
 impl EngineOptions {
@@ -60,6 +65,7 @@ impl Default for EngineOptions {
             end_token: None,
             vocabulary: None,
             warm_up: true,
+            prefill_share: 0.5,
         }
     }
 }
@@ -374,6 +380,15 @@ impl Engine {
                     "queue_capacity must be in 1..={}, got {}",
                     EngineOptions::MAX_QUEUE_CAPACITY,
                     options.queue_capacity
+                ),
+            });
+        }
+        if !(options.prefill_share > 0.0 && options.prefill_share <= 64.0) {
+            return Err(Error::InvalidArgument {
+                op: "Engine::new",
+                details: format!(
+                    "prefill_share must be in (0, 64], got {}",
+                    options.prefill_share
                 ),
             });
         }
@@ -806,7 +821,16 @@ impl Worker {
     fn step(&mut self) {
         // A row per generating sequence; prompt chunks for those still prefilling, within the
         // step's budget, oldest first. `last[i]`: sequence i's row whose token it keeps.
-        let mut budget = self.decoder.max_rows() - self.decoder.slots();
+        // Prompt rows ride along in proportion to the rows decoding (at least one, at most the
+        // decoder's prefill_chunk): a step grows by a bounded share, so the running sequences'
+        // inter-token latency does, while a joining prompt still advances every step.
+        let decoding = self
+            .running
+            .iter()
+            .filter(|s| !s.generated.is_empty())
+            .count();
+        let share = (decoding as f64 * f64::from(self.options.prefill_share)).ceil() as usize;
+        let mut budget = share.clamp(1, self.decoder.max_rows() - self.decoder.slots());
         let mut rows = Vec::with_capacity(self.running.len() + budget);
         let mut settings = Vec::with_capacity(rows.capacity());
         let mut last: Vec<Option<usize>> = Vec::with_capacity(self.running.len());
