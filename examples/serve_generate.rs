@@ -299,7 +299,8 @@ fn plot(path: &std::path::Path, levels: &[Level], modes: &[&'static str]) -> Res
     let root = BitMapBackend::new(path, (1100, 460)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(550);
-    let max_clients = levels.iter().map(|l| l.clients).max().unwrap_or(1) as f64;
+    // x is log2(clients), labelled with the client counts.
+    let max_x = (levels.iter().map(|l| l.clients).max().unwrap_or(1) as f64).log2();
     let colors = [BLUE, RED, GREEN];
     type Panel = (&'static str, &'static str, fn(&Level) -> f64);
     let panels: [Panel; 2] = [
@@ -313,9 +314,13 @@ fn plot(path: &std::path::Path, levels: &[Level], modes: &[&'static str]) -> Res
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d((0.8f64..max_clients * 1.25).log_scale(), 0.0..high)?;
+            .build_cartesian_2d(-0.25f64..max_x + 0.25, 0.0..high)?;
         chart
             .configure_mesh()
+            .x_labels(max_x as usize + 1)
+            .x_label_formatter(&|x| format!("{:.0}", 2f64.powf(*x)))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .light_line_style(WHITE)
             .x_desc("concurrent clients")
             .y_desc(unit)
             .draw()?;
@@ -323,8 +328,9 @@ fn plot(path: &std::path::Path, levels: &[Level], modes: &[&'static str]) -> Res
             let points: Vec<(f64, f64)> = levels
                 .iter()
                 .filter(|l| l.mode == *mode)
-                .map(|l| (l.clients as f64, value(l)))
+                .map(|l| ((l.clients as f64).log2(), value(l)))
                 .collect();
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
             chart
                 .draw_series(LineSeries::new(points, &color))?
                 .label(*mode)
