@@ -130,15 +130,15 @@ pub struct LanguageModel {
     loss_scale: Option<LossScale>,
 }
 
-/// How [`LanguageModel::generate`] picks each token.
+/// How [`LanguageModel::generate`] picks each token (on the GPU: [`ops::sample_tokens`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampling {
     /// The most likely token.
     Greedy,
     /// From softmax(logits / temperature) restricted to the `top_k` most likely tokens (0: all),
-    /// with a seeded generator: the same seed gives the same text.
+    /// with a counter-based generator: the same seed gives the same text.
     Sample {
-        /// Finite and positive.
+        /// In [`ops::sampling::TEMPERATURE_RANGE`].
         temperature: f32,
         /// Tokens kept (0: all).
         top_k: usize,
@@ -439,14 +439,17 @@ impl LanguageModel {
             .collect())
     }
 
-    /// `prompt` followed by `new_tokens` generated ones: each step runs the forward over the last
-    /// `context` tokens and picks the next from the last position's logits.
+    /// `prompt` followed by `new_tokens` generated ones, through a [`crate::generate::Decoder`]:
+    /// the prompt fills a key/value cache, then each token is one decode step, sampled on the
+    /// GPU. Past the context, each token runs the forward over the last `context` tokens.
     pub fn generate(
         &mut self,
         prompt: &[u32],
         new_tokens: usize,
         sampling: Sampling,
     ) -> Result<Vec<u32>> {
+        use crate::generate::{DecodeRow, Decoder, DecoderOptions};
+        use crate::ops::SamplingSettings;
         const OP: &str = "LanguageModel::generate";
         if prompt.is_empty() {
             return Err(Error::InvalidArgument {
@@ -455,39 +458,46 @@ impl LanguageModel {
             });
         }
         ops::check_ids(OP, prompt, self.config.vocab)?;
-        let mut rng = match sampling {
-            Sampling::Greedy => None,
-            Sampling::Sample {
-                temperature, seed, ..
-            } => {
-                if !(temperature.is_finite() && temperature > 0.0) {
-                    return Err(Error::InvalidArgument {
-                        op: OP,
-                        details: format!(
-                            "temperature must be finite and positive, got {temperature}"
-                        ),
-                    });
-                }
-                Some(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
-                    seed,
-                ))
-            }
-        };
         let vocab = self.config.vocab;
+        let settings = |counter: usize| match sampling {
+            Sampling::Greedy => SamplingSettings::greedy(),
+            Sampling::Sample {
+                temperature,
+                top_k,
+                seed,
+            } => SamplingSettings {
+                temperature,
+                // 0, or the vocabulary or more: every token.
+                top_k: if top_k >= vocab { 0 } else { top_k as u32 },
+                top_p: 1.0,
+                seed,
+                counter: counter as u32,
+            },
+        };
+        settings(0).validate(OP, 0, vocab)?;
+        let options = DecoderOptions {
+            max_sequences: 1,
+            prefill_chunk: 0,
+            ..Default::default()
+        };
+        let mut decoder = Decoder::new(self, options)?;
+        let context = self.config.context;
         let mut tokens = prompt.to_vec();
         tokens.reserve(new_tokens);
-        for _ in 0..new_tokens {
-            let window = &tokens[tokens.len().saturating_sub(self.config.context)..];
-            let logits = self.logits(window, window.len())?;
-            let last = &logits[logits.len() - vocab..];
-            let next = match (sampling, rng.as_mut()) {
-                (
-                    Sampling::Sample {
-                        temperature, top_k, ..
-                    },
-                    Some(rng),
-                ) => sample(last, temperature, top_k, rng),
-                _ => argmax(last),
+        let mut cached = false;
+        for i in 0..new_tokens {
+            let s = [settings(i)];
+            let next = if cached && tokens.len() <= context {
+                let row = DecodeRow {
+                    slot: 0,
+                    position: tokens.len() - 1,
+                    token: tokens[tokens.len() - 1],
+                };
+                decoder.step(&[row], &s)?[0]
+            } else {
+                let window = &tokens[tokens.len().saturating_sub(context)..];
+                cached = tokens.len() <= context;
+                decoder.prefill_and_sample(&[(0, window)], &s)?[0]
             };
             tokens.push(next);
         }
@@ -599,37 +609,4 @@ impl LanguageModel {
         let model = builder.build_with_parameters(gpu, output, values)?;
         Ok((Self::from_model(model, config), vocabulary))
     }
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-fn sample(logits: &[f32], temperature: f32, top_k: usize, rng: &mut rand::rngs::StdRng) -> u32 {
-    use rand::RngExt;
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if top_k > 0 {
-        order.truncate(top_k);
-    }
-    let max = logits[order[0]];
-    let weights: Vec<f64> = order
-        .iter()
-        .map(|&i| f64::from((logits[i] - max) / temperature).exp())
-        .collect();
-    let total: f64 = weights.iter().sum();
-    let mut u = rng.random_range(0.0..1.0) * total;
-    for (w, &i) in weights.iter().zip(&order) {
-        if u < *w {
-            return i as u32;
-        }
-        u -= w;
-    }
-    order[order.len() - 1] as u32
 }
