@@ -293,6 +293,19 @@ fn compact_weights_decode_close_to_f32() {
         assert!(d.weight_bytes() < f32_decoder.weight_bytes());
         let got = d.prefill(0, &prompt).unwrap();
         assert_close(&got, &want, tol, &format!("{precision:?} seed {seed}"));
+        // Through the engine: it serves compact weights as it serves f32 ones.
+        let e = Engine::new(d, EngineOptions::default()).unwrap();
+        let streams: Vec<_> = (0..3)
+            .map(|i| {
+                e.submit(GenerationRequest::greedy(prompt[..4 + i].to_vec(), 6))
+                    .unwrap()
+            })
+            .collect();
+        for s in streams {
+            let (tokens, reason) = s.wait().unwrap();
+            assert_eq!((tokens.len(), reason), (6, FinishReason::MaxTokens));
+            assert!(tokens.iter().all(|&t| t < 37));
+        }
     }
 }
 
