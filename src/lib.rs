@@ -34,6 +34,8 @@ pub mod nn;
 pub mod ops;
 mod pool;
 pub mod reference;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod shaders;
 mod tensor;
 pub mod tune;

@@ -25,7 +25,7 @@
 //! # Ok(()) }
 //! ```
 
-mod io;
+pub(crate) mod io;
 mod language_model;
 mod layer;
 mod layers;
