@@ -2,7 +2,8 @@
 # wgnn-serve end to end: a model repository (the digits CNN trained for 2 epochs, and a language
 # model if one is given), the server started on a loopback port, tritonclient's HTTP client against
 # it, then SIGTERM: the server must drain and exit 0. Run from the repository root after
-# `pip install "tritonclient[http]"`.
+# `pip install "tritonclient[http]"`. Builds with the test profile, so after `cargo test` and
+# `cargo test --features serve` nothing is compiled again.
 #   bash tests/oip/run.sh WORKDIR [LANGUAGE_MODEL.safetensors]
 set -euo pipefail
 work="$1"
@@ -10,14 +11,14 @@ lm="${2:-}"
 port="${WGNN_SERVE_PORT:-18765}"
 repo="$work/models"
 mkdir -p "$repo/digits/1"
-cargo run -q --example train_digits -- --epochs 2 --out "$work/digits"
+cargo run -q --profile test --example train_digits -- --epochs 2 --out "$work/digits"
 cp "$work/digits/digits_cnn.safetensors" "$repo/digits/1/model.safetensors"
 if [ -n "$lm" ]; then
   mkdir -p "$repo/shakespeare/1"
   cp "$lm" "$repo/shakespeare/1/model.safetensors"
 fi
-cargo run -q --example predict_json -- "$repo/digits/1/model.safetensors" "$work/expected.json"
-cargo build -q --features serve --bin wgnn-serve
+cargo run -q --profile test --example predict_json -- "$repo/digits/1/model.safetensors" "$work/expected.json"
+cargo build -q --profile test --features serve --bin wgnn-serve
 target/debug/wgnn-serve --model-repository "$repo" --bind "127.0.0.1:$port" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
