@@ -265,6 +265,17 @@ fn health_metadata_and_infer_match_the_in_process_answer() {
         (status, answer["outputs"].as_array().unwrap().len()),
         (200, 1)
     );
+    // Six samples, each timed in the queue and in its replay.
+    let (_, _, body) = http(a, "GET", "/metrics", b"");
+    let metrics = String::from_utf8_lossy(&body);
+    for line in [
+        r#"wgnn_queue_duration_seconds_count{model="digits"} 6"#,
+        r#"wgnn_compute_duration_seconds_count{model="digits"} 6"#,
+        r#"wgnn_requests_total{endpoint="infer",model="digits",outcome="ok"} 2"#,
+        r#"wgnn_batcher_queue_depth{model="digits"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[test]

@@ -95,6 +95,11 @@ pub struct Prediction {
     pub class: Option<u32>,
     /// The best (class, probability) pairs, best first (classifier head; empty for raw outputs).
     pub top_k: Vec<(u32, f32)>,
+    /// From the request's arrival to the start of its group's replay: time spent waiting for the
+    /// group to form and for the replay before it.
+    pub queued: Duration,
+    /// The group's replay, from its start to its answer (shared by the group's requests).
+    pub computed: Duration,
 }
 
 /// What a [`Batcher`] has served.
@@ -223,6 +228,11 @@ impl Batcher {
     /// The configuration in force (`max_batch` as given, before the session's cap).
     pub fn config(&self) -> &BatcherConfig {
         &self.config
+    }
+
+    /// Requests waiting now (queued, not yet in a replay).
+    pub fn queue_depth(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Predicts one sample (the session's input shape, row-major), waiting for its group's replay
@@ -367,6 +377,7 @@ fn serve(session: &InferenceSession, group: Vec<Request>, record: &Mutex<Record>
         return;
     };
     let x: Vec<f32> = group.iter().flat_map(|r| r.x.iter().copied()).collect();
+    let started = Instant::now();
     let result = session.predict_until(&x, last_deadline);
     let classes = session.classes();
     let now = Instant::now();
@@ -387,6 +398,8 @@ fn serve(session: &InferenceSession, group: Vec<Request>, record: &Mutex<Record>
                     outputs: p.outputs[i * classes..(i + 1) * classes].to_vec(),
                     class: p.classes.get(i).copied(),
                     top_k: p.top_k.get(i).cloned().unwrap_or_default(),
+                    queued: started - req.asked,
+                    computed: now - started,
                 }));
             }
         }

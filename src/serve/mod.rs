@@ -122,6 +122,8 @@ struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    queued: HistogramVec,
+    computed: HistogramVec,
 }
 
 impl Metrics {
@@ -148,12 +150,32 @@ impl Metrics {
             &["model", "endpoint"],
         )
         .map_err(e)?;
+        let stage = |name: &str, help: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help)
+                    .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).map_err(e)?),
+                &["model"],
+            )
+            .map_err(e)
+        };
+        let queued = stage(
+            "wgnn_queue_duration_seconds",
+            "Classifiers: a sample's wait in the batcher before its replay",
+        )?;
+        let computed = stage(
+            "wgnn_compute_duration_seconds",
+            "Classifiers: the replay that answered a sample",
+        )?;
+        for m in [&latency, &queued, &computed] {
+            registry.register(Box::new(m.clone())).map_err(e)?;
+        }
         registry.register(Box::new(requests.clone())).map_err(e)?;
-        registry.register(Box::new(latency.clone())).map_err(e)?;
         Ok(Metrics {
             registry,
             requests,
             latency,
+            queued,
+            computed,
         })
     }
 }
@@ -512,6 +534,10 @@ async fn metrics(State(state): State<Shared>) -> Response {
             Served::Classifier { batcher, .. } => {
                 let s = batcher.stats();
                 extra.push_str(&format!(
+                    "wgnn_batcher_queue_depth{{model=\"{n}\"}} {}\n",
+                    batcher.queue_depth()
+                ));
+                extra.push_str(&format!(
                     "wgnn_batcher_requests_total{{model=\"{n}\"}} {}\n\
                      wgnn_batcher_refused_total{{model=\"{n}\",reason=\"queue_full\"}} {}\n\
                      wgnn_batcher_timed_out_total{{model=\"{n}\"}} {}\n\
@@ -758,6 +784,19 @@ async fn infer_inner(state: &Shared, name: &str, body: Body) -> Response {
         Ok(Ok(Err(e))) => return from_error(&e),
         Ok(Ok(Ok(p))) => p,
     };
+    for p in &predictions {
+        let labels = [name];
+        state
+            .metrics
+            .queued
+            .with_label_values(&labels)
+            .observe(p.queued.as_secs_f64());
+        state
+            .metrics
+            .computed
+            .with_label_values(&labels)
+            .observe(p.computed.as_secs_f64());
+    }
     let mut outputs = Vec::new();
     for w in &wanted {
         if w == "probabilities" {
