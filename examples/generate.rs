@@ -24,7 +24,7 @@ use wgnn::generate::{
 };
 use wgnn::nn::LanguageModel;
 use wgnn::ops::SamplingSettings;
-use wgnn::{Gpu, Precision};
+use wgnn::Precision;
 
 struct Args {
     prompt: String,
@@ -92,12 +92,7 @@ fn parse_args() -> Result<Args> {
 fn main() -> Result<()> {
     common::quiet_vulkan_layers();
     let args = parse_args()?;
-    let gpu = Gpu::new()?;
-    println!(
-        "adapter: {} ({:?})",
-        gpu.adapter_info().name,
-        gpu.adapter_info().backend
-    );
+    let gpu = common::open_gpu()?;
     let (model, vocabulary) = common::shakespeare_model(&gpu, &args.model, 300)?;
     let corpus = CharCorpus::from_text(vocabulary.clone())?;
     if args.compare {

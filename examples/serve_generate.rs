@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use plotters::prelude::*;
+use plotters::style::{BLUE, GREEN, RED};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use wgnn::generate::{
@@ -27,7 +27,7 @@ use wgnn::generate::{
 };
 use wgnn::nn::{GptConfig, LanguageModel};
 use wgnn::ops::SamplingSettings;
-use wgnn::{Activation, Gpu, Precision};
+use wgnn::{Activation, Precision};
 
 struct Args {
     concurrency: Vec<usize>,
@@ -210,12 +210,7 @@ fn run_level(
 fn main() -> Result<()> {
     common::quiet_vulkan_layers();
     let args = parse_args()?;
-    let gpu = Gpu::new()?;
-    println!(
-        "adapter: {} ({:?})",
-        gpu.adapter_info().name,
-        gpu.adapter_info().backend
-    );
+    let gpu = common::open_gpu()?;
     let model = if args.model.exists() {
         common::shakespeare_model(&gpu, &args.model, 0)?.0
     } else {
@@ -287,61 +282,34 @@ fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&args.out)?;
     let path = args.out.join("serve_generate.png");
-    plot(&path, &levels, &modes.map(|m| m.0))?;
-    println!("plot written to {}", path.display());
-    Ok(())
-}
-
-fn plot(path: &std::path::Path, levels: &[Level], modes: &[&'static str]) -> Result<()> {
-    static FONT: &[u8] = include_bytes!("assets/DejaVuSans.ttf");
-    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-        .map_err(|_| anyhow::anyhow!("the bundled font does not load"))?;
-    let root = BitMapBackend::new(path, (1100, 460)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(550);
-    // x is log2(clients), labelled with the client counts.
-    let max_x = (levels.iter().map(|l| l.clients).max().unwrap_or(1) as f64).log2();
     let colors = [BLUE, RED, GREEN];
-    type Panel = (&'static str, &'static str, fn(&Level) -> f64);
-    let panels: [Panel; 2] = [
-        ("throughput", "tokens/s", |l| l.tokens as f64 / l.seconds),
-        ("p99 inter-token latency", "ms", |l| l.inter_token_p99),
-    ];
-    for (area, (title, unit, value)) in [left, right].iter().zip(panels) {
-        let high = levels.iter().map(value).fold(0.0f64, f64::max).max(1e-3) * 1.1;
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(-0.25f64..max_x + 0.25, 0.0..high)?;
-        chart
-            .configure_mesh()
-            .x_labels(max_x as usize + 1)
-            .x_label_formatter(&|x| format!("{:.0}", 2f64.powf(*x)))
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .light_line_style(WHITE)
-            .x_desc("concurrent clients")
-            .y_desc(unit)
-            .draw()?;
-        for (mode, color) in modes.iter().zip(colors) {
-            let points: Vec<(f64, f64)> = levels
-                .iter()
-                .filter(|l| l.mode == *mode)
-                .map(|l| ((l.clients as f64).log2(), value(l)))
-                .collect();
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-            chart
-                .draw_series(LineSeries::new(points, &color))?
-                .label(*mode)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-    }
-    root.present()?;
+    let series: Vec<common::Series> = modes
+        .iter()
+        .zip(colors)
+        .map(|(&(name, _), color)| {
+            let mine: Vec<&Level> = levels.iter().filter(|l| l.mode == name).collect();
+            common::Series {
+                label: name,
+                color,
+                points: vec![
+                    mine.iter()
+                        .map(|l| (l.clients as f64, l.tokens as f64 / l.seconds))
+                        .collect(),
+                    mine.iter()
+                        .map(|l| (l.clients as f64, l.inter_token_p99))
+                        .collect(),
+                ],
+            }
+        })
+        .collect();
+    common::plot_against_clients(
+        &path,
+        &[
+            ("throughput", "tokens/s"),
+            ("p99 inter-token latency", "ms"),
+        ],
+        &series,
+    )?;
+    println!("plot written to {}", path.display());
     Ok(())
 }

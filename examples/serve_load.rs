@@ -19,12 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use plotters::prelude::*;
+use plotters::style::{BLUE, RED};
 use wgnn::data::Digits;
 use wgnn::infer::{Batcher, BatcherConfig, InferenceSession, SessionOptions};
 use wgnn::nn::Sequential;
 use wgnn::serve::{ServerOptions, ServerState};
-use wgnn::Gpu;
 
 struct Args {
     model: PathBuf,
@@ -158,12 +157,7 @@ struct Level {
 fn main() -> Result<()> {
     common::quiet_vulkan_layers();
     let args = parse_args()?;
-    let gpu = Gpu::new()?;
-    println!(
-        "adapter: {} ({:?})",
-        gpu.adapter_info().name,
-        gpu.adapter_info().backend
-    );
+    let gpu = common::open_gpu()?;
     let (_, test) = Digits::load()?.split(0.2, 0);
     let images: Vec<String> = test
         .images
@@ -274,62 +268,30 @@ fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&args.out)?;
     let path = args.out.join("serve_load.png");
-    plot(&path, &levels)?;
-    println!("plot written to {}", path.display());
-    Ok(())
-}
-
-fn plot(path: &Path, levels: &[Level]) -> Result<()> {
-    static FONT: &[u8] = include_bytes!("assets/DejaVuSans.ttf");
-    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-        .map_err(|_| anyhow::anyhow!("the bundled font does not load"))?;
-    let root = BitMapBackend::new(path, (1100, 460)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(550);
-    let max_x = (levels.iter().map(|l| l.clients).max().unwrap_or(1) as f64).log2();
-    type Panel = (&'static str, &'static str, fn(&Level) -> f64);
-    let panels: [Panel; 2] = [
-        ("throughput", "requests/s", |l| l.per_second),
-        ("p99 latency", "ms", |l| l.p99),
-    ];
-    for (area, (title, unit, value)) in [left, right].iter().zip(panels) {
-        let high = levels.iter().map(value).fold(0.0f64, f64::max).max(1e-3) * 1.1;
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(-0.25f64..max_x + 0.25, 0.0..high)?;
-        chart
-            .configure_mesh()
-            .x_labels(max_x as usize + 1)
-            .x_label_formatter(&|x| format!("{:.0}", 2f64.powf(*x)))
-            .y_label_formatter(&|y| format!("{y:.1}"))
-            .light_line_style(WHITE)
-            .x_desc("concurrent clients")
-            .y_desc(unit)
-            .draw()?;
-        for (batching, color, label) in [
-            (true, BLUE, "dynamic batching"),
-            (false, RED, "no batching"),
-        ] {
-            let points: Vec<(f64, f64)> = levels
-                .iter()
-                .filter(|l| l.batching == batching)
-                .map(|l| ((l.clients as f64).log2(), value(l)))
-                .collect();
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-            chart
-                .draw_series(LineSeries::new(points, &color))?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+    let series: Vec<common::Series> = [
+        (true, BLUE, "dynamic batching"),
+        (false, RED, "no batching"),
+    ]
+    .into_iter()
+    .map(|(batching, color, label)| {
+        let mine: Vec<&Level> = levels.iter().filter(|l| l.batching == batching).collect();
+        common::Series {
+            label,
+            color,
+            points: vec![
+                mine.iter()
+                    .map(|l| (l.clients as f64, l.per_second))
+                    .collect(),
+                mine.iter().map(|l| (l.clients as f64, l.p99)).collect(),
+            ],
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-    }
-    root.present()?;
+    })
+    .collect();
+    common::plot_against_clients(
+        &path,
+        &[("throughput", "requests/s"), ("p99 latency", "ms")],
+        &series,
+    )?;
+    println!("plot written to {}", path.display());
     Ok(())
 }

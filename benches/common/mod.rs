@@ -73,6 +73,22 @@ pub struct RawLoop {
     _buffers: Vec<wgpu::Buffer>,
 }
 
+/// The `main` entry point of `wgsl` as a compute pipeline with its layout inferred.
+fn compute_pipeline(device: &wgpu::Device, wgsl: &str) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("raw loop"),
+        source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("raw loop"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
 impl RawLoop {
     /// `n` dispatches of a trivial kernel binding one storage buffer.
     pub fn new(gpu: &Gpu, n: usize) -> Self {
@@ -106,18 +122,7 @@ impl RawLoop {
             "@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) i: vec3<u32>) \
              {{ {body}; }}"
         ));
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("raw loop"),
-            source: wgpu::ShaderSource::Wgsl(wgsl.into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("raw loop"),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let pipeline = compute_pipeline(device, &wgsl);
         let layout = pipeline.get_bind_group_layout(0);
         let mut buffers = Vec::new();
         let mut groups = Vec::with_capacity(n);
@@ -175,18 +180,7 @@ impl RawLoop {
              @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) i: vec3<u32>) {
                  dst[i.x] = src[i.x] * w0[i.x] + w1[i.x] + p.a.x;
              }";
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("raw chain"),
-            source: wgpu::ShaderSource::Wgsl(wgsl.into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("raw chain"),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let pipeline = compute_pipeline(device, wgsl);
         let layout = pipeline.get_bind_group_layout(0);
         let buffer = |usage| {
             device.create_buffer(&wgpu::BufferDescriptor {

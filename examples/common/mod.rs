@@ -78,3 +78,89 @@ pub fn shakespeare_model(
     );
     Ok((model, corpus.vocabulary_string()))
 }
+
+/// Opens the default adapter and says which it is.
+#[allow(dead_code)]
+pub fn open_gpu() -> anyhow::Result<wgnn::Gpu> {
+    let gpu = wgnn::Gpu::new()?;
+    println!(
+        "adapter: {} ({:?})",
+        gpu.adapter_info().name,
+        gpu.adapter_info().backend
+    );
+    Ok(gpu)
+}
+
+/// One line of a [`plot_against_clients`] figure: its label, colour and points per panel
+/// (x: concurrent clients, y: the panel's value).
+#[allow(dead_code)]
+pub struct Series {
+    /// The legend's text.
+    pub label: &'static str,
+    /// The line's colour.
+    pub color: plotters::style::RGBColor,
+    /// (clients, value) for each panel, in panel order.
+    pub points: Vec<Vec<(f64, f64)>>,
+}
+
+/// Panels side by side (a title and a unit each) of values against concurrent clients on a log2
+/// axis, one line per series, written as a PNG.
+#[allow(dead_code)]
+pub fn plot_against_clients(
+    path: &std::path::Path,
+    panels: &[(&str, &str)],
+    series: &[Series],
+) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow::anyhow!("the bundled font does not load"))?;
+    let width = 550 * panels.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (width, 460)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    let all = || series.iter().flat_map(|s| s.points.iter().flatten());
+    let max_x = all().map(|p| p.0).fold(1.0f64, f64::max).log2();
+    for (panel, (area, (title, unit))) in areas.iter().zip(panels).enumerate() {
+        let values = || {
+            series
+                .iter()
+                .flat_map(|s| s.points[panel].iter().map(|p| p.1))
+        };
+        let high = values().fold(0.0f64, f64::max).max(1e-3) * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(*title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(-0.25f64..max_x + 0.25, 0.0..high)?;
+        chart
+            .configure_mesh()
+            .x_labels(max_x as usize + 1)
+            .x_label_formatter(&|x| format!("{:.0}", 2f64.powf(*x)))
+            .y_label_formatter(&|y| format!("{y:.1}"))
+            .light_line_style(WHITE)
+            .x_desc("concurrent clients")
+            .y_desc(*unit)
+            .draw()?;
+        for s in series {
+            let color = s.color;
+            let points: Vec<(f64, f64)> = s.points[panel]
+                .iter()
+                .map(|&(x, y)| (x.log2(), y))
+                .collect();
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            chart
+                .draw_series(LineSeries::new(points, &color))?
+                .label(s.label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}

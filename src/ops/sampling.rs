@@ -147,6 +147,30 @@ impl SamplingSettings {
     }
 }
 
+/// Checks `logits` (`[rows, vocab]`, f32 or f16, on the batch's context, the vocabulary within
+/// [`MAX_SAMPLING_VOCAB`]) and returns (rows, vocab).
+fn check_logits(op: &'static str, batch: &Batch, logits: &Tensor) -> Result<(usize, usize)> {
+    same_gpu(op, batch, &[logits])?;
+    float_dtype(op, logits)?;
+    let &[rows, vocab] = logits.shape() else {
+        return Err(Error::ShapeMismatch {
+            op,
+            details: format!("logits must be [rows, vocab], got {:?}", logits.shape()),
+        });
+    };
+    if rows == 0 || vocab == 0 {
+        return Err(Error::EmptyTensor { op });
+    }
+    if vocab > MAX_SAMPLING_VOCAB {
+        return Err(Error::LimitExceeded {
+            what: format!("{op}: vocabulary"),
+            requested: vocab as u64,
+            limit: MAX_SAMPLING_VOCAB as u64,
+        });
+    }
+    Ok((rows, vocab))
+}
+
 /// The next token (U32 `[rows]`) of each row of `logits` (`[rows, vocab]`, f32 or f16), row `r`
 /// chosen as `settings[r]` says.
 pub fn sample_tokens(
@@ -155,28 +179,11 @@ pub fn sample_tokens(
     settings: &[SamplingSettings],
 ) -> Result<Tensor> {
     const OP: &str = "sample_tokens";
-    same_gpu(OP, batch, &[logits])?;
-    float_dtype(OP, logits)?;
-    let &[rows, vocab] = logits.shape() else {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            details: format!("logits must be [rows, vocab], got {:?}", logits.shape()),
-        });
-    };
-    if rows == 0 || vocab == 0 {
-        return Err(Error::EmptyTensor { op: OP });
-    }
+    let (rows, vocab) = check_logits(OP, batch, logits)?;
     if settings.len() != rows {
         return Err(Error::ShapeMismatch {
             op: OP,
             details: format!("{} settings for {rows} rows", settings.len()),
-        });
-    }
-    if vocab > MAX_SAMPLING_VOCAB {
-        return Err(Error::LimitExceeded {
-            what: format!("{OP}: vocabulary"),
-            requested: vocab as u64,
-            limit: MAX_SAMPLING_VOCAB as u64,
         });
     }
     for (r, s) in settings.iter().enumerate() {
@@ -199,24 +206,8 @@ pub fn sample_tokens_with_table(
     table: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "sample_tokens_with_table";
-    same_gpu(OP, batch, &[logits, table])?;
-    float_dtype(OP, logits)?;
-    let &[rows, vocab] = logits.shape() else {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            details: format!("logits must be [rows, vocab], got {:?}", logits.shape()),
-        });
-    };
-    if rows == 0 || vocab == 0 {
-        return Err(Error::EmptyTensor { op: OP });
-    }
-    if vocab > MAX_SAMPLING_VOCAB {
-        return Err(Error::LimitExceeded {
-            what: format!("{OP}: vocabulary"),
-            requested: vocab as u64,
-            limit: MAX_SAMPLING_VOCAB as u64,
-        });
-    }
+    same_gpu(OP, batch, &[table])?;
+    let (rows, _) = check_logits(OP, batch, logits)?;
     if table.dtype() != DType::U32 || table.shape() != [rows, SamplingSettings::WORDS] {
         return Err(Error::ShapeMismatch {
             op: OP,

@@ -635,6 +635,12 @@ fn flatten(data: &Value, out: &mut Vec<f32>, limit: usize) -> std::result::Resul
 
 /// The outcome label and the answer of a handler, recorded in the metrics.
 fn record(state: &ServerState, model: &str, endpoint: &str, started: Instant, r: &Response) {
+    // A name that is no model's is not a label of its own (nor a way to grow the metrics).
+    let model = if state.models.contains_key(model) {
+        model
+    } else {
+        "unknown"
+    };
     let outcome = if r.status().is_success() {
         "ok"
     } else if r.status() == StatusCode::SERVICE_UNAVAILABLE {
@@ -663,12 +669,7 @@ async fn infer(
 ) -> Response {
     let started = Instant::now();
     let r = infer_inner(&state, &name, body).await;
-    let label = if state.models.contains_key(&name) {
-        name.as_str()
-    } else {
-        "unknown"
-    };
-    record(&state, label, "infer", started, &r);
+    record(&state, &name, "infer", started, &r);
     r
 }
 
@@ -929,12 +930,7 @@ async fn generate(
 ) -> Response {
     let started = Instant::now();
     let r = generate_inner(&state, &name, body).await;
-    let label = if state.models.contains_key(&name) {
-        name.as_str()
-    } else {
-        "unknown"
-    };
-    record(&state, label, "generate", started, &r);
+    record(&state, &name, "generate", started, &r);
     r
 }
 
@@ -983,7 +979,7 @@ async fn generate_stream(
         Ok(m) => m,
         Err(r) => {
             let r = r.into_response();
-            record(&state, "unknown", "generate_stream", started, &r);
+            record(&state, &name, "generate_stream", started, &r);
             return r;
         }
     };
