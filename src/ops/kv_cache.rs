@@ -68,6 +68,21 @@ pub(crate) static KERNEL: KernelSpec = KernelSpec {
     writes: &[6, 7, 8, 9],
 };
 
+/// Records `entry` with `params` at binding 0 and each tensor at its binding.
+fn dispatch(
+    batch: &mut Batch,
+    entry: Entry,
+    dtype: DType,
+    params: &Params,
+    bound: &[(u32, &Tensor)],
+    grid: [u32; 3],
+) -> Result<()> {
+    let pipeline = batch
+        .gpu()
+        .pipeline(KERNEL.pipeline(entry, dtype, Vec::new()))?;
+    batch.dispatch_bound(&pipeline, bytemuck::bytes_of(params), bound, grid)
+}
+
 fn u32_tensor(op: &'static str, t: &Tensor, what: &str) -> Result<()> {
     if t.dtype() != DType::U32 {
         return Err(Error::DtypeMismatch {
@@ -197,12 +212,11 @@ pub fn embed_at(
         total,
         ..Default::default()
     };
-    let pipeline = batch
-        .gpu()
-        .pipeline(KERNEL.pipeline(Entry::EmbedAt, dtype, Vec::new()))?;
-    batch.dispatch_bound(
-        &pipeline,
-        bytemuck::bytes_of(&params),
+    dispatch(
+        batch,
+        Entry::EmbedAt,
+        dtype,
+        &params,
         &[(1, cursor), (2, ids), (3, table), (4, positions), (9, &out)],
         grid,
     )?;
@@ -235,12 +249,11 @@ pub fn cache_append(
         total,
         ..Default::default()
     };
-    let pipeline = batch
-        .gpu()
-        .pipeline(KERNEL.pipeline(Entry::Append, dtype, Vec::new()))?;
-    batch.dispatch_bound(
-        &pipeline,
-        bytemuck::bytes_of(&params),
+    dispatch(
+        batch,
+        Entry::Append,
+        dtype,
+        &params,
         &[(1, cursor), (5, qkv), (6, k_cache), (7, v_cache)],
         grid,
     )
@@ -311,29 +324,19 @@ pub fn decode_attention(
         total: groups_u32,
         ..Default::default()
     };
-    let partial = gpu.pipeline(KERNEL.pipeline(Entry::DecodePartial, dtype, Vec::new()))?;
-    batch.dispatch_bound(
-        &partial,
-        bytemuck::bytes_of(&params),
-        &[
-            (1, cursor),
-            (5, qkv),
-            (6, k_cache),
-            (7, v_cache),
-            (8, &partials),
-        ],
-        grid,
-    )?;
+    let bound = [
+        (1, cursor),
+        (5, qkv),
+        (6, k_cache),
+        (7, v_cache),
+        (8, &partials),
+    ];
+    dispatch(batch, Entry::DecodePartial, dtype, &params, &bound, grid)?;
     let (grid, groups_x, total) = elementwise_grid(OP, batch, rows, dim)?;
     params.groups_x = groups_x;
     params.total = total;
-    let combine = gpu.pipeline(KERNEL.pipeline(Entry::DecodeCombine, dtype, Vec::new()))?;
-    batch.dispatch_bound(
-        &combine,
-        bytemuck::bytes_of(&params),
-        &[(1, cursor), (8, &partials), (9, &out)],
-        grid,
-    )?;
+    let bound = [(1, cursor), (8, &partials), (9, &out)];
+    dispatch(batch, Entry::DecodeCombine, dtype, &params, &bound, grid)?;
     Ok(out)
 }
 
@@ -367,12 +370,11 @@ pub fn gather_rows(batch: &mut Batch, x: &Tensor, index: &Tensor) -> Result<Tens
         total,
         ..Default::default()
     };
-    let pipeline = batch
-        .gpu()
-        .pipeline(KERNEL.pipeline(Entry::GatherRows, dtype, Vec::new()))?;
-    batch.dispatch_bound(
-        &pipeline,
-        bytemuck::bytes_of(&params),
+    dispatch(
+        batch,
+        Entry::GatherRows,
+        dtype,
+        &params,
         &[(2, index), (5, x), (9, &out)],
         grid,
     )?;
