@@ -431,16 +431,27 @@ fn engine_output_is_the_same_alone_and_in_any_batch() {
     assert!(stats.tokens as usize == 2 * max_tokens.iter().sum::<usize>());
     assert!(stats.occupancy > 0.0 && stats.occupancy <= 1.0);
     assert!(stats.inter_token.count > 0 && stats.time_to_first_token.count == 10);
-    // Static batching and one at a time give the same text.
-    for batching in [Batching::Static, Batching::OneAtATime] {
-        let e = engine(
+    // Static batching, one at a time, and continuous batching without chunked prefill (every
+    // prompt prefilled whole) give the same text.
+    for (batching, prefill_chunk) in [
+        (Batching::Static, 8),
+        (Batching::OneAtATime, 8),
+        (Batching::Continuous, 0),
+    ] {
+        let decoder = Decoder::new(
             &lm,
-            4,
-            EngineOptions {
-                batching,
+            DecoderOptions {
+                max_sequences: 4,
+                prefill_chunk,
                 ..Default::default()
             },
-        );
+        )
+        .unwrap();
+        let options = EngineOptions {
+            batching,
+            ..Default::default()
+        };
+        let e = Engine::new(decoder, options).unwrap();
         let streams: Vec<_> = prompts
             .iter()
             .zip(&max_tokens)

@@ -830,7 +830,10 @@ impl Worker {
             .filter(|s| !s.generated.is_empty())
             .count();
         let share = (decoding as f64 * f64::from(self.options.prefill_share)).ceil() as usize;
-        let mut budget = share.clamp(1, self.decoder.max_rows() - self.decoder.slots());
+        // (A decoder without a prefill chunk never has prompts in its steps: they are prefilled
+        // whole.)
+        let chunk = self.decoder.max_rows() - self.decoder.slots();
+        let mut budget = share.max(1).min(chunk);
         let mut rows = Vec::with_capacity(self.running.len() + budget);
         let mut settings = Vec::with_capacity(rows.capacity());
         let mut last: Vec<Option<usize>> = Vec::with_capacity(self.running.len());
