@@ -105,6 +105,8 @@ struct StepPlan {
     settings: Tensor,
     tokens: Tensor,
     plan: Plan,
+    /// Where each replay copies its token ids, in the replay's own submission.
+    readback: wgpu::Buffer,
 }
 
 /// A language model's weights laid out for generation, with a key/value cache of
@@ -524,13 +526,18 @@ impl Decoder {
         sizes
     }
 
-    /// The captured step for `rows` rows (captured on first use).
-    fn plan_for(&mut self, rows: usize) -> Result<usize> {
-        let size = self
-            .bucket_sizes()
+    /// The rows a step of `rows` rows computes: the smallest bucket that holds them (at most
+    /// [`Self::max_rows`]).
+    pub fn bucket_for(&self, rows: usize) -> usize {
+        self.bucket_sizes()
             .into_iter()
             .find(|&s| s >= rows)
-            .unwrap_or(self.max_rows);
+            .unwrap_or(self.max_rows)
+    }
+
+    /// The captured step for `rows` rows (captured on first use).
+    fn plan_for(&mut self, rows: usize) -> Result<usize> {
+        let size = self.bucket_for(rows);
         if let Some(i) = self.plans.iter().position(|p| p.size == size) {
             return Ok(i);
         }
@@ -543,6 +550,12 @@ impl Decoder {
         let logits = self.record_logits(&mut batch, &hidden)?;
         let tokens = ops::sample_tokens_with_table(&mut batch, &logits, &settings)?;
         let plan = batch.into_plan()?;
+        let readback = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgnn decode step tokens"),
+            size: tokens.size_bytes().next_multiple_of(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         self.plans.push(StepPlan {
             size,
             ids,
@@ -550,6 +563,7 @@ impl Decoder {
             settings,
             tokens,
             plan,
+            readback,
         });
         Ok(self.plans.len() - 1)
     }
@@ -627,9 +641,18 @@ impl Decoder {
             }
             None => p.plan.encode(&mut encoder),
         }
+        // The token ids come back in the same submission: one submit and one wait per step.
+        let len = p.readback.size();
+        encoder.copy_buffer_to_buffer(
+            p.tokens.buffer(),
+            p.tokens.offset_bytes(),
+            &p.readback,
+            0,
+            len,
+        );
         self.gpu
             .scoped(|| self.gpu.queue().submit([encoder.finish()]))?;
-        let mut tokens = p.tokens.to_vec::<u32>()?;
+        let mut tokens: Vec<u32> = read_mapped(&self.gpu, &p.readback)?;
         tokens.truncate(rows.len());
         Ok(tokens)
     }
@@ -667,6 +690,46 @@ impl Decoder {
             tokens.push(ops::sample_tokens(&mut batch, &logits, &[*s])?);
         }
         batch.submit()?;
-        tokens.iter().map(|t| Ok(t.to_vec::<u32>()?[0])).collect()
+        // Every prompt's token in one copy and one wait.
+        let readback = self.gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgnn prefill tokens"),
+            size: 4 * tokens.len().max(1) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder =
+            self.gpu
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("wgnn prefill tokens"),
+                });
+        for (i, t) in tokens.iter().enumerate() {
+            encoder.copy_buffer_to_buffer(t.buffer(), t.offset_bytes(), &readback, 4 * i as u64, 4);
+        }
+        self.gpu
+            .scoped(|| self.gpu.queue().submit([encoder.finish()]))?;
+        let mut ids = read_mapped(&self.gpu, &readback)?;
+        ids.truncate(tokens.len());
+        Ok(ids)
     }
+}
+
+/// The u32 values of a `MAP_READ` buffer once the work queued before is done; unmapped again.
+fn read_mapped(gpu: &Gpu, buffer: &wgpu::Buffer) -> Result<Vec<u32>> {
+    let slice = buffer.slice(..);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.wait()?;
+    rx.recv()
+        .map_err(|e| Error::DeviceLost(format!("readback callback lost: {e}")))?
+        .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+    let values = bytemuck::pod_collect_to_vec(
+        &slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?,
+    );
+    buffer.unmap();
+    Ok(values)
 }
