@@ -33,6 +33,7 @@ struct Args {
     concurrency: Vec<usize>,
     requests_per_client: usize,
     slots: usize,
+    prefill_share: f32,
     model: PathBuf,
     out: PathBuf,
 }
@@ -42,6 +43,7 @@ fn parse_args() -> Result<Args> {
         concurrency: vec![1, 2, 4, 8, 16],
         requests_per_client: 4,
         slots: 16,
+        prefill_share: EngineOptions::default().prefill_share,
         model: PathBuf::from(common::SHAKESPEARE_MODEL),
         out: PathBuf::from("target/serve_generate"),
     };
@@ -57,12 +59,13 @@ fn parse_args() -> Result<Args> {
             }
             "--requests-per-client" => args.requests_per_client = value()?.parse()?,
             "--slots" => args.slots = value()?.parse()?,
+            "--prefill-share" => args.prefill_share = value()?.parse()?,
             "--model" => args.model = PathBuf::from(value()?),
             "--out" => args.out = PathBuf::from(value()?),
             "-h" | "--help" => {
                 println!(
                     "serve_generate [--concurrency 1,2,4,8,16] [--requests-per-client N] \
-                     [--slots N] [--model PATH] [--out DIR]"
+                     [--slots N] [--prefill-share X] [--model PATH] [--out DIR]"
                 );
                 std::process::exit(0);
             }
@@ -146,6 +149,7 @@ fn run_level(
         EngineOptions {
             batching: mode.1,
             queue_capacity: 4096,
+            prefill_share: args.prefill_share,
             ..Default::default()
         },
     )?;

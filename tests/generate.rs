@@ -531,7 +531,11 @@ fn cancellation_deadlines_and_bad_requests_get_typed_errors() {
     let lm = model(seed);
     for bad in [
         EngineOptions {
-            prefill_share: 0.0,
+            prefill_share: -0.5,
+            ..Default::default()
+        },
+        EngineOptions {
+            prefill_share: f32::NAN,
             ..Default::default()
         },
         EngineOptions {

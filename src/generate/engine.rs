@@ -46,9 +46,12 @@ pub struct EngineOptions {
     /// not pay for it.
     pub warm_up: bool,
     /// Prompt tokens a decode step carries per sequence decoding in it (chunked prefill), in
-    /// (0, 64]; at least one and at most the decoder's `prefill_chunk` per step. Lower keeps the
-    /// running sequences' inter-token latency closer to a plain step's; higher gives joining
-    /// sequences their first token sooner.
+    /// [0, 64] (default 0.5). Whatever the share, prompts fill the rows the step's bucket
+    /// computes anyway (its padding) and take at least one row, at most the decoder's
+    /// `prefill_chunk`. 0 grows a step by no more than that (stall-free chunked prefill: the
+    /// running sequences keep a plain step's pace, joining ones wait longer for their first
+    /// token); higher gives joining sequences their first token sooner and lengthens the steps
+    /// they ride in.
     pub prefill_share: f32,
 }
 
@@ -383,11 +386,11 @@ impl Engine {
                 ),
             });
         }
-        if !(options.prefill_share > 0.0 && options.prefill_share <= 64.0) {
+        if !(options.prefill_share >= 0.0 && options.prefill_share <= 64.0) {
             return Err(Error::InvalidArgument {
                 op: "Engine::new",
                 details: format!(
-                    "prefill_share must be in (0, 64], got {}",
+                    "prefill_share must be in [0, 64], got {}",
                     options.prefill_share
                 ),
             });
@@ -821,9 +824,10 @@ impl Worker {
     fn step(&mut self) {
         // A row per generating sequence; prompt chunks for those still prefilling, within the
         // step's budget, oldest first. `last[i]`: sequence i's row whose token it keeps.
-        // Prompt rows ride along in proportion to the rows decoding (at least one, at most the
-        // decoder's prefill_chunk): a step grows by a bounded share, so the running sequences'
-        // inter-token latency does, while a joining prompt still advances every step.
+        // Prompt rows take the padding of the step's bucket (computed anyway), at least one row
+        // and `prefill_share` rows per decoding row: a step grows by a bounded share (by nothing
+        // past its bucket at the default), so the running sequences' inter-token latency does,
+        // while a joining prompt still advances every step.
         let decoding = self
             .running
             .iter()
@@ -833,7 +837,8 @@ impl Worker {
         // (A decoder without a prefill chunk never has prompts in its steps: they are prefilled
         // whole.)
         let chunk = self.decoder.max_rows() - self.decoder.slots();
-        let mut budget = share.max(1).min(chunk);
+        let computed = self.decoder.bucket_for(decoding + share.max(1));
+        let mut budget = computed.saturating_sub(decoding).max(1).min(chunk);
         let mut rows = Vec::with_capacity(self.running.len() + budget);
         let mut settings = Vec::with_capacity(rows.capacity());
         let mut last: Vec<Option<usize>> = Vec::with_capacity(self.running.len());
