@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use common::AllReduceTime;
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use rand::rngs::StdRng;
@@ -30,6 +31,7 @@ struct Args {
     lr: f32,
     seed: u64,
     out: PathBuf,
+    distributed: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -41,6 +43,7 @@ fn parse_args() -> Result<Args> {
         lr: 2e-3,
         seed: 42,
         out: PathBuf::from("target/train_digits"),
+        distributed: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -53,8 +56,10 @@ fn parse_args() -> Result<Args> {
             "--lr" => args.lr = value()?.parse()?,
             "--seed" => args.seed = value()?.parse()?,
             "--out" => args.out = PathBuf::from(value()?),
+            "--distributed" => args.distributed = true,
             "-h" | "--help" => {
-                println!("train_digits [--mlp] [--mixed-precision] [--epochs N] [--batch-size N] [--lr X] [--seed N] [--out DIR]");
+                println!("train_digits [--mlp] [--mixed-precision] [--epochs N] [--batch-size N] [--lr X] [--seed N] [--out DIR] [--distributed]");
+                println!("  --distributed: data-parallel under `mpirun -n N` (built with --features mpi); --batch-size is the global batch");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -122,7 +127,20 @@ fn mlp() -> Vec<LayerSpec> {
 fn main() -> Result<()> {
     common::quiet_vulkan_layers();
     let args = parse_args()?;
-    let gpu = Gpu::new()?;
+    let mut dist = common::distributed(args.distributed)?;
+    let gpu = match &dist {
+        Some(d) => d.gpu()?,
+        None => Gpu::new()?,
+    };
+    // Rank 0 prints, evaluates and saves; every rank reports its throughput at the end.
+    let root = dist.as_ref().is_none_or(|d| d.is_root());
+    if !root {
+        // Only the results; wgnn::distributed keeps the replicas equal.
+        println!(
+            "rank {}: training its shard",
+            dist.as_ref().map_or(0, |d| d.rank())
+        );
+    }
     let kind = if args.mlp { "mlp" } else { "cnn" };
     println!(
         "adapter: {} ({:?})",
@@ -150,6 +168,17 @@ fn main() -> Result<()> {
         Init::KaimingUniform { seed: args.seed },
     )?;
     println!("{} parameters", model.params().parameter_count());
+    if let Some(d) = dist.as_mut() {
+        d.broadcast_parameters(&model)?;
+        if root {
+            println!(
+                "data-parallel over {} ranks: each takes {} of every batch of {}",
+                d.world_size(),
+                args.batch_size / d.world_size(),
+                args.batch_size
+            );
+        }
+    }
     if args.mixed {
         println!("mixed precision: f16 compute, f32 master weights, dynamic loss scale");
     }
@@ -162,7 +191,11 @@ fn main() -> Result<()> {
     };
 
     let steps_per_epoch = train.len().div_ceil(args.batch_size);
-    let bar = ProgressBar::new((args.epochs * steps_per_epoch) as u64);
+    let bar = if root {
+        ProgressBar::new((args.epochs * steps_per_epoch) as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  epoch {prefix}  {msg}")
             .expect("a valid template"),
@@ -174,6 +207,7 @@ fn main() -> Result<()> {
     let mut accuracy_curve: Vec<(f32, f32)> = Vec::new();
     let start = Instant::now();
     let mut samples = 0usize;
+    let (mut all_reduce, mut reduced_steps) = (std::time::Duration::ZERO, 0u32);
     for epoch in 0..args.epochs {
         bar.set_prefix(format!("{}/{}", epoch + 1, args.epochs));
         order.shuffle(&mut rng);
@@ -184,8 +218,23 @@ fn main() -> Result<()> {
                 x.extend_from_slice(&train.images[i * 64..(i + 1) * 64]);
                 y.push(train.labels[i]);
             }
-            trainer.step(&x, &y)?;
-            samples += chunk.len();
+            match dist.as_mut() {
+                Some(d) => {
+                    // Whole shards only: the last batch of an epoch may lose a few samples.
+                    let n = chunk.len() / d.world_size() * d.world_size();
+                    if n == 0 {
+                        continue;
+                    }
+                    let (xs, ys) = (d.shard(&x[..n * 64], 64)?, d.shard(&y[..n], 1)?);
+                    all_reduce += d.train_step(&mut trainer, xs, ys)?.all_reduce_time();
+                    reduced_steps += 1;
+                    samples += ys.len();
+                }
+                None => {
+                    trainer.step(&x, &y)?;
+                    samples += chunk.len();
+                }
+            }
             bar.inc(1);
             // The loss is summed on the GPU; reading it every 10 steps keeps steps from waiting.
             if step % 10 == 9 || step + 1 == steps_per_epoch {
@@ -195,6 +244,9 @@ fn main() -> Result<()> {
                 let rate = samples as f64 / start.elapsed().as_secs_f64();
                 bar.set_message(format!("loss {loss:.4}  {rate:.0} samples/s"));
             }
+        }
+        if !root {
+            continue;
         }
         let predicted = trainer.model_mut().predict_classes(&test.images, 512)?;
         let correct = predicted
@@ -206,6 +258,20 @@ fn main() -> Result<()> {
     }
     bar.finish();
     let elapsed = start.elapsed().as_secs_f64();
+    if let Some(d) = dist.as_ref() {
+        let rate = samples as f64 / elapsed;
+        println!(
+            "rank {}: {rate:.0} samples/s, all-reduce {:.2} ms per step ({} steps)",
+            d.rank(),
+            all_reduce.as_secs_f64() * 1e3 / f64::from(reduced_steps.max(1)),
+            reduced_steps
+        );
+        let total = d.sum(rate)?;
+        if !root {
+            return Ok(());
+        }
+        println!("all {} ranks: {total:.0} samples/s", d.world_size());
+    }
     if let Some((scale, skipped)) = trainer.loss_scale()? {
         println!("loss scale {scale}, {skipped} steps skipped for overflow");
     }

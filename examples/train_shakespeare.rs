@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use common::AllReduceTime;
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use rand::rngs::StdRng;
@@ -40,6 +41,7 @@ struct Args {
     quick: bool,
     mixed_precision: bool,
     profile: bool,
+    distributed: bool,
     out: PathBuf,
 }
 
@@ -57,6 +59,7 @@ fn parse_args() -> Result<Args> {
         quick: false,
         mixed_precision: false,
         profile: false,
+        distributed: false,
         out: PathBuf::from("target/train_shakespeare"),
     };
     let mut it = std::env::args().skip(1);
@@ -75,12 +78,15 @@ fn parse_args() -> Result<Args> {
             "--quick" => args.quick = true,
             "--mixed-precision" => args.mixed_precision = true,
             "--profile" => args.profile = true,
+            "--distributed" => args.distributed = true,
             "--out" => args.out = PathBuf::from(value()?),
             "-h" | "--help" => {
                 println!(
                     "train_shakespeare [--steps N] [--layers N] [--dim N] [--heads N] \
                      [--context N] [--batch-size N] [--lr X] [--seed N] [--eval-every N] \
-                     [--quick] [--mixed-precision] [--profile] [--out DIR]"
+                     [--quick] [--mixed-precision] [--profile] [--distributed] [--out DIR]\n\
+                     --distributed: data-parallel under `mpirun -n N` (built with --features \
+                     mpi); --batch-size is the global batch"
                 );
                 std::process::exit(0);
             }
@@ -137,7 +143,13 @@ fn validation_loss(
 fn main() -> Result<()> {
     common::quiet_vulkan_layers();
     let args = parse_args()?;
-    let gpu = Gpu::new()?;
+    let mut dist = common::distributed(args.distributed)?;
+    let gpu = match &dist {
+        Some(d) => d.gpu()?,
+        None => Gpu::new()?,
+    };
+    // Rank 0 prints, evaluates and saves; every rank reports its throughput at the end.
+    let root = dist.as_ref().is_none_or(|d| d.is_root());
     println!(
         "adapter: {} ({:?})",
         gpu.adapter_info().name,
@@ -166,6 +178,16 @@ fn main() -> Result<()> {
         ..AdamConfig::adamw(args.lr, 0.1)
     });
     optimizer.decay_weights_only(model.model())?;
+    if let Some(d) = dist.as_mut() {
+        d.broadcast_parameters(model.model())?;
+        if args.batch_size % d.world_size() != 0 {
+            anyhow::bail!(
+                "--batch-size {} must divide among the {} ranks",
+                args.batch_size,
+                d.world_size()
+            );
+        }
+    }
     let schedule = WarmupCosine::new(args.lr, args.lr / 10.0, args.steps / 20, args.steps)?;
     println!(
         "{} characters ({} training, {} validation), vocabulary {}; {} layers of {} ({} heads), \
@@ -191,7 +213,11 @@ fn main() -> Result<()> {
     if args.profile {
         return profile(&gpu, &mut model, &mut optimizer, &train, &args, &mut rng);
     }
-    let bar = ProgressBar::new(u64::from(args.steps));
+    let bar = if root {
+        ProgressBar::new(u64::from(args.steps))
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
     )?);
@@ -199,17 +225,27 @@ fn main() -> Result<()> {
     let tokens_per_step = args.batch_size * args.context;
     let (mut train_curve, mut validation_curve) = (Vec::new(), Vec::new());
     let mut since = (Instant::now(), 0u32);
+    let mut all_reduce = std::time::Duration::ZERO;
     for step in 0..args.steps {
         optimizer.set_lr(schedule.lr_at(step));
         let starts: Vec<usize> = (0..args.batch_size)
             .map(|_| rng.random_range(0..train.len() - args.context - 1))
             .collect();
         let (x, y) = windows(&train, &starts, args.context);
-        model.train_step(&mut optimizer, &x, &y, args.context)?;
+        match dist.as_mut() {
+            // Every rank draws the same windows (the same seed); each trains on its share.
+            Some(d) => {
+                let (xs, ys) = (d.shard(&x, args.context)?, d.shard(&y, args.context)?);
+                all_reduce += d
+                    .train_step_language_model(&mut model, &mut optimizer, xs, ys, args.context)?
+                    .all_reduce_time();
+            }
+            None => model.train_step(&mut optimizer, &x, &y, args.context)?,
+        }
         since.1 += 1;
         bar.inc(1);
         let last = step + 1 == args.steps;
-        if (step + 1) % args.eval_every == 0 || last {
+        if root && ((step + 1) % args.eval_every == 0 || last) {
             let loss = model.mean_loss()?;
             let rate =
                 (since.1 as usize * tokens_per_step) as f64 / since.0.elapsed().as_secs_f64();
@@ -231,6 +267,20 @@ fn main() -> Result<()> {
     }
     bar.finish();
     let train_time = started.elapsed();
+    if let Some(d) = dist.as_ref() {
+        let tokens = u64::from(args.steps) * (tokens_per_step / d.world_size()) as u64;
+        let rate = tokens as f64 / train_time.as_secs_f64();
+        println!(
+            "rank {}: {rate:.0} tokens/s, all-reduce {:.2} ms per step",
+            d.rank(),
+            all_reduce.as_secs_f64() * 1e3 / f64::from(args.steps)
+        );
+        let total = d.sum(rate)?;
+        if !root {
+            return Ok(());
+        }
+        println!("all {} ranks: {total:.0} tokens/s", d.world_size());
+    }
     let limit = args.quick.then_some(64);
     let val = validation_loss(&mut model, &validation, args.context, 32, limit)?;
     println!(

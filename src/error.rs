@@ -122,6 +122,8 @@ pub enum Error {
         /// The call whose request was cancelled.
         op: &'static str,
     },
+    /// Communication between the processes of a distributed job failed (`wgnn::distributed`).
+    Communication(String),
     /// Any other error reported by wgpu or the driver (mapping a buffer, an internal error).
     Gpu(String),
 }
@@ -179,6 +181,7 @@ impl fmt::Display for Error {
             }
             Error::ShutDown { op } => write!(f, "{op}: shut down, no more requests are accepted"),
             Error::Cancelled { op } => write!(f, "{op}: cancelled by the caller"),
+            Error::Communication(e) => write!(f, "distributed job: {e}"),
             Error::Gpu(e) => write!(f, "GPU error: {e}"),
         }
     }

@@ -23,6 +23,10 @@ pub const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
 pub struct GpuOptions {
     /// Only adapters whose name contains this text (case-insensitive). Env: `WGNN_ADAPTER`.
     pub adapter_name: Option<String>,
+    /// Among the usable adapters of the most preferred kind (discrete GPUs first), the one at
+    /// this index, counted modulo their number: how each process of a multi-GPU node takes its
+    /// own adapter (`wgnn::distributed` passes its local rank). Env: `WGNN_ADAPTER_INDEX`.
+    pub adapter_index: Option<usize>,
     /// Only these backends. Env: `WGNN_BACKEND`, else `WGPU_BACKEND` (e.g. `vulkan`, `metal,dx12`).
     pub backends: Option<wgpu::Backends>,
     /// Keep naga's bounds clamping in shaders (slower; the kernels guard their own indices).
@@ -91,6 +95,13 @@ impl GpuOptions {
         };
         let scratch_limit_bytes = bytes("WGNN_SCRATCH_LIMIT");
         let pool_idle_limit_bytes = bytes("WGNN_POOL_IDLE_LIMIT");
+        let adapter_index = var("WGNN_ADAPTER_INDEX").and_then(|v| {
+            let parsed = v.trim().parse::<usize>().ok();
+            if parsed.is_none() {
+                problems.push(format!("WGNN_ADAPTER_INDEX={v:?} is not an index"));
+            }
+            parsed
+        });
         let tuning = match var("WGNN_TUNE").map(|v| v.trim().to_lowercase()).as_deref() {
             Some("off" | "0" | "false") => Tuning::Off,
             Some("session") => Tuning::Session,
@@ -117,6 +128,7 @@ impl GpuOptions {
             });
         let options = GpuOptions {
             adapter_name: var("WGNN_ADAPTER"),
+            adapter_index,
             backends,
             shader_runtime_checks: var("WGNN_SHADER_CHECKS").is_some_and(|v| v != "0"),
             poison_new_tensors: var("WGNN_POISON").is_some_and(|v| v != "0"),
@@ -249,10 +261,14 @@ impl Gpu {
                 let i = a.get_info();
                 format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
             }));
-            adapter = adapters
-                .into_iter()
-                .filter(|a| usable(a))
-                .min_by_key(|a| type_rank(&a.get_info()));
+            let mut candidates: Vec<wgpu::Adapter> =
+                adapters.into_iter().filter(|a| usable(a)).collect();
+            candidates.sort_by_key(|a| type_rank(&a.get_info()));
+            if let Some(best) = candidates.first().map(|a| type_rank(&a.get_info())) {
+                candidates.retain(|a| type_rank(&a.get_info()) == best);
+                let index = options.adapter_index.unwrap_or(0) % candidates.len();
+                adapter = Some(candidates.swap_remove(index));
+            }
         }
         let adapter = adapter.ok_or_else(|| Error::NoAdapter {
             details: format!(

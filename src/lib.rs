@@ -25,6 +25,8 @@
 
 mod batch;
 pub mod data;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 mod dtype;
 mod error;
 pub mod generate;

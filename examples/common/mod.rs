@@ -164,3 +164,92 @@ pub fn plot_against_clients(
     root.present()?;
     Ok(())
 }
+
+/// `--distributed`: data-parallel over the ranks of `mpirun -n N` (built with `--features mpi`).
+#[cfg(feature = "mpi")]
+pub use wgnn::distributed::Distributed;
+
+/// Without the `mpi` feature there is no distributed context: `distributed(true)` refuses.
+#[cfg(not(feature = "mpi"))]
+#[allow(dead_code)]
+pub enum Distributed {}
+
+#[cfg(not(feature = "mpi"))]
+#[allow(dead_code)]
+impl Distributed {
+    pub fn rank(&self) -> usize {
+        match *self {}
+    }
+    pub fn world_size(&self) -> usize {
+        match *self {}
+    }
+    pub fn is_root(&self) -> bool {
+        match *self {}
+    }
+    pub fn gpu(&self) -> wgnn::Result<wgnn::Gpu> {
+        match *self {}
+    }
+    pub fn broadcast_parameters(&mut self, _: &wgnn::nn::Model) -> wgnn::Result<()> {
+        match *self {}
+    }
+    pub fn shard<'a, T>(&self, _: &'a [T], _: usize) -> wgnn::Result<&'a [T]> {
+        match *self {}
+    }
+    pub fn sum(&self, _: f64) -> wgnn::Result<f64> {
+        match *self {}
+    }
+    pub fn train_step(
+        &mut self,
+        _: &mut wgnn::nn::Trainer,
+        _: &[f32],
+        _: &[u32],
+    ) -> wgnn::Result<std::time::Duration> {
+        match *self {}
+    }
+    pub fn train_step_language_model(
+        &mut self,
+        _: &mut wgnn::nn::LanguageModel,
+        _: &mut wgnn::nn::Optimizer,
+        _: &[u32],
+        _: &[u32],
+        _: usize,
+    ) -> wgnn::Result<std::time::Duration> {
+        match *self {}
+    }
+}
+
+/// The distributed context when `--distributed` was given.
+#[allow(dead_code)]
+pub fn distributed(flag: bool) -> anyhow::Result<Option<Distributed>> {
+    if !flag {
+        return Ok(None);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        Ok(Some(Distributed::init(Default::default())?))
+    }
+    #[cfg(not(feature = "mpi"))]
+    anyhow::bail!(
+        "--distributed needs the `mpi` feature (Open MPI or MPICH installed): \
+         mpirun -n 2 cargo run --release --features mpi --example NAME -- --distributed"
+    )
+}
+
+/// One data-parallel step's all-reduce time, whatever the feature set.
+#[allow(dead_code)]
+pub trait AllReduceTime {
+    fn all_reduce_time(&self) -> std::time::Duration;
+}
+
+#[cfg(feature = "mpi")]
+impl AllReduceTime for wgnn::distributed::StepTiming {
+    fn all_reduce_time(&self) -> std::time::Duration {
+        self.all_reduce
+    }
+}
+
+impl AllReduceTime for std::time::Duration {
+    fn all_reduce_time(&self) -> std::time::Duration {
+        *self
+    }
+}

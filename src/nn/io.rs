@@ -340,7 +340,7 @@ impl Sequential {
     pub fn save_as(&self, path: impl AsRef<Path>, storage: Precision) -> Result<()> {
         let path = path.as_ref();
         let bytes = self.to_saved()?.to_bytes_as(storage)?;
-        std::fs::write(path, bytes).map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+        write_whole(path, &bytes)
     }
 
     /// Loads a model saved by [`Self::save`] onto `gpu`, with the default [`ReadOptions`].
@@ -391,4 +391,18 @@ pub(crate) fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>> {
 
 fn json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it and a rename: a process stopped
+/// mid-write (a killed training job) leaves the file before it, never half of one.
+pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
 }

@@ -332,6 +332,21 @@ impl LanguageModel {
         targets: &[u32],
         seq_len: usize,
     ) -> Result<()> {
+        self.record_gradients(batch, inputs, targets, seq_len)?;
+        self.record_update(batch, optimizer)
+    }
+
+    /// The first half of [`Self::record_train_step`]: the upload, forward, loss and backward
+    /// pass, which leave the step's f32 gradients in the model's gradient arena (in mixed
+    /// precision unscaled, with [`Self::overflow_flag`] set on overflow). Between it and
+    /// [`Self::record_update`] the gradients may be changed, as a data-parallel all-reduce does.
+    pub fn record_gradients(
+        &mut self,
+        batch: &mut Batch,
+        inputs: &[u32],
+        targets: &[u32],
+        seq_len: usize,
+    ) -> Result<()> {
         const OP: &str = "LanguageModel::train_step";
         let n = self.check(OP, inputs, Some(targets), seq_len)?;
         let (ids, labels) = {
@@ -349,11 +364,33 @@ impl LanguageModel {
         self.model
             .backward(batch, &loss.grad_logits.reshape(logits.shape())?)?;
         let params = self.model.params();
+        if let (Some(scale), Some((_, half_grads))) = (&self.loss_scale, params.half()) {
+            // f16 gradients / scale -> f32 gradients, flagging overflow.
+            ops::amp::unscale_gradients(batch, half_grads, params.grads(), scale)?;
+        }
+        if self.loss_sum.is_none() {
+            self.loss_sum = Some(Tensor::zeros(self.model.gpu(), &[1], DType::F32)?);
+        }
+        if let Some(sum) = &self.loss_sum {
+            ops::axpy(batch, sum, 1.0, &loss.loss)?;
+        }
+        self.loss_steps += 1;
+        Ok(())
+    }
+
+    /// In mixed precision, the U32 `[2]` flag whose `[0]` is non-zero when this step's gradients
+    /// overflowed (the update is then skipped): what data-parallel ranks agree on.
+    pub fn overflow_flag(&self) -> Option<&Tensor> {
+        self.loss_scale.as_ref().map(|s| &s.found_overflow)
+    }
+
+    /// The second half of [`Self::record_train_step`]: clipping, then `optimizer`'s update from
+    /// the gradients [`Self::record_gradients`] left (skipped on overflow in mixed precision,
+    /// with the loss scale's adjustment and fresh f16 copies of the weights).
+    pub fn record_update(&mut self, batch: &mut Batch, optimizer: &mut Optimizer) -> Result<()> {
+        let params = self.model.params();
         match (&self.loss_scale, params.half()) {
-            (Some(scale), Some((half_values, half_grads))) => {
-                // f16 gradients / scale -> f32 gradients (flagging overflow), clipping, the
-                // update unless flagged, the scale's adjustment, fresh f16 copies of the weights.
-                ops::amp::unscale_gradients(batch, half_grads, params.grads(), scale)?;
+            (Some(scale), Some((half_values, _))) => {
                 if let Some(max_norm) = self.grad_clip {
                     ops::clip_grad_norm(batch, &[params.grads()], max_norm)?;
                 }
@@ -368,13 +405,6 @@ impl LanguageModel {
                 optimizer.step(batch, params)?;
             }
         }
-        if self.loss_sum.is_none() {
-            self.loss_sum = Some(Tensor::zeros(self.model.gpu(), &[1], DType::F32)?);
-        }
-        if let Some(sum) = &self.loss_sum {
-            ops::axpy(batch, sum, 1.0, &loss.loss)?;
-        }
-        self.loss_steps += 1;
         Ok(())
     }
 
@@ -536,8 +566,7 @@ impl LanguageModel {
         ]);
         let out =
             safetensors::serialize(views, Some(metadata)).map_err(|e| corrupt(e.to_string()))?;
-        std::fs::write(path.as_ref(), out)
-            .map_err(|e| Error::Io(format!("{}: {e}", path.as_ref().display())))
+        super::io::write_whole(path.as_ref(), &out)
     }
 
     /// Loads a model saved by [`Self::save`] (read with a size cap, the configuration checked

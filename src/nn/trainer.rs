@@ -349,6 +349,20 @@ impl Trainer {
         batch: &mut Batch,
         micro_batches: &[MicroBatch],
     ) -> Result<()> {
+        self.record_gradients(batch, micro_batches)?;
+        self.record_update(batch)
+    }
+
+    /// The first half of [`Self::record_micro_batches`]: the forward and backward passes, which
+    /// leave the step's f32 gradients in the model's gradient arena (`params().grads()`; in
+    /// mixed precision unscaled, with the overflow flag of [`Self::overflow_flag`] set). Between
+    /// it and [`Self::record_update`] the gradients may be changed, as a data-parallel
+    /// all-reduce does after submitting it.
+    pub fn record_gradients(
+        &mut self,
+        batch: &mut Batch,
+        micro_batches: &[MicroBatch],
+    ) -> Result<()> {
         if micro_batches.is_empty() {
             return Err(Error::InvalidArgument {
                 op: "Trainer::step",
@@ -407,11 +421,27 @@ impl Trainer {
             }
         }
         let params = self.model.params();
+        if let (Some(scale), Some((_, half_grads))) = (&self.loss_scale, params.half()) {
+            // f16 gradients / scale -> f32 gradients, flagging overflow.
+            ops::amp::unscale_gradients(batch, half_grads, params.grads(), scale)?;
+        }
+        self.loss_steps += 1;
+        Ok(())
+    }
+
+    /// In mixed precision, the U32 `[2]` flag whose `[0]` is non-zero when this step's gradients
+    /// overflowed (the update is then skipped): what data-parallel ranks agree on.
+    pub fn overflow_flag(&self) -> Option<&Tensor> {
+        self.loss_scale.as_ref().map(|s| &s.found_overflow)
+    }
+
+    /// The second half of [`Self::record_micro_batches`]: the optimizer's update from the
+    /// gradients [`Self::record_gradients`] left (skipped on overflow in mixed precision, with
+    /// the loss scale's adjustment and fresh f16 copies of the weights).
+    pub fn record_update(&mut self, batch: &mut Batch) -> Result<()> {
+        let params = self.model.params();
         match (&self.loss_scale, params.half()) {
-            (Some(scale), Some((half_values, half_grads))) => {
-                // f16 gradients / scale -> f32 gradients (flagging overflow), the update unless
-                // flagged, the scale's adjustment, then fresh f16 copies of the weights.
-                ops::amp::unscale_gradients(batch, half_grads, params.grads(), scale)?;
+            (Some(scale), Some((half_values, _))) => {
                 self.optimizer
                     .step_unless(batch, params, Some(&scale.found_overflow))?;
                 ops::amp::update_loss_scale(batch, scale)?;
@@ -427,7 +457,6 @@ impl Trainer {
                 }
             }
         }
-        self.loss_steps += 1;
         Ok(())
     }
 

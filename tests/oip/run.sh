@@ -20,7 +20,7 @@ fi
 cargo run -q --profile test --example predict_json -- "$repo/digits/1/model.safetensors" "$work/expected.json"
 # With --test serve, the features resolve as for the tests, so the binary `cargo test --features
 # serve` already built is reused (alone, --bin would build the library again).
-cargo build -q --profile test --features serve --bin wgnn-serve --test serve
+cargo build -q --profile test --features "${WGNN_FEATURES:-serve}" --bin wgnn-serve --test serve
 target/debug/wgnn-serve --model-repository "$repo" --bind "127.0.0.1:$port" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
