@@ -283,9 +283,11 @@ fn main() -> Result<()> {
     }
     let correct: usize = (0..10).map(|i| confusion[i][i]).sum();
     let accuracy = correct as f64 / test.len() as f64;
+    // Every rank's samples (a distributed step trains on the whole batch).
+    let all_samples = samples * dist.as_ref().map_or(1, |d| d.world_size());
     println!(
         "trained in {elapsed:.1} s ({:.0} samples/s); test accuracy {:.2}% ({correct}/{})",
-        samples as f64 / elapsed,
+        all_samples as f64 / elapsed,
         100.0 * accuracy,
         test.len()
     );
