@@ -51,7 +51,8 @@ use crate::tensor::Tensor;
 #[derive(Debug, Clone, PartialEq)]
 pub struct DistributedOptions {
     /// Gradient bytes per all-reduce: [`Self::BUCKET_BYTES_RANGE`] (default 4 MiB). One
-    /// bucket's all-reduce runs while the next is copied out of the readback.
+    /// bucket's all-reduce runs while the next is copied out of the readback (wgpu maps a
+    /// buffer only once the GPU is done with it, so the GPU-side copy is one piece).
     pub bucket_bytes: usize,
     /// How long one collective may wait for the other ranks before the job is aborted:
     /// [`Self::TIMEOUT_RANGE`] (default 120 s; the first step includes the others' start-up).
@@ -78,8 +79,8 @@ impl Default for DistributedOptions {
 /// Where one data-parallel step's time went on this rank.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepTiming {
-    /// Recording and running the forward and backward passes, until the gradients were read back
-    /// to the host.
+    /// The rest of the step: recording and running the forward and backward passes, reading
+    /// the gradients back, and recording the update.
     pub gradients: Duration,
     /// The all-reduce of the gradients (and the overflow flag), waiting for the other ranks
     /// included, and writing the averages back.
@@ -210,10 +211,54 @@ impl Distributed {
         Ok(&global[self.rank() * share..(self.rank() + 1) * share])
     }
 
+    /// Checks that every rank holds the same parameters (names, shapes and layout):
+    /// [`Error::Communication`] on every rank otherwise, where a collective of mismatched sizes
+    /// would abort the job or, worse, mix unrelated values.
+    fn agree_on_layout(&self, params: &ParamStore, what: &str) -> Result<()> {
+        // FNV-1a over the arena's length and each parameter's name, shape and offset.
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut mix = |bytes: &[u8]| {
+            for &b in bytes {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        mix(&(params.values().numel() as u64).to_le_bytes());
+        for p in params.params() {
+            mix(p.name.as_bytes());
+            for &d in &p.shape {
+                mix(&(d as u64).to_le_bytes());
+            }
+            mix(&(p.offset as u64).to_le_bytes());
+        }
+        let (mut low, mut high) = (0u64, 0u64);
+        let (world, timeout, step) = (&self.world, self.options.collective_timeout, self.steps);
+        mpi::request::scope(|scope| {
+            let a = world.immediate_all_reduce_into(scope, &hash, &mut low, SystemOperation::min());
+            wait_or_abort(world, a, timeout, what, step);
+        });
+        mpi::request::scope(|scope| {
+            let b =
+                world.immediate_all_reduce_into(scope, &hash, &mut high, SystemOperation::max());
+            wait_or_abort(world, b, timeout, what, step);
+        });
+        if low != high {
+            return Err(comm_error(format!(
+                "{what}: the ranks hold different models (parameter names, shapes or layout \
+                 differ; rank {} has {} parameters in {} values)",
+                self.rank(),
+                params.params().len(),
+                params.parameter_count()
+            )));
+        }
+        Ok(())
+    }
+
     /// Copies rank 0's parameter values to every rank (call it once the model is built, before
-    /// training; in mixed precision the f16 copies are refreshed too).
+    /// training; in mixed precision the f16 copies are refreshed too). Every rank must pass the
+    /// same architecture: [`Error::Communication`] on every rank otherwise.
     pub fn broadcast_parameters(&mut self, model: &Model) -> Result<()> {
         let params = model.params();
+        self.agree_on_layout(params, "broadcast of the parameters")?;
         let mut values = params.values().to_vec::<f32>()?;
         let timeout = self.options.collective_timeout;
         {
@@ -341,6 +386,7 @@ impl Distributed {
         let bytes = grads.size_bytes();
         let gpu = grads.gpu().clone();
         if self.staging.as_ref().is_none_or(|b| b.size() != bytes) {
+            self.agree_on_layout(params, "all-reduce of the gradients")?;
             self.staging = Some(gpu.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgnn all-reduce staging"),
                 size: bytes,

@@ -71,7 +71,7 @@ fn launch() -> anyhow::Result<()> {
     let (status, text, took) = mpirun("equivalence");
     println!("{text}");
     anyhow::ensure!(status.success(), "the equivalence run failed ({status})");
-    anyhow::ensure!(text.matches("PASS").count() >= 6, "not every check passed");
+    anyhow::ensure!(text.matches("PASS").count() >= 7, "not every check passed");
     println!("equivalence: 2 ranks in {took:.1?}");
 
     let (status, text, took) = mpirun("kill");
@@ -432,6 +432,7 @@ fn checks(dist: &mut Distributed) -> anyhow::Result<()> {
     transformer_case(dist, &gpu, "transformer, SGD with momentum", sgd)?;
     transformer_case(dist, &gpu, "transformer, AdamW", adamw)?;
     mixed_precision_case(dist, &gpu)?;
+    bad_input_case(dist, &gpu)?;
     Ok(())
 }
 
@@ -466,4 +467,34 @@ fn fault(stall: bool) -> anyhow::Result<()> {
         dist.train_step(&mut trainer, &x, &y)?;
     }
     anyhow::bail!("rank {} trained past the fault", dist.rank())
+}
+
+/// Ranks with different models, and a batch that does not split evenly: typed errors on every
+/// rank, no abort, no hang.
+fn bad_input_case(dist: &mut Distributed, gpu: &Gpu) -> anyhow::Result<()> {
+    let specs = vec![LayerSpec::Linear {
+        inputs: 4,
+        outputs: 3 + dist.rank(),
+    }];
+    let model = Sequential::new(gpu, &[4], specs, Init::XavierUniform { seed: 1 })?;
+    let err = dist.broadcast_parameters(&model);
+    anyhow::ensure!(
+        matches!(err, Err(wgnn::Error::Communication(_))),
+        "different models on the ranks gave {err:?}"
+    );
+    let odd = dist.shard(&[1.0f32; 3 * 4], 4);
+    anyhow::ensure!(
+        matches!(odd, Err(wgnn::Error::InvalidArgument { .. })),
+        "3 samples on 2 ranks gave {odd:?}"
+    );
+    anyhow::ensure!(dist.shard(&[1.0f32; 7], 4).is_err());
+    if dist.is_root() {
+        println!(
+            "PASS bad input: different models on the ranks and a batch that does not split \
+             evenly get typed errors ({})",
+            err.unwrap_err()
+        );
+    }
+    dist.barrier();
+    Ok(())
 }
