@@ -583,14 +583,7 @@ impl GpuTimer {
             return Ok(host);
         };
         let slice = q.readback.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.gpu.wait()?;
-        rx.recv()
-            .map_err(|e| Error::Gpu(e.to_string()))?
-            .map_err(|e| Error::Gpu(e.to_string()))?;
+        self.gpu.map_for_reading(&slice)?;
         let stamps: [u64; 2] = {
             let view = slice
                 .get_mapped_range()
@@ -745,14 +738,7 @@ impl DispatchStamps {
             return Ok(DispatchProfile::default());
         };
         let slice = readback.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        gpu.wait()?;
-        rx.recv()
-            .map_err(|e| Error::Gpu(e.to_string()))?
-            .map_err(|e| Error::Gpu(e.to_string()))?;
+        gpu.map_for_reading(&slice)?;
         let ticks: Vec<u64> = {
             let view = slice
                 .get_mapped_range()

@@ -441,6 +441,19 @@ impl Gpu {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
+    /// Maps `slice` (of a `MAP_READ` buffer) for reading once the work submitted before is
+    /// done: blocks until it is. The caller reads `get_mapped_range` and unmaps.
+    pub(crate) fn map_for_reading(&self, slice: &wgpu::BufferSlice) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|e| Error::DeviceLost(format!("readback callback lost: {e}")))?
+            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))
+    }
+
     /// Blocks until all submitted work is done.
     pub fn wait(&self) -> Result<()> {
         let polled = self.0.device.poll(wgpu::PollType::wait_indefinitely());

@@ -219,20 +219,62 @@ impl Tensor {
         encoder.copy_buffer_to_buffer(self.buffer.buffer(), self.offset, staging.buffer(), 0, len);
         gpu.scoped(|| gpu.queue().submit([encoder.finish()]))?;
         let slice = staging.buffer().slice(0..len);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        gpu.wait()?;
-        rx.recv()
-            .map_err(|e| Error::DeviceLost(format!("readback callback lost: {e}")))?
-            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        gpu.map_for_reading(&slice)?;
         let bytes = slice
             .get_mapped_range()
             .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?
             .to_vec();
         staging.buffer().unmap();
         Ok(bytes)
+    }
+
+    /// The values of several tensors of `T`, one after another, in one copy and one wait.
+    pub(crate) fn read_all<T: Element>(gpu: &Gpu, tensors: &[Tensor]) -> Result<Vec<T>> {
+        let mut offsets = Vec::with_capacity(tensors.len());
+        let mut len = 0u64;
+        for t in tensors {
+            t.expect_dtype(T::DTYPE, "Tensor::read_all")?;
+            if t.buffer.has_pending_writes() {
+                return Err(Error::PendingWork {
+                    op: "Tensor::read_all",
+                });
+            }
+            offsets.push(len);
+            len += t.size_bytes().next_multiple_of(4);
+        }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = gpu.0.pool.acquire(
+            &gpu.0.device,
+            len,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            gpu.limits().max_buffer_size,
+        );
+        let mut encoder = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgnn readback"),
+            });
+        for (t, &at) in tensors.iter().zip(&offsets) {
+            let n = t.size_bytes().next_multiple_of(4);
+            encoder.copy_buffer_to_buffer(t.buffer.buffer(), t.offset, staging.buffer(), at, n);
+        }
+        gpu.scoped(|| gpu.queue().submit([encoder.finish()]))?;
+        let slice = staging.buffer().slice(0..len);
+        gpu.map_for_reading(&slice)?;
+        let mut out = Vec::new();
+        {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+            for (t, &at) in tensors.iter().zip(&offsets) {
+                let bytes = &view[at as usize..(at + t.size_bytes()) as usize];
+                out.extend(bytemuck::pod_collect_to_vec::<u8, T>(bytes));
+            }
+        }
+        staging.buffer().unmap();
+        Ok(out)
     }
 
     /// The same buffer seen with another shape of the same element count.

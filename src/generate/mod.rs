@@ -652,8 +652,15 @@ impl Decoder {
         );
         self.gpu
             .scoped(|| self.gpu.queue().submit([encoder.finish()]))?;
-        let mut tokens: Vec<u32> = read_mapped(&self.gpu, &p.readback)?;
-        tokens.truncate(rows.len());
+        let slice = p.readback.slice(..);
+        self.gpu.map_for_reading(&slice)?;
+        let tokens = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+            bytemuck::pod_collect_to_vec::<u8, u32>(&view[..4 * rows.len()])
+        };
+        p.readback.unmap();
         Ok(tokens)
     }
 
@@ -691,45 +698,6 @@ impl Decoder {
         }
         batch.submit()?;
         // Every prompt's token in one copy and one wait.
-        let readback = self.gpu.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgnn prefill tokens"),
-            size: 4 * tokens.len().max(1) as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut encoder =
-            self.gpu
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("wgnn prefill tokens"),
-                });
-        for (i, t) in tokens.iter().enumerate() {
-            encoder.copy_buffer_to_buffer(t.buffer(), t.offset_bytes(), &readback, 4 * i as u64, 4);
-        }
-        self.gpu
-            .scoped(|| self.gpu.queue().submit([encoder.finish()]))?;
-        let mut ids = read_mapped(&self.gpu, &readback)?;
-        ids.truncate(tokens.len());
-        Ok(ids)
+        Tensor::read_all(&self.gpu, &tokens)
     }
-}
-
-/// The u32 values of a `MAP_READ` buffer once the work queued before is done; unmapped again.
-fn read_mapped(gpu: &Gpu, buffer: &wgpu::Buffer) -> Result<Vec<u32>> {
-    let slice = buffer.slice(..);
-    let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    gpu.wait()?;
-    rx.recv()
-        .map_err(|e| Error::DeviceLost(format!("readback callback lost: {e}")))?
-        .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
-    let values = bytemuck::pod_collect_to_vec(
-        &slice
-            .get_mapped_range()
-            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?,
-    );
-    buffer.unmap();
-    Ok(values)
 }
