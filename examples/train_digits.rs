@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use common::AllReduceTime;
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use rand::rngs::StdRng;
@@ -226,7 +225,7 @@ fn main() -> Result<()> {
                         continue;
                     }
                     let (xs, ys) = (d.shard(&x[..n * 64], 64)?, d.shard(&y[..n], 1)?);
-                    all_reduce += d.train_step(&mut trainer, xs, ys)?.all_reduce_time();
+                    all_reduce += d.train_step(&mut trainer, xs, ys)?.all_reduce;
                     reduced_steps += 1;
                     samples += ys.len();
                 }

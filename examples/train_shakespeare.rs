@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use common::AllReduceTime;
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use rand::rngs::StdRng;
@@ -238,7 +237,7 @@ fn main() -> Result<()> {
                 let (xs, ys) = (d.shard(&x, args.context)?, d.shard(&y, args.context)?);
                 all_reduce += d
                     .train_step_language_model(&mut model, &mut optimizer, xs, ys, args.context)?
-                    .all_reduce_time();
+                    .all_reduce;
             }
             None => model.train_step(&mut optimizer, &x, &y, args.context)?,
         }

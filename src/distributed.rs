@@ -385,11 +385,17 @@ impl Distributed {
         let n = grads.numel();
         let bytes = grads.size_bytes();
         let gpu = grads.gpu().clone();
-        if self.staging.as_ref().is_none_or(|b| b.size() != bytes) {
+        // The gradients, then 8 bytes for mixed precision's U32 [2] overflow flag: one copy.
+        const FLAG_BYTES: u64 = 8;
+        if self
+            .staging
+            .as_ref()
+            .is_none_or(|b| b.size() != bytes + FLAG_BYTES)
+        {
             self.agree_on_layout(params, "all-reduce of the gradients")?;
             self.staging = Some(gpu.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgnn all-reduce staging"),
-                size: bytes,
+                size: bytes + FLAG_BYTES,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }));
@@ -403,22 +409,36 @@ impl Distributed {
                 label: Some("wgnn gradient readback"),
             });
         encoder.copy_buffer_to_buffer(grads.buffer(), grads.offset_bytes(), staging, 0, bytes);
+        if let Some(flag) = overflow {
+            if flag.dtype() != crate::DType::U32 || flag.size_bytes() != FLAG_BYTES {
+                return Err(Error::InvalidArgument {
+                    op: "Distributed::average_gradients",
+                    details: format!(
+                        "the overflow flag must be U32 [2], got {:?} {:?}",
+                        flag.dtype(),
+                        flag.shape()
+                    ),
+                });
+            }
+            encoder.copy_buffer_to_buffer(
+                flag.buffer(),
+                flag.offset_bytes(),
+                staging,
+                bytes,
+                FLAG_BYTES,
+            );
+        }
         gpu.scoped(|| gpu.queue().submit([encoder.finish()]))?;
         let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        gpu.wait()?;
-        rx.recv()
-            .map_err(|e| Error::DeviceLost(format!("readback callback lost: {e}")))?
-            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+        gpu.map_for_reading(&slice)?;
         let reduce_start = Instant::now();
-        {
+        let mut local_flag: [u32; 2] = {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
-            let mapped: &[f32] = bytemuck::cast_slice(&view);
+            let (grad_bytes, flag_bytes) = view.split_at(bytes as usize);
+            let flag = bytemuck::pod_read_unaligned(flag_bytes);
+            let mapped: &[f32] = bytemuck::cast_slice(grad_bytes);
             let bucket = (self.options.bucket_bytes / 4).max(1);
             let (world, timeout, step) = (&self.world, self.options.collective_timeout, self.steps);
             let (send, received) = (&mut self.send, &mut self.received);
@@ -443,7 +463,8 @@ impl Distributed {
                     wait_or_abort(world, request, timeout, "all-reduce of the gradients", step);
                 }
             });
-        }
+            flag
+        };
         staging.unmap();
         let ranks = self.world_size() as f32;
         for v in &mut self.received {
@@ -451,20 +472,19 @@ impl Distributed {
         }
         grads.write(&self.received)?;
         if let Some(flag) = overflow {
-            let mut local = flag.to_vec::<u32>()?;
             let mut any = 0u32;
             let (world, timeout, step) = (&self.world, self.options.collective_timeout, self.steps);
             mpi::request::scope(|scope| {
                 let request = world.immediate_all_reduce_into(
                     scope,
-                    &local[0],
+                    &local_flag[0],
                     &mut any,
                     SystemOperation::max(),
                 );
                 wait_or_abort(world, request, timeout, "agreement on overflow", step);
             });
-            local[0] = any;
-            flag.write(&local)?;
+            local_flag[0] = any;
+            flag.write(&local_flag)?;
         }
         Ok(StepTiming {
             gradients: Duration::ZERO,

@@ -174,6 +174,13 @@ pub use wgnn::distributed::Distributed;
 #[allow(dead_code)]
 pub enum Distributed {}
 
+/// What a distributed step reports (the part the examples print).
+#[cfg(not(feature = "mpi"))]
+#[allow(dead_code)]
+pub struct StepTiming {
+    pub all_reduce: std::time::Duration,
+}
+
 #[cfg(not(feature = "mpi"))]
 #[allow(dead_code)]
 impl Distributed {
@@ -203,7 +210,7 @@ impl Distributed {
         _: &mut wgnn::nn::Trainer,
         _: &[f32],
         _: &[u32],
-    ) -> wgnn::Result<std::time::Duration> {
+    ) -> wgnn::Result<StepTiming> {
         match *self {}
     }
     pub fn train_step_language_model(
@@ -213,7 +220,7 @@ impl Distributed {
         _: &[u32],
         _: &[u32],
         _: usize,
-    ) -> wgnn::Result<std::time::Duration> {
+    ) -> wgnn::Result<StepTiming> {
         match *self {}
     }
 }
@@ -233,23 +240,4 @@ pub fn distributed(flag: bool) -> anyhow::Result<Option<Distributed>> {
         "--distributed needs the `mpi` feature (Open MPI or MPICH installed): \
          mpirun -n 2 cargo run --release --features mpi --example NAME -- --distributed"
     )
-}
-
-/// One data-parallel step's all-reduce time, whatever the feature set.
-#[allow(dead_code)]
-pub trait AllReduceTime {
-    fn all_reduce_time(&self) -> std::time::Duration;
-}
-
-#[cfg(feature = "mpi")]
-impl AllReduceTime for wgnn::distributed::StepTiming {
-    fn all_reduce_time(&self) -> std::time::Duration {
-        self.all_reduce
-    }
-}
-
-impl AllReduceTime for std::time::Duration {
-    fn all_reduce_time(&self) -> std::time::Duration {
-        *self
-    }
 }

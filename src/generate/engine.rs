@@ -825,9 +825,9 @@ impl Worker {
         // A row per generating sequence; prompt chunks for those still prefilling, within the
         // step's budget, oldest first. `last[i]`: sequence i's row whose token it keeps.
         // Prompt rows take the padding of the step's bucket (computed anyway), at least one row
-        // and `prefill_share` rows per decoding row: a step grows by a bounded share (by nothing
-        // past its bucket at the default), so the running sequences' inter-token latency does,
-        // while a joining prompt still advances every step.
+        // and `prefill_share` rows per decoding row: a step grows by a bounded share (at share 0,
+        // no further than the bucket of its decoding rows plus one), so the running sequences'
+        // inter-token latency does, while a joining prompt still advances every step.
         let decoding = self
             .running
             .iter()
