@@ -588,6 +588,33 @@ fn cancellation_deadlines_and_bad_requests_get_typed_errors() {
     };
     std::thread::sleep(Duration::from_millis(1));
     assert!(matches!(e.generate(request), Err(Error::Timeout { .. })));
+    // Queued behind the only slot's 38 steps: a request whose deadline passes fails then, not
+    // when the slot comes free; one cancelled by its caller leaves the queue too.
+    let one = engine(&lm, 1, EngineOptions::default());
+    let busy = one
+        .submit(GenerationRequest::greedy(tokens(&mut rng, 1), 39))
+        .unwrap();
+    let busy = std::thread::spawn(move || (busy.wait(), std::time::Instant::now()));
+    let late = one
+        .submit(GenerationRequest {
+            timeout: Some(Duration::from_millis(20)),
+            ..GenerationRequest::greedy(tokens(&mut rng, 2), 5)
+        })
+        .unwrap();
+    let dropped = one
+        .submit(GenerationRequest::greedy(tokens(&mut rng, 2), 5))
+        .unwrap();
+    dropped.cancel();
+    let late = (late.wait(), std::time::Instant::now());
+    assert!(matches!(late.0, Err(Error::Timeout { .. })), "{:?}", late.0);
+    assert!(matches!(dropped.wait(), Err(Error::Cancelled { .. })));
+    let (done, done_at) = busy.join().unwrap();
+    assert_eq!(done.unwrap().0.len(), 39);
+    assert!(
+        late.1 < done_at,
+        "the queued request failed only when the slot came free"
+    );
+    assert_eq!(one.stats().queue_depth, 0);
     // Bad requests, refused at submission; the engine still serves.
     let too_long = GenerationRequest::greedy(tokens(&mut rng, 41), 1);
     assert!(matches!(

@@ -2,10 +2,13 @@
 //! [`Decoder`], admits queued requests into the running batch between decode steps (their
 //! prefill gives their first token), replays one captured step per iteration for every running
 //! sequence, streams each token to its caller, and retires sequences on their stop condition,
-//! cancellation or deadline.
+//! cancellation or deadline. Queued requests' deadlines and cancellations are checked every
+//! iteration too: a request that cannot start in time fails when its deadline passes, not when a
+//! slot comes free.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -359,7 +362,7 @@ struct Sequence {
 /// runs them. See the module documentation.
 #[derive(Debug)]
 pub struct Engine {
-    queue: Mutex<Option<SyncSender<Job>>>,
+    queue: Mutex<Option<Sender<Job>>>,
     shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
     vocab: usize,
@@ -417,7 +420,8 @@ impl Engine {
             Batching::OneAtATime => 1,
             _ => decoder.slots(),
         };
-        let (tx, rx) = mpsc::sync_channel(options.queue_capacity);
+        // Unbounded: `Shared::queued` bounds the requests between submission and admission.
+        let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
@@ -431,6 +435,7 @@ impl Engine {
             shared: shared.clone(),
             free: Vec::new(),
             running: Vec::new(),
+            waiting: VecDeque::new(),
         };
         let handle = std::thread::Builder::new()
             .name("wgnn-generate".into())
@@ -519,21 +524,25 @@ impl Engine {
         let Some(tx) = queue.as_ref() else {
             return Err(Error::ShutDown { op: OP });
         };
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(job) {
+        let capacity = self.queue_capacity;
+        let counted = self
+            .shared
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                (q < capacity).then_some(q + 1)
+            });
+        if counted.is_err() {
+            return Err(Error::Overloaded { capacity });
+        }
+        match tx.send(job) {
             Ok(()) => Ok(Generation {
                 events: rx,
                 cancelled,
                 finish: None,
             }),
-            Err(e) => {
+            Err(_) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => Error::Overloaded {
-                        capacity: self.queue_capacity,
-                    },
-                    TrySendError::Disconnected(_) => Error::ShutDown { op: OP },
-                })
+                Err(Error::ShutDown { op: OP })
             }
         }
     }
@@ -604,6 +613,9 @@ struct Worker {
     shared: Arc<Shared>,
     free: Vec<usize>,
     running: Vec<Sequence>,
+    /// Requests taken off the channel and not yet admitted, oldest first (counted in
+    /// `Shared::queued` until they leave).
+    waiting: VecDeque<Job>,
 }
 
 impl Worker {
@@ -615,7 +627,9 @@ impl Worker {
                 return;
             }
             self.retire_interrupted();
-            let joining = self.admit(&rx);
+            self.receive(&rx);
+            self.expire_waiting();
+            let joining = self.admit();
             if !joining.is_empty() {
                 let generating = self.running.iter().any(|s| !s.generated.is_empty());
                 if generating && self.decoder.max_rows() > self.decoder.slots() {
@@ -660,7 +674,8 @@ impl Worker {
                 self.fail(&s.job, Error::ShutDown { op: "Engine" });
             }
         }
-        while let Ok(job) = rx.try_recv() {
+        let waiting = std::mem::take(&mut self.waiting);
+        for job in waiting.into_iter().chain(rx.try_iter()) {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
             self.fail(&job, Error::ShutDown { op: "Engine" });
         }
@@ -686,34 +701,51 @@ impl Worker {
         }
     }
 
-    /// Jobs to join the running batch now: queued ones up to the capacity (static batching
-    /// admits only into an empty batch); waits briefly when nothing runs.
-    fn admit(&mut self, rx: &Receiver<Job>) -> Vec<Job> {
+    /// Moves newly submitted requests into `waiting`; waits briefly for one when there is
+    /// nothing to do.
+    fn receive(&mut self, rx: &Receiver<Job>) {
+        if self.running.is_empty() && self.waiting.is_empty() {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(job) => self.waiting.push_back(job),
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.shared.stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        self.waiting.extend(rx.try_iter());
+    }
+
+    /// Fails the waiting requests that were cancelled or whose deadline has passed.
+    fn expire_waiting(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.waiting.len() {
+            match self.waiting[i].interrupted(now) {
+                Some(e) => {
+                    let job = self.waiting.remove(i).expect("i is in range");
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.fail(&job, e);
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// Requests to join the running batch now, oldest first, up to the capacity (static
+    /// batching admits only into an empty batch).
+    fn admit(&mut self) -> Vec<Job> {
         let mut joining = Vec::new();
         if self.options.batching == Batching::Static && !self.running.is_empty() {
             return joining;
         }
         while self.running.len() + joining.len() < self.capacity {
-            let job = if self.running.is_empty() && joining.is_empty() {
-                match rx.recv_timeout(Duration::from_millis(20)) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        self.shared.stop.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(job) => job,
-                    Err(_) => break,
-                }
+            let Some(job) = self.waiting.pop_front() else {
+                break;
             };
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            match job.interrupted(Instant::now()) {
-                Some(e) => self.fail(&job, e),
-                None => joining.push(job),
-            }
+            joining.push(job);
         }
         joining
     }
