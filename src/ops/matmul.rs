@@ -722,7 +722,8 @@ fn large_on_cpu(l: &Launch) -> bool {
 }
 
 /// The fixed choice (tuning off, and the first candidate timed): the GEMV for few rows (on a CPU
-/// adapter the one without barriers, where K allows); on a CPU adapter [`cpu_tile_candidate`]
+/// adapter the one without barriers, where K allows, and for B stored N×K only below
+/// [`CPU_TILE_FROM_ROWS`]); on a CPU adapter [`cpu_tile_candidate`]
 /// below [`large_on_cpu`] (16×16-thread tiles were up to 6x behind there; its 64-tile shares A
 /// across subgroup lanes where subgroups are 8 wide); elsewhere a 128-tile
 /// where there are enough of them to fill the device, else a 64-tile.
@@ -733,9 +734,10 @@ fn default_candidate(
     lanes_of_8: bool,
 ) -> MatmulCandidate {
     let tiles128 = l.m.div_ceil(128) * l.n.div_ceil(128) * l.out_batches;
-    if gemv.dot && cpu_adapter {
+    let cpu_dot = gemv.dot && cpu_adapter;
+    if cpu_dot && (l.m < CPU_TILE_FROM_ROWS || !l.b.trans) {
         MatmulCandidate::GemvDot
-    } else if gemv.workgroup {
+    } else if gemv.workgroup && !cpu_dot {
         MatmulCandidate::Gemv
     } else if cpu_adapter && large_on_cpu(l) {
         MatmulCandidate::Tiled16x2
@@ -805,6 +807,13 @@ const CPU_ORDER_LARGE: &[MatmulCandidate] = &[
     MatmulCandidate::Tiled8x2,
     MatmulCandidate::Tiled8x2L2,
 ];
+
+/// Rows from which a CPU adapter's fixed choice for a Linear layer's product (B stored N×K) is a
+/// tile, not `gemv_dot`: each `gemv_dot` thread reloads its column of B for every row. Measured
+/// on lavapipe (64×192, 64×256, 256×64 and 64×80 weights): the 16-tile 1.2–2.1× faster from 4 to
+/// 8 rows, `gemv_dot` 1.3–2.4× faster at 1 and 2. With B stored K×N (vec4 loads along N)
+/// `gemv_dot` kept up to 8 rows.
+const CPU_TILE_FROM_ROWS: usize = 4;
 
 /// Rows up to which the GEMV entry points beat a tile (`GEMV_MAX_ROWS` in the shader).
 const GEMV_MAX_ROWS: usize = 8;
