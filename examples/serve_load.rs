@@ -287,8 +287,9 @@ fn main() -> Result<()> {
         }
     })
     .collect();
-    common::plot_against_clients(
+    common::plot_against_load(
         &path,
+        "concurrent clients",
         &[("throughput", "requests/s"), ("p99 latency", "ms")],
         &series,
     )?;

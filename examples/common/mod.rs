@@ -91,23 +91,24 @@ pub fn open_gpu() -> anyhow::Result<wgnn::Gpu> {
     Ok(gpu)
 }
 
-/// One line of a [`plot_against_clients`] figure: its label, colour and points per panel
-/// (x: concurrent clients, y: the panel's value).
+/// One line of a [`plot_against_load`] figure: its label, colour and points per panel
+/// (x: the load, y: the panel's value).
 #[allow(dead_code)]
 pub struct Series {
     /// The legend's text.
     pub label: &'static str,
     /// The line's colour.
     pub color: plotters::style::RGBColor,
-    /// (clients, value) for each panel, in panel order.
+    /// (load, value) for each panel, in panel order.
     pub points: Vec<Vec<(f64, f64)>>,
 }
 
-/// Panels side by side (a title and a unit each) of values against concurrent clients on a log2
-/// axis, one line per series, written as a PNG.
+/// Panels side by side (a title and a unit each) of values against the load (`x_axis` says what
+/// it is: clients, requests per second) on a log2 axis, one line per series, written as a PNG.
 #[allow(dead_code)]
-pub fn plot_against_clients(
+pub fn plot_against_load(
     path: &std::path::Path,
+    x_axis: &str,
     panels: &[(&str, &str)],
     series: &[Series],
 ) -> anyhow::Result<()> {
@@ -121,6 +122,14 @@ pub fn plot_against_clients(
     let areas = root.split_evenly((1, panels.len().max(1)));
     let all = || series.iter().flat_map(|s| s.points.iter().flatten());
     let max_x = all().map(|p| p.0).fold(1.0f64, f64::max).log2();
+    let min_x = all()
+        .map(|p| p.0.log2().floor())
+        .fold(f64::INFINITY, f64::min);
+    let min_x = if min_x.is_finite() {
+        min_x.min(max_x)
+    } else {
+        0.0
+    };
     for (panel, (area, (title, unit))) in areas.iter().zip(panels).enumerate() {
         let values = || {
             series
@@ -133,14 +142,14 @@ pub fn plot_against_clients(
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(-0.25f64..max_x + 0.25, 0.0..high)?;
+            .build_cartesian_2d(min_x - 0.25..max_x + 0.25, 0.0..high)?;
         chart
             .configure_mesh()
-            .x_labels(max_x as usize + 1)
-            .x_label_formatter(&|x| format!("{:.0}", 2f64.powf(*x)))
+            .x_labels((max_x - min_x) as usize + 1)
+            .x_label_formatter(&|x| format!("{}", (2f64.powf(*x) * 100.0).round() / 100.0))
             .y_label_formatter(&|y| format!("{y:.1}"))
             .light_line_style(WHITE)
-            .x_desc("concurrent clients")
+            .x_desc(x_axis)
             .y_desc(*unit)
             .draw()?;
         for s in series {
