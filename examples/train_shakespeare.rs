@@ -200,7 +200,7 @@ fn main() -> Result<()> {
         config.heads,
         config.context,
         args.batch_size,
-        model.model().params().len(),
+        model.model().params().parameter_count(),
         args.steps,
         if args.mixed_precision {
             ", mixed precision"
