@@ -45,8 +45,9 @@ pub struct EngineOptions {
     pub end_token: Option<u32>,
     /// Each token id's text, for requests' stop strings (`None`: stop strings are refused).
     pub vocabulary: Option<Vec<String>>,
-    /// Capture every running-batch size's step when the engine starts, so the first requests do
-    /// not pay for it.
+    /// Capture every running-batch size's step and run a one-token prefill when the engine
+    /// starts, so the first requests do not pay for compiling them (on lavapipe 56 ms of the
+    /// first request's first token).
     pub warm_up: bool,
     /// Prompt tokens a decode step carries per sequence decoding in it (chunked prefill), in
     /// [0, 64] (default 0.5). Whatever the share, prompts fill the rows the step's bucket
@@ -415,6 +416,9 @@ impl Engine {
         }
         if options.warm_up {
             decoder.capture_all()?;
+            // And the prefill's pipelines (the same for every prompt length): a one-token prompt
+            // in slot 0, whose cache the first sequence placed there overwrites.
+            decoder.prefill_and_sample(&[(0, &[0])], &[SamplingSettings::greedy()])?;
         }
         let capacity = match options.batching {
             Batching::OneAtATime => 1,
