@@ -199,81 +199,26 @@ impl Tensor {
     }
 
     fn read_bytes(&self, len: u64) -> Result<Vec<u8>> {
-        if self.buffer.has_pending_writes() {
-            return Err(Error::PendingWork {
-                op: "Tensor::to_vec",
-            });
-        }
-        let gpu = &self.gpu;
-        let staging = gpu.0.pool.acquire(
-            &gpu.0.device,
-            len,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            gpu.limits().max_buffer_size,
-        );
-        let mut encoder = gpu
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wgnn readback"),
-            });
-        encoder.copy_buffer_to_buffer(self.buffer.buffer(), self.offset, staging.buffer(), 0, len);
-        gpu.scoped(|| gpu.queue().submit([encoder.finish()]))?;
-        let slice = staging.buffer().slice(0..len);
-        gpu.map_for_reading(&slice)?;
-        let bytes = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?
-            .to_vec();
-        staging.buffer().unmap();
+        let (bytes, _) = read_parts(&self.gpu, &[(self, len)], "Tensor::to_vec")?;
         Ok(bytes)
     }
 
     /// The values of several tensors of `T`, one after another, in one copy and one wait.
     pub(crate) fn read_all<T: Element>(gpu: &Gpu, tensors: &[Tensor]) -> Result<Vec<T>> {
-        let mut offsets = Vec::with_capacity(tensors.len());
-        let mut len = 0u64;
+        const OP: &str = "Tensor::read_all";
+        let mut parts = Vec::with_capacity(tensors.len());
         for t in tensors {
-            t.expect_dtype(T::DTYPE, "Tensor::read_all")?;
-            if t.buffer.has_pending_writes() {
-                return Err(Error::PendingWork {
-                    op: "Tensor::read_all",
-                });
-            }
-            offsets.push(len);
-            len += t.size_bytes().next_multiple_of(4);
+            t.expect_dtype(T::DTYPE, OP)?;
+            parts.push((t, t.size_bytes().next_multiple_of(4)));
         }
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        let staging = gpu.0.pool.acquire(
-            &gpu.0.device,
-            len,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            gpu.limits().max_buffer_size,
-        );
-        let mut encoder = gpu
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wgnn readback"),
-            });
-        for (t, &at) in tensors.iter().zip(&offsets) {
-            let n = t.size_bytes().next_multiple_of(4);
-            encoder.copy_buffer_to_buffer(t.buffer.buffer(), t.offset, staging.buffer(), at, n);
-        }
-        gpu.scoped(|| gpu.queue().submit([encoder.finish()]))?;
-        let slice = staging.buffer().slice(0..len);
-        gpu.map_for_reading(&slice)?;
+        let (bytes, offsets) = read_parts(gpu, &parts, OP)?;
         let mut out = Vec::new();
-        {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
-            for (t, &at) in tensors.iter().zip(&offsets) {
-                let bytes = &view[at as usize..(at + t.size_bytes()) as usize];
-                out.extend(bytemuck::pod_collect_to_vec::<u8, T>(bytes));
-            }
+        for (t, &at) in tensors.iter().zip(&offsets) {
+            let at = at as usize;
+            out.extend(bytemuck::pod_collect_to_vec::<u8, T>(
+                &bytes[at..at + t.size_bytes() as usize],
+            ));
         }
-        staging.buffer().unmap();
         Ok(out)
     }
 
@@ -392,4 +337,49 @@ impl Tensor {
             ),
         })
     }
+}
+
+/// Copies the first `len` bytes (a multiple of 4) of each tensor, one after another, into one
+/// pooled staging buffer in one submission, and reads them back in one wait: the bytes, and
+/// where each part starts in them.
+fn read_parts(
+    gpu: &Gpu,
+    parts: &[(&Tensor, u64)],
+    op: &'static str,
+) -> Result<(Vec<u8>, Vec<u64>)> {
+    let mut offsets = Vec::with_capacity(parts.len());
+    let mut len = 0u64;
+    for &(t, n) in parts {
+        if t.buffer.has_pending_writes() {
+            return Err(Error::PendingWork { op });
+        }
+        offsets.push(len);
+        len += n;
+    }
+    if len == 0 {
+        return Ok((Vec::new(), offsets));
+    }
+    let staging = gpu.0.pool.acquire(
+        &gpu.0.device,
+        len,
+        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        gpu.limits().max_buffer_size,
+    );
+    let mut encoder = gpu
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("wgnn readback"),
+        });
+    for (&(t, n), &at) in parts.iter().zip(&offsets) {
+        encoder.copy_buffer_to_buffer(t.buffer.buffer(), t.offset, staging.buffer(), at, n);
+    }
+    gpu.scoped(|| gpu.queue().submit([encoder.finish()]))?;
+    let slice = staging.buffer().slice(0..len);
+    gpu.map_for_reading(&slice)?;
+    let bytes = slice
+        .get_mapped_range()
+        .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?
+        .to_vec();
+    staging.buffer().unmap();
+    Ok((bytes, offsets))
 }
