@@ -230,18 +230,20 @@ impl Distributed {
             }
             mix(&(p.offset as u64).to_le_bytes());
         }
-        let (mut low, mut high) = (0u64, 0u64);
+        // One max over (hash, !hash): the largest hash and the complement of the smallest.
+        let mine = [hash, !hash];
+        let mut most = [0u64; 2];
         let (world, timeout, step) = (&self.world, self.options.collective_timeout, self.steps);
         mpi::request::scope(|scope| {
-            let a = world.immediate_all_reduce_into(scope, &hash, &mut low, SystemOperation::min());
-            wait_or_abort(world, a, timeout, what, step);
+            let request = world.immediate_all_reduce_into(
+                scope,
+                &mine[..],
+                &mut most[..],
+                SystemOperation::max(),
+            );
+            wait_or_abort(world, request, timeout, what, step);
         });
-        mpi::request::scope(|scope| {
-            let b =
-                world.immediate_all_reduce_into(scope, &hash, &mut high, SystemOperation::max());
-            wait_or_abort(world, b, timeout, what, step);
-        });
-        if low != high {
+        if most[0] != !most[1] {
             return Err(comm_error(format!(
                 "{what}: the ranks hold different models (parameter names, shapes or layout \
                  differ; rank {} has {} parameters in {} values)",
