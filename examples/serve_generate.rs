@@ -69,12 +69,7 @@ fn parse_args() -> Result<Args> {
     while let Some(arg) = it.next() {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
-            "--concurrency" => {
-                args.concurrency = value()?
-                    .split(',')
-                    .map(|s| s.trim().parse())
-                    .collect::<std::result::Result<_, _>>()?
-            }
+            "--concurrency" => args.concurrency = common::parse_list(&value()?)?,
             "--requests-per-client" => args.requests_per_client = value()?.parse()?,
             "--think-ms" => {
                 let ms: u64 = value()?.parse()?;
@@ -83,12 +78,7 @@ fn parse_args() -> Result<Args> {
                 }
                 args.think = Duration::from_millis(ms);
             }
-            "--rates" => {
-                args.rates = value()?
-                    .split(',')
-                    .map(|s| s.trim().parse())
-                    .collect::<std::result::Result<_, _>>()?
-            }
+            "--rates" => args.rates = common::parse_list(&value()?)?,
             "--requests" => args.requests = value()?.parse()?,
             "--rounds" => args.rounds = value()?.parse()?,
             "--slots" => args.slots = value()?.parse()?,

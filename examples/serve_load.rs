@@ -44,12 +44,7 @@ fn parse_args() -> Result<Args> {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--model" => args.model = PathBuf::from(value()?),
-            "--concurrency" => {
-                args.concurrency = value()?
-                    .split(',')
-                    .map(|s| s.trim().parse())
-                    .collect::<std::result::Result<_, _>>()?
-            }
+            "--concurrency" => args.concurrency = common::parse_list(&value()?)?,
             "--requests" => args.requests = value()?.parse()?,
             "--out" => args.out = PathBuf::from(value()?),
             "-h" | "--help" => {

@@ -91,6 +91,19 @@ pub fn open_gpu() -> anyhow::Result<wgnn::Gpu> {
     Ok(gpu)
 }
 
+/// A comma-separated list of values (`--concurrency 1,2,4`).
+#[allow(dead_code)]
+pub fn parse_list<T: std::str::FromStr>(list: &str) -> anyhow::Result<Vec<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    use anyhow::Context;
+    list.split(',')
+        .map(|s| s.trim().parse::<T>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{list:?} is not a comma-separated list of numbers"))
+}
+
 /// One line of a [`plot_against_load`] figure: its label, colour and points per panel
 /// (x: the load, y: the panel's value).
 #[allow(dead_code)]

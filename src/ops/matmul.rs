@@ -810,9 +810,9 @@ const CPU_ORDER_LARGE: &[MatmulCandidate] = &[
 
 /// Rows from which a CPU adapter's fixed choice for a Linear layer's product (B stored N×K) is a
 /// tile, not `gemv_dot`: each `gemv_dot` thread reloads its column of B for every row. Measured
-/// on lavapipe (64×192, 64×256, 256×64 and 64×80 weights): the 16-tile 1.2–2.1× faster from 4 to
-/// 8 rows, `gemv_dot` 1.3–2.4× faster at 1 and 2. With B stored K×N (vec4 loads along N)
-/// `gemv_dot` kept up to 8 rows.
+/// on lavapipe (64×192, 64×256, 256×64 and 64×80 weights): at 4, 6 and 8 rows the 16-tile
+/// faster in 11 of 12 cases (1.2–2.1×), `gemv_dot` 1.2–2.4× faster at 1 and 2 rows. With B
+/// stored K×N (vec4 loads along N) `gemv_dot` kept up to 8 rows.
 const CPU_TILE_FROM_ROWS: usize = 4;
 
 /// Rows up to which the GEMV entry points beat a tile (`GEMV_MAX_ROWS` in the shader).
