@@ -587,7 +587,7 @@ impl GpuTimer {
         let stamps: [u64; 2] = {
             let view = slice
                 .get_mapped_range()
-                .map_err(|e| Error::Gpu(e.to_string()))?;
+                .map_err(|e| Error::gpu_caused("reading the timestamps back", e))?;
             bytemuck::pod_read_unaligned(&view[..16])
         };
         q.readback.unmap();
@@ -742,7 +742,7 @@ impl DispatchStamps {
         let ticks: Vec<u64> = {
             let view = slice
                 .get_mapped_range()
-                .map_err(|e| Error::Gpu(e.to_string()))?;
+                .map_err(|e| Error::gpu_caused("reading the timestamps back", e))?;
             bytemuck::pod_collect_to_vec(&view[..])
         };
         readback.unmap();

@@ -114,7 +114,7 @@ impl std::fmt::Debug for Distributed {
 }
 
 fn comm_error(details: String) -> Error {
-    Error::Communication(details)
+    Error::communication(details)
 }
 
 impl Distributed {
@@ -437,7 +437,7 @@ impl Distributed {
         let mut local_flag: [u32; 2] = {
             let view = slice
                 .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+                .map_err(|e| Error::gpu_caused("readback failed", e))?;
             let (grad_bytes, flag_bytes) = view.split_at(bytes as usize);
             let flag = bytemuck::pod_read_unaligned(flag_bytes);
             let mapped: &[f32] = bytemuck::cast_slice(grad_bytes);

@@ -98,7 +98,12 @@ pub enum Error {
         details: String,
     },
     /// Reading or writing a file failed.
-    Io(String),
+    Io {
+        /// What was being read or written (the path, and what it was for).
+        details: String,
+        /// The operating system's error, where there was one.
+        source: Option<Cause>,
+    },
     /// A request was refused because the serving queue is full.
     Overloaded {
         /// The queue's capacity.
@@ -123,9 +128,92 @@ pub enum Error {
         op: &'static str,
     },
     /// Communication between the processes of a distributed job failed (`wgnn::distributed`).
-    Communication(String),
+    Communication {
+        /// Which collective or check failed, and on which rank.
+        details: String,
+    },
+    /// The HTTP server (`wgnn::serve`) could not start or serve: binding its address, its
+    /// metrics registry, a model of its repository.
+    Serving {
+        /// What failed.
+        details: String,
+        /// The underlying error, where there was one.
+        source: Option<Cause>,
+    },
+    /// A worker thread could not be started.
+    Thread {
+        /// Which worker.
+        what: &'static str,
+        /// The operating system's error.
+        source: Cause,
+    },
     /// Any other error reported by wgpu or the driver (mapping a buffer, an internal error).
-    Gpu(String),
+    Gpu {
+        /// What failed.
+        details: String,
+        /// wgpu's error, where there was one.
+        source: Option<Cause>,
+    },
+}
+
+/// The underlying error of an [`Error`] (an I/O error, wgpu's error), shared so that `Error`
+/// stays `Clone`; two causes compare equal when their messages do.
+#[derive(Debug, Clone)]
+pub struct Cause(std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    /// Wraps `error`.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause(std::sync::Arc::new(error))
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Error {
+    /// An [`Error::Io`] about `details` caused by `source`.
+    pub fn io(details: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            details: details.into(),
+            source: Some(Cause::new(source)),
+        }
+    }
+
+    /// An [`Error::Gpu`] with no underlying error.
+    pub fn gpu(details: impl Into<String>) -> Self {
+        Error::Gpu {
+            details: details.into(),
+            source: None,
+        }
+    }
+
+    /// An [`Error::Gpu`] about `details` caused by `source` (wgpu's error).
+    pub fn gpu_caused(
+        details: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Gpu {
+            details: details.into(),
+            source: Some(Cause::new(source)),
+        }
+    }
+
+    /// An [`Error::Communication`].
+    pub fn communication(details: impl Into<String>) -> Self {
+        Error::Communication {
+            details: details.into(),
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -171,7 +259,10 @@ impl fmt::Display for Error {
             Error::Validation(e) => write!(f, "wgpu validation error: {e}"),
             Error::DeviceLost(e) => write!(f, "the GPU device was lost: {e}"),
             Error::ModelFile { details } => write!(f, "model file: {details}"),
-            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Io { details, source } => match source {
+                Some(cause) => write!(f, "I/O error: {details}: {cause}"),
+                None => write!(f, "I/O error: {details}"),
+            },
             Error::Overloaded { capacity } => write!(
                 f,
                 "the serving queue is full ({capacity} requests waiting): try again later"
@@ -181,13 +272,32 @@ impl fmt::Display for Error {
             }
             Error::ShutDown { op } => write!(f, "{op}: shut down, no more requests are accepted"),
             Error::Cancelled { op } => write!(f, "{op}: cancelled by the caller"),
-            Error::Communication(e) => write!(f, "distributed job: {e}"),
-            Error::Gpu(e) => write!(f, "GPU error: {e}"),
+            Error::Communication { details } => write!(f, "distributed job: {details}"),
+            Error::Serving { details, source } => match source {
+                Some(cause) => write!(f, "server: {details}: {cause}"),
+                None => write!(f, "server: {details}"),
+            },
+            Error::Thread { what, source } => write!(f, "could not start {what}: {source}"),
+            Error::Gpu { details, source } => match source {
+                Some(cause) => write!(f, "GPU error: {details}: {cause}"),
+                None => write!(f, "GPU error: {details}"),
+            },
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let cause = match self {
+            Error::Io { source, .. }
+            | Error::Serving { source, .. }
+            | Error::Gpu { source, .. } => source.as_ref(),
+            Error::Thread { source, .. } => Some(source),
+            _ => None,
+        };
+        cause.map(|c| c.0.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -197,7 +307,10 @@ impl From<wgpu::Error> for Error {
         match e {
             wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(e.to_string()),
             wgpu::Error::Validation { .. } => Error::Validation(e.to_string()),
-            wgpu::Error::Internal { .. } => Error::Gpu(e.to_string()),
+            wgpu::Error::Internal { .. } => Error::Gpu {
+                details: "wgpu internal error".into(),
+                source: Some(Cause::new(e)),
+            },
         }
     }
 }

@@ -451,7 +451,7 @@ impl Gpu {
         self.wait()?;
         rx.recv()
             .map_err(|e| Error::DeviceLost(format!("readback callback lost: {e}")))?
-            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))
+            .map_err(|e| Error::gpu_caused("readback failed", e))
     }
 
     /// Blocks until all submitted work is done.

@@ -44,7 +44,7 @@ pub mod tune;
 
 pub use batch::{Batch, DispatchProfile, DispatchTime, GpuTimer, Plan};
 pub use dtype::{DType, Element, Precision};
-pub use error::{Error, Result, SOFTWARE_VULKAN_HINT};
+pub use error::{Cause, Error, Result, SOFTWARE_VULKAN_HINT};
 pub use gpu::{Gpu, GpuOptions, WANTED_FEATURES};
 pub use ops::Activation;
 pub use pool::{PoolStats, DEFAULT_POOL_IDLE_LIMIT};

@@ -378,7 +378,7 @@ fn read_parts(
     gpu.map_for_reading(&slice)?;
     let bytes = slice
         .get_mapped_range()
-        .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?
+        .map_err(|e| Error::gpu_caused("readback failed", e))?
         .to_vec();
     staging.buffer().unmap();
     Ok((bytes, offsets))

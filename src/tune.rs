@@ -836,7 +836,7 @@ mod tests {
             true,
             |c| {
                 if c.0 == "a" {
-                    Err(crate::error::Error::Gpu("out of memory".into()))
+                    Err(crate::error::Error::gpu("out of memory"))
                 } else {
                     Ok(Duration::from_millis(50))
                 }
@@ -848,7 +848,7 @@ mod tests {
             || key2.clone(),
             &[Fake("a"), Fake("b")],
             true,
-            |_| Err(crate::error::Error::Gpu("lost".into())),
+            |_| Err(crate::error::Error::gpu("lost")),
         );
         assert_eq!(chosen, Fake("a"));
     }

@@ -479,7 +479,7 @@ fn bad_input_case(dist: &mut Distributed, gpu: &Gpu) -> anyhow::Result<()> {
     let model = Sequential::new(gpu, &[4], specs, Init::XavierUniform { seed: 1 })?;
     let err = dist.broadcast_parameters(&model);
     anyhow::ensure!(
-        matches!(err, Err(wgnn::Error::Communication(_))),
+        matches!(err, Err(wgnn::Error::Communication { .. })),
         "different models on the ranks gave {err:?}"
     );
     let odd = dist.shard(&[1.0f32; 3 * 4], 4);

@@ -319,7 +319,7 @@ fn save_and_load() {
     assert!(bad(&f16_file), "wrong dtype");
     assert!(matches!(
         Sequential::load(&gpu, dir.join("no-such-file")),
-        Err(Error::Io(_))
+        Err(Error::Io { .. })
     ));
     std::fs::remove_dir_all(&dir).ok();
 }

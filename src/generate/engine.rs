@@ -444,7 +444,10 @@ impl Engine {
         let handle = std::thread::Builder::new()
             .name("wgnn-generate".into())
             .spawn(move || worker.run(rx))
-            .map_err(|e| Error::Io(format!("spawning the engine's worker: {e}")))?;
+            .map_err(|e| Error::Thread {
+                what: "the engine's worker",
+                source: crate::error::Cause::new(e),
+            })?;
         Ok(Engine {
             queue: Mutex::new(Some(tx)),
             shared,

@@ -657,7 +657,7 @@ impl Decoder {
         let tokens = {
             let view = slice
                 .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+                .map_err(|e| Error::gpu_caused("readback failed", e))?;
             bytemuck::pod_collect_to_vec::<u8, u32>(&view[..4 * rows.len()])
         };
         p.readback.unmap();

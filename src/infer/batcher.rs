@@ -213,7 +213,10 @@ impl Batcher {
                     serve(&session, group, &worker_record);
                 }
             })
-            .map_err(|e| Error::Gpu(format!("could not start the batcher thread: {e}")))?;
+            .map_err(|e| Error::Thread {
+                what: "the batcher thread",
+                source: crate::error::Cause::new(e),
+            })?;
         Ok(Batcher {
             sender: Mutex::new(Some(sender)),
             worker: Mutex::new(Some(worker)),
@@ -301,9 +304,9 @@ impl Batcher {
                     after: timeout,
                 })
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(Error::Gpu("the batcher stopped before answering".into()))
-            }
+            Err(RecvTimeoutError::Disconnected) => Err(Error::ShutDown {
+                op: "Batcher: the batcher stopped before answering",
+            }),
         }
     }
 

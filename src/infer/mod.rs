@@ -452,7 +452,7 @@ impl InferenceSession {
             .unwrap_or(self.sizes.len() - 1);
         let mut bucket = self.buckets[index]
             .lock()
-            .map_err(|_| Error::Gpu("an earlier request on this bucket panicked".into()))?;
+            .map_err(|_| Error::gpu("an earlier request on this bucket panicked"))?;
         if Instant::now() >= deadline.at {
             return Err(deadline.missed("InferenceSession::predict"));
         }
@@ -525,11 +525,11 @@ impl InferenceSession {
         }
         rx.recv()
             .map_err(|e| Error::DeviceLost(format!("readback callback lost: {e}")))?
-            .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+            .map_err(|e| Error::gpu_caused("readback failed", e))?;
         let result = {
             let view = slice
                 .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+                .map_err(|e| Error::gpu_caused("readback failed", e))?;
             let bytes_of = |i: usize| {
                 let start = b.offsets[i] as usize;
                 &view[start..start + b.outputs[i].size_bytes() as usize]

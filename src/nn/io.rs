@@ -358,13 +358,16 @@ impl Sequential {
 /// refused before it is opened: one would never end, the other would block).
 pub(crate) fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>> {
     use std::io::Read;
-    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+    let io = |e: std::io::Error| Error::io(path.display().to_string(), e);
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_file() {
-        return Err(Error::Io(format!(
-            "{}: not a regular file (a directory, device or FIFO); a model is read from a file",
-            path.display()
-        )));
+        return Err(Error::Io {
+            details: format!(
+                "{}: not a regular file (a directory, device or FIFO); a model is read from a file",
+                path.display()
+            ),
+            source: None,
+        });
     }
     let too_long = |len: u64| Error::LimitExceeded {
         what: format!(
@@ -396,7 +399,7 @@ fn json<T: serde::Serialize>(value: &T) -> Result<String> {
 /// Writes `bytes` to `path` through a temporary file beside it and a rename: a process stopped
 /// mid-write (a killed training job) leaves the file before it, never half of one.
 pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+    let io = |e: std::io::Error| Error::io(path.display().to_string(), e);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{}.tmp", std::process::id()));
     let tmp = path.with_file_name(name);

@@ -128,9 +128,9 @@ struct Metrics {
 
 impl Metrics {
     fn new() -> Result<Self> {
-        let e = |e: prometheus::Error| Error::InvalidArgument {
-            op: "metrics",
-            details: e.to_string(),
+        let e = |e: prometheus::Error| Error::Serving {
+            details: "registering the metrics".into(),
+            source: Some(crate::error::Cause::new(e)),
         };
         let registry = Registry::new();
         let requests = IntCounterVec::new(
@@ -202,7 +202,7 @@ fn invalid(op: &'static str, details: String) -> Error {
 
 /// The highest numeric version directory of a model directory.
 fn latest_version(dir: &Path) -> Result<(String, PathBuf)> {
-    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", dir.display()));
+    let io = |e: std::io::Error| Error::io(dir.display().to_string(), e);
     let mut best: Option<(u64, PathBuf)> = None;
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
@@ -270,7 +270,7 @@ impl ServerState {
                 ),
             ));
         }
-        let io = |e: std::io::Error| Error::Io(format!("{}: {e}", dir.display()));
+        let io = |e: std::io::Error| Error::io(dir.display().to_string(), e);
         let mut models = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let entry = entry.map_err(io)?;
