@@ -187,8 +187,8 @@ fn main() -> Result<()> {
 /// Mean next-token cross-entropy (nats per character) of the decoder over non-overlapping
 /// windows of the held-out text: each window's prefill gives the logits of every position.
 fn validation_loss(decoder: &mut Decoder, ids: &[u32], windows: Option<usize>) -> Result<f64> {
-    let context = decoder.config().context;
-    let vocab = decoder.config().vocab;
+    let context = decoder.context();
+    let vocab = decoder.vocab();
     let mut starts: Vec<usize> = (0..ids.len().saturating_sub(context + 1))
         .step_by(context)
         .collect();

@@ -23,7 +23,10 @@ use plotters::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use wgnn::data::CharCorpus;
-use wgnn::nn::{GptConfig, LanguageModel, MixedPrecision, Optimizer, Sampling, WarmupCosine};
+use wgnn::nn::{
+    GptConfig, Input, LanguageModel, MicroBatch, MixedPrecision, Optimizer, Sampling, Targets,
+    Trainer, WarmupCosine,
+};
 use wgnn::ops::AdamConfig;
 use wgnn::{Activation, Gpu};
 
@@ -165,20 +168,21 @@ fn main() -> Result<()> {
         activation: Activation::Gelu,
         dropout: 0.0,
     };
-    let mut model = LanguageModel::new(&gpu, config, args.seed)?;
-    model.set_grad_clip(Some(1.0))?;
-    if args.mixed_precision {
-        model
-            .enable_mixed_precision(MixedPrecision::default())
-            .context("--mixed-precision needs an adapter with SHADER_F16")?;
-    }
+    let model = LanguageModel::new(&gpu, config, args.seed)?;
     let mut optimizer = Optimizer::adam(AdamConfig {
         beta2: 0.99,
         ..AdamConfig::adamw(args.lr, 0.1)
     });
     optimizer.decay_weights_only(model.model())?;
+    let mut trainer = Trainer::new(model, optimizer);
+    trainer.set_grad_clip(Some(1.0))?;
+    if args.mixed_precision {
+        trainer
+            .enable_mixed_precision(MixedPrecision::default())
+            .context("--mixed-precision needs an adapter with SHADER_F16")?;
+    }
     if let Some(d) = dist.as_mut() {
-        d.broadcast_parameters(model.model())?;
+        d.broadcast_parameters(trainer.model().model())?;
         if args.batch_size % d.world_size() != 0 {
             anyhow::bail!(
                 "--batch-size {} must divide among the {} ranks",
@@ -200,7 +204,7 @@ fn main() -> Result<()> {
         config.heads,
         config.context,
         args.batch_size,
-        model.model().params().parameter_count(),
+        trainer.model().model().params().parameter_count(),
         args.steps,
         if args.mixed_precision {
             ", mixed precision"
@@ -210,7 +214,7 @@ fn main() -> Result<()> {
     );
     let mut rng = StdRng::seed_from_u64(args.seed);
     if args.profile {
-        return profile(&gpu, &mut model, &mut optimizer, &train, &args, &mut rng);
+        return profile(&gpu, &mut trainer, &train, &args, &mut rng);
     }
     let bar = if root {
         ProgressBar::new(u64::from(args.steps))
@@ -226,7 +230,7 @@ fn main() -> Result<()> {
     let mut since = (Instant::now(), 0u32);
     let mut all_reduce = std::time::Duration::ZERO;
     for step in 0..args.steps {
-        optimizer.set_lr(schedule.lr_at(step));
+        trainer.optimizer_mut().set_lr(schedule.lr_at(step));
         let starts: Vec<usize> = (0..args.batch_size)
             .map(|_| rng.random_range(0..train.len() - args.context - 1))
             .collect();
@@ -235,20 +239,27 @@ fn main() -> Result<()> {
             // Every rank draws the same windows (the same seed); each trains on its share.
             Some(d) => {
                 let (xs, ys) = (d.shard(&x, args.context)?, d.shard(&y, args.context)?);
+                let (ids, next) = trainer.model().sequences(xs, ys, args.context)?;
+                let inputs = [Input::Ids(&ids)];
+                let micro = MicroBatch {
+                    inputs: &inputs,
+                    targets: Targets::Classes(&next),
+                };
                 all_reduce += d
-                    .train_step_language_model(&mut model, &mut optimizer, xs, ys, args.context)?
+                    .train_step_micro_batches(&mut trainer, &[micro])?
                     .all_reduce;
             }
-            None => model.train_step(&mut optimizer, &x, &y, args.context)?,
+            None => trainer.step_sequences(&x, &y, args.context)?,
         }
         since.1 += 1;
         bar.inc(1);
         let last = step + 1 == args.steps;
         if root && ((step + 1) % args.eval_every == 0 || last) {
-            let loss = model.mean_loss()?;
+            let loss = trainer.mean_loss()?;
             let rate =
                 (since.1 as usize * tokens_per_step) as f64 / since.0.elapsed().as_secs_f64();
-            let val = validation_loss(&mut model, &validation, args.context, 32, Some(64))?;
+            let val =
+                validation_loss(trainer.model_mut(), &validation, args.context, 32, Some(64))?;
             train_curve.push((step as f32 + 1.0, loss));
             validation_curve.push((step as f32 + 1.0, val));
             let message = format!("loss {loss:.3}  validation {val:.3}  {rate:.0} tokens/s");
@@ -281,6 +292,8 @@ fn main() -> Result<()> {
         println!("all {} ranks: {total:.0} tokens/s", d.world_size());
     }
     let limit = args.quick.then_some(64);
+    let loss_scale = trainer.loss_scale()?;
+    let mut model = trainer.into_model();
     let val = validation_loss(&mut model, &validation, args.context, 32, limit)?;
     println!(
         "trained {} steps ({} tokens) in {:.1} s, {:.0} tokens/s",
@@ -297,7 +310,7 @@ fn main() -> Result<()> {
             format!("all {}", validation.len())
         }
     );
-    if let Some((scale, skipped)) = model.loss_scale()? {
+    if let Some((scale, skipped)) = loss_scale {
         println!("loss scale {scale}, {skipped} steps skipped for overflow");
     }
     let prompt = corpus.encode("ROMEO.\n")?;
@@ -325,8 +338,7 @@ fn main() -> Result<()> {
 /// that take the most.
 fn profile(
     gpu: &Gpu,
-    model: &mut LanguageModel,
-    optimizer: &mut Optimizer,
+    trainer: &mut Trainer<LanguageModel>,
     train: &[u32],
     args: &Args,
     rng: &mut StdRng,
@@ -339,13 +351,12 @@ fn profile(
     };
     for _ in 0..3 {
         let (x, y) = batch_of(rng);
-        model.train_step(optimizer, &x, &y, args.context)?;
+        trainer.step_sequences(&x, &y, args.context)?;
     }
     let (x, y) = batch_of(rng);
     let started = Instant::now();
     let mut timer = wgnn::GpuTimer::new(gpu);
-    let profile =
-        timer.profile(|batch| model.record_train_step(batch, optimizer, &x, &y, args.context))?;
+    let profile = timer.profile(|batch| trainer.record_sequences(batch, &x, &y, args.context))?;
     println!(
         "one step: {} dispatches, {:.1} ms of kernels, {:.1} ms wall",
         profile.dispatches.len(),

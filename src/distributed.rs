@@ -43,7 +43,7 @@ use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuOptions};
-use crate::nn::{LanguageModel, MicroBatch, Model, Optimizer, ParamStore, Targets, Trainer};
+use crate::nn::{Input, MicroBatch, Model, ParamStore, Targets, Trainer};
 use crate::ops;
 use crate::tensor::Tensor;
 
@@ -316,60 +316,41 @@ impl Distributed {
 
     /// One data-parallel step of a classifier: this rank's shard `x`, `labels` (see
     /// [`Self::shard`]); as [`Trainer::step`] on the whole batch.
-    pub fn train_step(
+    pub fn train_step<M: AsRef<Model> + AsMut<Model>>(
         &mut self,
-        trainer: &mut Trainer,
+        trainer: &mut Trainer<M>,
         x: &[f32],
         labels: &[u32],
     ) -> Result<StepTiming> {
         self.train_step_micro_batches(
             trainer,
             &[MicroBatch {
-                inputs: &[x],
+                inputs: &[Input::Values(x)],
                 targets: Targets::Classes(labels),
             }],
         )
     }
 
     /// One data-parallel step over this rank's micro-batches (gradient accumulation: each rank
-    /// accumulates its own, then the ranks average), as [`Trainer::step_micro_batches`].
-    pub fn train_step_micro_batches(
+    /// accumulates its own, then the ranks average), as [`Trainer::step_micro_batches`]: the one
+    /// step function, for any model the trainer trains (a language model's micro-batch is its
+    /// sequences, [`crate::nn::LanguageModel::sequences`]).
+    pub fn train_step_micro_batches<M: AsRef<Model> + AsMut<Model>>(
         &mut self,
-        trainer: &mut Trainer,
+        trainer: &mut Trainer<M>,
         micro_batches: &[MicroBatch],
     ) -> Result<StepTiming> {
         let start = Instant::now();
-        let mut batch = Batch::new(trainer.model().gpu());
+        let gpu = trainer.model().as_ref().gpu().clone();
+        let mut batch = Batch::new(&gpu);
         trainer.record_gradients(&mut batch, micro_batches)?;
         batch.submit()?;
         let overflow = trainer.overflow_flag().cloned();
-        let mut timing = self.average_gradients(trainer.model().params(), overflow.as_ref())?;
+        let params = trainer.model().as_ref().params();
+        let mut timing = self.average_gradients(params, overflow.as_ref())?;
         timing.gradients = start.elapsed() - timing.all_reduce;
-        let mut batch = Batch::new(trainer.model().gpu());
+        let mut batch = Batch::new(&gpu);
         trainer.record_update(&mut batch)?;
-        batch.submit()?;
-        Ok(timing)
-    }
-
-    /// One data-parallel step of a language model on this rank's sequences, as
-    /// [`LanguageModel::train_step`] on the whole batch.
-    pub fn train_step_language_model(
-        &mut self,
-        model: &mut LanguageModel,
-        optimizer: &mut Optimizer,
-        inputs: &[u32],
-        targets: &[u32],
-        seq_len: usize,
-    ) -> Result<StepTiming> {
-        let start = Instant::now();
-        let mut batch = Batch::new(model.model().gpu());
-        model.record_gradients(&mut batch, inputs, targets, seq_len)?;
-        batch.submit()?;
-        let overflow = model.overflow_flag().cloned();
-        let mut timing = self.average_gradients(model.model().params(), overflow.as_ref())?;
-        timing.gradients = start.elapsed() - timing.all_reduce;
-        let mut batch = Batch::new(model.model().gpu());
-        model.record_update(&mut batch, optimizer)?;
         batch.submit()?;
         Ok(timing)
     }

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use wgnn::distributed::{Distributed, DistributedOptions};
 use wgnn::nn::{
-    GptConfig, Init, LanguageModel, LayerSpec, MicroBatch, MixedPrecision, Model, Optimizer,
+    GptConfig, Init, Input, LanguageModel, LayerSpec, MicroBatch, MixedPrecision, Model, Optimizer,
     Sequential, Targets, Trainer,
 };
 use wgnn::ops::{AdamConfig, SgdConfig};
@@ -249,8 +249,8 @@ fn cnn_case(
     for (x, y) in &batches {
         let (x, y) = (dist.shard(x, 64)?, dist.shard(y, 1)?);
         let per = y.len() / micro_batches;
-        let inputs: Vec<[&[f32]; 1]> = (0..micro_batches)
-            .map(|m| [&x[m * per * 64..(m + 1) * per * 64]])
+        let inputs: Vec<[Input; 1]> = (0..micro_batches)
+            .map(|m| [Input::Values(&x[m * per * 64..(m + 1) * per * 64])])
             .collect();
         let micro: Vec<MicroBatch> = (0..micro_batches)
             .map(|m| MicroBatch {
@@ -297,22 +297,29 @@ fn transformer_case(
             (x, y)
         })
         .collect();
-    let mut model = LanguageModel::new(gpu, config, 200 + dist.rank() as u64)?;
+    let model = LanguageModel::new(gpu, config, 200 + dist.rank() as u64)?;
     dist.broadcast_parameters(model.model())?;
-    let mut opt = optimizer();
+    let mut trainer = Trainer::new(model, optimizer());
     for (x, y) in &batches {
         let (x, y) = (dist.shard(x, seq_len)?, dist.shard(y, seq_len)?);
-        dist.train_step_language_model(&mut model, &mut opt, x, y, seq_len)?;
+        // The one step function: a language model's micro-batch is its padded sequences.
+        let (ids, next) = trainer.model().sequences(x, y, seq_len)?;
+        let inputs = [Input::Ids(&ids)];
+        let micro = MicroBatch {
+            inputs: &inputs,
+            targets: Targets::Classes(&next),
+        };
+        dist.train_step_micro_batches(&mut trainer, &[micro])?;
     }
+    let model = trainer.into_model();
     let distributed = model.model().params().values().to_vec::<f32>()?;
     same_on_every_rank(dist, &distributed)?;
     if dist.is_root() {
-        let mut alone = LanguageModel::new(gpu, config, 200)?;
-        let mut opt = optimizer();
+        let mut alone = Trainer::new(LanguageModel::new(gpu, config, 200)?, optimizer());
         for (x, y) in &batches {
-            alone.train_step(&mut opt, x, y, seq_len)?;
+            alone.step_sequences(x, y, seq_len)?;
         }
-        let expected = alone.model().params().values().to_vec::<f32>()?;
+        let expected = alone.model().model().params().values().to_vec::<f32>()?;
         // The key bias's true gradient is zero (softmax ignores a shift common to a query's
         // scores): what the backward pass gives is rounding noise, different for any two
         // summation orders, and Adam scales noise to whole steps of ±lr. Under Adam it is left

@@ -114,14 +114,16 @@ fn a_model_with_dropout_trains_reproducibly_and_serves_without_it() {
         dropout: 0.2,
     };
     let run_with = |config: GptConfig| {
-        let mut lm = LanguageModel::new(&gpu, config, 3).unwrap();
-        let mut optimizer = Optimizer::adam(AdamConfig::adamw(1e-2, 0.0));
+        let lm = LanguageModel::new(&gpu, config, 3).unwrap();
+        let optimizer = Optimizer::adam(AdamConfig::adamw(1e-2, 0.0));
+        let mut trainer = wgnn::nn::Trainer::new(lm, optimizer);
         let ids: Vec<u32> = (0..16).map(|i| i % 7).collect();
         let next: Vec<u32> = (0..16).map(|i| (i + 1) % 7).collect();
         for _ in 0..3 {
-            lm.train_step(&mut optimizer, &ids, &next, 8).unwrap();
+            trainer.step_sequences(&ids, &next, 8).unwrap();
         }
-        let loss = lm.mean_loss().unwrap();
+        let loss = trainer.mean_loss().unwrap();
+        let mut lm = trainer.into_model();
         // Inference has no dropout: the same logits twice.
         let a = lm.logits(&ids[..8], 8).unwrap();
         assert_eq!(a, lm.logits(&ids[..8], 8).unwrap());

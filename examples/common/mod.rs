@@ -27,7 +27,7 @@ pub fn shakespeare_model(
     steps: u32,
 ) -> anyhow::Result<(wgnn::nn::LanguageModel, String)> {
     use rand::{RngExt, SeedableRng};
-    use wgnn::nn::{GptConfig, LanguageModel, Optimizer, WarmupCosine};
+    use wgnn::nn::{GptConfig, LanguageModel, Optimizer, Trainer, WarmupCosine};
     if path.exists() {
         let (model, vocabulary) = LanguageModel::load(gpu, path)?;
         println!("model: {} ({:?})", path.display(), model.config());
@@ -49,34 +49,35 @@ pub fn shakespeare_model(
         activation: wgnn::Activation::Gelu,
         dropout: 0.0,
     };
-    let mut model = LanguageModel::new(gpu, config, 1337)?;
-    model.set_grad_clip(Some(1.0))?;
+    let model = LanguageModel::new(gpu, config, 1337)?;
     let lr = 5e-3;
     let mut optimizer = Optimizer::adam(wgnn::ops::AdamConfig {
         beta2: 0.99,
         ..wgnn::ops::AdamConfig::adamw(lr, 0.1)
     });
     optimizer.decay_weights_only(model.model())?;
+    let mut trainer = Trainer::new(model, optimizer);
+    trainer.set_grad_clip(Some(1.0))?;
     let schedule = WarmupCosine::new(lr, lr / 10.0, steps / 20, steps)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1337);
     let (batch, context) = (16, config.context);
     let started = std::time::Instant::now();
     for step in 0..steps {
-        optimizer.set_lr(schedule.lr_at(step));
+        trainer.optimizer_mut().set_lr(schedule.lr_at(step));
         let (mut x, mut y) = (Vec::new(), Vec::new());
         for _ in 0..batch {
             let s = rng.random_range(0..train.len() - context - 1);
             x.extend_from_slice(&train[s..s + context]);
             y.extend_from_slice(&train[s + 1..s + context + 1]);
         }
-        model.train_step(&mut optimizer, &x, &y, context)?;
+        trainer.step_sequences(&x, &y, context)?;
     }
     println!(
         "trained {steps} steps in {:.0} s, training loss {:.2}",
         started.elapsed().as_secs_f64(),
-        model.mean_loss()?
+        trainer.mean_loss()?
     );
-    Ok((model, corpus.vocabulary_string()))
+    Ok((trainer.into_model(), corpus.vocabulary_string()))
 }
 
 /// Opens the default adapter and says which it is.
@@ -235,13 +236,10 @@ impl Distributed {
     ) -> wgnn::Result<StepTiming> {
         match *self {}
     }
-    pub fn train_step_language_model(
+    pub fn train_step_micro_batches<M>(
         &mut self,
-        _: &mut wgnn::nn::LanguageModel,
-        _: &mut wgnn::nn::Optimizer,
-        _: &[u32],
-        _: &[u32],
-        _: usize,
+        _: &mut wgnn::nn::Trainer<M>,
+        _: &[wgnn::nn::MicroBatch],
     ) -> wgnn::Result<StepTiming> {
         match *self {}
     }

@@ -378,7 +378,7 @@ const OP: &str = "Engine::submit";
 impl Engine {
     /// Starts the worker thread, which owns `decoder`.
     pub fn new(mut decoder: Decoder, options: EngineOptions) -> Result<Self> {
-        let config = *decoder.config();
+        let (vocab, context) = (decoder.vocab(), decoder.context());
         if options.queue_capacity == 0 || options.queue_capacity > EngineOptions::MAX_QUEUE_CAPACITY
         {
             return Err(Error::InvalidArgument {
@@ -400,16 +400,16 @@ impl Engine {
             });
         }
         if let Some(t) = options.end_token {
-            ops::check_ids("Engine::new (end_token)", &[t], config.vocab)?;
+            ops::check_ids("Engine::new (end_token)", &[t], vocab)?;
         }
         if let Some(v) = &options.vocabulary {
-            if v.len() != config.vocab {
+            if v.len() != vocab {
                 return Err(Error::ShapeMismatch {
                     op: "Engine::new",
                     details: format!(
                         "the vocabulary has {} entries, the model {}",
                         v.len(),
-                        config.vocab
+                        vocab
                     ),
                 });
             }
@@ -452,8 +452,8 @@ impl Engine {
             queue: Mutex::new(Some(tx)),
             shared,
             worker: Mutex::new(Some(handle)),
-            vocab: config.vocab,
-            context: config.context,
+            vocab: vocab,
+            context: context,
             capacity,
             queue_capacity: options.queue_capacity,
             has_vocabulary: options.vocabulary.is_some(),
@@ -833,7 +833,7 @@ impl Worker {
         if s.generated.len() >= s.job.request.max_tokens {
             return Some(FinishReason::MaxTokens);
         }
-        if s.position >= self.decoder.config().context {
+        if s.position >= self.decoder.context() {
             return Some(FinishReason::ContextFull);
         }
         None
@@ -882,7 +882,7 @@ impl Worker {
         let mut settings = Vec::with_capacity(rows.capacity());
         let mut last: Vec<Option<usize>> = Vec::with_capacity(self.running.len());
         let mut taken = Vec::with_capacity(self.running.len());
-        let context = self.decoder.config().context;
+        let context = self.decoder.context();
         for s in &self.running {
             if s.done {
                 // A finished row of a static batch: computed, its token unused.

@@ -20,8 +20,8 @@ use crate::batch::{Batch, DispatchProfile, DispatchStamps, Plan};
 use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::nn::{GptConfig, LanguageModel};
-use crate::ops::{self, Activation, NormKind, QuantizedWeights, SamplingSettings};
+use crate::nn::{LanguageModel, Model, Sampling};
+use crate::ops::{self, SamplingSettings};
 use crate::tensor::Tensor;
 
 /// How a [`Decoder`] is made.
@@ -67,34 +67,6 @@ pub struct DecodeRow {
     pub token: u32,
 }
 
-#[derive(Debug)]
-enum Weight {
-    Dense(Tensor),
-    Compact(QuantizedWeights),
-}
-
-#[derive(Debug)]
-struct Linear {
-    weight: Weight,
-    bias: Tensor,
-}
-
-#[derive(Debug)]
-struct Norm {
-    gamma: Tensor,
-    beta: Tensor,
-}
-
-#[derive(Debug)]
-struct Block {
-    ln1: Norm,
-    qkv: Linear,
-    proj: Linear,
-    ln2: Norm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
 /// A decode step captured for a running batch of up to `size` rows: its inputs are written, the
 /// plan replayed, the sampled tokens read.
 #[derive(Debug)]
@@ -109,22 +81,28 @@ struct StepPlan {
     readback: wgpu::Buffer,
 }
 
-/// A language model's weights laid out for generation, with a key/value cache of
-/// [`DecoderOptions::max_sequences`] slots: [`Self::prefill`] runs the fused attention over a
-/// prompt and fills its slot; [`Self::decode`] (or the engine's replayed steps) makes the next
+/// A model lowered for generation, with a key/value cache of [`DecoderOptions::max_sequences`]
+/// slots: the model's own graph (made anew from its layers' configurations, reading the same f32
+/// weights), each layer run through [`crate::nn::Layer::decode`] (attention appends to its cache
+/// and attends over it; the rest replays its forward on the step's rows). [`Self::prefill`] runs
+/// a prompt and fills its slot; [`Self::decode`] (or the engine's replayed steps) makes the next
 /// token's logits for many sequences of different lengths at once.
+///
+/// The model must take one input of token ids `[context]` and give `[context, vocab]` logits
+/// (a [`LanguageModel`], or any graph of that shape: `tests/generate.rs` decodes one with a block
+/// defined outside the crate).
 #[derive(Debug)]
 pub struct Decoder {
     gpu: Gpu,
-    config: GptConfig,
+    model: Model,
+    /// Token ids the model reads: below it.
+    token_ids: usize,
+    /// Logits per token.
+    vocab: usize,
+    context: usize,
     precision: Precision,
-    token: Tensor,
-    position: Tensor,
-    blocks: Vec<Block>,
-    ln_f: Norm,
-    head: Linear,
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
+    /// Each layer's cache tensors ([`crate::nn::Layer::decode_cache`]).
+    caches: Vec<Vec<Tensor>>,
     slots: usize,
     /// Rows one step takes: a token per slot and the prefill chunk.
     max_rows: usize,
@@ -136,163 +114,145 @@ fn invalid(op: &'static str, details: String) -> Error {
     Error::InvalidArgument { op, details }
 }
 
-impl Decoder {
-    /// The decoder of `model`'s current weights (f32 matrices share the model's memory; f16 and
-    /// int8 ones are copies) with an empty cache. The cache's size is checked against the
-    /// adapter before anything is made.
-    pub fn new(model: &LanguageModel, options: DecoderOptions) -> Result<Self> {
+impl DecoderOptions {
+    fn check(&self) -> Result<()> {
         const OP: &str = "Decoder::new";
-        let config = *model.config();
-        if options.max_sequences == 0 || options.max_sequences > DecoderOptions::MAX_SEQUENCES {
+        if self.max_sequences == 0 || self.max_sequences > Self::MAX_SEQUENCES {
             return Err(invalid(
                 OP,
                 format!(
                     "max_sequences must be in 1..={}, got {}",
-                    DecoderOptions::MAX_SEQUENCES,
-                    options.max_sequences
+                    Self::MAX_SEQUENCES,
+                    self.max_sequences
                 ),
             ));
         }
-        if options.prefill_chunk > DecoderOptions::MAX_PREFILL_CHUNK {
+        if self.prefill_chunk > Self::MAX_PREFILL_CHUNK {
             return Err(invalid(
                 OP,
                 format!(
                     "prefill_chunk must be at most {}, got {}",
-                    DecoderOptions::MAX_PREFILL_CHUNK,
-                    options.prefill_chunk
+                    Self::MAX_PREFILL_CHUNK,
+                    self.prefill_chunk
                 ),
             ));
         }
-        if config.context > ops::kv_cache::MAX_CACHE_CONTEXT {
-            return Err(Error::LimitExceeded {
-                what: format!("{OP}: context"),
-                requested: config.context as u64,
-                limit: ops::kv_cache::MAX_CACHE_CONTEXT as u64,
-            });
-        }
-        let gpu = model.model().gpu().clone();
-        // One cache tensor: slots · context · dim elements of f32.
-        let cache_elements = (options.max_sequences as u64)
-            .saturating_mul(config.context as u64)
-            .saturating_mul(config.dim as u64);
-        gpu.check_limit(
-            &format!("{OP}: elements of one layer's cache (u32 indexing)"),
-            cache_elements,
-            u64::from(u32::MAX),
-        )?;
-        gpu.check_limit(
-            &format!("{OP}: bytes of one layer's cache (max_storage_buffer_binding_size)"),
-            cache_elements.saturating_mul(4),
-            gpu.limits().max_storage_buffer_binding_size,
-        )?;
-        let params = model.model().params().params();
-        let expected = 2 + 12 * config.layers + 4;
-        if params.len() != expected {
+        Ok(())
+    }
+}
+
+/// The (ids vocabulary, context, logits per token) of a model a decoder can lower: one input of
+/// token ids `[context]`, output `[batch, context, vocab]`.
+fn decodable(model: &Model) -> Result<(usize, usize, usize)> {
+    const OP: &str = "Decoder::new";
+    let input = match model.inputs() {
+        [input] => input,
+        inputs => {
             return Err(invalid(
                 OP,
                 format!(
-                    "{} parameters, a GPT of {config:?} has {expected}",
-                    params.len()
+                    "a decoded model has one input of token ids, not {}",
+                    inputs.len()
                 ),
-            ));
+            ))
         }
-        let mut next = params.iter();
-        let mut weight_bytes = 0usize;
-        let mut take = |suffix: &str| -> Result<&crate::nn::Parameter> {
-            let p = next
-                .next()
-                .ok_or_else(|| invalid(OP, "too few parameters".into()))?;
-            if !p.name.ends_with(suffix) {
-                return Err(invalid(
-                    OP,
-                    format!("parameter {:?} where a {suffix:?} belongs", p.name),
-                ));
+    };
+    let (Some(token_ids), &[context]) = (input.vocab, &input.shape[..]) else {
+        return Err(invalid(
+            OP,
+            format!(
+                "a decoded model's input is token ids [context] (ModelBuilder::input_ids), got \
+                 {:?}",
+                input
+            ),
+        ));
+    };
+    let out = model.output_shape(1)?;
+    let &[1, t, vocab] = &out[..] else {
+        return Err(invalid(
+            OP,
+            format!("logits [batch, {context}, vocab], got {out:?}"),
+        ));
+    };
+    if t != context {
+        return Err(invalid(
+            OP,
+            format!("logits [batch, {context}, vocab], got {out:?}"),
+        ));
+    }
+    if context > ops::kv_cache::MAX_CACHE_CONTEXT {
+        return Err(Error::LimitExceeded {
+            what: format!("{OP}: context"),
+            requested: context as u64,
+            limit: ops::kv_cache::MAX_CACHE_CONTEXT as u64,
+        });
+    }
+    Ok((token_ids, context, vocab))
+}
+
+/// Makes each layer's cache tensors (zeros), each checked against the adapter first.
+fn make_caches(gpu: &Gpu, shapes: Vec<Vec<Vec<usize>>>) -> Result<Vec<Vec<Tensor>>> {
+    const OP: &str = "Decoder::new";
+    for shape in shapes.iter().flatten() {
+        let elements = shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .unwrap_or(u64::MAX);
+        gpu.check_limit(
+            &format!("{OP}: elements of a layer's cache {shape:?} (u32 indexing)"),
+            elements,
+            u64::from(u32::MAX),
+        )?;
+        gpu.check_limit(
+            &format!("{OP}: bytes of a layer's cache {shape:?} (max_storage_buffer_binding_size)"),
+            elements.saturating_mul(4),
+            gpu.limits().max_storage_buffer_binding_size,
+        )?;
+    }
+    shapes
+        .into_iter()
+        .map(|layer| {
+            layer
+                .iter()
+                .map(|shape| Tensor::zeros(gpu, shape, DType::F32))
+                .collect()
+        })
+        .collect()
+}
+
+impl Decoder {
+    /// The decoder of `model`'s current weights (f32 ones shared with the model; f16 and int8
+    /// ones are copies) with an empty cache. The caches' sizes are checked against the adapter
+    /// before anything is made. Every layer must give its configuration
+    /// ([`crate::nn::Layer::config`]) and its kind be registered: the decoder makes its own.
+    pub fn new<M: AsRef<Model> + ?Sized>(model: &M, options: DecoderOptions) -> Result<Self> {
+        options.check()?;
+        let source = model.as_ref();
+        let (token_ids, context, vocab) = decodable(source)?;
+        let gpu = source.gpu().clone();
+        let shapes = source.decode_caches(options.max_sequences, context);
+        // The caches are checked before the copy of the graph or any weight is made.
+        let caches = make_caches(&gpu, shapes)?;
+        let mut model = source.duplicate()?;
+        let weight_bytes = match options.precision {
+            Precision::F32 => {
+                4 * model
+                    .params()
+                    .params()
+                    .iter()
+                    .map(|p| p.value.numel())
+                    .sum::<usize>()
             }
-            Ok(p)
+            p => model.quantize_weights(p)?,
         };
-        let mut dense = |suffix: &str, bytes: &mut usize| -> Result<Tensor> {
-            let p = take(suffix)?;
-            *bytes += 4 * p.value.numel();
-            Ok(p.value.clone())
-        };
-        let token = dense("token", &mut weight_bytes)?;
-        let position = dense("position", &mut weight_bytes)?;
-        let mut plain = Vec::new();
-        for _ in 0..config.layers {
-            for suffix in [
-                "weight",
-                "bias",
-                "qkv.weight",
-                "qkv.bias",
-                "proj.weight",
-                "proj.bias",
-                "weight",
-                "bias",
-                "weight",
-                "bias",
-                "weight",
-                "bias",
-            ] {
-                plain.push(dense(suffix, &mut weight_bytes)?);
-            }
-        }
-        for suffix in ["weight", "bias", "weight", "bias"] {
-            plain.push(dense(suffix, &mut weight_bytes)?);
-        }
-        // Matrices in the asked precision.
-        let linear = |w: &Tensor, b: &Tensor, bytes: &mut usize| -> Result<Linear> {
-            let weight = match options.precision {
-                Precision::F32 => Weight::Dense(w.clone()),
-                p => {
-                    let &[n, k] = w.shape() else {
-                        return Err(invalid(OP, format!("a matrix of {:?}", w.shape())));
-                    };
-                    let q = QuantizedWeights::quantize(&gpu, &w.to_vec::<f32>()?, n, k, p)?;
-                    *bytes = *bytes - 4 * n * k + q.size_bytes() as usize;
-                    Weight::Compact(q)
-                }
-            };
-            Ok(Linear {
-                weight,
-                bias: b.clone(),
-            })
-        };
-        let norm = |g: &Tensor, b: &Tensor| Norm {
-            gamma: g.clone(),
-            beta: b.clone(),
-        };
-        let mut blocks = Vec::with_capacity(config.layers);
-        for p in plain.chunks(12).take(config.layers) {
-            blocks.push(Block {
-                ln1: norm(&p[0], &p[1]),
-                qkv: linear(&p[2], &p[3], &mut weight_bytes)?,
-                proj: linear(&p[4], &p[5], &mut weight_bytes)?,
-                ln2: norm(&p[6], &p[7]),
-                fc1: linear(&p[8], &p[9], &mut weight_bytes)?,
-                fc2: linear(&p[10], &p[11], &mut weight_bytes)?,
-            });
-        }
-        let tail = &plain[12 * config.layers..];
-        let ln_f = norm(&tail[0], &tail[1]);
-        let head = linear(&tail[2], &tail[3], &mut weight_bytes)?;
-        let shape = [options.max_sequences, config.context, config.dim];
-        let mut keys = Vec::with_capacity(config.layers);
-        let mut values = Vec::with_capacity(config.layers);
-        for _ in 0..config.layers {
-            keys.push(Tensor::zeros(&gpu, &shape, DType::F32)?);
-            values.push(Tensor::zeros(&gpu, &shape, DType::F32)?);
-        }
         Ok(Decoder {
             gpu,
-            config,
+            model,
+            token_ids,
+            vocab,
+            context,
             precision: options.precision,
-            token,
-            position,
-            blocks,
-            ln_f,
-            head,
-            keys,
-            values,
+            caches,
             slots: options.max_sequences,
             max_rows: options.max_sequences + options.prefill_chunk,
             weight_bytes,
@@ -300,9 +260,13 @@ impl Decoder {
         })
     }
 
-    /// The model's architecture.
-    pub fn config(&self) -> &GptConfig {
-        &self.config
+    /// The longest sequence: the model's context.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+    /// Logits per token: the tokens sampling draws from.
+    pub fn vocab(&self) -> usize {
+        self.vocab
     }
     /// The cache's slots: sequences held at once.
     pub fn slots(&self) -> usize {
@@ -326,78 +290,17 @@ impl Decoder {
         &self.gpu
     }
 
-    fn linear(
-        &self,
-        batch: &mut Batch,
-        x: &Tensor,
-        l: &Linear,
-        activation: Activation,
-    ) -> Result<Tensor> {
-        match &l.weight {
-            Weight::Dense(w) => ops::matmul(
-                batch,
-                x,
-                w,
-                &ops::MatmulOptions {
-                    transposes: ops::Transposes { a: false, b: true },
-                    bias: Some(&l.bias),
-                    activation,
-                },
-            ),
-            Weight::Compact(q) => ops::quantized_linear(batch, x, q, Some(&l.bias), activation),
-        }
-    }
-
-    fn norm(batch: &mut Batch, x: &Tensor, n: &Norm) -> Result<Tensor> {
-        Ok(ops::layer_norm(batch, x, &n.gamma, Some(&n.beta), NormKind::LayerNorm, 1e-5)?.y)
-    }
-
-    /// Records the blocks over `ids` at `cursor`, appending each layer's keys and values to the
-    /// cache: `prompt` rows are one sequence's positions 0..n (the fused causal attention over
-    /// them), other rows one token each of any sequences (the decode attention over the cache).
-    /// Returns the last block's output, `[rows, dim]`.
-    fn record_hidden(
-        &self,
+    /// Records the model over `ids` at `cursor`, appending each layer's keys and values to its
+    /// cache: `prompt` rows are one sequence's positions 0..n, other rows one token each of any
+    /// sequences. Returns the logits, `[rows, vocab]`.
+    fn record(
+        &mut self,
         batch: &mut Batch,
         ids: &Tensor,
         cursor: &Tensor,
         prompt: bool,
     ) -> Result<Tensor> {
-        let (n, d) = (cursor.shape()[0], self.config.dim);
-        let mut x = ops::embed_at(batch, ids, cursor, &self.token, &self.position)?;
-        for (layer, b) in self.blocks.iter().enumerate() {
-            let h = Self::norm(batch, &x, &b.ln1)?;
-            let qkv = self.linear(batch, &h, &b.qkv, Activation::None)?;
-            let (k, v) = (&self.keys[layer], &self.values[layer]);
-            ops::cache_append(batch, &qkv, cursor, k, v)?;
-            let att = if prompt {
-                let options = ops::AttentionOptions {
-                    heads: self.config.heads,
-                    causal: true,
-                    lengths: None,
-                    scale: None,
-                };
-                ops::attention(batch, &qkv.reshape(&[1, n, 3 * d])?, &options)?
-                    .out
-                    .reshape(&[n, d])?
-            } else {
-                ops::decode_attention(batch, &qkv, cursor, k, v, self.config.heads)?
-            };
-            let y = self.linear(batch, &att, &b.proj, Activation::None)?;
-            ops::axpy(batch, &y, 1.0, &x)?;
-            x = y;
-            let h = Self::norm(batch, &x, &b.ln2)?;
-            let h = self.linear(batch, &h, &b.fc1, self.config.activation)?;
-            let y = self.linear(batch, &h, &b.fc2, Activation::None)?;
-            ops::axpy(batch, &y, 1.0, &x)?;
-            x = y;
-        }
-        Ok(x)
-    }
-
-    fn record_logits(&self, batch: &mut Batch, hidden: &Tensor) -> Result<Tensor> {
-        let h = Self::norm(batch, hidden, &self.ln_f)?;
-        self.linear(batch, &h, &self.head, Activation::None)
+        self.model.decode(batch, ids, cursor, prompt, &self.caches)
     }
 
     fn check_slot(&self, op: &'static str, slot: usize) -> Result<()> {
@@ -415,21 +318,21 @@ impl Decoder {
         if prompt.is_empty() {
             return Err(invalid(op, "the prompt needs at least one token".into()));
         }
-        if prompt.len() > self.config.context {
+        if prompt.len() > self.context {
             return Err(Error::LimitExceeded {
                 what: format!("{op}: prompt tokens (the model's context)"),
                 requested: prompt.len() as u64,
-                limit: self.config.context as u64,
+                limit: self.context as u64,
             });
         }
-        ops::check_ids(op, prompt, self.config.vocab)
+        ops::check_ids(op, prompt, self.token_ids)
     }
 
     /// Records the prefill of `prompt` into `slot` (positions 0..len, overwriting what the slot
     /// held) and returns the logits of its last position (`[1, vocab]`), or of every position
     /// with `every_position`.
     pub fn record_prefill(
-        &self,
+        &mut self,
         batch: &mut Batch,
         slot: usize,
         prompt: &[u32],
@@ -441,12 +344,12 @@ impl Decoder {
         let cursor: Vec<u32> = (0..n).flat_map(|p| [slot as u32, p as u32]).collect();
         let ids = Tensor::from_slice(&self.gpu, prompt, &[n])?;
         let cursor = Tensor::from_slice(&self.gpu, &cursor, &[n, 2])?;
-        let mut hidden = self.record_hidden(batch, &ids, &cursor, true)?;
-        if !every_position && n > 1 {
-            let last = Tensor::from_slice(&self.gpu, &[n as u32 - 1], &[1])?;
-            hidden = ops::gather_rows(batch, &hidden, &last)?;
+        let logits = self.record(batch, &ids, &cursor, true)?;
+        if every_position || n == 1 {
+            return Ok(logits);
         }
-        self.record_logits(batch, &hidden)
+        let last = Tensor::from_slice(&self.gpu, &[n as u32 - 1], &[1])?;
+        ops::gather_rows(batch, &logits, &last)
     }
 
     /// Fills `slot` with `prompt` and returns the logits of every position (`[len, vocab]`,
@@ -472,11 +375,11 @@ impl Decoder {
         let mut seen = std::collections::HashSet::with_capacity(rows.len());
         for r in rows {
             self.check_slot(op, r.slot)?;
-            if r.position >= self.config.context {
+            if r.position >= self.context {
                 return Err(Error::LimitExceeded {
                     what: format!("{op}: position (the model's context)"),
                     requested: r.position as u64,
-                    limit: self.config.context as u64 - 1,
+                    limit: self.context as u64 - 1,
                 });
             }
             if !seen.insert((r.slot, r.position)) {
@@ -487,7 +390,7 @@ impl Decoder {
             }
         }
         let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
-        ops::check_ids(op, &tokens, self.config.vocab)
+        ops::check_ids(op, &tokens, self.token_ids)
     }
 
     /// One token for each row (the cache must hold its sequence's positions before
@@ -507,8 +410,7 @@ impl Decoder {
         let ids = Tensor::from_slice(&self.gpu, &ids, &[n])?;
         let cursor = Tensor::from_slice(&self.gpu, &cursor, &[n, 2])?;
         let mut batch = Batch::new(&self.gpu);
-        let hidden = self.record_hidden(&mut batch, &ids, &cursor, false)?;
-        let logits = self.record_logits(&mut batch, &hidden)?;
+        let logits = self.record(&mut batch, &ids, &cursor, false)?;
         batch.submit()?;
         logits.to_vec::<f32>()
     }
@@ -546,8 +448,7 @@ impl Decoder {
         let cursor = Tensor::zeros(&gpu, &[size, 2], DType::U32)?;
         let settings = Tensor::zeros(&gpu, &[size, SamplingSettings::WORDS], DType::U32)?;
         let mut batch = Batch::capture(&gpu);
-        let hidden = self.record_hidden(&mut batch, &ids, &cursor, false)?;
-        let logits = self.record_logits(&mut batch, &hidden)?;
+        let logits = self.record(&mut batch, &ids, &cursor, false)?;
         let tokens = ops::sample_tokens_with_table(&mut batch, &logits, &settings)?;
         let plan = batch.into_plan()?;
         let readback = gpu.device().create_buffer(&wgpu::BufferDescriptor {
@@ -605,7 +506,7 @@ impl Decoder {
             });
         }
         for (i, s) in settings.iter().enumerate() {
-            s.validate(OP, i, self.config.vocab)?;
+            s.validate(OP, i, self.vocab)?;
         }
         let index = self.plan_for(rows.len())?;
         let p = &self.plans[index];
@@ -699,5 +600,70 @@ impl Decoder {
         batch.submit()?;
         // Every prompt's token in one copy and one wait.
         Tensor::read_all(&self.gpu, &tokens)
+    }
+}
+
+impl LanguageModel {
+    /// `prompt` followed by `new_tokens` generated ones, through a [`crate::generate::Decoder`]:
+    /// the prompt fills a key/value cache, then each token is one decode step, sampled on the
+    /// GPU. Past the context, each token runs the forward over the last `context` tokens.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        new_tokens: usize,
+        sampling: Sampling,
+    ) -> Result<Vec<u32>> {
+        const OP: &str = "LanguageModel::generate";
+        if prompt.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                details: "the prompt needs at least one token".into(),
+            });
+        }
+        ops::check_ids(OP, prompt, self.config().vocab)?;
+        let vocab = self.config().vocab;
+        let settings = |counter: usize| match sampling {
+            Sampling::Greedy => SamplingSettings::greedy(),
+            Sampling::Sample {
+                temperature,
+                top_k,
+                seed,
+            } => SamplingSettings {
+                temperature,
+                // 0, or the vocabulary or more: every token.
+                top_k: if top_k >= vocab { 0 } else { top_k as u32 },
+                top_p: 1.0,
+                seed,
+                counter: counter as u32,
+            },
+        };
+        settings(0).validate(OP, 0, vocab)?;
+        let options = DecoderOptions {
+            max_sequences: 1,
+            prefill_chunk: 0,
+            ..Default::default()
+        };
+        let mut decoder = Decoder::new(self, options)?;
+        let context = self.config().context;
+        let mut tokens = prompt.to_vec();
+        tokens.reserve(new_tokens);
+        let mut cached = false;
+        for i in 0..new_tokens {
+            let s = [settings(i)];
+            let next = if cached && tokens.len() <= context {
+                let row = DecodeRow {
+                    slot: 0,
+                    position: tokens.len() - 1,
+                    token: tokens[tokens.len() - 1],
+                };
+                decoder.step(&[row], &s)?[0]
+            } else {
+                let window = &tokens[tokens.len().saturating_sub(context)..];
+                cached = tokens.len() <= context;
+                decoder.prefill_and_sample(&[(0, window)], &s)?[0]
+            };
+            tokens.push(next);
+        }
+        Ok(tokens)
     }
 }

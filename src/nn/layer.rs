@@ -180,11 +180,54 @@ pub trait Layer: std::fmt::Debug + Send + Sync {
         Ok(None)
     }
 
-    /// The layer as a built-in spec, for model files in today's format; `None` for a layer of
-    /// another crate.
-    fn spec(&self) -> Option<crate::nn::LayerSpec> {
+    /// The layer's configuration, a JSON object (what model files record beside its kind, and
+    /// what the factory registered under [`Self::kind`] with [`crate::nn::register_layer`] builds
+    /// it from again). `None` (the default): the layer cannot be saved, or lowered into a
+    /// [`crate::generate::Decoder`], which makes its own copy of every layer.
+    fn config(&self) -> Option<serde_json::Value> {
         None
     }
+
+    /// The elementwise activation this layer applies, if that is all it does: what the model's
+    /// fusion pass offers to the layer before it ([`Self::fuse`]).
+    fn activation(&self) -> Option<Activation> {
+        None
+    }
+
+    /// The per-sequence state a decode step keeps for this layer: the shapes of the tensors,
+    /// each `[slots, context, ...]`, that a [`crate::generate::Decoder`] allocates and passes back
+    /// in every [`DecodeStep::cache`] (attention: its keys and values). None by default.
+    fn decode_cache(&self, _slots: usize, _context: usize) -> Vec<Vec<usize>> {
+        Vec::new()
+    }
+
+    /// Records the layer's forward pass inside a decode step. The rows of the inputs are tokens at
+    /// `step.cursor`'s (slot, position) pairs, not whole sequences: `[rows, ...]` where the
+    /// forward sees `[batch, T, ...]`. The default runs [`Self::forward`] (with `ctx.train` off),
+    /// which is right for every layer that treats rows independently (norms, projections, the
+    /// MLP, residual adds); a layer that mixes positions (attention) keeps what later tokens need
+    /// in its [`Self::decode_cache`] and overrides this.
+    fn decode(
+        &mut self,
+        ctx: &mut Context,
+        inputs: &[&Tensor],
+        _step: &DecodeStep,
+    ) -> Result<Tensor> {
+        self.forward(ctx, inputs)
+    }
+}
+
+/// What a layer sees in a decode step besides its inputs ([`Layer::decode`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeStep<'a> {
+    /// U32 `[rows, 2]`: each row's (slot, position). A row whose slot is past the cache's slots
+    /// is padding: it must change nothing.
+    pub cursor: &'a Tensor,
+    /// The rows are one prompt's positions 0..rows in one slot (a prefill: attention over them
+    /// may use the fused causal kernel); otherwise each row is one token of any sequence.
+    pub prompt: bool,
+    /// The layer's cache tensors, in the shapes [`Layer::decode_cache`] gave.
+    pub cache: &'a [Tensor],
 }
 
 /// Checks that a layer got `n` inputs.

@@ -64,7 +64,7 @@ pub enum LayerSpec {
 const MAX_PADDED_SIDE: usize = 1 << 31;
 
 impl LayerSpec {
-    /// The layer's kind, as a user names it in messages.
+    /// The layer's kind, as model files and messages name it.
     pub fn kind(&self) -> &'static str {
         match self {
             LayerSpec::Linear { .. } => "Linear",
@@ -77,254 +77,100 @@ impl LayerSpec {
         }
     }
 
-    /// Checks the layer's own numbers: every size, window and stride at least 1. (Whether the
-    /// layer fits its input is [`Self::output_shape`]'s check.)
+    /// Checks the layer's own numbers (every size, window and stride at least 1): the checks of
+    /// the layer it builds. (Whether the layer fits its input is [`Self::output_shape`]'s.)
     pub fn validate(&self) -> Result<()> {
-        let invalid = |details: String| {
-            Err(Error::InvalidArgument {
-                op: "LayerSpec",
-                details,
-            })
-        };
-        let at_least_one = |what: &str, pair: (usize, usize)| {
-            if pair.0 == 0 || pair.1 == 0 {
-                invalid(format!(
-                    "{} {what} must be at least 1 in both directions, got {pair:?}",
-                    self.kind()
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        match *self {
-            LayerSpec::Linear { inputs, outputs } => {
-                if inputs == 0 || outputs == 0 {
-                    return invalid(format!(
-                        "Linear needs at least 1 input and 1 output feature, got {inputs} -> {outputs}"
-                    ));
-                }
-            }
-            LayerSpec::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                ..
-            } => {
-                if in_channels == 0 || out_channels == 0 {
-                    return invalid(format!(
-                        "Conv2d needs at least 1 input and 1 output channel, got {in_channels} -> \
-                         {out_channels}"
-                    ));
-                }
-                at_least_one("kernel", kernel)?;
-                at_least_one("stride", stride)?;
-            }
-            LayerSpec::MaxPool2d { kernel, stride } | LayerSpec::AvgPool2d { kernel, stride } => {
-                at_least_one("window", kernel)?;
-                at_least_one("stride", stride)?;
-            }
-            LayerSpec::Flatten | LayerSpec::Activation { .. } | LayerSpec::Add => {}
-        }
-        Ok(())
+        self.build().map(|_| ())
     }
 
-    /// The output shape for an input of `input` (batch dimension first). Checks the layer
-    /// ([`Self::validate`]) and that it fits `input`; sizes are checked arithmetic.
+    /// The output shape for an input of `input` (batch dimension first), as the layer computes
+    /// it.
     pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        const OP: &str = "LayerSpec::output_shape";
-        self.validate()?;
-        let mismatch = |details: String| Error::ShapeMismatch { op: OP, details };
-        let too_large = |what: String| Error::LimitExceeded {
-            what,
-            requested: u64::MAX,
-            limit: MAX_PADDED_SIDE as u64,
-        };
-        match *self {
-            LayerSpec::Linear { inputs, outputs } => match input {
-                [lead @ .., f] if *f == inputs && !lead.is_empty() => {
-                    Ok([lead, &[outputs]].concat())
-                }
-                _ => Err(mismatch(format!(
-                    "Linear({inputs} -> {outputs}) takes [batch, ..., {inputs}], got {input:?}"
-                ))),
-            },
-            LayerSpec::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-            } => match input {
-                [b, c, h, w] if *c == in_channels => {
-                    let axis = |name: &str, size: usize, k: usize, s: usize, p: usize| {
-                        let padded = p
-                            .checked_mul(2)
-                            .and_then(|p2| size.checked_add(p2))
-                            .filter(|&padded| padded <= MAX_PADDED_SIDE)
-                            .ok_or_else(|| {
-                                too_large(format!(
-                                    "Conv2d: {name} {size} with padding {p} on each side"
-                                ))
-                            })?;
-                        if padded < k {
-                            return Err(mismatch(format!(
-                                "Conv2d kernel {name} {k} is larger than the padded input {name} \
-                                 {padded} ({size} + 2 x {p})"
-                            )));
-                        }
-                        Ok((padded - k) / s + 1)
-                    };
-                    Ok(vec![
-                        *b,
-                        out_channels,
-                        axis("height", *h, kernel.0, stride.0, padding.0)?,
-                        axis("width", *w, kernel.1, stride.1, padding.1)?,
-                    ])
-                }
-                _ => Err(mismatch(format!(
-                    "Conv2d takes [batch, {in_channels}, height, width], got {input:?}"
-                ))),
-            },
-            LayerSpec::MaxPool2d { kernel, stride } | LayerSpec::AvgPool2d { kernel, stride } => {
-                match input {
-                    [b, c, h, w] if *h >= kernel.0 && *w >= kernel.1 => Ok(vec![
-                        *b,
-                        *c,
-                        (h - kernel.0) / stride.0 + 1,
-                        (w - kernel.1) / stride.1 + 1,
-                    ]),
-                    _ => Err(mismatch(format!(
-                        "{} window {kernel:?} does not fit the input {input:?} ([batch, channels, \
-                         height, width] at least as large as the window)",
-                        self.kind()
-                    ))),
-                }
-            }
-            LayerSpec::Flatten => match input {
-                [b, rest @ ..] if !rest.is_empty() => {
-                    let features = rest
-                        .iter()
-                        .try_fold(1usize, |n, &d| n.checked_mul(d))
-                        .ok_or_else(|| Error::LimitExceeded {
-                            what: format!("Flatten: features of {input:?}"),
-                            requested: u64::MAX,
-                            limit: u64::from(u32::MAX),
-                        })?;
-                    Ok(vec![*b, features])
-                }
-                _ => Err(mismatch(format!(
-                    "Flatten takes [batch, ...] of rank >= 2, got {input:?}"
-                ))),
-            },
-            LayerSpec::Activation { .. } => Ok(input.to_vec()),
-            LayerSpec::Add => Err(mismatch(
-                "Add takes two inputs: build it into a model with ModelBuilder".into(),
-            )),
-        }
+        self.build()?.output_shape(&[input])
     }
 
-    /// The layer this spec describes, ready to be placed in a model.
+    /// The layer this spec describes, ready to be placed in a model: made by the same factory
+    /// that model files use ([`crate::nn::register_layer`]), so the spec is only its typed form.
     pub fn build(&self) -> Result<Box<dyn Layer>> {
-        self.validate()?;
-        Ok(match *self {
-            LayerSpec::Linear { inputs, outputs } => Box::new(Linear::new(inputs, outputs)),
-            LayerSpec::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-            } => Box::new(Conv2d::new(
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-            )),
-            LayerSpec::MaxPool2d { kernel, stride } => Box::new(MaxPool2d::new(kernel, stride)),
-            LayerSpec::AvgPool2d { kernel, stride } => Box::new(AvgPool2d::new(kernel, stride)),
-            LayerSpec::Flatten => Box::new(Flatten::default()),
-            LayerSpec::Activation { function } => Box::new(ActivationLayer::new(function)),
-            LayerSpec::Add => Box::new(Add),
-        })
+        let value = serde_json::to_value(self).map_err(|e| Error::InvalidArgument {
+            op: "LayerSpec::build",
+            details: e.to_string(),
+        })?;
+        let (kind, config) = super::registry::split_kind(value)?;
+        super::registry::make_layer(&kind, &config)
     }
 
-    /// Parameter shapes (weight, then bias) and fans (in, out) for initialization.
-    pub fn parameter_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
-        match *self {
-            LayerSpec::Linear { inputs, outputs } => {
-                vec![("weight", vec![outputs, inputs]), ("bias", vec![outputs])]
-            }
-            LayerSpec::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                ..
-            } => vec![
-                (
-                    "weight",
-                    vec![out_channels, in_channels, kernel.0, kernel.1],
-                ),
-                ("bias", vec![out_channels]),
-            ],
-            _ => vec![],
-        }
-    }
-
-    /// The parameters the layer owns, with their roles: what [`Layer::parameters`] of the
-    /// built-in layer gives (the shapes of [`Self::parameter_shapes`]).
-    pub fn parameters(&self) -> Vec<ParamSpec> {
-        self.parameter_shapes()
+    /// The parameters' names and shapes, in the layer's order (empty for an invalid spec).
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.parameters()
             .into_iter()
-            .map(|(name, shape)| match name {
-                "bias" => ParamSpec::bias(name, shape[0]),
-                _ => ParamSpec::weight(name, &shape),
-            })
+            .map(|p| (p.name, p.shape))
             .collect()
     }
 
-    pub(crate) fn conv_params(&self) -> Conv2dParams {
-        match *self {
-            LayerSpec::Conv2d {
-                stride, padding, ..
-            } => Conv2dParams {
-                stride,
-                padding,
-                ..Conv2dParams::default()
-            },
-            _ => Conv2dParams::default(),
-        }
-    }
-
-    pub(crate) fn pool_params(&self) -> Pool2dParams {
-        match *self {
-            LayerSpec::MaxPool2d { kernel, stride } | LayerSpec::AvgPool2d { kernel, stride } => {
-                Pool2dParams {
-                    kernel,
-                    stride,
-                    padding: (0, 0),
-                }
-            }
-            _ => Pool2dParams::square(1),
-        }
+    /// The parameters the layer owns, with their roles, as [`Layer::parameters`] of the built
+    /// layer gives them (empty for an invalid spec).
+    pub fn parameters(&self) -> Vec<ParamSpec> {
+        self.build().map(|l| l.parameters()).unwrap_or_default()
     }
 }
 
+fn invalid_layer(details: String) -> Error {
+    Error::InvalidArgument {
+        op: "LayerSpec",
+        details,
+    }
+}
+
+fn at_least_one(kind: &str, what: &str, pair: (usize, usize)) -> Result<()> {
+    if pair.0 == 0 || pair.1 == 0 {
+        return Err(invalid_layer(format!(
+            "{kind} {what} must be at least 1 in both directions, got {pair:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn shape_mismatch(details: String) -> Error {
+    Error::ShapeMismatch {
+        op: "LayerSpec::output_shape",
+        details,
+    }
+}
+
+/// The configuration of a built-in layer: its serde form.
+fn serde_config<T: Serialize>(layer: &T) -> Option<serde_json::Value> {
+    serde_json::to_value(layer).ok()
+}
+
 /// y = x·Wᵀ + b over `[batch, inputs]`; W is `[outputs, inputs]` (PyTorch's layout).
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Linear {
     inputs: usize,
     outputs: usize,
     /// An activation fused into the matmul's epilogue.
+    #[serde(skip)]
     fused: Activation,
     /// Compact weights that replace W in an inference forward.
+    #[serde(skip)]
     compact: Option<ops::QuantizedWeights>,
     /// The input, and with a fused activation the output.
+    #[serde(skip)]
     saved: Option<(Tensor, Option<Tensor>)>,
 }
 
 impl Linear {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.inputs == 0 || self.outputs == 0 {
+            return Err(invalid_layer(format!(
+                "Linear needs at least 1 input and 1 output feature, got {} -> {}",
+                self.inputs, self.outputs
+            )));
+        }
+        Ok(())
+    }
+
     /// A Linear layer of `inputs` to `outputs` features.
     pub fn new(inputs: usize, outputs: usize) -> Self {
         Linear {
@@ -334,6 +180,45 @@ impl Linear {
             compact: None,
             saved: None,
         }
+    }
+}
+
+fn pool_output_shape(
+    kind: &str,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    inputs: &[&[usize]],
+) -> Result<Vec<usize>> {
+    match one_input(kind, inputs)? {
+        [b, c, h, w] if *h >= kernel.0 && *w >= kernel.1 => Ok(vec![
+            *b,
+            *c,
+            (h - kernel.0) / stride.0 + 1,
+            (w - kernel.1) / stride.1 + 1,
+        ]),
+        input => Err(shape_mismatch(format!(
+            "{kind} window {kernel:?} does not fit the input {input:?} ([batch, channels, height, \
+             width] at least as large as the window)"
+        ))),
+    }
+}
+
+fn flatten_shape(input: &[usize]) -> Result<Vec<usize>> {
+    match input {
+        [b, rest @ ..] if !rest.is_empty() => {
+            let features = rest
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .ok_or_else(|| Error::LimitExceeded {
+                    what: format!("Flatten: features of {input:?}"),
+                    requested: u64::MAX,
+                    limit: u64::from(u32::MAX),
+                })?;
+            Ok(vec![*b, features])
+        }
+        _ => Err(shape_mismatch(format!(
+            "Flatten takes [batch, ...] of rank >= 2, got {input:?}"
+        ))),
     }
 }
 
@@ -386,13 +271,21 @@ impl Layer for Linear {
     }
 
     fn parameters(&self) -> Vec<ParamSpec> {
-        self.spec().expect("built in").parameters()
+        vec![
+            ParamSpec::weight("weight", &[self.outputs, self.inputs]),
+            ParamSpec::bias("bias", self.outputs),
+        ]
     }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
-        self.spec()
-            .expect("built in")
-            .output_shape(one_input(self.kind(), inputs)?)
+        self.validate()?;
+        let (i, o) = (self.inputs, self.outputs);
+        match one_input(self.kind(), inputs)? {
+            [lead @ .., f] if *f == i && !lead.is_empty() => Ok([lead, &[o]].concat()),
+            input => Err(shape_mismatch(format!(
+                "Linear({i} -> {o}) takes [batch, ..., {i}], got {input:?}"
+            ))),
+        }
     }
 
     fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
@@ -471,24 +364,25 @@ impl Layer for Linear {
         Ok(Some(bytes))
     }
 
-    fn spec(&self) -> Option<LayerSpec> {
-        Some(LayerSpec::Linear {
-            inputs: self.inputs,
-            outputs: self.outputs,
-        })
+    fn config(&self) -> Option<serde_json::Value> {
+        serde_config(self)
     }
 }
 
 /// 2-D convolution over NCHW with a bias; W is `[out, in, kh, kw]`.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Conv2d {
     in_channels: usize,
     out_channels: usize,
     kernel: (usize, usize),
     stride: (usize, usize),
     padding: (usize, usize),
+    #[serde(skip)]
     fused: Activation,
+    #[serde(skip)]
     compact: Option<ops::QuantizedWeights>,
+    #[serde(skip)]
     saved: Option<(Tensor, Option<Tensor>)>,
 }
 
@@ -515,7 +409,43 @@ impl Conv2d {
     }
 
     fn conv_params(&self) -> Conv2dParams {
-        self.spec().expect("built in").conv_params()
+        Conv2dParams {
+            stride: self.stride,
+            padding: self.padding,
+            ..Conv2dParams::default()
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.in_channels == 0 || self.out_channels == 0 {
+            return Err(invalid_layer(format!(
+                "Conv2d needs at least 1 input and 1 output channel, got {} -> {}",
+                self.in_channels, self.out_channels
+            )));
+        }
+        at_least_one("Conv2d", "kernel", self.kernel)?;
+        at_least_one("Conv2d", "stride", self.stride)
+    }
+
+    /// One spatial side of the output: `size` padded by `p` on each side, a window of `k`, a
+    /// stride of `s`.
+    fn output_side(name: &str, size: usize, k: usize, s: usize, p: usize) -> Result<usize> {
+        let padded = p
+            .checked_mul(2)
+            .and_then(|p2| size.checked_add(p2))
+            .filter(|&padded| padded <= MAX_PADDED_SIDE)
+            .ok_or_else(|| Error::LimitExceeded {
+                what: format!("Conv2d: {name} {size} with padding {p} on each side"),
+                requested: u64::MAX,
+                limit: MAX_PADDED_SIDE as u64,
+            })?;
+        if padded < k {
+            return Err(shape_mismatch(format!(
+                "Conv2d kernel {name} {k} is larger than the padded input {name} {padded} ({size} \
+                 + 2 x {p})"
+            )));
+        }
+        Ok((padded - k) / s + 1)
     }
 }
 
@@ -525,13 +455,28 @@ impl Layer for Conv2d {
     }
 
     fn parameters(&self) -> Vec<ParamSpec> {
-        self.spec().expect("built in").parameters()
+        let (kh, kw) = self.kernel;
+        vec![
+            ParamSpec::weight("weight", &[self.out_channels, self.in_channels, kh, kw]),
+            ParamSpec::bias("bias", self.out_channels),
+        ]
     }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
-        self.spec()
-            .expect("built in")
-            .output_shape(one_input(self.kind(), inputs)?)
+        self.validate()?;
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        match one_input(self.kind(), inputs)? {
+            [b, c, h, w] if *c == self.in_channels => Ok(vec![
+                *b,
+                self.out_channels,
+                Self::output_side("height", *h, k.0, s.0, p.0)?,
+                Self::output_side("width", *w, k.1, s.1, p.1)?,
+            ]),
+            input => Err(shape_mismatch(format!(
+                "Conv2d takes [batch, {}, height, width], got {input:?}",
+                self.in_channels
+            ))),
+        }
     }
 
     fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
@@ -609,23 +554,19 @@ impl Layer for Conv2d {
         Ok(Some(bytes))
     }
 
-    fn spec(&self) -> Option<LayerSpec> {
-        Some(LayerSpec::Conv2d {
-            in_channels: self.in_channels,
-            out_channels: self.out_channels,
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: self.padding,
-        })
+    fn config(&self) -> Option<serde_json::Value> {
+        serde_config(self)
     }
 }
 
 /// Max pooling over NCHW (no padding).
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MaxPool2d {
     kernel: (usize, usize),
     stride: (usize, usize),
     /// The indices of the maxima and the input shape.
+    #[serde(skip)]
     saved: Option<(Tensor, Vec<usize>)>,
 }
 
@@ -640,7 +581,16 @@ impl MaxPool2d {
     }
 
     fn params(&self) -> Pool2dParams {
-        self.spec().expect("built in").pool_params()
+        Pool2dParams {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: (0, 0),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        at_least_one("MaxPool2d", "window", self.kernel)?;
+        at_least_one("MaxPool2d", "stride", self.stride)
     }
 }
 
@@ -650,9 +600,8 @@ impl Layer for MaxPool2d {
     }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
-        self.spec()
-            .expect("built in")
-            .output_shape(one_input(self.kind(), inputs)?)
+        self.validate()?;
+        pool_output_shape(self.kind(), self.kernel, self.stride, inputs)
     }
 
     fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
@@ -675,19 +624,18 @@ impl Layer for MaxPool2d {
         Ok(vec![Some(dx)])
     }
 
-    fn spec(&self) -> Option<LayerSpec> {
-        Some(LayerSpec::MaxPool2d {
-            kernel: self.kernel,
-            stride: self.stride,
-        })
+    fn config(&self) -> Option<serde_json::Value> {
+        serde_config(self)
     }
 }
 
 /// Average pooling over NCHW (no padding).
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AvgPool2d {
     kernel: (usize, usize),
     stride: (usize, usize),
+    #[serde(skip)]
     saved: Option<Vec<usize>>,
 }
 
@@ -702,7 +650,16 @@ impl AvgPool2d {
     }
 
     fn params(&self) -> Pool2dParams {
-        self.spec().expect("built in").pool_params()
+        Pool2dParams {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: (0, 0),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        at_least_one("AvgPool2d", "window", self.kernel)?;
+        at_least_one("AvgPool2d", "stride", self.stride)
     }
 }
 
@@ -712,9 +669,8 @@ impl Layer for AvgPool2d {
     }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
-        self.spec()
-            .expect("built in")
-            .output_shape(one_input(self.kind(), inputs)?)
+        self.validate()?;
+        pool_output_shape(self.kind(), self.kernel, self.stride, inputs)
     }
 
     fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
@@ -736,17 +692,16 @@ impl Layer for AvgPool2d {
         Ok(vec![Some(dx)])
     }
 
-    fn spec(&self) -> Option<LayerSpec> {
-        Some(LayerSpec::AvgPool2d {
-            kernel: self.kernel,
-            stride: self.stride,
-        })
+    fn config(&self) -> Option<serde_json::Value> {
+        serde_config(self)
     }
 }
 
 /// `[batch, ...]` to `[batch, features]`: a view, no dispatch.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Flatten {
+    #[serde(skip)]
     saved: Option<Vec<usize>>,
 }
 
@@ -756,13 +711,13 @@ impl Layer for Flatten {
     }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
-        LayerSpec::Flatten.output_shape(one_input(self.kind(), inputs)?)
+        flatten_shape(one_input(self.kind(), inputs)?)
     }
 
     fn forward(&mut self, ctx: &mut Context, inputs: &[&Tensor]) -> Result<Tensor> {
         expect_inputs(self.kind(), inputs.len(), 1)?;
         let x = inputs[0];
-        let shape = LayerSpec::Flatten.output_shape(x.shape())?;
+        let shape = flatten_shape(x.shape())?;
         if ctx.train {
             self.saved = Some(x.shape().to_vec());
         }
@@ -779,16 +734,18 @@ impl Layer for Flatten {
         Ok(vec![Some(grad_y.reshape(&shape)?)])
     }
 
-    fn spec(&self) -> Option<LayerSpec> {
-        Some(LayerSpec::Flatten)
+    fn config(&self) -> Option<serde_json::Value> {
+        serde_config(self)
     }
 }
 
 /// An elementwise activation as a layer of its own (a ReLU right after a Linear or Conv2d runs in
 /// that layer's epilogue instead: see [`Layer::fuse`]).
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActivationLayer {
     function: Activation,
+    #[serde(skip)]
     saved: Option<Tensor>,
 }
 
@@ -836,15 +793,17 @@ impl Layer for ActivationLayer {
         Ok(vec![Some(dx)])
     }
 
-    fn spec(&self) -> Option<LayerSpec> {
-        Some(LayerSpec::Activation {
-            function: self.function,
-        })
+    fn config(&self) -> Option<serde_json::Value> {
+        serde_config(self)
+    }
+
+    fn activation(&self) -> Option<Activation> {
+        Some(self.function)
     }
 }
 
 /// y = a + b for two inputs of one shape and dtype: a skip (residual) connection.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Add;
 
 impl Layer for Add {
@@ -877,7 +836,7 @@ impl Layer for Add {
         Ok(needs.iter().map(|&n| n.then(|| grad_y.clone())).collect())
     }
 
-    fn spec(&self) -> Option<LayerSpec> {
-        Some(LayerSpec::Add)
+    fn config(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({}))
     }
 }

@@ -33,15 +33,26 @@ mod model;
 mod optimizer;
 mod params;
 pub mod prune;
+mod registry;
 mod trainer;
 mod transformer;
 
-pub use io::{ReadOptions, SavedModel};
-pub use language_model::{GptConfig, LanguageModel, Sampling};
-pub use layer::{Context, Layer, ParamRole, ParamSpec};
+pub use io::{ModelFile, ReadOptions, SavedModel};
+pub use language_model::{LanguageModel, Sampling};
+pub use layer::{Context, DecodeStep, Layer, ParamRole, ParamSpec};
 pub use layers::{ActivationLayer, Add, AvgPool2d, Conv2d, Flatten, LayerSpec, Linear, MaxPool2d};
-pub use model::{Init, Model, ModelBuilder, Sequential, Value};
+pub use model::{
+    GraphSpec, Init, InputSpec, Model, ModelBuilder, NodeSpec, Sequential, Source, Value,
+};
 pub use optimizer::Optimizer;
 pub use params::{HostParameters, ParamId, ParamStore, Parameter};
-pub use trainer::{Distillation, LossFunction, MicroBatch, MixedPrecision, Targets, Trainer};
-pub use transformer::{transformer_block, Embedding, LayerNorm, MultiHeadAttention, WarmupCosine};
+pub use registry::{
+    layer_from_config, make_layer, register_layer, registered_layers, LayerFactory,
+};
+pub use trainer::{
+    Distillation, Input, LossFunction, MicroBatch, MixedPrecision, Targets, Trainer,
+};
+pub use transformer::{
+    transformer_block, BlockConfig, Dropout, Embedding, GptConfig, LayerNorm, MultiHeadAttention,
+    WarmupCosine,
+};

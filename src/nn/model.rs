@@ -1,11 +1,14 @@
 //! A model: layers ([`Layer`], built in or defined elsewhere) wired as a graph (several inputs,
-//! skip connections) over one parameter arena. [`Sequential`] is the same model built as a chain
-//! of built-in layers, the form saved in model files.
+//! skip connections) over one parameter arena: the one definition that training
+//! ([`crate::nn::Trainer`]), serving ([`crate::infer::InferenceSession`]) and decoding
+//! ([`crate::generate::Decoder`], which lowers the same graph) consume. [`Sequential`] is the same
+//! model built as a chain of built-in layers; [`GraphSpec`] is its description in model files.
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
 
-use super::layer::{Context, Layer, ParamRole, ParamSpec};
+use super::layer::{Context, DecodeStep, Layer, ParamRole, ParamSpec};
 use super::layers::LayerSpec;
 use super::params::{HostParameters, ParamStore};
 use crate::batch::Batch;
@@ -113,10 +116,88 @@ fn parameter_elements<'a>(params: impl Iterator<Item = &'a ParamSpec>) -> Result
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Value(Source);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+/// Where a layer of a [`GraphSpec`] reads a value: a model input or an earlier layer's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Model input `k`.
     Input(usize),
+    /// The output of layer `j` (an earlier one).
     Node(usize),
+}
+
+/// A model input: its per-sample shape, and for token ids (U32) the vocabulary they index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Per-sample shape (the batch dimension comes first at run time).
+    pub shape: Vec<usize>,
+    /// For an input of token ids: ids are below it. `None`: values in the compute dtype.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<usize>,
+}
+
+/// One layer of a [`GraphSpec`]: `{"type": kind, ...configuration}` and where it reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The layer's kind and configuration ([`Layer::kind`], [`Layer::config`]).
+    pub layer: serde_json::Value,
+    /// Its inputs.
+    pub inputs: Vec<Source>,
+}
+
+/// A model's architecture as model files hold it: inputs, layers in the order they run, and the
+/// layer whose output is the model's. Layers are made again by the factories registered under
+/// their kinds ([`crate::nn::register_layer`]); parameters are named `"<layer index>.<name>"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSpec {
+    /// The model's inputs.
+    pub inputs: Vec<InputSpec>,
+    /// The layers.
+    pub nodes: Vec<NodeSpec>,
+    /// The index of the output layer.
+    pub output: usize,
+}
+
+impl GraphSpec {
+    /// A builder holding the described layers (each made by its registered factory), and the
+    /// output value.
+    pub fn builder(&self) -> Result<(ModelBuilder, Value)> {
+        let mut b = ModelBuilder::new();
+        b.inputs = self.inputs.clone();
+        for node in &self.nodes {
+            let (kind, config) = super::registry::split_kind(node.layer.clone())?;
+            let layer = super::registry::make_layer(&kind, &config)?;
+            b.nodes.push((layer, node.inputs.clone()));
+        }
+        Ok((b, Value(Source::Node(self.output))))
+    }
+
+    /// The layers' kinds and configurations, as LayerSpecs, where the graph is a chain of
+    /// built-in layers over one input of values (what [`Sequential`] holds).
+    pub fn as_chain(&self) -> Option<(Vec<usize>, Vec<LayerSpec>)> {
+        let [input] = &self.inputs[..] else {
+            return None;
+        };
+        if input.vocab.is_some() || self.output + 1 != self.nodes.len() {
+            return None;
+        }
+        let mut specs = Vec::with_capacity(self.nodes.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let from = if i == 0 {
+                Source::Input(0)
+            } else {
+                Source::Node(i - 1)
+            };
+            if node.inputs != [from] {
+                return None;
+            }
+            specs.push(serde_json::from_value(node.layer.clone()).ok()?);
+        }
+        Some((input.shape.clone(), specs))
+    }
 }
 
 /// Wires layers into a model: inputs, layers applied to earlier values (several inputs, a value
@@ -138,7 +219,7 @@ enum Source {
 /// ```
 #[derive(Debug, Default)]
 pub struct ModelBuilder {
-    inputs: Vec<Vec<usize>>,
+    inputs: Vec<InputSpec>,
     nodes: Vec<(Box<dyn Layer>, Vec<Source>)>,
 }
 
@@ -150,8 +231,50 @@ impl ModelBuilder {
 
     /// A model input of `per_sample_shape` (the batch dimension comes first at run time).
     pub fn input(&mut self, per_sample_shape: &[usize]) -> Value {
-        self.inputs.push(per_sample_shape.to_vec());
+        self.inputs.push(InputSpec {
+            shape: per_sample_shape.to_vec(),
+            vocab: None,
+        });
         Value(Source::Input(self.inputs.len() - 1))
+    }
+
+    /// A model input of token ids (U32, each below `vocab`) of `per_sample_shape`: what an
+    /// [`crate::nn::Embedding`] reads.
+    pub fn input_ids(&mut self, per_sample_shape: &[usize], vocab: usize) -> Value {
+        self.inputs.push(InputSpec {
+            shape: per_sample_shape.to_vec(),
+            vocab: Some(vocab),
+        });
+        Value(Source::Input(self.inputs.len() - 1))
+    }
+
+    /// The graph's description with `output` as its output: what model files hold. Every layer
+    /// must give its configuration ([`Layer::config`]).
+    pub fn graph(&self, output: Value) -> Result<GraphSpec> {
+        let output = match output.0 {
+            Source::Node(j) if j < self.nodes.len() => j,
+            _ => {
+                return Err(Error::InvalidArgument {
+                    op: "ModelBuilder::graph",
+                    details: "the output must be a layer's output of this builder".into(),
+                })
+            }
+        };
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(layer, inputs)| {
+                Ok(NodeSpec {
+                    layer: layer_record(layer.as_ref())?,
+                    inputs: inputs.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GraphSpec {
+            inputs: self.inputs.clone(),
+            nodes,
+            output,
+        })
     }
 
     /// `layer` applied to `inputs` (values of this builder); its output.
@@ -238,19 +361,81 @@ impl ModelBuilder {
         output: Value,
         values: impl FnOnce(&[(String, ParamSpec)]) -> Result<HostParameters>,
     ) -> Result<Model> {
-        const OP: &str = "ModelBuilder::build";
+        let (prepared, named) = self.prepare(gpu, output)?;
+        let values = values(&named)?;
+        let params = ParamStore::new(gpu, &values)?;
+        Ok(prepared.assemble(gpu, params, &named))
+    }
+
+    /// Checks the wiring and the shapes, names the parameters and checks that they fit the
+    /// adapter: everything before any value is made.
+    fn prepare(self, gpu: &Gpu, output: Value) -> Result<(Prepared, Vec<(String, ParamSpec)>)> {
         gpu.check_alive()?;
-        let invalid = |details: String| Err(Error::InvalidArgument { op: OP, details });
+        let output = self.check_wiring(output)?;
+        let mut nodes: Vec<Node> = self
+            .nodes
+            .into_iter()
+            .map(|(layer, inputs)| Node::new(layer, inputs))
+            .collect();
+        // Shapes chain, with a batch of 1.
+        shapes(&self.inputs, &nodes, 1)?;
+        let layers: Vec<&dyn Layer> = nodes.iter().map(|n| n.layer.as_ref()).collect();
+        let named = name_parameters(&layers)?;
+        for node in &mut nodes {
+            node.names = node
+                .layer
+                .parameters()
+                .into_iter()
+                .map(|p| p.name)
+                .collect();
+        }
+        parameter_elements(named.iter().map(|(_, p)| p))?;
+        ParamStore::check_fits(gpu, named.iter().map(|(_, p)| p.shape.as_slice()))?;
+        let prepared = Prepared {
+            inputs: self.inputs,
+            nodes,
+            output,
+        };
+        Ok((prepared, named))
+    }
+
+    /// Checks the graph with `output` as its output without a GPU (the wiring, the shapes at a
+    /// batch of 1, the parameters' names and count) and returns its parameters, named
+    /// `"<layer>.<name>"`: what a model file is checked against before its tensors are read.
+    pub(crate) fn check(&self, output: Value) -> Result<Vec<(String, ParamSpec)>> {
+        self.check_wiring(output)?;
+        let layers: Vec<(&dyn Layer, &[Source])> = self
+            .nodes
+            .iter()
+            .map(|(l, s)| (l.as_ref(), s.as_slice()))
+            .collect();
+        shapes_of(&self.inputs, &layers, 1)?;
+        let named = name_parameters(&layers.iter().map(|(l, _)| *l).collect::<Vec<_>>())?;
+        parameter_elements(named.iter().map(|(_, p)| p))?;
+        Ok(named)
+    }
+
+    /// Checks that there are inputs and layers, that every value a layer reads comes from this
+    /// builder and from before it, and returns the output layer's index.
+    fn check_wiring(&self, output: Value) -> Result<usize> {
+        let invalid = |details: String| {
+            Err(Error::InvalidArgument {
+                op: "ModelBuilder::build",
+                details,
+            })
+        };
         if self.nodes.is_empty() {
             return invalid("a model needs at least one layer".into());
         }
         if self.inputs.is_empty() {
             return invalid("a model needs at least one input".into());
         }
-        for shape in &self.inputs {
-            check_input_shape(shape)?;
+        for input in &self.inputs {
+            check_input_shape(&input.shape)?;
+            if input.vocab == Some(0) {
+                return invalid("an input of token ids needs a vocabulary of at least 1".into());
+            }
         }
-        // Values come from this builder, each layer's from earlier ones.
         for (i, (layer, inputs)) in self.nodes.iter().enumerate() {
             for s in inputs {
                 let known = match *s {
@@ -259,109 +444,126 @@ impl ModelBuilder {
                 };
                 if !known {
                     return invalid(format!(
-                        "layer {i} ({}) reads a value of another builder",
+                        "layer {i} ({}) reads a value of another builder, or a later layer",
                         layer.kind()
                     ));
                 }
             }
         }
-        let output = match output.0 {
-            Source::Node(j) if j < self.nodes.len() => j,
-            _ => return invalid("the output must be a layer's output of this builder".into()),
-        };
-        let model_inputs = self.inputs.clone();
-        let mut nodes: Vec<Node> = self
-            .nodes
-            .into_iter()
-            .map(|(layer, inputs)| Node {
-                names: Vec::new(),
-                views: Vec::new(),
-                half: Vec::new(),
-                absorbed: false,
-                needs_grad: false,
-                input_needs: Vec::new(),
-                consumers: 0,
-                layer,
-                inputs,
-            })
-            .collect();
-        // Shapes chain, with a batch of 1.
-        shapes(&model_inputs, &nodes, 1)?;
-        // The parameters, named "<node>.<name>", and the arena they need on this adapter.
-        let mut named = Vec::new();
-        for (i, node) in nodes.iter_mut().enumerate() {
-            let specs = node.layer.parameters();
-            let mut seen = std::collections::HashSet::new();
-            for p in &specs {
-                if !seen.insert(p.name.clone()) {
-                    return invalid(format!(
-                        "layer {i} ({}) declares the parameter {:?} twice",
-                        node.layer.kind(),
-                        p.name
-                    ));
-                }
-            }
-            node.names = specs.iter().map(|p| p.name.clone()).collect();
-            named.extend(specs.into_iter().map(|p| (format!("{i}.{}", p.name), p)));
+        match output.0 {
+            Source::Node(j) if j < self.nodes.len() => Ok(j),
+            _ => invalid("the output must be a layer's output of this builder".into()),
         }
-        parameter_elements(named.iter().map(|(_, p)| p))?;
-        ParamStore::check_fits(gpu, named.iter().map(|(_, p)| p.shape.as_slice()))?;
-        let roles = named.iter().map(|(_, p)| p.role).collect();
-        let values = values(&named)?;
-        let params = ParamStore::new(gpu, &values)?;
+    }
+}
+
+/// A layer's record in a model file: `{"type": kind, ...configuration}`.
+fn layer_record(layer: &dyn Layer) -> Result<serde_json::Value> {
+    let config = layer.config().ok_or_else(|| Error::InvalidArgument {
+        op: "Model::graph",
+        details: format!(
+            "the layer {} gives no configuration: implement Layer::config and register its kind \
+             with wgnn::nn::register_layer to save or decode it",
+            layer.kind()
+        ),
+    })?;
+    super::registry::join_kind(layer.kind(), config)
+}
+
+/// Names every layer's parameters `"<node>.<name>"` (each name once within its layer).
+fn name_parameters(layers: &[&dyn Layer]) -> Result<Vec<(String, ParamSpec)>> {
+    let mut named = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let specs = layer.parameters();
+        let mut seen = std::collections::HashSet::new();
+        for p in &specs {
+            if !seen.insert(p.name.clone()) {
+                return Err(Error::InvalidArgument {
+                    op: "ModelBuilder::build",
+                    details: format!(
+                        "layer {i} ({}) declares the parameter {:?} twice",
+                        layer.kind(),
+                        p.name
+                    ),
+                });
+            }
+        }
+        named.extend(specs.into_iter().map(|p| (format!("{i}.{}", p.name), p)));
+    }
+    Ok(named)
+}
+
+/// A checked graph waiting for its parameters.
+struct Prepared {
+    inputs: Vec<InputSpec>,
+    nodes: Vec<Node>,
+    output: usize,
+}
+
+impl Prepared {
+    /// The model over `params` (laid out as `named`): parameter views, then the graph passes
+    /// (activation fusion, which layers need gradients).
+    fn assemble(mut self, gpu: &Gpu, params: ParamStore, named: &[(String, ParamSpec)]) -> Model {
         let mut views = params.params().iter();
-        for node in &mut nodes {
+        for node in &mut self.nodes {
             node.views = views
                 .by_ref()
                 .take(node.names.len())
                 .map(|p| (p.value.clone(), p.grad.clone()))
                 .collect();
         }
-        // Who reads each value; a value read once by an activation the layer before can take
-        // into its epilogue is fused there.
-        for i in 0..nodes.len() {
-            for s in nodes[i].inputs.clone() {
-                if let Source::Node(j) = s {
-                    nodes[j].consumers += 1;
-                }
+        fuse_activations(&mut self.nodes, self.output);
+        mark_gradients(&mut self.nodes);
+        Model {
+            gpu: gpu.clone(),
+            inputs: self.inputs,
+            nodes: self.nodes,
+            output: self.output,
+            params,
+            roles: named.iter().map(|(_, p)| p.role).collect(),
+            chain: None,
+        }
+    }
+}
+
+/// The fusion pass: an activation whose input is read by nothing else is offered to the layer
+/// that made that input ([`Layer::fuse`]); where the layer takes it into its epilogue, the
+/// activation's own node is skipped.
+fn fuse_activations(nodes: &mut [Node], output: usize) {
+    let mut consumers = vec![0usize; nodes.len()];
+    for node in nodes.iter() {
+        for s in &node.inputs {
+            if let Source::Node(j) = *s {
+                consumers[j] += 1;
             }
         }
-        nodes[output].consumers += 1;
-        for i in 0..nodes.len() {
-            let Some(LayerSpec::Activation { function }) = nodes[i].layer.spec() else {
-                continue;
-            };
-            if let [Source::Node(j)] = nodes[i].inputs[..] {
-                if nodes[j].consumers == 1 && nodes[j].layer.fuse(function) {
-                    nodes[i].absorbed = true;
-                }
+    }
+    consumers[output] += 1;
+    for i in 0..nodes.len() {
+        let Some(function) = nodes[i].layer.activation() else {
+            continue;
+        };
+        if let [Source::Node(j)] = nodes[i].inputs[..] {
+            if consumers[j] == 1 && nodes[j].layer.fuse(function) {
+                nodes[i].absorbed = true;
             }
         }
-        // Which layers need dL/d(output): those with parameters, or feeding one that does.
-        for i in 0..nodes.len() {
-            let upstream = nodes[i].inputs.iter().any(|s| match *s {
+    }
+}
+
+/// Which layers need dL/d(output): those with parameters, or feeding one that does.
+fn mark_gradients(nodes: &mut [Node]) {
+    for i in 0..nodes.len() {
+        let needs: Vec<bool> = nodes[i]
+            .inputs
+            .iter()
+            .map(|s| match *s {
                 Source::Node(j) => nodes[j].needs_grad,
                 Source::Input(_) => false,
-            });
-            nodes[i].needs_grad = !nodes[i].names.is_empty() || upstream;
-            nodes[i].input_needs = nodes[i]
-                .inputs
-                .iter()
-                .map(|s| match *s {
-                    Source::Node(j) => nodes[j].needs_grad,
-                    Source::Input(_) => false,
-                })
-                .collect();
-        }
-        Ok(Model {
-            gpu: gpu.clone(),
-            inputs: model_inputs,
-            nodes,
-            output,
-            params,
-            roles,
-            chain: None,
-        })
+            })
+            .collect();
+        nodes[i].needs_grad = !nodes[i].names.is_empty() || needs.iter().any(|&n| n);
+        nodes[i].input_needs = needs;
     }
 }
 
@@ -390,19 +592,33 @@ fn check_input_shape(shape: &[usize]) -> Result<()> {
 }
 
 /// Every layer's output shape for a batch of `batch`, in layer order.
-fn shapes(inputs: &[Vec<usize>], nodes: &[Node], batch: usize) -> Result<Vec<Vec<usize>>> {
-    let input_shapes: Vec<Vec<usize>> = inputs.iter().map(|s| [&[batch][..], s].concat()).collect();
-    let mut out: Vec<Vec<usize>> = Vec::with_capacity(nodes.len());
-    for node in nodes {
-        let ins: Vec<&[usize]> = node
-            .inputs
+fn shapes(inputs: &[InputSpec], nodes: &[Node], batch: usize) -> Result<Vec<Vec<usize>>> {
+    let layers: Vec<(&dyn Layer, &[Source])> = nodes
+        .iter()
+        .map(|n| (n.layer.as_ref(), n.inputs.as_slice()))
+        .collect();
+    shapes_of(inputs, &layers, batch)
+}
+
+fn shapes_of(
+    inputs: &[InputSpec],
+    layers: &[(&dyn Layer, &[Source])],
+    batch: usize,
+) -> Result<Vec<Vec<usize>>> {
+    let input_shapes: Vec<Vec<usize>> = inputs
+        .iter()
+        .map(|s| [&[batch][..], &s.shape].concat())
+        .collect();
+    let mut out: Vec<Vec<usize>> = Vec::with_capacity(layers.len());
+    for (layer, sources) in layers {
+        let ins: Vec<&[usize]> = sources
             .iter()
             .map(|s| match *s {
                 Source::Input(k) => input_shapes[k].as_slice(),
                 Source::Node(j) => out[j].as_slice(),
             })
             .collect();
-        let shape = node.layer.output_shape(&ins)?;
+        let shape = layer.output_shape(&ins)?;
         out.push(shape);
     }
     Ok(out)
@@ -425,8 +641,33 @@ struct Node {
     needs_grad: bool,
     /// For each input, whether the backward must return its gradient.
     input_needs: Vec<bool>,
-    /// Layers (and the model output) that read its value.
-    consumers: usize,
+}
+
+impl Node {
+    fn new(layer: Box<dyn Layer>, inputs: Vec<Source>) -> Self {
+        Node {
+            layer,
+            inputs,
+            names: Vec::new(),
+            views: Vec::new(),
+            half: Vec::new(),
+            absorbed: false,
+            needs_grad: false,
+            input_needs: Vec::new(),
+        }
+    }
+}
+
+/// How [`Model::run`] runs each layer.
+enum Pass<'a> {
+    /// The forward pass, saving for the backward with `train`.
+    Forward { train: bool },
+    /// A decode step: rows at `cursor`, each layer with its cache.
+    Decode {
+        cursor: &'a Tensor,
+        prompt: bool,
+        caches: &'a [Vec<Tensor>],
+    },
 }
 
 /// Layers wired as a graph over one parameter arena: what [`crate::nn::Trainer`] trains and
@@ -435,7 +676,7 @@ struct Node {
 #[derive(Debug)]
 pub struct Model {
     gpu: Gpu,
-    inputs: Vec<Vec<usize>>,
+    inputs: Vec<InputSpec>,
     nodes: Vec<Node>,
     output: usize,
     params: ParamStore,
@@ -487,10 +728,14 @@ impl Model {
     }
     /// The per-sample shape of the (first) input.
     pub fn input_shape(&self) -> &[usize] {
-        &self.inputs[0]
+        &self.inputs[0].shape
     }
     /// The per-sample shapes of every input.
-    pub fn input_shapes(&self) -> &[Vec<usize>] {
+    pub fn input_shapes(&self) -> Vec<Vec<usize>> {
+        self.inputs.iter().map(|i| i.shape.clone()).collect()
+    }
+    /// Every input: its shape, and for token ids their vocabulary.
+    pub fn inputs(&self) -> &[InputSpec] {
         &self.inputs
     }
     /// The layers' specs when the model is a chain of built-in layers (what model files hold);
@@ -588,8 +833,8 @@ impl Model {
                 limit,
             )
         };
-        for shape in &self.inputs {
-            check(&[&[batch_size][..], shape].concat(), "input")?;
+        for input in &self.inputs {
+            check(&[&[batch_size][..], &input.shape].concat(), "input")?;
         }
         for (node, shape) in self
             .nodes
@@ -636,13 +881,19 @@ impl Model {
         self.forward_inputs(batch, &[x], train)
     }
 
-    /// Records the forward pass of every input (`[batch, ..its shape]`, one batch size for all).
+    /// Records the forward pass of every input (`[batch, ..its shape]`, one batch size for all;
+    /// U32 token ids for an input of ids).
     pub fn forward_inputs(
         &mut self,
         batch: &mut Batch,
         inputs: &[&Tensor],
         train: bool,
     ) -> Result<Tensor> {
+        self.check_inputs(inputs)?;
+        self.run(batch, inputs, Pass::Forward { train })
+    }
+
+    fn check_inputs(&self, inputs: &[&Tensor]) -> Result<()> {
         const OP: &str = "Model::forward";
         if inputs.len() != self.inputs.len() {
             return Err(Error::ShapeMismatch {
@@ -655,7 +906,8 @@ impl Model {
             });
         }
         let rows = inputs[0].shape().first().copied().unwrap_or(0);
-        for (x, shape) in inputs.iter().zip(&self.inputs) {
+        for (x, input) in inputs.iter().zip(&self.inputs) {
+            let shape = &input.shape;
             if x.shape().get(1..) != Some(&shape[..]) || x.shape()[0] != rows {
                 return Err(Error::ShapeMismatch {
                     op: OP,
@@ -666,31 +918,56 @@ impl Model {
                     ),
                 });
             }
+            if input.vocab.is_some() && x.dtype() != DType::U32 {
+                return Err(Error::DtypeMismatch {
+                    op: OP,
+                    details: format!("an input of token ids is U32, got {:?}", x.dtype()),
+                });
+            }
         }
+        Ok(())
+    }
+
+    /// Runs every layer in order, as `pass` says, and returns the output layer's value.
+    fn run(&mut self, batch: &mut Batch, inputs: &[&Tensor], pass: Pass) -> Result<Tensor> {
+        const OP: &str = "Model::forward";
         let half = self.compute_dtype() == DType::F16;
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
         for i in 0..self.nodes.len() {
             let node = &mut self.nodes[i];
-            let y = {
-                let ins = node
-                    .inputs
-                    .iter()
-                    .map(|s| match *s {
-                        Source::Input(k) => Ok(inputs[k]),
-                        Source::Node(j) => {
-                            values[j].as_ref().ok_or_else(|| Error::InvalidArgument {
-                                op: OP,
-                                details: format!("layer {i} reads layer {j}, which has no output"),
-                            })
-                        }
-                    })
-                    .collect::<Result<Vec<&Tensor>>>()?;
-                if node.absorbed {
-                    ins[0].clone()
-                } else {
-                    let views = if half { &node.half } else { &node.views };
-                    let mut ctx = Context::new(batch, views, &node.names, train);
-                    node.layer.forward(&mut ctx, &ins)?
+            let ins = node
+                .inputs
+                .iter()
+                .map(|s| match *s {
+                    Source::Input(k) => Ok(inputs[k]),
+                    Source::Node(j) => values[j].as_ref().ok_or_else(|| Error::InvalidArgument {
+                        op: OP,
+                        details: format!("layer {i} reads layer {j}, which has no output"),
+                    }),
+                })
+                .collect::<Result<Vec<&Tensor>>>()?;
+            let y = if node.absorbed {
+                ins[0].clone()
+            } else {
+                let views = if half { &node.half } else { &node.views };
+                match pass {
+                    Pass::Forward { train } => {
+                        let mut ctx = Context::new(batch, views, &node.names, train);
+                        node.layer.forward(&mut ctx, &ins)?
+                    }
+                    Pass::Decode {
+                        cursor,
+                        prompt,
+                        caches,
+                    } => {
+                        let mut ctx = Context::new(batch, views, &node.names, false);
+                        let step = DecodeStep {
+                            cursor,
+                            prompt,
+                            cache: &caches[i],
+                        };
+                        node.layer.decode(&mut ctx, &ins, &step)?
+                    }
                 }
             };
             values[i] = Some(y);
@@ -701,6 +978,90 @@ impl Model {
                 op: OP,
                 details: "the output layer gave no value".into(),
             })
+    }
+
+    /// The model's description: what model files hold (see [`GraphSpec`]). Every layer must give
+    /// its configuration ([`Layer::config`]).
+    pub fn graph(&self) -> Result<GraphSpec> {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| {
+                Ok(NodeSpec {
+                    layer: layer_record(n.layer.as_ref())?,
+                    inputs: n.inputs.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GraphSpec {
+            inputs: self.inputs.clone(),
+            nodes,
+            output: self.output,
+        })
+    }
+
+    /// A second model of the same graph whose layers are made anew from their configurations
+    /// (by the registered factories) and read the same f32 parameters (shared, not copied): what
+    /// a decoder lowers, so that its layers' own state (compact weights, caches) leaves this
+    /// model as it is.
+    pub fn duplicate(&self) -> Result<Model> {
+        let (builder, output) = self.graph()?.builder()?;
+        let (prepared, named) = builder.prepare(&self.gpu, output)?;
+        let same = named.len() == self.params.params().len()
+            && named
+                .iter()
+                .zip(self.params.params())
+                .all(|((n, p), q)| *n == q.name && p.shape == q.shape);
+        if !same {
+            return Err(Error::InvalidArgument {
+                op: "Model::duplicate",
+                details: "a layer made from its configuration declares other parameters than \
+                          the original (its Layer::config leaves something out)"
+                    .into(),
+            });
+        }
+        let mut model = prepared.assemble(&self.gpu, self.params.share_f32(), &named);
+        model.chain = self.chain.clone();
+        Ok(model)
+    }
+
+    /// The cache tensors' shapes of each layer ([`Layer::decode_cache`]) for `slots` sequences of
+    /// up to `context` positions, in layer order.
+    pub fn decode_caches(&self, slots: usize, context: usize) -> Vec<Vec<Vec<usize>>> {
+        self.nodes
+            .iter()
+            .map(|n| n.layer.decode_cache(slots, context))
+            .collect()
+    }
+
+    /// Records one decode step of a model whose single input is token ids: `ids` `[rows]` at
+    /// `cursor` (`[rows, 2]` (slot, position)), each layer through [`Layer::decode`] with its
+    /// caches (made in the shapes of [`Self::decode_caches`]); `prompt`: the rows are one
+    /// prompt's positions 0..rows. Returns the output layer's rows.
+    pub fn decode(
+        &mut self,
+        batch: &mut Batch,
+        ids: &Tensor,
+        cursor: &Tensor,
+        prompt: bool,
+        caches: &[Vec<Tensor>],
+    ) -> Result<Tensor> {
+        if caches.len() != self.nodes.len() || self.inputs.len() != 1 {
+            return Err(Error::InvalidArgument {
+                op: "Model::decode",
+                details: format!(
+                    "{} cache lists for {} layers; a decoded model has one input of token ids",
+                    caches.len(),
+                    self.nodes.len()
+                ),
+            });
+        }
+        let pass = Pass::Decode {
+            cursor,
+            prompt,
+            caches,
+        };
+        self.run(batch, &[ids], pass)
     }
 
     /// Records the backward pass from dL/d(output), adding every parameter's gradient into the
@@ -793,4 +1154,16 @@ fn chain(input_shape: &[usize], specs: &[LayerSpec]) -> Result<(ModelBuilder, Va
         v = b.add_boxed(spec.build()?, &[v]);
     }
     Ok((b, v))
+}
+
+impl AsRef<Model> for Model {
+    fn as_ref(&self) -> &Model {
+        self
+    }
+}
+
+impl AsMut<Model> for Model {
+    fn as_mut(&mut self) -> &mut Model {
+        self
+    }
 }

@@ -159,6 +159,20 @@ impl ParamStore {
         )
     }
 
+    /// The same arenas (shared, not copied) without the f16 ones: what a second consumer of the
+    /// parameters that computes in f32 (a decoder) reads.
+    pub(crate) fn share_f32(&self) -> ParamStore {
+        let mut shared = ParamStore {
+            id: self.id,
+            values: self.values.clone(),
+            grads: self.grads.clone(),
+            half: None,
+            params: self.params.clone(),
+        };
+        shared.disable_half();
+        shared
+    }
+
     /// Drops the f16 arenas: the parameters are f32 only again.
     pub fn disable_half(&mut self) {
         self.half = None;

@@ -92,13 +92,31 @@ pub enum Targets<'a> {
     Values(&'a [f32]),
 }
 
-/// One micro-batch: the samples of each model input (row-major, the input's shape per sample),
-/// and their targets.
+/// The samples of one model input, row-major (the input's shape per sample).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Input<'a> {
+    /// Values, for an input made with [`crate::nn::ModelBuilder::input`].
+    Values(&'a [f32]),
+    /// Token ids, for an input made with [`crate::nn::ModelBuilder::input_ids`].
+    Ids(&'a [u32]),
+}
+
+impl Input<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Input::Values(v) => v.len(),
+            Input::Ids(v) => v.len(),
+        }
+    }
+}
+
+/// One micro-batch: the samples of each model input, and their targets.
 #[derive(Debug, Clone, Copy)]
 pub struct MicroBatch<'a> {
-    /// One slice per model input.
-    pub inputs: &'a [&'a [f32]],
-    /// The targets.
+    /// One per model input.
+    pub inputs: &'a [Input<'a>],
+    /// The targets: for the cross-entropy one label per sample, or per position for an output
+    /// `[batch, positions, classes]` (a language model's next tokens).
     pub targets: Targets<'a>,
 }
 
@@ -109,47 +127,100 @@ struct Staged {
     targets: Tensor,
 }
 
-/// Trains a [`Model`] (any layers, any inputs; a classifier or a regressor, see [`LossFunction`]):
-/// each step records the mini-batch's upload, the forward pass, the loss, the backward pass and
-/// the optimizer update into one [`Batch`] and submits it once. The loss is summed on the GPU and
-/// read only when asked for ([`Trainer::mean_loss`]), so steps never wait for the GPU.
+/// Trains a [`Model`], or anything built over one (`M`: a [`crate::nn::LanguageModel`]), with any
+/// layers and inputs, a classifier or a regressor (see [`LossFunction`]): each step records the
+/// mini-batch's upload, the forward pass, the loss, the backward pass and the optimizer update
+/// into one [`Batch`] and submits it once. The loss is summed on the GPU and read only when asked
+/// for ([`Trainer::mean_loss`]), so steps never wait for the GPU. This is the one training stack:
+/// data-parallel training ([`crate::distributed`]) drives it through [`Self::record_gradients`]
+/// and [`Self::record_update`].
 #[derive(Debug)]
-pub struct Trainer {
-    model: Model,
+pub struct Trainer<M = Model> {
+    model: M,
     optimizer: Optimizer,
     loss: LossFunction,
     /// The loss summed over the steps since the last read (made on the first step).
     loss_sum: Option<Tensor>,
     loss_steps: u32,
+    /// A step whose gradients are recorded and whose update is not yet: it counts in
+    /// `loss_steps` once its update is recorded (a refused update drops the batch and its loss).
+    pending_step: bool,
     staged: HashMap<usize, Staged>,
     /// The model's output values per sample (its classes, for a classifier).
     outputs_per_sample: usize,
+    /// Classes of the output's last axis, and labels per sample (its positions).
+    classes: usize,
+    labels_per_sample: usize,
     loss_scale: Option<LossScale>,
+    grad_clip: Option<f32>,
     mask: Option<super::prune::PruningMask>,
     teacher: Option<(Model, Distillation)>,
 }
 
-impl Trainer {
+impl<M: AsRef<Model> + AsMut<Model>> Trainer<M> {
     /// A trainer for `model` with `optimizer`, minimising cross-entropy (see
     /// [`Self::with_loss`]).
-    pub fn new(model: Model, optimizer: Optimizer) -> Self {
+    pub fn new(model: M, optimizer: Optimizer) -> Self {
         // A built model's shapes were checked when it was made.
-        let outputs_per_sample = model
-            .output_shape(1)
-            .map(|s| s[1..].iter().product())
-            .unwrap_or(0);
+        let out = model.as_ref().output_shape(1).unwrap_or_default();
+        let outputs_per_sample = out.get(1..).map(|s| s.iter().product()).unwrap_or(0);
+        let classes = out.last().copied().unwrap_or(0);
+        let labels_per_sample = outputs_per_sample / classes.max(1);
         Trainer {
             model,
             optimizer,
             loss: LossFunction::default(),
             loss_sum: None,
             loss_steps: 0,
+            pending_step: false,
             staged: HashMap::new(),
             outputs_per_sample,
+            classes,
+            labels_per_sample,
             loss_scale: None,
+            grad_clip: None,
             mask: None,
             teacher: None,
         }
+    }
+
+    fn net(&self) -> &Model {
+        self.model.as_ref()
+    }
+
+    fn net_mut(&mut self) -> &mut Model {
+        self.model.as_mut()
+    }
+
+    /// Clips the gradients' global norm to `max_norm` before each update (`None`: no clipping).
+    pub fn set_grad_clip(&mut self, max_norm: Option<f32>) -> Result<()> {
+        if let Some(m) = max_norm {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(Error::InvalidArgument {
+                    op: "Trainer::set_grad_clip",
+                    details: format!("max_norm must be finite and positive, got {m}"),
+                });
+            }
+        }
+        self.grad_clip = max_norm;
+        Ok(())
+    }
+
+    /// Switches training to mixed precision (see [`Self::with_mixed_precision`]); does nothing
+    /// the second time.
+    pub fn enable_mixed_precision(&mut self, settings: MixedPrecision) -> Result<()> {
+        if self.loss_scale.is_some() {
+            return Ok(());
+        }
+        let scale = LossScale::new(
+            self.net().gpu(),
+            settings.initial_scale,
+            settings.growth_interval,
+        )?;
+        self.net_mut().enable_mixed_precision()?;
+        self.loss_scale = Some(scale);
+        self.staged.clear();
+        Ok(())
     }
 
     /// The trainer minimising `loss` instead (checked: label smoothing in [0, 1], Huber's delta
@@ -188,7 +259,7 @@ impl Trainer {
     /// step, on the GPU (`None` removes it).
     pub fn set_pruning_mask(&mut self, mask: Option<super::prune::PruningMask>) -> Result<()> {
         if let Some(m) = &mask {
-            let gpu = self.model.gpu().clone();
+            let gpu = self.net().gpu().clone();
             let mut batch = Batch::new(&gpu);
             self.apply_mask(&mut batch, m)?;
             batch.submit()?;
@@ -199,7 +270,7 @@ impl Trainer {
 
     /// values *= mask (and the f16 copies follow in mixed precision).
     fn apply_mask(&self, batch: &mut Batch, mask: &super::prune::PruningMask) -> Result<()> {
-        let params = self.model.params();
+        let params = self.net().params();
         ops::mul_in_place(batch, params.values(), &mask.mask)?;
         if let Some((half, _)) = params.half() {
             ops::amp::cast_from_f32(batch, params.values(), half)?;
@@ -229,8 +300,8 @@ impl Trainer {
             });
         }
         let per_sample = |m: &Model| m.input_shape().iter().product::<usize>();
-        if per_sample(&teacher) != per_sample(&self.model)
-            || teacher.output_shape(1)? != self.model.output_shape(1)?
+        if per_sample(&teacher) != per_sample(self.net())
+            || teacher.output_shape(1)? != self.net().output_shape(1)?
         {
             return Err(Error::ShapeMismatch {
                 op: "Trainer::set_teacher",
@@ -240,7 +311,7 @@ impl Trainer {
                     .into(),
             });
         }
-        if teacher.compute_dtype() != self.model.compute_dtype() {
+        if teacher.compute_dtype() != self.net().compute_dtype() {
             return Err(Error::DtypeMismatch {
                 op: "Trainer::set_teacher",
                 details: "teacher and student must compute in the same precision".into(),
@@ -255,18 +326,12 @@ impl Trainer {
     /// dynamic loss scale guards the f16 gradients: a step whose gradients overflow is skipped on
     /// the GPU and the scale halves, without the host waiting for anything.
     pub fn with_mixed_precision(
-        mut model: Model,
+        model: M,
         optimizer: Optimizer,
         settings: MixedPrecision,
     ) -> Result<Self> {
-        model.enable_mixed_precision()?;
-        let scale = LossScale::new(
-            model.gpu(),
-            settings.initial_scale,
-            settings.growth_interval,
-        )?;
         let mut trainer = Trainer::new(model, optimizer);
-        trainer.loss_scale = Some(scale);
+        trainer.enable_mixed_precision(settings)?;
         Ok(trainer)
     }
 
@@ -277,11 +342,11 @@ impl Trainer {
     }
 
     /// The model.
-    pub fn model(&self) -> &Model {
+    pub fn model(&self) -> &M {
         &self.model
     }
-    /// The model, mutably (to predict between steps).
-    pub fn model_mut(&mut self) -> &mut Model {
+    /// The model, mutably (to predict or evaluate between steps).
+    pub fn model_mut(&mut self) -> &mut M {
         &mut self.model
     }
     /// The optimizer (to change its learning rate).
@@ -289,7 +354,7 @@ impl Trainer {
         &mut self.optimizer
     }
     /// Gives the model back.
-    pub fn into_model(self) -> Model {
+    pub fn into_model(self) -> M {
         self.model
     }
 
@@ -303,7 +368,7 @@ impl Trainer {
     /// trainer's [`LossFunction`] asks).
     pub fn step_towards(&mut self, x: &[f32], targets: Targets) -> Result<()> {
         self.step_micro_batches(&[MicroBatch {
-            inputs: &[x],
+            inputs: &[Input::Values(x)],
             targets,
         }])
     }
@@ -312,14 +377,14 @@ impl Trainer {
     /// the update is the one of their mean loss (micro-batches of equal size give the step of
     /// their union).
     pub fn step_accumulate(&mut self, micro_batches: &[(&[f32], &[u32])]) -> Result<()> {
-        let mut batch = Batch::new(self.model.gpu());
+        let mut batch = Batch::new(self.net().gpu());
         self.record_step(&mut batch, micro_batches)?;
         batch.submit()
     }
 
     /// One optimizer step over micro-batches of any model (several inputs, any targets).
     pub fn step_micro_batches(&mut self, micro_batches: &[MicroBatch]) -> Result<()> {
-        let mut batch = Batch::new(self.model.gpu());
+        let mut batch = Batch::new(self.net().gpu());
         self.record_micro_batches(&mut batch, micro_batches)?;
         batch.submit()
     }
@@ -331,7 +396,10 @@ impl Trainer {
         batch: &mut Batch,
         micro_batches: &[(&[f32], &[u32])],
     ) -> Result<()> {
-        let inputs: Vec<[&[f32]; 1]> = micro_batches.iter().map(|(x, _)| [*x]).collect();
+        let inputs: Vec<[Input; 1]> = micro_batches
+            .iter()
+            .map(|(x, _)| [Input::Values(x)])
+            .collect();
         let micro: Vec<MicroBatch> = micro_batches
             .iter()
             .zip(&inputs)
@@ -371,61 +439,77 @@ impl Trainer {
         }
         let rows = self.check_micro_batches(micro_batches)?;
         let k = micro_batches.len() as f32;
-        self.model.zero_grads(batch)?;
+        self.net().zero_grads(batch)?;
         for (micro, &rows) in micro_batches.iter().zip(&rows) {
-            self.stage(rows)?;
-            let staged = &self.staged[&rows];
-            for (t, x) in staged.inputs.iter().zip(micro.inputs) {
-                write_floats(batch, t, x)?;
-            }
-            match micro.targets {
-                Targets::Classes(labels) => batch.write(&staged.targets, labels)?,
-                Targets::Values(values) => write_floats(batch, &staged.targets, values)?,
-            }
-            let inputs: Vec<&Tensor> = staged.inputs.iter().collect();
-            let output = self.model.forward_inputs(batch, &inputs, true)?;
-            let loss = match (self.loss, self.loss.regression()) {
-                (_, Some(regression)) => {
-                    let prediction = output.reshape(staged.targets.shape())?;
-                    ops::regression(batch, &prediction, &staged.targets, regression)?
-                }
-                (LossFunction::CrossEntropy { label_smoothing }, None) => {
-                    ops::cross_entropy(batch, &output, &staged.targets, label_smoothing)?
-                }
-                _ => unreachable!("regression() is None only for the cross-entropy"),
-            };
-            if let Some((teacher, d)) = self.teacher.as_mut() {
-                // grad = α · soft + (1 − α) · hard; the same mix for the loss.
-                let shape = [&[rows][..], teacher.input_shape()].concat();
-                let teacher_logits =
-                    teacher.forward(batch, &staged.inputs[0].reshape(&shape)?, false)?;
-                let soft = ops::soft_cross_entropy(batch, &output, &teacher_logits, d.temperature)?;
-                ops::scale_in_place(batch, &loss.grad_logits, 1.0 - d.alpha)?;
-                ops::axpy(batch, &loss.grad_logits, d.alpha, &soft.grad_logits)?;
-                ops::scale_in_place(batch, &loss.loss, 1.0 - d.alpha)?;
-                ops::axpy(batch, &loss.loss, d.alpha, &soft.loss)?;
-            }
-            if micro_batches.len() > 1 {
-                ops::scale_in_place(batch, &loss.grad_logits, 1.0 / k)?;
-            }
-            if let Some(scale) = &self.loss_scale {
-                ops::amp::scale_by_loss_scale(batch, &loss.grad_logits, scale)?;
-            }
-            let grad_output = loss.grad_logits.reshape(output.shape())?;
-            self.model.backward(batch, &grad_output)?;
-            if self.loss_sum.is_none() {
-                self.loss_sum = Some(Tensor::zeros(self.model.gpu(), &[1], DType::F32)?);
-            }
-            if let Some(sum) = &self.loss_sum {
-                ops::axpy(batch, sum, 1.0 / k, &loss.loss)?;
-            }
+            self.record_micro_batch(batch, micro, rows, k)?;
         }
-        let params = self.model.params();
+        let params = self.net().params();
         if let (Some(scale), Some((_, half_grads))) = (&self.loss_scale, params.half()) {
             // f16 gradients / scale -> f32 gradients, flagging overflow.
             ops::amp::unscale_gradients(batch, half_grads, params.grads(), scale)?;
         }
-        self.loss_steps += 1;
+        self.pending_step = true;
+        Ok(())
+    }
+
+    /// Records one micro-batch of `rows` samples (one of `k`): upload, forward, loss (with the
+    /// teacher's soft targets), backward, and its share of the loss sum.
+    fn record_micro_batch(
+        &mut self,
+        batch: &mut Batch,
+        micro: &MicroBatch,
+        rows: usize,
+        k: f32,
+    ) -> Result<()> {
+        self.stage(rows)?;
+        let staged = &self.staged[&rows];
+        for (t, x) in staged.inputs.iter().zip(micro.inputs) {
+            match x {
+                Input::Values(v) => write_floats(batch, t, v)?,
+                Input::Ids(ids) => batch.write(t, ids)?,
+            }
+        }
+        match micro.targets {
+            Targets::Classes(labels) => batch.write(&staged.targets, labels)?,
+            Targets::Values(values) => write_floats(batch, &staged.targets, values)?,
+        }
+        let inputs: Vec<&Tensor> = staged.inputs.iter().collect();
+        let output = self.model.as_mut().forward_inputs(batch, &inputs, true)?;
+        let loss = match (self.loss, self.loss.regression()) {
+            (_, Some(regression)) => {
+                let prediction = output.reshape(staged.targets.shape())?;
+                ops::regression(batch, &prediction, &staged.targets, regression)?
+            }
+            (LossFunction::CrossEntropy { label_smoothing }, None) => {
+                ops::cross_entropy(batch, &output, &staged.targets, label_smoothing)?
+            }
+            _ => unreachable!("regression() is None only for the cross-entropy"),
+        };
+        if let Some((teacher, d)) = self.teacher.as_mut() {
+            // grad = α · soft + (1 − α) · hard; the same mix for the loss.
+            let shape = [&[rows][..], teacher.input_shape()].concat();
+            let teacher_logits =
+                teacher.forward(batch, &staged.inputs[0].reshape(&shape)?, false)?;
+            let soft = ops::soft_cross_entropy(batch, &output, &teacher_logits, d.temperature)?;
+            ops::scale_in_place(batch, &loss.grad_logits, 1.0 - d.alpha)?;
+            ops::axpy(batch, &loss.grad_logits, d.alpha, &soft.grad_logits)?;
+            ops::scale_in_place(batch, &loss.loss, 1.0 - d.alpha)?;
+            ops::axpy(batch, &loss.loss, d.alpha, &soft.loss)?;
+        }
+        if k > 1.0 {
+            ops::scale_in_place(batch, &loss.grad_logits, 1.0 / k)?;
+        }
+        if let Some(scale) = &self.loss_scale {
+            ops::amp::scale_by_loss_scale(batch, &loss.grad_logits, scale)?;
+        }
+        let grad_output = loss.grad_logits.reshape(output.shape())?;
+        self.model.as_mut().backward(batch, &grad_output)?;
+        if self.loss_sum.is_none() {
+            self.loss_sum = Some(Tensor::zeros(self.net().gpu(), &[1], DType::F32)?);
+        }
+        if let Some(sum) = &self.loss_sum {
+            ops::axpy(batch, sum, 1.0 / k, &loss.loss)?;
+        }
         Ok(())
     }
 
@@ -439,7 +523,10 @@ impl Trainer {
     /// gradients [`Self::record_gradients`] left (skipped on overflow in mixed precision, with
     /// the loss scale's adjustment and fresh f16 copies of the weights).
     pub fn record_update(&mut self, batch: &mut Batch) -> Result<()> {
-        let params = self.model.params();
+        let params = self.model.as_ref().params();
+        if let Some(max_norm) = self.grad_clip {
+            ops::clip_grad_norm(batch, &[params.grads()], max_norm)?;
+        }
         match (&self.loss_scale, params.half()) {
             (Some(scale), Some((half_values, _))) => {
                 self.optimizer
@@ -457,6 +544,11 @@ impl Trainer {
                 }
             }
         }
+        // The step counts now that its update is recorded: an update the optimizer refused
+        // leaves its batch (and the loss added in it) unsubmitted.
+        if std::mem::take(&mut self.pending_step) {
+            self.loss_steps += 1;
+        }
         Ok(())
     }
 
@@ -467,7 +559,7 @@ impl Trainer {
             return Ok(f32::NAN);
         };
         let sum = loss_sum.to_vec::<f32>()?[0];
-        let mean = sum / self.loss_steps as f32;
+        let mean = sum / self.loss_steps.max(1) as f32;
         loss_sum.write(&[0.0f32])?;
         self.loss_steps = 0;
         Ok(mean)
@@ -479,99 +571,136 @@ impl Trainer {
     /// label past the classes would make the loss and every parameter NaN; values of the output's
     /// shape per sample).
     fn check_micro_batches(&self, micro_batches: &[MicroBatch]) -> Result<Vec<usize>> {
+        micro_batches
+            .iter()
+            .enumerate()
+            .map(|(i, micro)| self.check_micro_batch(i, micro))
+            .collect()
+    }
+
+    /// Checks micro-batch `i` and returns its sample count.
+    fn check_micro_batch(&self, i: usize, micro: &MicroBatch) -> Result<usize> {
         const OP: &str = "Trainer::step";
-        let shapes = self.model.input_shapes();
-        let per_output = self.outputs_per_sample;
-        let mut counts = Vec::with_capacity(micro_batches.len());
-        for (i, micro) in micro_batches.iter().enumerate() {
-            if micro.inputs.len() != shapes.len() {
-                return Err(Error::ShapeMismatch {
-                    op: OP,
-                    details: format!(
-                        "mini-batch {i} has {} input(s); the model takes {}",
-                        micro.inputs.len(),
-                        shapes.len()
-                    ),
-                });
+        let mismatch = |details: String| Err(Error::ShapeMismatch { op: OP, details });
+        let inputs = self.net().inputs();
+        if micro.inputs.len() != inputs.len() {
+            return mismatch(format!(
+                "mini-batch {i} has {} input(s); the model takes {}",
+                micro.inputs.len(),
+                inputs.len()
+            ));
+        }
+        let (per_label, per_value) = (self.labels_per_sample.max(1), self.outputs_per_sample);
+        let rows = match micro.targets {
+            Targets::Classes(labels) if labels.len() % per_label == 0 => labels.len() / per_label,
+            Targets::Classes(labels) => {
+                return mismatch(format!(
+                    "mini-batch {i}: {} labels are not whole samples of {per_label} positions",
+                    labels.len()
+                ))
             }
-            let rows = match micro.targets {
-                Targets::Classes(labels) => labels.len(),
-                Targets::Values(values) => values.len() / per_output.max(1),
-            };
-            if rows == 0 {
-                return Err(Error::InvalidArgument {
-                    op: OP,
-                    details: format!(
-                        "mini-batch {i} has no samples (its targets are empty): a step needs at \
-                         least one"
-                    ),
-                });
+            Targets::Values(values) => values.len() / per_value.max(1),
+        };
+        if rows == 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                details: format!(
+                    "mini-batch {i} has no samples (its targets are empty): a step needs at least \
+                     one"
+                ),
+            });
+        }
+        for (x, input) in micro.inputs.iter().zip(inputs) {
+            self.check_input(i, rows, x, input)?;
+        }
+        self.check_targets(i, rows, micro.targets)?;
+        Ok(rows)
+    }
+
+    /// Checks one input of micro-batch `i`: whole samples of its shape, of its kind (values or
+    /// ids), ids within its vocabulary.
+    fn check_input(
+        &self,
+        i: usize,
+        rows: usize,
+        x: &Input,
+        input: &super::model::InputSpec,
+    ) -> Result<()> {
+        const OP: &str = "Trainer::step";
+        let shape = &input.shape;
+        let per_sample: usize = shape.iter().product();
+        if rows.checked_mul(per_sample) != Some(x.len()) {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                details: format!(
+                    "mini-batch {i}: {rows} samples of {shape:?} ({per_sample} values each) are \
+                     needed, but the input holds {} values",
+                    x.len()
+                ),
+            });
+        }
+        match (x, input.vocab) {
+            (Input::Values(_), None) => Ok(()),
+            (Input::Ids(ids), Some(vocab)) => ops::check_ids(OP, ids, vocab),
+            (_, vocab) => Err(Error::DtypeMismatch {
+                op: OP,
+                details: format!(
+                    "mini-batch {i}: the model's input takes {}",
+                    if vocab.is_some() {
+                        "token ids (Input::Ids)"
+                    } else {
+                        "values (Input::Values)"
+                    }
+                ),
+            }),
+        }
+    }
+
+    /// Checks micro-batch `i`'s targets against the loss: labels for the cross-entropy, each a
+    /// class of the model or [`ops::IGNORE_INDEX`] (a label past the classes would make the loss
+    /// and every parameter NaN); values of the output's shape for a regression.
+    fn check_targets(&self, i: usize, rows: usize, targets: Targets) -> Result<()> {
+        const OP: &str = "Trainer::step";
+        let invalid = |details: String| Err(Error::InvalidArgument { op: OP, details });
+        match (targets, self.loss.regression()) {
+            (Targets::Classes(labels), None) => {
+                let classes = self.classes;
+                let bad = labels
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &l)| l as usize >= classes && l != ops::IGNORE_INDEX);
+                match bad {
+                    Some((j, &label)) => invalid(format!(
+                        "mini-batch {i}, label {j}: {label} is not one of the model's {classes} \
+                         classes (0..{classes}; ops::IGNORE_INDEX ignores a sample)"
+                    )),
+                    None => Ok(()),
+                }
             }
-            for (x, shape) in micro.inputs.iter().zip(shapes) {
-                let per_sample: usize = shape.iter().product();
-                let needed = rows.checked_mul(per_sample);
-                if needed != Some(x.len()) {
+            (Targets::Values(values), Some(_)) => {
+                let per_output = self.outputs_per_sample;
+                if values.len() != rows * per_output {
                     return Err(Error::ShapeMismatch {
                         op: OP,
                         details: format!(
-                            "mini-batch {i}: {rows} targets need {rows} samples of {shape:?} \
-                             ({per_sample} values each), but x holds {} values",
-                            x.len()
+                            "mini-batch {i}: {} target values are not whole samples of the \
+                             output ({per_output} values each)",
+                            values.len()
                         ),
                     });
                 }
+                Ok(())
             }
-            match (micro.targets, self.loss.regression()) {
-                (Targets::Classes(labels), None) => {
-                    let classes = per_output;
-                    let bad = labels
-                        .iter()
-                        .enumerate()
-                        .find(|(_, &l)| l as usize >= classes && l != ops::IGNORE_INDEX);
-                    if let Some((j, &label)) = bad {
-                        return Err(Error::InvalidArgument {
-                            op: OP,
-                            details: format!(
-                                "mini-batch {i}, sample {j}: label {label} is not one of the \
-                                 model's {classes} classes (0..{classes}; ops::IGNORE_INDEX \
-                                 ignores a sample)"
-                            ),
-                        });
-                    }
-                }
-                (Targets::Values(values), Some(_)) => {
-                    if values.len() != rows * per_output {
-                        return Err(Error::ShapeMismatch {
-                            op: OP,
-                            details: format!(
-                                "mini-batch {i}: {} target values are not whole samples of the \
-                                 output ({per_output} values each)",
-                                values.len()
-                            ),
-                        });
-                    }
-                }
-                (Targets::Classes(_), Some(_)) => {
-                    return Err(Error::InvalidArgument {
-                        op: OP,
-                        details: format!(
-                            "{:?} trains towards values (Targets::Values), not labels",
-                            self.loss
-                        ),
-                    })
-                }
-                (Targets::Values(_), None) => {
-                    return Err(Error::InvalidArgument {
-                        op: OP,
-                        details: "the cross-entropy trains towards labels (Targets::Classes); \
-                                  choose a regression loss with Trainer::with_loss for values"
-                            .into(),
-                    })
-                }
-            }
-            counts.push(rows);
+            (Targets::Classes(_), Some(_)) => invalid(format!(
+                "{:?} trains towards values (Targets::Values), not labels",
+                self.loss
+            )),
+            (Targets::Values(_), None) => invalid(
+                "the cross-entropy trains towards labels (Targets::Classes); choose a regression \
+                 loss with Trainer::with_loss for values"
+                    .into(),
+            ),
         }
-        Ok(counts)
     }
 
     /// Makes the input and target tensors for mini-batches of `rows`, once per size.
@@ -579,17 +708,27 @@ impl Trainer {
         if self.staged.contains_key(&rows) {
             return Ok(());
         }
-        let gpu = self.model.gpu().clone();
-        let dtype = self.model.compute_dtype();
+        let gpu = self.net().gpu().clone();
+        let dtype = self.net().compute_dtype();
         let inputs = self
-            .model
-            .input_shapes()
+            .net()
+            .inputs()
             .iter()
-            .map(|shape| Tensor::uninit(&gpu, &[&[rows][..], shape].concat(), dtype))
+            .map(|input| {
+                let dtype = if input.vocab.is_some() {
+                    DType::U32
+                } else {
+                    dtype
+                };
+                Tensor::uninit(&gpu, &[&[rows][..], &input.shape].concat(), dtype)
+            })
             .collect::<Result<Vec<_>>>()?;
         let targets = match self.loss.regression() {
-            None => Tensor::uninit(&gpu, &[rows], DType::U32)?,
-            Some(_) => Tensor::uninit(&gpu, &self.model.output_shape(rows)?, dtype)?,
+            None => {
+                let out = self.net().output_shape(rows)?;
+                Tensor::uninit(&gpu, &out[..out.len() - 1], DType::U32)?
+            }
+            Some(_) => Tensor::uninit(&gpu, &self.net().output_shape(rows)?, dtype)?,
         };
         self.staged.insert(rows, Staged { inputs, targets });
         Ok(())

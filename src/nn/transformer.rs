@@ -2,11 +2,14 @@
 //! [`LayerNorm`] (and RMSNorm), [`MultiHeadAttention`] (fused, causal), the pre-norm block
 //! [`transformer_block`], and the learning-rate schedule GPT training uses ([`WarmupCosine`]).
 
-use super::layer::{expect_inputs, Context, Layer, ParamRole, ParamSpec};
+use serde::{Deserialize, Serialize};
+
+use super::layer::{expect_inputs, Context, DecodeStep, Layer, ParamRole, ParamSpec};
 use super::layers::{not_trained, ActivationLayer, Add, Linear};
 use super::model::{ModelBuilder, Value};
 use crate::error::{Error, Result};
 use crate::ops::{self, Activation, AttentionOptions, NormGrads, NormKind};
+
 use crate::tensor::Tensor;
 
 fn mismatch(kind: &str, details: String) -> Error {
@@ -32,12 +35,26 @@ fn small_weight(name: &str, shape: &[usize]) -> ParamSpec {
 /// Token embeddings `[vocab, dim]`, plus learned position embeddings `[context, dim]`: U32 token ids
 /// `[batch, T]` (T ≤ context) to `[batch, T, dim]`. The backward sums the gradient rows of repeated
 /// tokens in a fixed order (deterministic).
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Embedding {
     vocab: usize,
     dim: usize,
     context: usize,
+    #[serde(skip)]
     saved: Option<Tensor>,
+}
+
+fn at_least_one(kind: &str, sizes: &[(&str, usize)]) -> Result<()> {
+    for (name, v) in sizes {
+        if *v == 0 {
+            return Err(Error::InvalidArgument {
+                op: "Layer",
+                details: format!("{kind}: {name} must be at least 1"),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Embedding {
@@ -49,6 +66,17 @@ impl Embedding {
             context,
             saved: None,
         }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        at_least_one(
+            "Embedding",
+            &[
+                ("vocab", self.vocab),
+                ("dim", self.dim),
+                ("context", self.context),
+            ],
+        )
     }
 }
 
@@ -66,6 +94,7 @@ impl Layer for Embedding {
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         expect_inputs(self.kind(), inputs.len(), 1)?;
+        self.validate()?;
         match inputs[0] {
             [b, t] if *t <= self.context => Ok(vec![*b, *t, self.dim]),
             s => Err(mismatch(
@@ -106,14 +135,32 @@ impl Layer for Embedding {
         )?;
         Ok(vec![None])
     }
+
+    fn config(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self).ok()
+    }
+
+    fn decode(
+        &mut self,
+        ctx: &mut Context,
+        inputs: &[&Tensor],
+        step: &DecodeStep,
+    ) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        // Each row's token at its own position.
+        let (token, position) = (ctx.param("token")?, ctx.param("position")?);
+        ops::embed_at(ctx.batch, inputs[0], step.cursor, token, position)
+    }
 }
 
 /// LayerNorm (scale and shift) or RMSNorm (scale) over the last axis, fused.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LayerNorm {
     dim: usize,
     kind: NormKind,
     eps: f32,
+    #[serde(skip)]
     saved: Option<(Tensor, Tensor)>,
 }
 
@@ -137,6 +184,21 @@ impl LayerNorm {
             saved: None,
         }
     }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        at_least_one(self.kind(), &[("dim", self.dim)])?;
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(Error::InvalidArgument {
+                op: "Layer",
+                details: format!(
+                    "{}: eps must be finite and positive, got {}",
+                    self.kind(),
+                    self.eps
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Layer for LayerNorm {
@@ -157,6 +219,7 @@ impl Layer for LayerNorm {
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         expect_inputs(self.kind(), inputs.len(), 1)?;
+        self.validate()?;
         match inputs[0] {
             [.., f] if *f == self.dim => Ok(inputs[0].to_vec()),
             s => Err(mismatch(
@@ -212,16 +275,25 @@ impl Layer for LayerNorm {
         )?;
         Ok(vec![Some(dx)])
     }
+
+    fn config(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self).ok()
+    }
 }
 
 /// Multi-head self-attention over `[batch, T, dim]`: a fused q/k/v projection (`qkv.weight`
 /// `[3·dim, dim]`, as nanoGPT's `c_attn`), the fused attention kernel (causal by default), and the
 /// output projection (`proj.weight` `[dim, dim]`); both with biases.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MultiHeadAttention {
     dim: usize,
     heads: usize,
     causal: bool,
+    /// Compact (int8 or f16) q/k/v and output projections for inference.
+    #[serde(skip)]
+    compact: Option<(ops::QuantizedWeights, ops::QuantizedWeights)>,
+    #[serde(skip)]
     saved: Option<(Tensor, Tensor, ops::Attention)>,
 }
 
@@ -233,6 +305,7 @@ impl MultiHeadAttention {
             dim,
             heads,
             causal: true,
+            compact: None,
             saved: None,
         }
     }
@@ -243,6 +316,47 @@ impl MultiHeadAttention {
             causal: false,
             ..Self::new(dim, heads)
         }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
+            return Err(mismatch(
+                self.kind(),
+                format!(
+                    "{} features do not split into {} heads",
+                    self.dim, self.heads
+                ),
+            ));
+        }
+        if self.dim / self.heads > ops::attention::MAX_HEAD_DIM {
+            return Err(Error::LimitExceeded {
+                what: "MultiHeadAttention: head dimension".into(),
+                requested: (self.dim / self.heads) as u64,
+                limit: ops::attention::MAX_HEAD_DIM as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// `x·Wᵀ + b` for the projection `which` ("qkv" or "proj") of rows `x`, from the compact
+    /// weights where the layer has them.
+    fn project(&self, ctx: &mut Context, x: &Tensor, which: &str) -> Result<Tensor> {
+        let bias = ctx.param(&format!("{which}.bias"))?;
+        if let Some((qkv, proj)) = &self.compact {
+            let q = if which == "qkv" { qkv } else { proj };
+            return ops::quantized_linear(ctx.batch, x, q, Some(bias), Activation::None);
+        }
+        let options = ops::MatmulOptions {
+            transposes: ops::Transposes { a: false, b: true },
+            bias: Some(bias),
+            activation: Activation::None,
+        };
+        ops::matmul(
+            ctx.batch,
+            x,
+            ctx.param(&format!("{which}.weight"))?,
+            &options,
+        )
     }
 
     fn options(&self) -> AttentionOptions<'static> {
@@ -272,22 +386,7 @@ impl Layer for MultiHeadAttention {
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         expect_inputs(self.kind(), inputs.len(), 1)?;
-        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
-            return Err(mismatch(
-                self.kind(),
-                format!(
-                    "{} features do not split into {} heads",
-                    self.dim, self.heads
-                ),
-            ));
-        }
-        if self.dim / self.heads > ops::attention::MAX_HEAD_DIM {
-            return Err(Error::LimitExceeded {
-                what: "MultiHeadAttention: head dimension".into(),
-                requested: (self.dim / self.heads) as u64,
-                limit: ops::attention::MAX_HEAD_DIM as u64,
-            });
-        }
+        self.validate()?;
         match inputs[0] {
             [_, _, f] if *f == self.dim => Ok(inputs[0].to_vec()),
             s => Err(mismatch(
@@ -303,23 +402,17 @@ impl Layer for MultiHeadAttention {
         let &[b, t, d] = x.shape() else {
             return Err(mismatch(self.kind(), format!("got {:?}", x.shape())));
         };
+        if ctx.train && self.compact.is_some() {
+            return Err(Error::InvalidArgument {
+                op: "Layer::forward",
+                details: "MultiHeadAttention: compact (int8 or f16) weights serve inference only"
+                    .into(),
+            });
+        }
         let rows = x.reshape(&[b * t, d])?;
-        // y = x·Wᵀ + bias for each projection.
-        let with_bias = |bias| ops::MatmulOptions {
-            transposes: ops::Transposes { a: false, b: true },
-            bias: Some(bias),
-            activation: Activation::None,
-        };
-        let (wqkv, bqkv) = (ctx.param("qkv.weight")?, ctx.param("qkv.bias")?);
-        let (wp, bp) = (ctx.param("proj.weight")?, ctx.param("proj.bias")?);
-        let qkv = ops::matmul(ctx.batch, &rows, wqkv, &with_bias(bqkv))?.reshape(&[b, t, 3 * d])?;
+        let qkv = self.project(ctx, &rows, "qkv")?.reshape(&[b, t, 3 * d])?;
         let att = ops::attention(ctx.batch, &qkv, &self.options())?;
-        let y = ops::matmul(
-            ctx.batch,
-            &att.out.reshape(&[b * t, d])?,
-            wp,
-            &with_bias(bp),
-        )?;
+        let y = self.project(ctx, &att.out.reshape(&[b * t, d])?, "proj")?;
         if ctx.train {
             self.saved = Some((rows, qkv, att));
         }
@@ -394,17 +487,79 @@ impl Layer for MultiHeadAttention {
         };
         Ok(vec![dx])
     }
+
+    fn config(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self).ok()
+    }
+
+    fn compact(
+        &mut self,
+        gpu: &crate::gpu::Gpu,
+        precision: crate::dtype::Precision,
+        values: &[&[f32]],
+    ) -> Result<Option<usize>> {
+        let d = self.dim;
+        let qkv = ops::QuantizedWeights::quantize(gpu, values[0], 3 * d, d, precision)?;
+        let proj = ops::QuantizedWeights::quantize(gpu, values[2], d, d, precision)?;
+        // The weights, and the f32 biases.
+        let bytes = (qkv.size_bytes() + proj.size_bytes()) as usize + 4 * (3 * d + d);
+        self.compact = Some((qkv, proj));
+        Ok(Some(bytes))
+    }
+
+    fn decode_cache(&self, slots: usize, context: usize) -> Vec<Vec<usize>> {
+        // Keys and values of every position of every slot.
+        vec![vec![slots, context, self.dim]; 2]
+    }
+
+    fn decode(
+        &mut self,
+        ctx: &mut Context,
+        inputs: &[&Tensor],
+        step: &DecodeStep,
+    ) -> Result<Tensor> {
+        expect_inputs(self.kind(), inputs.len(), 1)?;
+        if !self.causal {
+            return Err(Error::InvalidArgument {
+                op: "Layer::decode",
+                details: "bidirectional attention cannot decode token by token".into(),
+            });
+        }
+        let [keys, values] = step.cache else {
+            return Err(Error::InvalidArgument {
+                op: "Layer::decode",
+                details: "MultiHeadAttention decodes with its keys and values cache".into(),
+            });
+        };
+        let (x, d) = (inputs[0], self.dim);
+        let n = x.shape()[0];
+        let qkv = self.project(ctx, x, "qkv")?;
+        ops::cache_append(ctx.batch, &qkv, step.cursor, keys, values)?;
+        let att = if step.prompt {
+            // One prompt's positions 0..n: the fused causal attention over them.
+            let qkv = qkv.reshape(&[1, n, 3 * d])?;
+            ops::attention(ctx.batch, &qkv, &self.options())?
+                .out
+                .reshape(&[n, d])?
+        } else {
+            ops::decode_attention(ctx.batch, &qkv, step.cursor, keys, values, self.heads)?
+        };
+        self.project(ctx, &att, "proj")
+    }
 }
 
 /// Inverted dropout in training (elements zeroed with probability `p`, the rest scaled by
 /// 1/(1 − p)), the identity in inference. The masks come from a counter-based generator keyed by
 /// the layer's seed and its count of training forwards: the backward drops what the forward
 /// dropped, and a run is reproducible from its seeds.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Dropout {
     p: f32,
     seed: u64,
+    #[serde(skip)]
     counter: u32,
+    #[serde(skip)]
     saved: Option<ops::dropout::DropoutKey>,
 }
 
@@ -418,6 +573,16 @@ impl Dropout {
             counter: 0,
             saved: None,
         }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.p) {
+            return Err(Error::InvalidArgument {
+                op: "Layer",
+                details: format!("Dropout: p must be in [0, 1), got {}", self.p),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -463,6 +628,10 @@ impl Layer for Dropout {
             None => Ok(vec![Some(grad_output.clone())]),
         }
     }
+
+    fn config(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self).ok()
+    }
 }
 
 /// What a [`transformer_block`] is made of.
@@ -505,6 +674,96 @@ pub fn transformer_block(builder: &mut ModelBuilder, x: Value, config: &BlockCon
         h = builder.add(Dropout::new(dropout, seed.wrapping_add(1)), &[h]);
     }
     builder.add(Add, &[x, h])
+}
+
+/// The architecture of a [`crate::nn::LanguageModel`] (GPT-2's pre-norm decoder). Every size is checked ([`Self::validate`]) before
+/// anything is made, for configurations read from files too.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GptConfig {
+    /// Token ids: 0..vocab.
+    pub vocab: usize,
+    /// The longest sequence (learned positions).
+    pub context: usize,
+    /// Width of the residual stream.
+    pub dim: usize,
+    /// Attention heads (dim / heads at most 128).
+    pub heads: usize,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// The MLP's activation (GPT-2: [`Activation::GeluTanh`]).
+    pub activation: Activation,
+    /// Dropout on each block's residual branches in training, in [0, 1) (0: none; files without
+    /// it read as 0).
+    #[serde(default)]
+    pub dropout: f32,
+}
+
+/// Bounds on a configuration: generous for this library's kernels, and small enough that no
+/// product of them overflows before the parameter count is checked against the adapter.
+const MAX_VOCAB: usize = 1 << 20;
+const MAX_CONTEXT: usize = 1 << 16;
+const MAX_DIM: usize = 1 << 14;
+const MAX_LAYERS: usize = 1 << 10;
+
+impl GptConfig {
+    /// Checks every size: at least 1, within the bounds above, `dim` a multiple of `heads` with
+    /// heads at most [`ops::attention::MAX_HEAD_DIM`] wide.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |details: String| {
+            Err(Error::InvalidArgument {
+                op: "GptConfig",
+                details,
+            })
+        };
+        for (name, v, max) in [
+            ("vocab", self.vocab, MAX_VOCAB),
+            ("context", self.context, MAX_CONTEXT),
+            ("dim", self.dim, MAX_DIM),
+            ("heads", self.heads, MAX_DIM),
+            ("layers", self.layers, MAX_LAYERS),
+        ] {
+            if v == 0 || v > max {
+                return invalid(format!("{name} must be in 1..={max}, got {v}"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return invalid(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if !self.dim.is_multiple_of(self.heads)
+            || self.dim / self.heads > ops::attention::MAX_HEAD_DIM
+        {
+            return invalid(format!(
+                "dim {} must split into {} heads of at most {} features",
+                self.dim,
+                self.heads,
+                ops::attention::MAX_HEAD_DIM
+            ));
+        }
+        Ok(())
+    }
+
+    /// The model graph: token and position embeddings, `layers` pre-norm blocks, a final
+    /// LayerNorm and the output projection to `vocab` logits, for token ids `[batch, context]`;
+    /// the dropout layers' seeds come from `seed`.
+    pub fn builder(&self, seed: u64) -> Result<(ModelBuilder, Value)> {
+        self.validate()?;
+        let mut b = ModelBuilder::new();
+        let ids = b.input_ids(&[self.context], self.vocab);
+        let mut x = b.add(Embedding::new(self.vocab, self.dim, self.context), &[ids]);
+        for layer in 0..self.layers {
+            let block = BlockConfig {
+                dim: self.dim,
+                heads: self.heads,
+                activation: self.activation,
+                dropout: self.dropout,
+                seed: seed.wrapping_add(2 * layer as u64 + 1),
+            };
+            x = transformer_block(&mut b, x, &block);
+        }
+        let x = b.add(LayerNorm::new(self.dim), &[x]);
+        let logits = b.add(Linear::new(self.dim, self.vocab), &[x]);
+        Ok((b, logits))
+    }
 }
 
 /// A learning rate that rises linearly over `warmup_steps` to `peak`, then follows a half cosine

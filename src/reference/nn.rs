@@ -4,7 +4,35 @@
 
 use super::Array;
 use crate::nn::{HostParameters, LayerSpec};
-use crate::ops::{AdamConfig, SgdConfig};
+use crate::ops::{AdamConfig, Conv2dParams, Pool2dParams, SgdConfig};
+
+/// The convolution's stride and padding, from the spec's own fields.
+fn conv_params(spec: &LayerSpec) -> Conv2dParams {
+    match *spec {
+        LayerSpec::Conv2d {
+            stride, padding, ..
+        } => Conv2dParams {
+            stride,
+            padding,
+            ..Conv2dParams::default()
+        },
+        _ => Conv2dParams::default(),
+    }
+}
+
+/// The pool's window and stride, from the spec's own fields.
+fn pool_params(spec: &LayerSpec) -> Pool2dParams {
+    match *spec {
+        LayerSpec::MaxPool2d { kernel, stride } | LayerSpec::AvgPool2d { kernel, stride } => {
+            Pool2dParams {
+                kernel,
+                stride,
+                padding: (0, 0),
+            }
+        }
+        _ => Pool2dParams::square(1),
+    }
+}
 
 /// What one layer saved in the forward pass.
 enum Saved {
@@ -86,18 +114,18 @@ impl Model {
                         &h,
                         &w,
                         Some(&self.params[p + 1].2),
-                        &spec.conv_params(),
+                        &conv_params(spec),
                         Default::default(),
                     )
                 }
                 LayerSpec::MaxPool2d { .. } => {
-                    let (y, idx) = super::conv::max_pool2d(&h, &spec.pool_params());
+                    let (y, idx) = super::conv::max_pool2d(&h, &pool_params(spec));
                     self.saved.push(Saved::Indices(idx, h.shape.clone()));
                     y
                 }
                 LayerSpec::AvgPool2d { .. } => {
                     self.saved.push(Saved::Shape(h.shape.clone()));
-                    super::conv::avg_pool2d(&h, &spec.pool_params())
+                    super::conv::avg_pool2d(&h, &pool_params(spec))
                 }
                 LayerSpec::Flatten => {
                     self.saved.push(Saved::Shape(h.shape.clone()));
@@ -135,8 +163,7 @@ impl Model {
                 }
                 (LayerSpec::Conv2d { .. }, Saved::Input(x)) => {
                     let w = self.param(p);
-                    let (dx, dw, db) =
-                        super::conv::conv2d_backward(&x, &w, &g, &spec.conv_params());
+                    let (dx, dw, db) = super::conv::conv2d_backward(&x, &w, &g, &conv_params(spec));
                     grads[p] = dw.data;
                     grads[p + 1] = db;
                     dx
@@ -145,7 +172,7 @@ impl Model {
                     super::conv::max_pool2d_backward(&g, &idx, &shape)
                 }
                 (LayerSpec::AvgPool2d { .. }, Saved::Shape(shape)) => {
-                    super::conv::avg_pool2d_backward(&g, &shape, &spec.pool_params())
+                    super::conv::avg_pool2d_backward(&g, &shape, &pool_params(spec))
                 }
                 (LayerSpec::Flatten, Saved::Shape(shape)) => Array::new(&shape, g.data),
                 (LayerSpec::Activation { function }, Saved::Input(x)) => {
