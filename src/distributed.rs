@@ -355,6 +355,46 @@ impl Distributed {
         Ok(timing)
     }
 
+    /// All-reduces `mapped` (the gradients read back) into `received`, bucket by bucket: bucket
+    /// i's all-reduce runs while bucket i + 1 is copied out of the readback.
+    fn all_reduce_buckets(&mut self, mapped: &[f32]) {
+        let bucket = (self.options.bucket_bytes / 4).max(1);
+        let (world, timeout, step) = (&self.world, self.options.collective_timeout, self.steps);
+        let (send, received) = (&mut self.send, &mut self.received);
+        mpi::request::scope(|scope| {
+            let mut pending = Vec::new();
+            for ((out, into), from) in send
+                .chunks_mut(bucket)
+                .zip(received.chunks_mut(bucket))
+                .zip(mapped.chunks(bucket))
+            {
+                out.copy_from_slice(from);
+                let out: &[f32] = out;
+                pending.push(world.immediate_all_reduce_into(
+                    scope,
+                    out,
+                    into,
+                    SystemOperation::sum(),
+                ));
+            }
+            for request in pending {
+                wait_or_abort(world, request, timeout, "all-reduce of the gradients", step);
+            }
+        });
+    }
+
+    /// The largest overflow flag of any rank: every rank skips a step one rank overflowed in.
+    fn agree_on_overflow(&self, local: u32) -> u32 {
+        let mut any = 0u32;
+        let (world, timeout, step) = (&self.world, self.options.collective_timeout, self.steps);
+        mpi::request::scope(|scope| {
+            let request =
+                world.immediate_all_reduce_into(scope, &local, &mut any, SystemOperation::max());
+            wait_or_abort(world, request, timeout, "agreement on overflow", step);
+        });
+        any
+    }
+
     /// Replaces the gradients in `params` by their mean over the ranks, once the work submitted
     /// before has made them; with `overflow` (mixed precision's flag), the ranks also agree on
     /// it: if any rank's gradients overflowed, every rank skips the update.
@@ -385,13 +425,13 @@ impl Distributed {
             self.send = vec![0.0; n];
             self.received = vec![0.0; n];
         }
-        let staging = self.staging.as_ref().expect("made above");
+        let staging = self.staging.clone().expect("made above");
         let mut encoder = gpu
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("wgnn gradient readback"),
             });
-        encoder.copy_buffer_to_buffer(grads.buffer(), grads.offset_bytes(), staging, 0, bytes);
+        encoder.copy_buffer_to_buffer(grads.buffer(), grads.offset_bytes(), &staging, 0, bytes);
         if let Some(flag) = overflow {
             if flag.dtype() != crate::DType::U32 || flag.size_bytes() != FLAG_BYTES {
                 return Err(Error::InvalidArgument {
@@ -406,7 +446,7 @@ impl Distributed {
             encoder.copy_buffer_to_buffer(
                 flag.buffer(),
                 flag.offset_bytes(),
-                staging,
+                &staging,
                 bytes,
                 FLAG_BYTES,
             );
@@ -420,33 +460,8 @@ impl Distributed {
                 .get_mapped_range()
                 .map_err(|e| Error::gpu_caused("readback failed", e))?;
             let (grad_bytes, flag_bytes) = view.split_at(bytes as usize);
-            let flag = bytemuck::pod_read_unaligned(flag_bytes);
-            let mapped: &[f32] = bytemuck::cast_slice(grad_bytes);
-            let bucket = (self.options.bucket_bytes / 4).max(1);
-            let (world, timeout, step) = (&self.world, self.options.collective_timeout, self.steps);
-            let (send, received) = (&mut self.send, &mut self.received);
-            mpi::request::scope(|scope| {
-                // Bucket i's all-reduce runs while bucket i + 1 is copied out of the readback.
-                let mut pending = Vec::new();
-                for ((out, into), from) in send
-                    .chunks_mut(bucket)
-                    .zip(received.chunks_mut(bucket))
-                    .zip(mapped.chunks(bucket))
-                {
-                    out.copy_from_slice(from);
-                    let out: &[f32] = out;
-                    pending.push(world.immediate_all_reduce_into(
-                        scope,
-                        out,
-                        into,
-                        SystemOperation::sum(),
-                    ));
-                }
-                for request in pending {
-                    wait_or_abort(world, request, timeout, "all-reduce of the gradients", step);
-                }
-            });
-            flag
+            self.all_reduce_buckets(bytemuck::cast_slice(grad_bytes));
+            bytemuck::pod_read_unaligned(flag_bytes)
         };
         staging.unmap();
         let ranks = self.world_size() as f32;
@@ -455,18 +470,7 @@ impl Distributed {
         }
         grads.write(&self.received)?;
         if let Some(flag) = overflow {
-            let mut any = 0u32;
-            let (world, timeout, step) = (&self.world, self.options.collective_timeout, self.steps);
-            mpi::request::scope(|scope| {
-                let request = world.immediate_all_reduce_into(
-                    scope,
-                    &local_flag[0],
-                    &mut any,
-                    SystemOperation::max(),
-                );
-                wait_or_abort(world, request, timeout, "agreement on overflow", step);
-            });
-            local_flag[0] = any;
+            local_flag[0] = self.agree_on_overflow(local_flag[0]);
             flag.write(&local_flag)?;
         }
         Ok(StepTiming {

@@ -167,6 +167,14 @@ pub(crate) struct Tuner {
     turn: Mutex<()>,
 }
 
+/// What timing the candidates of one class found.
+struct Timed<C> {
+    times: Vec<(&'static str, Duration)>,
+    skipped: Vec<&'static str>,
+    best: Option<(C, Duration)>,
+    budget: Duration,
+}
+
 /// One tuning done in this process: the class, each candidate's time, and the winner.
 #[derive(Debug, Clone)]
 pub struct TuningRecord {
@@ -296,6 +304,96 @@ impl Tuner {
         }
     }
 
+    /// Times `fitting` (the default first) within the budget, from `started`.
+    fn time_candidates<C: Candidate>(
+        &self,
+        fitting: &[C],
+        started: Instant,
+        time: &mut impl FnMut(C) -> Result<Duration>,
+    ) -> Timed<C> {
+        let mut times: Vec<(&'static str, Duration)> = Vec::new();
+        let mut skipped: Vec<&'static str> = Vec::new();
+        let mut best: Option<(C, Duration)> = None;
+        let mut budget = self.budget.floor;
+        // What a first run costs beyond a timed run (the pipeline's compile), from the default's.
+        let mut compile = Duration::ZERO;
+        for (tried, &candidate) in fitting.iter().enumerate() {
+            // A candidate is tried only when its expected cost (a first run and the timed runs
+            // at the best time so far, plus a compile) fits in what is left of the budget.
+            if let Some((_, b)) = best {
+                let runs = 1 + timed_runs(b) as u32;
+                if started.elapsed() + b * runs + compile > budget {
+                    skipped.extend(fitting[tried..].iter().map(|c| c.name()));
+                    break;
+                }
+            }
+            let run_started = Instant::now();
+            let Ok(first) = time(candidate) else {
+                continue;
+            };
+            let first_wall = run_started.elapsed();
+            if tried == 0 {
+                budget = self.budget.for_class(first_wall);
+            }
+            // A first run (compile included) far behind the best says enough about a kernel
+            // that suits this adapter badly.
+            if best.is_some_and(|(_, b)| first > b * 4) {
+                times.push((candidate.name(), first));
+                continue;
+            }
+            let fastest = Self::fastest_run(
+                candidate,
+                first,
+                best.map(|(_, b)| b),
+                (started, budget),
+                time,
+            );
+            if fastest == Duration::MAX {
+                continue;
+            }
+            if tried == 0 {
+                compile = first_wall.saturating_sub(fastest);
+            }
+            times.push((candidate.name(), fastest));
+            if best.is_none_or(|(_, b)| fastest < b) {
+                best = Some((candidate, fastest));
+            }
+        }
+        Timed {
+            times,
+            skipped,
+            best,
+            budget,
+        }
+    }
+
+    /// The fastest of `first` and further timed runs of `candidate`, stopping at the budget or
+    /// when it is far behind `best`; `Duration::MAX` when a run fails.
+    fn fastest_run<C: Candidate>(
+        candidate: C,
+        first: Duration,
+        best: Option<Duration>,
+        deadline: (Instant, Duration),
+        time: &mut impl FnMut(C) -> Result<Duration>,
+    ) -> Duration {
+        let (started, budget) = deadline;
+        let mut fastest = first;
+        for _ in 0..timed_runs(first) {
+            if started.elapsed() + fastest > budget {
+                break;
+            }
+            match time(candidate) {
+                Ok(t) => fastest = fastest.min(t),
+                Err(_) => return Duration::MAX,
+            }
+            // Far behind the best: no need for more runs.
+            if best.is_some_and(|b| fastest > b * 2) {
+                break;
+            }
+        }
+        fastest
+    }
+
     /// The candidate for the shape class `class` names: the forced one, the fixed default (tuning
     /// off, or a problem not `worth_timing`; the class is not named then), the cached choice, or
     /// the fastest of `fitting` as timed now by `time` (which runs one candidate once on inputs of
@@ -345,64 +443,12 @@ impl Tuner {
         let _here = TuningHere::enter();
         // The choices' lock is not held while timing: the candidates may tune nested ops.
         let started = Instant::now();
-        let mut times: Vec<(&'static str, Duration)> = Vec::new();
-        let mut skipped: Vec<&'static str> = Vec::new();
-        let mut best: Option<(C, Duration)> = None;
-        let mut budget = self.budget.floor;
-        // What a first run costs beyond a timed run (the pipeline's compile), from the default's.
-        let mut compile = Duration::ZERO;
-        for (tried, &candidate) in fitting.iter().enumerate() {
-            // A candidate is tried only when its expected cost (a first run and the timed runs
-            // at the best time so far, plus a compile) fits in what is left of the budget.
-            if let Some((_, b)) = best {
-                let runs = 1 + timed_runs(b) as u32;
-                if started.elapsed() + b * runs + compile > budget {
-                    skipped.extend(fitting[tried..].iter().map(|c| c.name()));
-                    break;
-                }
-            }
-            let run_started = Instant::now();
-            let Ok(first) = time(candidate) else {
-                continue;
-            };
-            let first_wall = run_started.elapsed();
-            if tried == 0 {
-                budget = self.budget.for_class(first_wall);
-            }
-            // A first run (compile included) far behind the best says enough about a kernel
-            // that suits this adapter badly.
-            if best.is_some_and(|(_, b)| first > b * 4) {
-                times.push((candidate.name(), first));
-                continue;
-            }
-            let mut fastest = first;
-            for _ in 0..timed_runs(first) {
-                if started.elapsed() + fastest > budget {
-                    break;
-                }
-                match time(candidate) {
-                    Ok(t) => fastest = fastest.min(t),
-                    Err(_) => {
-                        fastest = Duration::MAX;
-                        break;
-                    }
-                }
-                // Far behind the best: no need for more runs.
-                if best.is_some_and(|(_, b)| fastest > b * 2) {
-                    break;
-                }
-            }
-            if fastest == Duration::MAX {
-                continue;
-            }
-            if tried == 0 {
-                compile = first_wall.saturating_sub(fastest);
-            }
-            times.push((candidate.name(), fastest));
-            if best.is_none_or(|(_, b)| fastest < b) {
-                best = Some((candidate, fastest));
-            }
-        }
+        let Timed {
+            times,
+            skipped,
+            best,
+            budget,
+        } = self.time_candidates(fitting, started, &mut time);
         let chosen = best.map_or(default, |(c, _)| c);
         if best.is_some() {
             self.with_choices(|c| {

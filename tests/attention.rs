@@ -195,7 +195,7 @@ fn fused_matches_the_reference_f16() {
     let _gpu = exclusive();
     let gpu = gpu();
     if !gpu.supports_f16() {
-        eprintln!("skipped: the adapter has no SHADER_F16");
+        skip("fused_matches_the_reference_f16", "no SHADER_F16");
         return;
     }
     let (mut rng, seed) = rng();

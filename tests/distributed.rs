@@ -340,7 +340,7 @@ fn transformer_case(
 fn mixed_precision_case(dist: &mut Distributed, gpu: &Gpu) -> anyhow::Result<()> {
     if !gpu.supports_f16() {
         if dist.is_root() {
-            println!("PASS mixed precision: skipped, the adapter has no f16");
+            println!("SKIPPED mixed precision: the adapter has no f16");
         }
         return Ok(());
     }

@@ -452,8 +452,8 @@ impl Engine {
             queue: Mutex::new(Some(tx)),
             shared,
             worker: Mutex::new(Some(handle)),
-            vocab: vocab,
-            context: context,
+            vocab,
+            context,
             capacity,
             queue_capacity: options.queue_capacity,
             has_vocabulary: options.vocabulary.is_some(),
@@ -860,7 +860,48 @@ impl Worker {
         }
     }
 
-    fn step(&mut self) {
+    /// Counts a step's tokens and hands each kept token to its sequence.
+    fn take_tokens(&mut self, tokens: &[u32], last: Vec<Option<usize>>, taken: Vec<usize>) {
+        let now = Instant::now();
+        {
+            let mut c = self.shared.counters();
+            c.steps += 1;
+            c.occupied += self.running.len() as u64;
+            for (s, l) in self.running.iter().zip(&last) {
+                if l.is_some() && !s.done {
+                    c.tokens += 1;
+                    if s.generated.is_empty() {
+                        c.ttft.saturating_record(micros(now - s.job.submitted));
+                    } else {
+                        c.inter_token.saturating_record(micros(now - s.last_token));
+                    }
+                }
+            }
+        }
+        let running = std::mem::take(&mut self.running);
+        for ((mut s, l), take) in running.into_iter().zip(last).zip(taken) {
+            let Some(row) = l.filter(|_| !s.done) else {
+                s.prefilled += take;
+                self.running.push(s);
+                continue;
+            };
+            if s.generated.is_empty() {
+                s.prefilled += take;
+                s.position = s.prefilled;
+            } else {
+                s.position += 1;
+            }
+            s.last_token = now;
+            match self.emit(&mut s, tokens[row]) {
+                Some(reason) => self.finish(s, reason),
+                None => self.running.push(s),
+            }
+        }
+    }
+
+    /// The rows of the next step, their sampling settings, each sequence's row whose token it
+    /// keeps (`last`), and the prompt tokens each takes (`taken`).
+    fn plan_step(&self) -> StepRows {
         // A row per generating sequence; prompt chunks for those still prefilling, within the
         // step's budget, oldest first. `last[i]`: sequence i's row whose token it keeps.
         // Prompt rows take the padding of the step's bucket (computed anyway), at least one row
@@ -928,47 +969,26 @@ impl Worker {
                 taken.push(0);
             }
         }
+        StepRows {
+            rows,
+            settings,
+            last,
+            taken,
+        }
+    }
+
+    fn step(&mut self) {
+        let StepRows {
+            rows,
+            settings,
+            last,
+            taken,
+        } = self.plan_step();
         if rows.is_empty() {
             return;
         }
         match self.decoder.step(&rows, &settings) {
-            Ok(tokens) => {
-                let now = Instant::now();
-                {
-                    let mut c = self.shared.counters();
-                    c.steps += 1;
-                    c.occupied += self.running.len() as u64;
-                    for (s, l) in self.running.iter().zip(&last) {
-                        if l.is_some() && !s.done {
-                            c.tokens += 1;
-                            if s.generated.is_empty() {
-                                c.ttft.saturating_record(micros(now - s.job.submitted));
-                            } else {
-                                c.inter_token.saturating_record(micros(now - s.last_token));
-                            }
-                        }
-                    }
-                }
-                let running = std::mem::take(&mut self.running);
-                for ((mut s, l), take) in running.into_iter().zip(last).zip(taken) {
-                    let Some(row) = l.filter(|_| !s.done) else {
-                        s.prefilled += take;
-                        self.running.push(s);
-                        continue;
-                    };
-                    if s.generated.is_empty() {
-                        s.prefilled += take;
-                        s.position = s.prefilled;
-                    } else {
-                        s.position += 1;
-                    }
-                    s.last_token = now;
-                    match self.emit(&mut s, tokens[row]) {
-                        Some(reason) => self.finish(s, reason),
-                        None => self.running.push(s),
-                    }
-                }
-            }
+            Ok(tokens) => self.take_tokens(&tokens, last, taken),
             Err(e) => {
                 for s in std::mem::take(&mut self.running) {
                     if !s.done {
@@ -979,4 +999,12 @@ impl Worker {
             }
         }
     }
+}
+
+/// One step's rows, as [`Worker::plan_step`] lays them out.
+struct StepRows {
+    rows: Vec<DecodeRow>,
+    settings: Vec<SamplingSettings>,
+    last: Vec<Option<usize>>,
+    taken: Vec<usize>,
 }

@@ -438,6 +438,77 @@ impl InferenceSession {
         }
     }
 
+    /// Writes `x` into the bucket's input, padded with zeros past its rows (`host_input` holds
+    /// zeros for that).
+    fn write_input(&self, b: &mut Bucket, x: &[f32]) {
+        let queue = self.gpu.queue();
+        let (input, offset) = (b.input.buffer(), b.input.offset_bytes());
+        let used = match b.input.dtype() {
+            DType::F16 => {
+                let half: Vec<crate::f16> = x.iter().map(|&v| crate::f16::from_f32(v)).collect();
+                let bytes: &[u8] = bytemuck::cast_slice(&half);
+                b.host_input[..bytes.len()].copy_from_slice(bytes);
+                let used = bytes.len();
+                b.host_input[used..].fill(0);
+                queue.write_buffer(input, offset, &b.host_input);
+                b.host_input.fill(0);
+                b.host_input.len()
+            }
+            _ => {
+                // Written straight from the caller's slice, no staging copy on the host.
+                let bytes: &[u8] = bytemuck::cast_slice(x);
+                queue.write_buffer(input, offset, bytes);
+                bytes.len()
+            }
+        };
+        if used < b.host_input.len() {
+            queue.write_buffer(input, offset + used as u64, &b.host_input[used..]);
+        }
+    }
+
+    /// The predictions of `rows` rows from the mapped staging buffer `view`.
+    fn read_predictions(&self, b: &Bucket, view: &[u8], rows: usize) -> Predictions {
+        let bytes_of = |i: usize| {
+            let start = b.offsets[i] as usize;
+            &view[start..start + b.outputs[i].size_bytes() as usize]
+        };
+        // The first `len` values of output `i`, as f32.
+        let floats = |i: usize, len: usize| -> Vec<f32> {
+            let bytes = bytes_of(i);
+            match b.outputs[i].dtype() {
+                DType::F16 => bytemuck::pod_collect_to_vec::<u8, crate::f16>(&bytes[..len * 2])
+                    .into_iter()
+                    .map(f32::from)
+                    .collect(),
+                _ => bytemuck::pod_collect_to_vec(&bytes[..len * 4]),
+            }
+        };
+        let outputs = floats(0, rows * self.classes);
+        match self.options.head {
+            Head::Raw => Predictions {
+                outputs,
+                classes: Vec::new(),
+                top_k: Vec::new(),
+            },
+            Head::Classifier { top_k: k } => {
+                let top_values = floats(1, rows * k);
+                let top_indices: Vec<u32> =
+                    bytemuck::pod_collect_to_vec(&bytes_of(2)[..rows * k * 4]);
+                Predictions {
+                    outputs,
+                    classes: (0..rows).map(|r| top_indices[r * k]).collect(),
+                    top_k: (0..rows)
+                        .map(|r| {
+                            (0..k)
+                                .map(|t| (top_indices[r * k + t], top_values[r * k + t]))
+                                .collect()
+                        })
+                        .collect(),
+                }
+            }
+        }
+    }
+
     fn predict_bucket(
         &self,
         x: &[f32],
@@ -467,30 +538,7 @@ impl InferenceSession {
             }
         }
         let b = &mut *bucket;
-        // The input, padded with zeros past `rows` (`host_input` holds zeros for that).
-        let queue = self.gpu.queue();
-        let (input, offset) = (b.input.buffer(), b.input.offset_bytes());
-        let used = match b.input.dtype() {
-            DType::F16 => {
-                let half: Vec<crate::f16> = x.iter().map(|&v| crate::f16::from_f32(v)).collect();
-                let bytes: &[u8] = bytemuck::cast_slice(&half);
-                b.host_input[..bytes.len()].copy_from_slice(bytes);
-                let used = bytes.len();
-                b.host_input[used..].fill(0);
-                queue.write_buffer(input, offset, &b.host_input);
-                b.host_input.fill(0);
-                b.host_input.len()
-            }
-            _ => {
-                // Written straight from the caller's slice, no staging copy on the host.
-                let bytes: &[u8] = bytemuck::cast_slice(x);
-                queue.write_buffer(input, offset, bytes);
-                bytes.len()
-            }
-        };
-        if used < b.host_input.len() {
-            queue.write_buffer(input, offset + used as u64, &b.host_input[used..]);
-        }
+        self.write_input(b, x);
         let mut encoder =
             self.gpu
                 .device()
@@ -508,7 +556,7 @@ impl InferenceSession {
             let len = t.size_bytes().next_multiple_of(4);
             encoder.copy_buffer_to_buffer(t.buffer(), t.offset_bytes(), &b.staging, offset, len);
         }
-        let submission = queue.submit([encoder.finish()]);
+        let submission = self.gpu.queue().submit([encoder.finish()]);
         let slice = b.staging.slice(..);
         let (tx, rx) = mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -530,46 +578,7 @@ impl InferenceSession {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| Error::gpu_caused("readback failed", e))?;
-            let bytes_of = |i: usize| {
-                let start = b.offsets[i] as usize;
-                &view[start..start + b.outputs[i].size_bytes() as usize]
-            };
-            // The first `len` values of output `i`, as f32.
-            let floats = |i: usize, len: usize| -> Vec<f32> {
-                let bytes = bytes_of(i);
-                match b.outputs[i].dtype() {
-                    DType::F16 => bytemuck::pod_collect_to_vec::<u8, crate::f16>(&bytes[..len * 2])
-                        .into_iter()
-                        .map(f32::from)
-                        .collect(),
-                    _ => bytemuck::pod_collect_to_vec(&bytes[..len * 4]),
-                }
-            };
-            let classes = self.classes;
-            let outputs = floats(0, rows * classes);
-            match self.options.head {
-                Head::Raw => Predictions {
-                    outputs,
-                    classes: Vec::new(),
-                    top_k: Vec::new(),
-                },
-                Head::Classifier { top_k: k } => {
-                    let top_values = floats(1, rows * k);
-                    let top_indices: Vec<u32> =
-                        bytemuck::pod_collect_to_vec(&bytes_of(2)[..rows * k * 4]);
-                    Predictions {
-                        outputs,
-                        classes: (0..rows).map(|r| top_indices[r * k]).collect(),
-                        top_k: (0..rows)
-                            .map(|r| {
-                                (0..k)
-                                    .map(|t| (top_indices[r * k + t], top_values[r * k + t]))
-                                    .collect()
-                            })
-                            .collect(),
-                    }
-                }
-            }
+            self.read_predictions(b, &view, rows)
         };
         b.staging.unmap();
         self.gpu.take_uncaptured_error()?;

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::gpt::GptConfig;
 use super::io::{corrupt, ModelFile, ReadOptions};
 use super::model::{Init, Model};
 use super::trainer::{Input, MicroBatch, Targets, Trainer};
-use super::transformer::GptConfig;
 use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -260,7 +260,12 @@ impl LanguageModel {
         path: impl AsRef<Path>,
         options: &ReadOptions,
     ) -> Result<(Self, String)> {
-        let file = ModelFile::read_with(path, options)?;
+        Self::from_file(gpu, ModelFile::read_with(path, options)?)
+    }
+
+    /// The language model of a model file already read (its metadata holds the configuration),
+    /// and its vocabulary.
+    pub fn from_file(gpu: &Gpu, file: ModelFile) -> Result<(Self, String)> {
         let config: GptConfig = serde_json::from_str(
             file.metadata
                 .get("config")

@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod gpt;
 pub(crate) mod io;
 mod language_model;
 mod layer;
@@ -34,13 +35,15 @@ mod optimizer;
 mod params;
 pub mod prune;
 mod registry;
+mod spec;
 mod trainer;
 mod transformer;
 
+pub use gpt::{transformer_block, BlockConfig, GptConfig};
 pub use io::{ModelFile, ReadOptions, SavedModel};
 pub use language_model::{LanguageModel, Sampling};
 pub use layer::{Context, DecodeStep, Layer, ParamRole, ParamSpec};
-pub use layers::{ActivationLayer, Add, AvgPool2d, Conv2d, Flatten, LayerSpec, Linear, MaxPool2d};
+pub use layers::{ActivationLayer, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d};
 pub use model::{
     GraphSpec, Init, InputSpec, Model, ModelBuilder, NodeSpec, Sequential, Source, Value,
 };
@@ -49,10 +52,8 @@ pub use params::{HostParameters, ParamId, ParamStore, Parameter};
 pub use registry::{
     layer_from_config, make_layer, register_layer, registered_layers, LayerFactory,
 };
+pub use spec::LayerSpec;
 pub use trainer::{
     Distillation, Input, LossFunction, MicroBatch, MixedPrecision, Targets, Trainer,
 };
-pub use transformer::{
-    transformer_block, BlockConfig, Dropout, Embedding, GptConfig, LayerNorm, MultiHeadAttention,
-    WarmupCosine,
-};
+pub use transformer::{Dropout, Embedding, LayerNorm, MultiHeadAttention, WarmupCosine};

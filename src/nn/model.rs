@@ -9,8 +9,8 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::layer::{Context, DecodeStep, Layer, ParamRole, ParamSpec};
-use super::layers::LayerSpec;
 use super::params::{HostParameters, ParamStore};
+use super::spec::LayerSpec;
 use crate::batch::Batch;
 use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};

@@ -3,8 +3,8 @@
 
 use super::io::SavedModel;
 use super::layer::ParamRole;
-use super::layers::LayerSpec;
 use super::model::Sequential;
+use super::spec::LayerSpec;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

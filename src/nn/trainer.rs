@@ -633,8 +633,8 @@ impl<M: AsRef<Model> + AsMut<Model>> Trainer<M> {
             return Err(Error::ShapeMismatch {
                 op: OP,
                 details: format!(
-                    "mini-batch {i}: {rows} samples of {shape:?} ({per_sample} values each) are \
-                     needed, but the input holds {} values",
+                    "mini-batch {i}: {rows} targets need {rows} samples of {shape:?} \
+                     ({per_sample} values each), but x holds {} values",
                     x.len()
                 ),
             });
@@ -671,8 +671,8 @@ impl<M: AsRef<Model> + AsMut<Model>> Trainer<M> {
                     .find(|(_, &l)| l as usize >= classes && l != ops::IGNORE_INDEX);
                 match bad {
                     Some((j, &label)) => invalid(format!(
-                        "mini-batch {i}, label {j}: {label} is not one of the model's {classes} \
-                         classes (0..{classes}; ops::IGNORE_INDEX ignores a sample)"
+                        "mini-batch {i}, target {j}: label {label} is not one of the model's \
+                         {classes} classes (0..{classes}; ops::IGNORE_INDEX ignores a sample)"
                     )),
                     None => Ok(()),
                 }

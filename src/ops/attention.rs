@@ -291,20 +291,9 @@ pub fn attention(batch: &mut Batch, qkv: &Tensor, options: &AttentionOptions) ->
     Ok(Attention { out, lse })
 }
 
-/// dL/d(qkv) of the fused attention, from its forward's results and dL/d(out) (`[batch, T,
-/// heads · D]`), with the forward's options. The probabilities are recomputed tile by tile from
-/// the saved log-sum-exp.
-pub fn attention_backward(
-    batch: &mut Batch,
-    qkv: &Tensor,
-    forward: &Attention,
-    grad_out: &Tensor,
-    options: &AttentionOptions,
-) -> Result<Tensor> {
+/// Checks that the forward's output and row log-sum-exp, and `grad_out`, fit the attention `d`.
+fn check_backward_shapes(d: &Dims, forward: &Attention, grad_out: &Tensor) -> Result<()> {
     const OP: &str = "attention_backward";
-    let d = check(OP, batch, qkv, options)?;
-    same_gpu(OP, batch, &[&forward.out, &forward.lse, grad_out])?;
-    same_dtype(OP, &[qkv, &forward.out, grad_out])?;
     let out_shape = [d.batch, d.seq, d.heads * d.head_dim];
     if forward.out.shape() != out_shape
         || grad_out.shape() != out_shape
@@ -326,6 +315,24 @@ pub fn attention_backward(
             ),
         });
     }
+    Ok(())
+}
+
+/// dL/d(qkv) of the fused attention, from its forward's results and dL/d(out) (`[batch, T,
+/// heads · D]`), with the forward's options. The probabilities are recomputed tile by tile from
+/// the saved log-sum-exp.
+pub fn attention_backward(
+    batch: &mut Batch,
+    qkv: &Tensor,
+    forward: &Attention,
+    grad_out: &Tensor,
+    options: &AttentionOptions,
+) -> Result<Tensor> {
+    const OP: &str = "attention_backward";
+    let d = check(OP, batch, qkv, options)?;
+    same_gpu(OP, batch, &[&forward.out, &forward.lse, grad_out])?;
+    same_dtype(OP, &[qkv, &forward.out, grad_out])?;
+    check_backward_shapes(&d, forward, grad_out)?;
     let gpu = batch.gpu().clone();
     let dtype = qkv.dtype();
     let dqkv = Tensor::uninit(&gpu, qkv.shape(), dtype)?;

@@ -590,6 +590,78 @@ fn record_im2col(batch: &mut Batch, f: &Forward) -> Result<()> {
     Ok(())
 }
 
+/// One chunk of images of a convolution's backward pass: where its gradients go.
+struct ChunkGrads<'a> {
+    grad_out: &'a Tensor,
+    w: &'a Tensor,
+    /// The chunk's im2col columns, and their gradient.
+    col: &'a Tensor,
+    dcol: &'a Tensor,
+    /// dW's partial sums, `[parts, |W|]`.
+    partial: &'a Tensor,
+    first: usize,
+    images: usize,
+    /// Partial sums this chunk writes, from `part0`.
+    parts: usize,
+    part0: usize,
+    /// Add to the partial sums (one partial for all chunks) rather than write them.
+    accumulate: bool,
+}
+
+impl ChunkGrads<'_> {
+    /// Group `grp`'s partial dW and dcol.
+    fn record_group(&self, batch: &mut Batch, g: &Geometry, grp: usize) -> Result<()> {
+        let (cgrs, pout, kp) = (g.cg() * g.r * g.s, g.plane_out(), g.k * g.plane_out());
+        let dw_size = self.w.numel();
+        let per_part = self.images / self.parts;
+        let dout_offset = (self.first * g.k + grp * g.kg()) * pout;
+        // Partial dW_g = Σ over its images of dOut_g[n] · col_g[n]ᵀ: [Kg, OH·OW] · [OH·OW, Cg·R·S].
+        record_matmul(
+            batch,
+            &Launch {
+                a: view(self.grad_out, false, dout_offset, per_part * kp, kp),
+                b: view(
+                    self.col,
+                    true,
+                    grp * cgrs * pout,
+                    per_part * g.crs() * pout,
+                    g.crs() * pout,
+                ),
+                c: self.partial,
+                c_offset: (self.part0 * dw_size + grp * g.kg() * cgrs) as u32,
+                c_stride_z: dw_size as u32,
+                bias: None,
+                activation: Activation::None,
+                accumulate: self.accumulate,
+                m: g.kg(),
+                n: cgrs,
+                k: pout,
+                out_batches: self.parts,
+                reduce_count: per_part,
+            },
+        )?;
+        // dcol_g[n] = W_gᵀ · dOut_g[n]: [Cg·R·S, Kg] · [Kg, OH·OW].
+        record_matmul(
+            batch,
+            &Launch {
+                a: view(self.w, true, grp * g.kg() * cgrs, 0, 0),
+                b: view(self.grad_out, false, dout_offset, kp, 0),
+                c: self.dcol,
+                c_offset: (grp * cgrs * pout) as u32,
+                c_stride_z: (g.crs() * pout) as u32,
+                bias: None,
+                activation: Activation::None,
+                accumulate: false,
+                m: cgrs,
+                n: pout,
+                k: g.kg(),
+                out_batches: self.images,
+                reduce_count: 1,
+            },
+        )
+    }
+}
+
 /// Gradients of `conv2d(x, w) + bias` (no activation: apply its backward to `grad_out` first) with
 /// respect to x, w and, with [`BiasGradient::Compute`], the bias.
 pub fn conv2d_backward(
@@ -620,7 +692,6 @@ pub fn conv2d_backward(
     let chunk = chunk_images(batch, OP, &g, dtype.size())?;
     let col = Tensor::uninit(&gpu, &[chunk, g.crs(), g.plane_out()], dtype)?;
     let dcol = Tensor::uninit(&gpu, &[chunk, g.crs(), g.plane_out()], dtype)?;
-    let (cgrs, pout, kp) = (g.cg() * g.r * g.s, g.plane_out(), g.k * g.plane_out());
     // dW sums over images. One workgroup per output tile would leave a large GPU idle (9 tiles for
     // a 128→128 3×3 layer), so each chunk writes `parts` partial sums side by side, and one
     // channel_sum over all partials finishes dW.
@@ -650,53 +721,20 @@ pub fn conv2d_backward(
     for (chunk_index, &(first, images)) in chunks.iter().enumerate() {
         record_layout(batch, Entry::Im2col, &g, first, images, x, &col)?;
         let parts = parts_of(images);
-        let per_part = images / parts;
+        let chunk = ChunkGrads {
+            grad_out,
+            w,
+            col: &col,
+            dcol: &dcol,
+            partial: &partial,
+            first,
+            images,
+            parts,
+            part0,
+            accumulate: !split && chunk_index > 0,
+        };
         for grp in 0..g.groups {
-            let dout_offset = (first * g.k + grp * g.kg()) * pout;
-            // Partial dW_g = Σ over its images of dOut_g[n] · col_g[n]ᵀ: [Kg, OH·OW] · [OH·OW, Cg·R·S].
-            record_matmul(
-                batch,
-                &Launch {
-                    a: view(grad_out, false, dout_offset, per_part * kp, kp),
-                    b: view(
-                        &col,
-                        true,
-                        grp * cgrs * pout,
-                        per_part * g.crs() * pout,
-                        g.crs() * pout,
-                    ),
-                    c: &partial,
-                    c_offset: (part0 * dw_size + grp * g.kg() * cgrs) as u32,
-                    c_stride_z: dw_size as u32,
-                    bias: None,
-                    activation: Activation::None,
-                    accumulate: !split && chunk_index > 0,
-                    m: g.kg(),
-                    n: cgrs,
-                    k: pout,
-                    out_batches: parts,
-                    reduce_count: per_part,
-                },
-            )?;
-            // dcol_g[n] = W_gᵀ · dOut_g[n]: [Cg·R·S, Kg] · [Kg, OH·OW].
-            record_matmul(
-                batch,
-                &Launch {
-                    a: view(w, true, grp * g.kg() * cgrs, 0, 0),
-                    b: view(grad_out, false, dout_offset, kp, 0),
-                    c: &dcol,
-                    c_offset: (grp * cgrs * pout) as u32,
-                    c_stride_z: (g.crs() * pout) as u32,
-                    bias: None,
-                    activation: Activation::None,
-                    accumulate: false,
-                    m: cgrs,
-                    n: pout,
-                    k: g.kg(),
-                    out_batches: images,
-                    reduce_count: 1,
-                },
-            )?;
+            chunk.record_group(batch, &g, grp)?;
         }
         record_layout(batch, Entry::Col2im, &g, first, images, &dcol, &dx)?;
         if split {

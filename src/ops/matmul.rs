@@ -1049,41 +1049,46 @@ fn summed_k(l: &Launch) -> Result<usize> {
     })
 }
 
-/// Records `l` with `kernel`.
-fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
-    const OP: &str = "matmul";
-    let gemv = matches!(kernel, Kernel::Gemv | Kernel::GemvDot);
-    let tile = kernel.tile() as u32;
-    let plan = split_plan(l.k, l.reduce_count, kernel);
+/// The pipeline of `entry` for `l` on `kernel`'s shape (`partial_accumulate`: a later split-K
+/// wave, adding to the slabs).
+fn pipeline_key(
+    l: &Launch,
+    kernel: Kernel,
+    entry: Entry,
+    partial_accumulate: bool,
+) -> crate::shaders::PipelineKey {
     let aligned_a = aligned(&l.a, l.m, l.k);
     let aligned_b = aligned(&l.b, l.k, l.n);
     let aligned_c =
         l.n.is_multiple_of(4) && l.c_offset.is_multiple_of(4) && l.c_stride_z.is_multiple_of(4);
     let (wg, groups, loads, direct, shared_rows) = kernel.shape();
-    let constants = |entry: Entry, partial_accumulate: bool| {
-        KERNEL.pipeline(
-            entry,
-            l.c.dtype(),
-            vec![
-                ("WG", wg),
-                ("GROUPS", groups),
-                ("DIRECT", u32::from(direct)),
-                ("LOADS", loads),
-                ("SHARED_ROWS", u32::from(shared_rows)),
-                ("TRANS_A", u32::from(l.a.trans)),
-                ("TRANS_B", u32::from(l.b.trans)),
-                ("ALIGNED_A", u32::from(aligned_a)),
-                ("ALIGNED_B", u32::from(aligned_b)),
-                ("ALIGNED_C", u32::from(aligned_c)),
-                ("HAS_BIAS", u32::from(l.bias.is_some())),
-                ("BIAS_PER_ROW", u32::from(l.bias.is_some_and(|b| b.per_row))),
-                ("ACTIVATION", l.activation.code()),
-                ("ACCUMULATE", u32::from(l.accumulate)),
-                ("PARTIAL_ACCUMULATE", u32::from(partial_accumulate)),
-            ],
-        )
-    };
-    let mut params = Params {
+    KERNEL.pipeline(
+        entry,
+        l.c.dtype(),
+        vec![
+            ("WG", wg),
+            ("GROUPS", groups),
+            ("DIRECT", u32::from(direct)),
+            ("LOADS", loads),
+            ("SHARED_ROWS", u32::from(shared_rows)),
+            ("TRANS_A", u32::from(l.a.trans)),
+            ("TRANS_B", u32::from(l.b.trans)),
+            ("ALIGNED_A", u32::from(aligned_a)),
+            ("ALIGNED_B", u32::from(aligned_b)),
+            ("ALIGNED_C", u32::from(aligned_c)),
+            ("HAS_BIAS", u32::from(l.bias.is_some())),
+            ("BIAS_PER_ROW", u32::from(l.bias.is_some_and(|b| b.per_row))),
+            ("ACTIVATION", l.activation.code()),
+            ("ACCUMULATE", u32::from(l.accumulate)),
+            ("PARTIAL_ACCUMULATE", u32::from(partial_accumulate)),
+        ],
+    )
+}
+
+/// The uniform parameters of `l` without split-K.
+fn launch_params(l: &Launch) -> Result<Params> {
+    const OP: &str = "matmul";
+    Ok(Params {
         m: to_u32(OP, "M", l.m)?,
         n: to_u32(OP, "N", l.n)?,
         k: to_u32(OP, "K", l.k)?,
@@ -1104,44 +1109,69 @@ fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
         t_per_split: u32::MAX,
         batches: to_u32(OP, "batch", l.out_batches)?,
         ..Default::default()
+    })
+}
+
+/// Records `l` with `kernel`.
+fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
+    const OP: &str = "matmul";
+    let gemv = matches!(kernel, Kernel::Gemv | Kernel::GemvDot);
+    let tile = kernel.tile();
+    let plan = split_plan(l.k, l.reduce_count, kernel);
+    let params = launch_params(l)?;
+    let tiles = [
+        to_u32(OP, "column tiles", l.n.div_ceil(tile))?,
+        to_u32(OP, "row tiles", l.m.div_ceil(tile))?,
+    ];
+    if !gemv && plan.splits > 1 {
+        return record_split_k(batch, l, kernel, &plan, params, tiles);
+    }
+    // Columns per workgroup along x, rows per workgroup along y.
+    let rows = to_u32(OP, "M", l.m)?;
+    let (entry, groups) = match (kernel, l.b.trans) {
+        (Kernel::Tile { .. }, _) => (Entry::Main, tiles),
+        (Kernel::GemvDot, false) => (
+            Entry::GemvDot,
+            [to_u32(OP, "tiles", l.n.div_ceil(256))?, rows],
+        ),
+        (Kernel::GemvDot, true) => (
+            Entry::GemvDot,
+            [to_u32(OP, "tiles", l.n.div_ceil(64))?, rows],
+        ),
+        (_, false) => (
+            Entry::GemvPlainB,
+            [to_u32(OP, "tiles", l.n.div_ceil(64))?, 1],
+        ),
+        (_, true) => (
+            Entry::GemvTransB,
+            [to_u32(OP, "tiles", l.n.div_ceil(8))?, 1],
+        ),
     };
+    let pipeline = batch
+        .gpu()
+        .pipeline(pipeline_key(l, kernel, entry, false))?;
     // Unused bias slot: bind A again (read-only, so no usage conflict).
     let bias = l.bias.map_or(l.a.tensor, |b| b.tensor);
-    let tiles_x = to_u32(OP, "column tiles", l.n.div_ceil(tile as usize))?;
-    let tiles_y = to_u32(OP, "row tiles", l.m.div_ceil(tile as usize))?;
-    if gemv || plan.splits == 1 {
-        // Columns per workgroup along x, rows per workgroup along y.
-        let rows = to_u32(OP, "M", l.m)?;
-        let (entry, groups) = match (kernel, l.b.trans) {
-            (Kernel::Tile { .. }, _) => (Entry::Main, [tiles_x, tiles_y]),
-            (Kernel::GemvDot, false) => (
-                Entry::GemvDot,
-                [to_u32(OP, "tiles", l.n.div_ceil(256))?, rows],
-            ),
-            (Kernel::GemvDot, true) => (
-                Entry::GemvDot,
-                [to_u32(OP, "tiles", l.n.div_ceil(64))?, rows],
-            ),
-            (_, false) => (
-                Entry::GemvPlainB,
-                [to_u32(OP, "tiles", l.n.div_ceil(64))?, 1],
-            ),
-            (_, true) => (
-                Entry::GemvTransB,
-                [to_u32(OP, "tiles", l.n.div_ceil(8))?, 1],
-            ),
-        };
-        let pipeline = batch.gpu().pipeline(constants(entry, false))?;
-        return batch.dispatch(
-            &pipeline,
-            bytemuck::bytes_of(&params),
-            &[l.a.tensor, l.b.tensor, l.c, bias],
-            [groups[0], groups[1], params.batches],
-        );
-    }
+    batch.dispatch(
+        &pipeline,
+        bytemuck::bytes_of(&params),
+        &[l.a.tensor, l.b.tensor, l.c, bias],
+        [groups[0], groups[1], params.batches],
+    )
+}
 
-    // Split-K: waves of splits write f32 slabs (later waves add to them), then one pass adds the
-    // slabs and applies the epilogue.
+/// Records `l` with split-K: waves of splits write f32 slabs (later waves add to them), then one
+/// pass adds the slabs and applies the epilogue.
+fn record_split_k(
+    batch: &mut Batch,
+    l: &Launch,
+    kernel: Kernel,
+    plan: &SplitPlan,
+    mut params: Params,
+    [tiles_x, tiles_y]: [u32; 2],
+) -> Result<()> {
+    const OP: &str = "matmul";
+    let bias = l.bias.map_or(l.a.tensor, |b| b.tensor);
     let gpu = batch.gpu().clone();
     let slab = l.m * l.n * l.out_batches;
     let slab_bytes = (slab * 4).next_multiple_of(16) as u64;
@@ -1167,7 +1197,7 @@ fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
         let splits = per_wave.min(plan.splits - first);
         params.splits = splits as u32;
         params.split_base = to_u32(OP, "splits", first)?;
-        let pipeline = gpu.pipeline(constants(Entry::MainPartial, wave > 0))?;
+        let pipeline = gpu.pipeline(pipeline_key(l, kernel, Entry::MainPartial, wave > 0))?;
         batch.dispatch_bound(
             &pipeline,
             bytemuck::bytes_of(&params),
@@ -1178,7 +1208,7 @@ fn record_with(batch: &mut Batch, l: &Launch, kernel: Kernel) -> Result<()> {
     let (grid, groups_x) = crate::ops::checks::fold_grid(&gpu, slab.div_ceil(256))?;
     params.groups_x = groups_x;
     params.slabs = per_wave as u32;
-    let pipeline = gpu.pipeline(constants(Entry::SplitkSum, false))?;
+    let pipeline = gpu.pipeline(pipeline_key(l, kernel, Entry::SplitkSum, false))?;
     batch.dispatch_bound(
         &pipeline,
         bytemuck::bytes_of(&params),

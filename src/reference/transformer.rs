@@ -60,6 +60,97 @@ impl Gpt {
         Array::new(&self.params[i].1, self.params[i].2.clone())
     }
 
+    fn spec(&self) -> AttentionSpec {
+        AttentionSpec {
+            heads: self.config.heads,
+            causal: true,
+            lengths: None,
+            scale: None,
+        }
+    }
+
+    fn norm(&self, x: &Array, i: usize) -> Array {
+        layer_norm(
+            x,
+            &self.params[i].2,
+            Some(&self.params[i + 1].2),
+            NormKind::LayerNorm,
+            EPS,
+        )
+    }
+
+    /// Block `l`'s forward from `x` (`seqs` sequences): what its backward keeps, and its output.
+    fn block_forward(&self, l: usize, x: Array, seqs: usize) -> (Block, Array) {
+        let c = self.config;
+        let (t, d, n) = (c.context, c.dim, x.shape[0]);
+        let k = 2 + 12 * l;
+        let h1 = self.norm(&x, k);
+        let qkv = linear(&h1, &self.p(k + 2), &self.params[k + 3].2);
+        let qkv3 = Array::new(&[seqs, t, 3 * d], qkv.data.clone());
+        let att = Array::new(&[n, d], attention(&qkv3, &self.spec()).0.data);
+        let o = linear(&att, &self.p(k + 4), &self.params[k + 5].2);
+        let x2 = add(&x, &o);
+        let h2 = self.norm(&x2, k + 6);
+        let pre = linear(&h2, &self.p(k + 8), &self.params[k + 9].2);
+        let act = Array::new(
+            &pre.shape,
+            pre.data
+                .iter()
+                .map(|&v| activate(c.activation, f64::from(v)) as f32)
+                .collect(),
+        );
+        let f = linear(&act, &self.p(k + 10), &self.params[k + 11].2);
+        let next = add(&x2, &f);
+        let block = Block {
+            x,
+            h1,
+            qkv: qkv3,
+            att,
+            x2,
+            h2,
+            pre,
+            act,
+        };
+        (block, next)
+    }
+
+    /// Block `l`'s backward from dL/d(its output): its parameters' gradients into `grads`, and
+    /// dL/d(its input).
+    fn block_backward(&self, l: usize, b: &Block, dx: &Array, grads: &mut [Vec<f32>]) -> Array {
+        let c = self.config;
+        let (t, d, n) = (c.context, c.dim, dx.shape[0]);
+        let seqs = n / t;
+        let k = 2 + 12 * l;
+        // x = x2 + fc2(act(fc1(ln2(x2)))).
+        let (dact, dw, db) = linear_backward(&b.act, &self.p(k + 10), dx);
+        grads[k + 10] = dw;
+        grads[k + 11] = db;
+        let dpre = activation_backward(&b.pre, &dact, c.activation);
+        let (dh2, dw, db) = linear_backward(&b.h2, &self.p(k + 8), &dpre);
+        grads[k + 8] = dw;
+        grads[k + 9] = db;
+        let (dx2n, dg, dbeta) =
+            layer_norm_backward(&b.x2, &self.params[k + 6].2, &dh2, NormKind::LayerNorm, EPS);
+        grads[k + 6] = dg;
+        grads[k + 7] = dbeta;
+        let dx2 = add(dx, &dx2n);
+        // x2 = x + proj(attention(qkv(ln1(x)))).
+        let (datt, dw, db) = linear_backward(&b.att, &self.p(k + 4), &dx2);
+        grads[k + 4] = dw;
+        grads[k + 5] = db;
+        let datt = Array::new(&[seqs, t, d], datt.data);
+        let dqkv = attention_backward(&b.qkv, &datt, &self.spec());
+        let dqkv = Array::new(&[n, 3 * d], dqkv.data);
+        let (dh1, dw, db) = linear_backward(&b.h1, &self.p(k + 2), &dqkv);
+        grads[k + 2] = dw;
+        grads[k + 3] = db;
+        let (dxn, dg, dbeta) =
+            layer_norm_backward(&b.x, &self.params[k].2, &dh1, NormKind::LayerNorm, EPS);
+        grads[k] = dg;
+        grads[k + 1] = dbeta;
+        add(&dx2, &dxn)
+    }
+
     /// One step on `inputs`/`targets` (`n` sequences of the full context): returns the loss.
     pub fn step(
         &mut self,
@@ -69,70 +160,17 @@ impl Gpt {
         clip: Option<f32>,
     ) -> f32 {
         let c = self.config;
-        let (t, d) = (c.context, c.dim);
-        let n = inputs.len();
-        let seqs = n / t;
-        let spec = AttentionSpec {
-            heads: c.heads,
-            causal: true,
-            lengths: None,
-            scale: None,
-        };
-        let norm = |x: &Array, i: usize| {
-            layer_norm(
-                x,
-                &self.params[i].2,
-                Some(&self.params[i + 1].2),
-                NormKind::LayerNorm,
-                EPS,
-            )
-        };
+        let seqs = inputs.len() / c.context;
         // Forward, keeping each block's inputs.
-        let mut x = embedding(inputs, t, &self.p(0), Some(&self.p(1)));
-        struct Block {
-            x: Array,
-            h1: Array,
-            qkv: Array,
-            att: Array,
-            x2: Array,
-            h2: Array,
-            pre: Array,
-            act: Array,
-        }
+        let mut x = embedding(inputs, c.context, &self.p(0), Some(&self.p(1)));
         let mut blocks = Vec::new();
         for l in 0..c.layers {
-            let k = 2 + 12 * l;
-            let h1 = norm(&x, k);
-            let qkv = linear(&h1, &self.p(k + 2), &self.params[k + 3].2);
-            let qkv3 = Array::new(&[seqs, t, 3 * d], qkv.data.clone());
-            let att = Array::new(&[n, d], attention(&qkv3, &spec).0.data);
-            let o = linear(&att, &self.p(k + 4), &self.params[k + 5].2);
-            let x2 = add(&x, &o);
-            let h2 = norm(&x2, k + 6);
-            let pre = linear(&h2, &self.p(k + 8), &self.params[k + 9].2);
-            let act = Array::new(
-                &pre.shape,
-                pre.data
-                    .iter()
-                    .map(|&v| activate(c.activation, f64::from(v)) as f32)
-                    .collect(),
-            );
-            let f = linear(&act, &self.p(k + 10), &self.params[k + 11].2);
-            let next = add(&x2, &f);
-            blocks.push(Block {
-                x,
-                h1,
-                qkv: qkv3,
-                att,
-                x2,
-                h2,
-                pre,
-                act,
-            });
+            let (block, next) = self.block_forward(l, x, seqs);
+            blocks.push(block);
             x = next;
         }
         let k = 2 + 12 * c.layers;
-        let hf = norm(&x, k);
+        let hf = self.norm(&x, k);
         let logits = linear(&hf, &self.p(k + 2), &self.params[k + 3].2);
         let (loss, dlogits) = super::loss::cross_entropy(&logits, targets, 0.0);
         // Backward.
@@ -145,45 +183,22 @@ impl Gpt {
         grads[k] = dg;
         grads[k + 1] = dbeta;
         for l in (0..c.layers).rev() {
-            let k = 2 + 12 * l;
-            let b = &blocks[l];
-            // x = x2 + fc2(act(fc1(ln2(x2)))).
-            let (dact, dw, db) = linear_backward(&b.act, &self.p(k + 10), &dx);
-            grads[k + 10] = dw;
-            grads[k + 11] = db;
-            let dpre = activation_backward(&b.pre, &dact, c.activation);
-            let (dh2, dw, db) = linear_backward(&b.h2, &self.p(k + 8), &dpre);
-            grads[k + 8] = dw;
-            grads[k + 9] = db;
-            let (dx2n, dg, dbeta) =
-                layer_norm_backward(&b.x2, &self.params[k + 6].2, &dh2, NormKind::LayerNorm, EPS);
-            grads[k + 6] = dg;
-            grads[k + 7] = dbeta;
-            let dx2 = add(&dx, &dx2n);
-            // x2 = x + proj(attention(qkv(ln1(x)))).
-            let (datt, dw, db) = linear_backward(&b.att, &self.p(k + 4), &dx2);
-            grads[k + 4] = dw;
-            grads[k + 5] = db;
-            let dqkv = attention_backward(&b.qkv, &Array::new(&[seqs, t, d], datt.data), &spec);
-            let dqkv = Array::new(&[n, 3 * d], dqkv.data);
-            let (dh1, dw, db) = linear_backward(&b.h1, &self.p(k + 2), &dqkv);
-            grads[k + 2] = dw;
-            grads[k + 3] = db;
-            let (dxn, dg, dbeta) =
-                layer_norm_backward(&b.x, &self.params[k].2, &dh1, NormKind::LayerNorm, EPS);
-            grads[k] = dg;
-            grads[k + 1] = dbeta;
-            dx = add(&dx2, &dxn);
+            dx = self.block_backward(l, &blocks[l], &dx, &mut grads);
         }
-        let (dtok, dpos) = embedding_backward(inputs, t, &dx, c.vocab, c.context);
+        let (dtok, dpos) = embedding_backward(inputs, c.context, &dx, c.vocab, c.context);
         grads[0] = dtok;
         grads[1] = dpos;
         if let Some(max_norm) = clip {
             super::optim::clip_grad_norm(&mut grads, max_norm);
         }
-        // AdamW on every parameter; weight decay on matrices only.
+        self.update(&grads, optimizer);
+        loss
+    }
+
+    /// AdamW on every parameter; weight decay on matrices only.
+    fn update(&mut self, grads: &[Vec<f32>], optimizer: &AdamConfig) {
         self.steps += 1;
-        for ((param, grad), (m, v)) in self.params.iter_mut().zip(&grads).zip(&mut self.state) {
+        for ((param, grad), (m, v)) in self.params.iter_mut().zip(grads).zip(&mut self.state) {
             let config = if param.1.len() >= 2 {
                 *optimizer
             } else {
@@ -194,6 +209,17 @@ impl Gpt {
             };
             super::optim::adam_step(&mut param.2, grad, m, v, &config, self.steps);
         }
-        loss
     }
+}
+
+/// What one block's forward keeps for its backward.
+struct Block {
+    x: Array,
+    h1: Array,
+    qkv: Array,
+    att: Array,
+    x2: Array,
+    h2: Array,
+    pre: Array,
+    act: Array,
 }

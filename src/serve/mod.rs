@@ -30,7 +30,7 @@ use crate::generate::{
 };
 use crate::gpu::Gpu;
 use crate::infer::{Batcher, BatcherConfig, InferenceSession, Precision, SessionOptions};
-use crate::nn::{LanguageModel, Sequential};
+use crate::nn::LanguageModel;
 use crate::ops::SamplingSettings;
 
 /// The largest `config.json` read.
@@ -127,6 +127,19 @@ struct Metrics {
 }
 
 impl Metrics {
+    /// Each prediction's time in the queue and in compute, for `model`.
+    fn observe_predictions(&self, model: &str, predictions: &[crate::infer::Prediction]) {
+        for p in predictions {
+            let labels = [model];
+            self.queued
+                .with_label_values(&labels)
+                .observe(p.queued.as_secs_f64());
+            self.computed
+                .with_label_values(&labels)
+                .observe(p.computed.as_secs_f64());
+        }
+    }
+
     fn new() -> Result<Self> {
         let e = |e: prometheus::Error| Error::Serving {
             details: "registering the metrics".into(),
@@ -235,17 +248,87 @@ fn read_config(path: &Path) -> Result<ModelConfig> {
 }
 
 /// Whether a model file is a language model's (its metadata says `"format": "wgnn-gpt"`).
-fn is_language_model(path: &Path) -> Result<bool> {
-    let bytes = crate::nn::io::read_capped(path, crate::nn::ReadOptions::default().max_file_bytes)?;
-    let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::ModelFile {
-            details: format!("{}: {e}", path.display()),
-        })?;
-    Ok(header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("format"))
-        .is_some_and(|f| f == "wgnn-gpt"))
+/// The model in `file` ready to serve: a language model (its file's metadata holds a
+/// configuration) behind a generation engine, anything else behind a dynamic batcher. The file is
+/// read once.
+fn serve_file(
+    gpu: &Gpu,
+    file: &Path,
+    config: &ModelConfig,
+    options: &ServerOptions,
+) -> Result<Served> {
+    let contents = crate::nn::ModelFile::read(file)?;
+    if contents.metadata.contains_key("config") {
+        let (lm, vocabulary) = LanguageModel::from_file(gpu, contents)?;
+        return serve_language_model(&lm, vocabulary, file, config);
+    }
+    let model = contents.into_model(gpu)?;
+    let session = Arc::new(InferenceSession::new(
+        model,
+        SessionOptions {
+            max_batch: config.max_batch,
+            precision: config.precision()?,
+            timeout: options.request_timeout,
+            ..Default::default()
+        },
+    )?);
+    let input_shape = session.input_shape().to_vec();
+    let classes = session.classes();
+    let batcher = Batcher::new(
+        session,
+        BatcherConfig {
+            max_batch: config.max_batch,
+            max_wait: Duration::from_millis(config.max_wait_ms),
+            queue_capacity: config.queue_capacity,
+            request_timeout: options.request_timeout,
+        },
+    )?;
+    Ok(Served::Classifier {
+        batcher,
+        input_shape,
+        classes,
+    })
+}
+
+/// A language model behind a generation engine, its vocabulary one character per token.
+fn serve_language_model(
+    lm: &LanguageModel,
+    vocabulary: String,
+    file: &Path,
+    config: &ModelConfig,
+) -> Result<Served> {
+    let decoder = Decoder::new(
+        lm,
+        DecoderOptions {
+            max_sequences: config.slots,
+            precision: config.precision()?,
+            ..Default::default()
+        },
+    )?;
+    let vocabulary: Vec<char> = vocabulary.chars().collect();
+    if vocabulary.len() != lm.config().vocab {
+        return Err(Error::ModelFile {
+            details: format!(
+                "{}: {} vocabulary characters for {} token ids",
+                file.display(),
+                vocabulary.len(),
+                lm.config().vocab
+            ),
+        });
+    }
+    let engine = Engine::new(
+        decoder,
+        EngineOptions {
+            queue_capacity: config.queue_capacity,
+            vocabulary: Some(vocabulary.iter().map(|c| c.to_string()).collect()),
+            ..Default::default()
+        },
+    )?;
+    Ok(Served::Language {
+        engine,
+        vocabulary,
+        context: lm.config().context,
+    })
 }
 
 impl ServerState {
@@ -280,69 +363,7 @@ impl ServerState {
             let name = entry.file_name().to_string_lossy().into_owned();
             let (version, vdir) = latest_version(&entry.path())?;
             let config = read_config(&vdir.join("config.json"))?;
-            let file = vdir.join("model.safetensors");
-            let served = if is_language_model(&file)? {
-                let (lm, vocabulary) = LanguageModel::load(gpu, &file)?;
-                let decoder = Decoder::new(
-                    &lm,
-                    DecoderOptions {
-                        max_sequences: config.slots,
-                        precision: config.precision()?,
-                        ..Default::default()
-                    },
-                )?;
-                let vocabulary: Vec<char> = vocabulary.chars().collect();
-                if vocabulary.len() != lm.config().vocab {
-                    return Err(Error::ModelFile {
-                        details: format!(
-                            "{}: {} vocabulary characters for {} token ids",
-                            file.display(),
-                            vocabulary.len(),
-                            lm.config().vocab
-                        ),
-                    });
-                }
-                let engine = Engine::new(
-                    decoder,
-                    EngineOptions {
-                        queue_capacity: config.queue_capacity,
-                        vocabulary: Some(vocabulary.iter().map(|c| c.to_string()).collect()),
-                        ..Default::default()
-                    },
-                )?;
-                Served::Language {
-                    engine,
-                    vocabulary,
-                    context: lm.config().context,
-                }
-            } else {
-                let model = Sequential::load(gpu, &file)?;
-                let session = Arc::new(InferenceSession::new(
-                    model,
-                    SessionOptions {
-                        max_batch: config.max_batch,
-                        precision: config.precision()?,
-                        timeout: options.request_timeout,
-                        ..Default::default()
-                    },
-                )?);
-                let input_shape = session.input_shape().to_vec();
-                let classes = session.classes();
-                let batcher = Batcher::new(
-                    session,
-                    BatcherConfig {
-                        max_batch: config.max_batch,
-                        max_wait: Duration::from_millis(config.max_wait_ms),
-                        queue_capacity: config.queue_capacity,
-                        request_timeout: options.request_timeout,
-                    },
-                )?;
-                Served::Classifier {
-                    batcher,
-                    input_shape,
-                    classes,
-                }
-            };
+            let served = serve_file(gpu, &vdir.join("model.safetensors"), &config, &options)?;
             models.insert(
                 name.clone(),
                 Model {
@@ -673,6 +694,94 @@ async fn infer(
     r
 }
 
+/// The one input of an infer request: its sample count and values (whole samples of
+/// `input_shape`, FP32).
+fn infer_input(
+    request: &Value,
+    input_shape: &[usize],
+) -> std::result::Result<(usize, Vec<f32>), Reject> {
+    let Some(inputs) = request.get("inputs").and_then(Value::as_array) else {
+        return Err(bad("the request needs an \"inputs\" array"));
+    };
+    let [input] = inputs.as_slice() else {
+        return Err(bad(format!(
+            "the model takes 1 input, got {}",
+            inputs.len()
+        )));
+    };
+    if input.get("datatype").and_then(Value::as_str) != Some("FP32") {
+        return Err(bad("the input's datatype must be \"FP32\""));
+    }
+    let shape: Option<Vec<usize>> = input
+        .get("shape")
+        .and_then(Value::as_array)
+        .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
+    let Some(shape) = shape else {
+        return Err(bad("the input's shape must be an array of sizes"));
+    };
+    let per_sample: usize = input_shape.iter().product();
+    let samples = match shape.split_first() {
+        Some((&n, rest)) if rest == input_shape && n >= 1 => n,
+        _ => {
+            return Err(bad(format!(
+                "the input's shape must be [n, {}], got {shape:?}",
+                input_shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    };
+    if samples > MAX_INFER_SAMPLES {
+        return Err(bad(format!(
+            "at most {MAX_INFER_SAMPLES} samples per request, got {samples}"
+        )));
+    }
+    let mut data = Vec::with_capacity(samples * per_sample);
+    let Some(raw) = input.get("data") else {
+        return Err(bad("the input has no \"data\""));
+    };
+    flatten(raw, &mut data, samples * per_sample)?;
+    if data.len() != samples * per_sample {
+        return Err(bad(format!(
+            "the shape {shape:?} holds {} values, the data has {}",
+            samples * per_sample,
+            data.len()
+        )));
+    }
+    Ok((samples, data))
+}
+
+/// The requested outputs (`probabilities`, `classes`) of `samples` predictions, in the protocol's
+/// JSON form.
+fn infer_outputs(
+    wanted: &[String],
+    predictions: &[crate::infer::Prediction],
+    samples: usize,
+    classes: usize,
+) -> Vec<Value> {
+    let mut outputs = Vec::new();
+    for w in wanted {
+        if w == "probabilities" {
+            let data: Vec<f32> = predictions.iter().flat_map(|p| p.outputs.clone()).collect();
+            outputs.push(json!({
+                "name": "probabilities", "datatype": "FP32",
+                "shape": [samples, classes], "data": data,
+            }));
+        } else {
+            let data: Vec<i64> = predictions
+                .iter()
+                .map(|p| p.class.map_or(-1, i64::from))
+                .collect();
+            outputs.push(json!({
+                "name": "classes", "datatype": "INT64", "shape": [samples], "data": data,
+            }));
+        }
+    }
+    outputs
+}
+
 async fn infer_inner(state: &Shared, name: &str, body: Body) -> Response {
     let m = match find(state, name) {
         Ok(m) => m,
@@ -697,58 +806,11 @@ async fn infer_inner(state: &Shared, name: &str, body: Body) -> Response {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    let Some(inputs) = request.get("inputs").and_then(Value::as_array) else {
-        return bad("the request needs an \"inputs\" array").into_response();
-    };
-    let [input] = inputs.as_slice() else {
-        return bad(format!("the model takes 1 input, got {}", inputs.len())).into_response();
-    };
-    if input.get("datatype").and_then(Value::as_str) != Some("FP32") {
-        return bad("the input's datatype must be \"FP32\"").into_response();
-    }
-    let shape: Option<Vec<usize>> = input
-        .get("shape")
-        .and_then(Value::as_array)
-        .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
-    let Some(shape) = shape else {
-        return bad("the input's shape must be an array of sizes").into_response();
+    let (samples, data) = match infer_input(&request, input_shape) {
+        Ok(x) => x,
+        Err(r) => return r.into_response(),
     };
     let per_sample: usize = input_shape.iter().product();
-    let samples = match shape.split_first() {
-        Some((&n, rest)) if rest == input_shape.as_slice() && n >= 1 => n,
-        _ => {
-            return bad(format!(
-                "the input's shape must be [n, {}], got {shape:?}",
-                input_shape
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .into_response()
-        }
-    };
-    if samples > MAX_INFER_SAMPLES {
-        return bad(format!(
-            "at most {MAX_INFER_SAMPLES} samples per request, got {samples}"
-        ))
-        .into_response();
-    }
-    let mut data = Vec::with_capacity(samples * per_sample);
-    let Some(raw) = input.get("data") else {
-        return bad("the input has no \"data\"").into_response();
-    };
-    if let Err(r) = flatten(raw, &mut data, samples * per_sample) {
-        return r.into_response();
-    }
-    if data.len() != samples * per_sample {
-        return bad(format!(
-            "the shape {shape:?} holds {} values, the data has {}",
-            samples * per_sample,
-            data.len()
-        ))
-        .into_response();
-    }
     let wanted: Vec<String> = match request.get("outputs").and_then(Value::as_array) {
         Some(list) => list
             .iter()
@@ -785,37 +847,8 @@ async fn infer_inner(state: &Shared, name: &str, body: Body) -> Response {
         Ok(Ok(Err(e))) => return from_error(&e),
         Ok(Ok(Ok(p))) => p,
     };
-    for p in &predictions {
-        let labels = [name];
-        state
-            .metrics
-            .queued
-            .with_label_values(&labels)
-            .observe(p.queued.as_secs_f64());
-        state
-            .metrics
-            .computed
-            .with_label_values(&labels)
-            .observe(p.computed.as_secs_f64());
-    }
-    let mut outputs = Vec::new();
-    for w in &wanted {
-        if w == "probabilities" {
-            let data: Vec<f32> = predictions.iter().flat_map(|p| p.outputs.clone()).collect();
-            outputs.push(json!({
-                "name": "probabilities", "datatype": "FP32",
-                "shape": [samples, classes], "data": data,
-            }));
-        } else {
-            let data: Vec<i64> = predictions
-                .iter()
-                .map(|p| p.class.map_or(-1, i64::from))
-                .collect();
-            outputs.push(json!({
-                "name": "classes", "datatype": "INT64", "shape": [samples], "data": data,
-            }));
-        }
-    }
+    state.metrics.observe_predictions(name, &predictions);
+    let outputs = infer_outputs(&wanted, &predictions, samples, *classes);
     let mut answer = json!({
         "model_name": m.name,
         "model_version": m.version,

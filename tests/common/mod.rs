@@ -34,6 +34,28 @@ pub fn gpu() -> Gpu {
     .clone()
 }
 
+/// Records that `test` skipped its check on this adapter, and why: printed, and appended to the
+/// log that CI reads (`WGNN_SKIP_LOG`, by default `skipped.log` in cargo's temporary directory for
+/// tests) as `backend<TAB>test<TAB>why`. CI fails a Vulkan run that skipped anything and lists what
+/// GL skipped, so a check that cannot run is counted, never silently green.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let backend = format!("{:?}", gpu().adapter_info().backend);
+    println!("SKIPPED {test} on {backend}: {why}");
+    let path = std::env::var_os("WGNN_SKIP_LOG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.log"));
+    let line = format!("{backend}\t{test}\t{why}\n");
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        panic!("{test} skipped ({why}), and the skip could not be recorded in {path:?}: {e}");
+    }
+}
+
 /// The shared context, and where it takes the subgroup paths, a second one held to the portable
 /// paths: kernels with both variants are tested on both.
 pub fn both_paths() -> Vec<Gpu> {
