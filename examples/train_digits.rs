@@ -73,40 +73,6 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-fn cnn() -> Vec<LayerSpec> {
-    vec![
-        LayerSpec::Conv2d {
-            in_channels: 1,
-            out_channels: 16,
-            kernel: (3, 3),
-            stride: (1, 1),
-            padding: (1, 1),
-        },
-        LayerSpec::Activation {
-            function: Activation::Relu,
-        },
-        LayerSpec::Conv2d {
-            in_channels: 16,
-            out_channels: 32,
-            kernel: (3, 3),
-            stride: (1, 1),
-            padding: (1, 1),
-        },
-        LayerSpec::Activation {
-            function: Activation::Relu,
-        },
-        LayerSpec::MaxPool2d {
-            kernel: (2, 2),
-            stride: (2, 2),
-        },
-        LayerSpec::Flatten,
-        LayerSpec::Linear {
-            inputs: 32 * 4 * 4,
-            outputs: 10,
-        },
-    ]
-}
-
 fn mlp() -> Vec<LayerSpec> {
     vec![
         LayerSpec::Linear {
@@ -158,7 +124,7 @@ fn main() -> Result<()> {
     let (specs, input) = if args.mlp {
         (mlp(), vec![64])
     } else {
-        (cnn(), vec![1, 8, 8])
+        (wgnn::nn::digits_cnn(), vec![1, 8, 8])
     };
     let model = Sequential::new(
         &gpu,

@@ -101,31 +101,7 @@ fn launch() -> anyhow::Result<()> {
 
 /// `train_digits`'s CNN.
 fn digits_cnn(gpu: &Gpu, seed: u64) -> wgnn::Result<Model> {
-    let conv = |in_channels, out_channels| LayerSpec::Conv2d {
-        in_channels,
-        out_channels,
-        kernel: (3, 3),
-        stride: (1, 1),
-        padding: (1, 1),
-    };
-    let relu = || LayerSpec::Activation {
-        function: Activation::Relu,
-    };
-    let specs = vec![
-        conv(1, 16),
-        relu(),
-        conv(16, 32),
-        relu(),
-        LayerSpec::MaxPool2d {
-            kernel: (2, 2),
-            stride: (2, 2),
-        },
-        LayerSpec::Flatten,
-        LayerSpec::Linear {
-            inputs: 32 * 4 * 4,
-            outputs: 10,
-        },
-    ];
+    let specs = wgnn::nn::digits_cnn();
     Sequential::new(gpu, &[1, 8, 8], specs, Init::KaimingUniform { seed })
 }
 

@@ -246,3 +246,25 @@ fn warmup_cosine_rises_then_falls() {
     assert!(WarmupCosine::new(1.0, 0.0, 11, 10).is_err());
     assert!(WarmupCosine::new(f32::NAN, 0.0, 1, 10).is_err());
 }
+
+/// A language model saved before the graph file format (`"format": "wgnn-gpt"`, written by
+/// tests/fixtures/make_lm_fixture.rs at the commit before it) loads with its vocabulary, gives the
+/// logits it gave then, and decodes them: the decoder lowered from its graph.
+#[test]
+fn a_language_model_saved_before_the_graph_format_loads_the_same() {
+    let gpu = gpu();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let (mut lm, vocabulary) =
+        LanguageModel::load(&gpu, format!("{dir}/gpt_saved_2026_12_06.safetensors")).unwrap();
+    assert_eq!(vocabulary, "abcdefghijk");
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{dir}/gpt_saved_2026_12_06_logits.json")).unwrap(),
+    )
+    .unwrap();
+    let input: Vec<u32> = serde_json::from_value(saved["input"].clone()).unwrap();
+    let want: Vec<f32> = serde_json::from_value(saved["logits"].clone()).unwrap();
+    assert_close(&lm.logits(&input, 9).unwrap(), &want, 1e-6, "full forward");
+    let mut decoder = wgnn::generate::Decoder::new(&lm, Default::default()).unwrap();
+    let prefill = decoder.prefill(0, &input).unwrap();
+    assert_close(&prefill, &want, 1e-4, "prefill");
+}

@@ -52,7 +52,7 @@ pub use params::{HostParameters, ParamId, ParamStore, Parameter};
 pub use registry::{
     layer_from_config, make_layer, register_layer, registered_layers, LayerFactory,
 };
-pub use spec::LayerSpec;
+pub use spec::{digits_cnn, LayerSpec};
 pub use trainer::{
     Distillation, Input, LossFunction, MicroBatch, MixedPrecision, Targets, Trainer,
 };

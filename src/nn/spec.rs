@@ -109,3 +109,34 @@ impl LayerSpec {
         self.build().map(|l| l.parameters()).unwrap_or_default()
     }
 }
+
+/// The CNN `train_digits` trains on the 8×8 digits (`[1, 8, 8]` per sample): conv 1→16 and
+/// 16→32 (3×3, padding 1, each with a ReLU), 2×2 max pooling, flatten, Linear 512→10. One
+/// definition for the example, the tests and the distributed check.
+pub fn digits_cnn() -> Vec<LayerSpec> {
+    let conv = |in_channels, out_channels| LayerSpec::Conv2d {
+        in_channels,
+        out_channels,
+        kernel: (3, 3),
+        stride: (1, 1),
+        padding: (1, 1),
+    };
+    let relu = || LayerSpec::Activation {
+        function: Activation::Relu,
+    };
+    vec![
+        conv(1, 16),
+        relu(),
+        conv(16, 32),
+        relu(),
+        LayerSpec::MaxPool2d {
+            kernel: (2, 2),
+            stride: (2, 2),
+        },
+        LayerSpec::Flatten,
+        LayerSpec::Linear {
+            inputs: 32 * 4 * 4,
+            outputs: 10,
+        },
+    ]
+}

@@ -104,7 +104,7 @@ fn gpt_batch() -> (Vec<u32>, Vec<u32>) {
     (text[..n].to_vec(), text[1..=n].to_vec())
 }
 
-/// wgnn: `LanguageModel::train_step` (uploads ids and targets, forward with fused attention,
+/// wgnn: `Trainer::step_sequences` on a `LanguageModel` (uploads ids and targets, forward with fused attention,
 /// cross-entropy, backward, AdamW (lr 1e-3, decay 0.1, beta2 0.99) on every parameter, no
 /// clipping) and a device wait.
 fn run_wgnn_transformer(gpu: &Gpu, runs: usize) -> anyhow::Result<()> {
@@ -117,15 +117,16 @@ fn run_wgnn_transformer(gpu: &Gpu, runs: usize) -> anyhow::Result<()> {
         activation: wgnn::Activation::Gelu,
         dropout: 0.0,
     };
-    let mut model = LanguageModel::new(gpu, config, 1)?;
-    let mut optimizer = Optimizer::adam(AdamConfig {
+    let model = LanguageModel::new(gpu, config, 1)?;
+    let optimizer = Optimizer::adam(AdamConfig {
         beta2: 0.99,
         ..AdamConfig::adamw(1e-3, 0.1)
     });
+    let mut trainer = wgnn::nn::Trainer::new(model, optimizer);
     let (ids, targets) = gpt_batch();
     let t = time(runs, || {
-        model
-            .train_step(&mut optimizer, &ids, &targets, GPT_CONTEXT)
+        trainer
+            .step_sequences(&ids, &targets, GPT_CONTEXT)
             .unwrap();
         gpu.wait().unwrap();
     });
