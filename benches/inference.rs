@@ -231,7 +231,7 @@ fn bench(c: &mut Criterion) {
         );
         let raw = RawLoop::new(&gpu, n);
         group.bench_function(
-            BenchmarkId::new("host", format!("raw_wgpu/{n}_dispatches")),
+            BenchmarkId::new("host", format!("raw_wgpu/{name}/{n}_dispatches")),
             |b| b.iter_custom(|iters| host_time(&gpu, iters, &|e| raw.encode(e))),
         );
     }
