@@ -740,3 +740,27 @@ fn eight_threads_share_one_engine() {
     assert_eq!(stats.completed, 24);
     assert_eq!(stats.queue_depth, 0);
 }
+
+/// The decoder lowers the graph for inference only: the MLP's GELU runs in its Linear's epilogue
+/// (a training graph cannot fuse it, its backward needs the input), so a decode step has the
+/// dispatches of the hand-written decoder it replaced: an embedding, then per block two norms, the
+/// q/k/v and output projections, the cache append, the decode attention (partial sums over the
+/// cache's splits, then their combination), the two MLP matmuls and two residual adds, then the
+/// final norm, the head and the sampling. (Unfused, a block would take 12.)
+#[test]
+fn a_decode_step_fuses_the_mlp_activation() {
+    let _one = exclusive();
+    let lm = model(3);
+    let mut decoder = Decoder::new(&lm, DecoderOptions::default()).unwrap();
+    let step = decoder.captured_step(4).unwrap().dispatches();
+    let sampling = {
+        let gpu = gpu();
+        let logits = Tensor::zeros(&gpu, &[4, 37], DType::F32).unwrap();
+        let table = Tensor::zeros(&gpu, &[4, SamplingSettings::WORDS], DType::U32).unwrap();
+        let mut batch = Batch::capture(&gpu);
+        ops::sample_tokens_with_table(&mut batch, &logits, &table).unwrap();
+        batch.into_plan().unwrap().dispatches()
+    };
+    let per_block = 11;
+    assert_eq!(step, 1 + config().layers * per_block + 2 + sampling);
+}

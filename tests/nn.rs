@@ -808,3 +808,34 @@ fn a_refused_update_does_not_count_in_the_mean_loss() {
     let got = refused.mean_loss().unwrap();
     assert_close(&[got], &[want], 1e-6, &format!("seed {seed}"));
 }
+
+/// A model fused for inference only (GELU in a Linear's epilogue, as a decoder's copy is) refuses
+/// a training step with a typed error instead of a wrong gradient, and predicts as before.
+#[test]
+fn a_model_fused_for_inference_does_not_train() {
+    let gpu = gpu();
+    let (mut rng, seed) = rng();
+    let specs = vec![
+        LayerSpec::Linear {
+            inputs: 64,
+            outputs: 16,
+        },
+        LayerSpec::Activation {
+            function: Activation::Gelu,
+        },
+        LayerSpec::Linear {
+            inputs: 16,
+            outputs: 10,
+        },
+    ];
+    let mut model = Sequential::new(&gpu, &[64], specs, Init::KaimingUniform { seed }).unwrap();
+    let x = random(&mut rng, 3 * 64);
+    let before = model.predict_classes(&x, 3).unwrap();
+    model.fuse_for_inference();
+    assert_eq!(model.predict_classes(&x, 3).unwrap(), before);
+    let mut trainer = Trainer::new(model, Optimizer::sgd(SgdConfig::new(0.1)));
+    assert!(matches!(
+        trainer.step(&x, &[1, 2, 3]),
+        Err(wgnn::Error::InvalidArgument { .. })
+    ));
+}

@@ -234,6 +234,8 @@ impl Decoder {
         // The caches are checked before the copy of the graph or any weight is made.
         let caches = make_caches(&gpu, shapes)?;
         let mut model = source.duplicate()?;
+        // The copy only decodes: every activation its epilogues can take joins them.
+        model.fuse_for_inference();
         let weight_bytes = match options.precision {
             Precision::F32 => {
                 4 * model

@@ -168,6 +168,13 @@ pub trait Layer: std::fmt::Debug + Send + Sync {
         false
     }
 
+    /// [`Self::fuse`] for a layer that will only run inference (a decoder's copy): it may take
+    /// activations whose backward its epilogue could not give (GELU). The default is
+    /// [`Self::fuse`].
+    fn fuse_for_inference(&mut self, activation: Activation) -> bool {
+        self.fuse(activation)
+    }
+
     /// Stores the layer's weights compactly for inference ([`crate::Precision::Int8`] or `F16`),
     /// given their f32 values in the order of [`Self::parameters`]; returns the bytes its
     /// parameters then take, or `None` where it has no compact form (it stays f32).

@@ -136,9 +136,25 @@ fn inference_only(kind: &str) -> Error {
     Error::InvalidArgument {
         op: "Layer::forward",
         details: format!(
-            "{kind}: a layer with compact (int8 or f16) weights serves inference only"
+            "{kind}: a layer with compact (int8 or f16) weights, or an activation fused for \
+             inference, serves inference only"
         ),
     }
+}
+
+/// Takes any activation into an epilogue that has none yet (inference only); whether it did.
+fn fuse_any(fused: &mut Activation, activation: Activation) -> bool {
+    let fusable = *fused == Activation::None && activation != Activation::None;
+    if fusable {
+        *fused = activation;
+    }
+    fusable
+}
+
+/// Whether a training forward can go through the epilogue's activation (its backward is
+/// computed from the saved output: ReLU).
+fn trainable(fused: Activation) -> bool {
+    matches!(fused, Activation::None | Activation::Relu)
 }
 
 /// Takes a ReLU into an epilogue that has no activation yet; whether it did.
@@ -196,6 +212,9 @@ impl Layer for Linear {
         }
         let x = inputs[0];
         let bias = ctx.param("bias")?;
+        if ctx.train && !trainable(self.fused) {
+            return Err(inference_only(self.kind()));
+        }
         if let Some(q) = &self.compact {
             if ctx.train {
                 return Err(inference_only(self.kind()));
@@ -247,6 +266,10 @@ impl Layer for Linear {
 
     fn fuse(&mut self, activation: Activation) -> bool {
         fuse_relu(&mut self.fused, activation)
+    }
+
+    fn fuse_for_inference(&mut self, activation: Activation) -> bool {
+        fuse_any(&mut self.fused, activation)
     }
 
     fn compact(
@@ -381,6 +404,9 @@ impl Layer for Conv2d {
         expect_inputs(self.kind(), inputs.len(), 1)?;
         let x = inputs[0];
         let bias = ctx.param("bias")?;
+        if ctx.train && !trainable(self.fused) {
+            return Err(inference_only(self.kind()));
+        }
         if let Some(q) = &self.compact {
             if ctx.train {
                 return Err(inference_only(self.kind()));
@@ -436,6 +462,10 @@ impl Layer for Conv2d {
 
     fn fuse(&mut self, activation: Activation) -> bool {
         fuse_relu(&mut self.fused, activation)
+    }
+
+    fn fuse_for_inference(&mut self, activation: Activation) -> bool {
+        fuse_any(&mut self.fused, activation)
     }
 
     fn compact(

@@ -512,7 +512,7 @@ impl Prepared {
                 .map(|p| (p.value.clone(), p.grad.clone()))
                 .collect();
         }
-        fuse_activations(&mut self.nodes, self.output);
+        fuse_activations(&mut self.nodes, self.output, false);
         mark_gradients(&mut self.nodes);
         Model {
             gpu: gpu.clone(),
@@ -527,9 +527,10 @@ impl Prepared {
 }
 
 /// The fusion pass: an activation whose input is read by nothing else is offered to the layer
-/// that made that input ([`Layer::fuse`]); where the layer takes it into its epilogue, the
-/// activation's own node is skipped.
-fn fuse_activations(nodes: &mut [Node], output: usize) {
+/// that made that input ([`Layer::fuse`], or for a model that only runs inference
+/// [`Layer::fuse_for_inference`]); where the layer takes it into its epilogue, the activation's
+/// own node is skipped.
+fn fuse_activations(nodes: &mut [Node], output: usize, inference: bool) {
     let mut consumers = vec![0usize; nodes.len()];
     for node in nodes.iter() {
         for s in &node.inputs {
@@ -543,10 +544,23 @@ fn fuse_activations(nodes: &mut [Node], output: usize) {
         let Some(function) = nodes[i].layer.activation() else {
             continue;
         };
-        if let [Source::Node(j)] = nodes[i].inputs[..] {
-            if consumers[j] == 1 && nodes[j].layer.fuse(function) {
-                nodes[i].absorbed = true;
-            }
+        if nodes[i].absorbed {
+            continue;
+        }
+        let [Source::Node(j)] = nodes[i].inputs[..] else {
+            continue;
+        };
+        // Only a value nothing else reads, made by a layer that runs.
+        if consumers[j] != 1 || nodes[j].absorbed {
+            continue;
+        }
+        let layer = &mut nodes[j].layer;
+        let fused = match inference {
+            true => layer.fuse_for_inference(function),
+            false => layer.fuse(function),
+        };
+        if fused {
+            nodes[i].absorbed = true;
         }
     }
 }
@@ -1023,6 +1037,13 @@ impl Model {
         let mut model = prepared.assemble(&self.gpu, self.params.share_f32(), &named);
         model.chain = self.chain.clone();
         Ok(model)
+    }
+
+    /// Runs the fusion pass again for a model that will only run inference (a decoder's copy):
+    /// activations a training epilogue could not take (GELU after a Linear) join the layer before
+    /// them. The model can no longer train.
+    pub fn fuse_for_inference(&mut self) {
+        fuse_activations(&mut self.nodes, self.output, true);
     }
 
     /// The cache tensors' shapes of each layer ([`Layer::decode_cache`]) for `slots` sequences of
