@@ -74,7 +74,7 @@ pub struct ModelFile {
 /// their registered factories and the graph's wiring and shapes checked (nothing allocated).
 fn graph_parameters(graph: &GraphSpec) -> Result<Vec<(String, ParamSpec)>> {
     let (builder, output) = graph.builder()?;
-    builder.check(output)
+    Ok(builder.check(output)?.1)
 }
 
 impl ModelFile {

@@ -260,21 +260,8 @@ impl ModelBuilder {
                 })
             }
         };
-        let nodes = self
-            .nodes
-            .iter()
-            .map(|(layer, inputs)| {
-                Ok(NodeSpec {
-                    layer: layer_record(layer.as_ref())?,
-                    inputs: inputs.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(GraphSpec {
-            inputs: self.inputs.clone(),
-            nodes,
-            output,
-        })
+        let layers = self.nodes.iter().map(|(l, s)| (l.as_ref(), s.as_slice()));
+        graph_spec(&self.inputs, layers, output)
     }
 
     /// `layer` applied to `inputs` (values of this builder); its output.
@@ -371,26 +358,22 @@ impl ModelBuilder {
     /// adapter: everything before any value is made.
     fn prepare(self, gpu: &Gpu, output: Value) -> Result<(Prepared, Vec<(String, ParamSpec)>)> {
         gpu.check_alive()?;
-        let output = self.check_wiring(output)?;
-        let mut nodes: Vec<Node> = self
+        let (output, named) = self.check(output)?;
+        ParamStore::check_fits(gpu, named.iter().map(|(_, p)| p.shape.as_slice()))?;
+        let nodes: Vec<Node> = self
             .nodes
             .into_iter()
-            .map(|(layer, inputs)| Node::new(layer, inputs))
+            .map(|(layer, inputs)| {
+                let mut node = Node::new(layer, inputs);
+                node.names = node
+                    .layer
+                    .parameters()
+                    .into_iter()
+                    .map(|p| p.name)
+                    .collect();
+                node
+            })
             .collect();
-        // Shapes chain, with a batch of 1.
-        shapes(&self.inputs, &nodes, 1)?;
-        let layers: Vec<&dyn Layer> = nodes.iter().map(|n| n.layer.as_ref()).collect();
-        let named = name_parameters(&layers)?;
-        for node in &mut nodes {
-            node.names = node
-                .layer
-                .parameters()
-                .into_iter()
-                .map(|p| p.name)
-                .collect();
-        }
-        parameter_elements(named.iter().map(|(_, p)| p))?;
-        ParamStore::check_fits(gpu, named.iter().map(|(_, p)| p.shape.as_slice()))?;
         let prepared = Prepared {
             inputs: self.inputs,
             nodes,
@@ -400,10 +383,11 @@ impl ModelBuilder {
     }
 
     /// Checks the graph with `output` as its output without a GPU (the wiring, the shapes at a
-    /// batch of 1, the parameters' names and count) and returns its parameters, named
-    /// `"<layer>.<name>"`: what a model file is checked against before its tensors are read.
-    pub(crate) fn check(&self, output: Value) -> Result<Vec<(String, ParamSpec)>> {
-        self.check_wiring(output)?;
+    /// batch of 1, the parameters' names and count) and returns the output layer's index and the
+    /// parameters, named `"<layer>.<name>"`: what a model file is checked against before its
+    /// tensors are read, and what building a model checks before it needs the GPU.
+    pub(crate) fn check(&self, output: Value) -> Result<(usize, Vec<(String, ParamSpec)>)> {
+        let output = self.check_wiring(output)?;
         let layers: Vec<(&dyn Layer, &[Source])> = self
             .nodes
             .iter()
@@ -412,7 +396,7 @@ impl ModelBuilder {
         shapes_of(&self.inputs, &layers, 1)?;
         let named = name_parameters(&layers.iter().map(|(l, _)| *l).collect::<Vec<_>>())?;
         parameter_elements(named.iter().map(|(_, p)| p))?;
-        Ok(named)
+        Ok((output, named))
     }
 
     /// Checks that there are inputs and layers, that every value a layer reads comes from this
@@ -455,6 +439,27 @@ impl ModelBuilder {
             _ => invalid("the output must be a layer's output of this builder".into()),
         }
     }
+}
+
+/// The description of `layers` (each with its sources) over `inputs`, `output` the output layer.
+fn graph_spec<'a>(
+    inputs: &[InputSpec],
+    layers: impl Iterator<Item = (&'a dyn Layer, &'a [Source])>,
+    output: usize,
+) -> Result<GraphSpec> {
+    let nodes = layers
+        .map(|(layer, sources)| {
+            Ok(NodeSpec {
+                layer: layer_record(layer)?,
+                inputs: sources.to_vec(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GraphSpec {
+        inputs: inputs.to_vec(),
+        nodes,
+        output,
+    })
 }
 
 /// A layer's record in a model file: `{"type": kind, ...configuration}`.
@@ -997,21 +1002,11 @@ impl Model {
     /// The model's description: what model files hold (see [`GraphSpec`]). Every layer must give
     /// its configuration ([`Layer::config`]).
     pub fn graph(&self) -> Result<GraphSpec> {
-        let nodes = self
+        let layers = self
             .nodes
             .iter()
-            .map(|n| {
-                Ok(NodeSpec {
-                    layer: layer_record(n.layer.as_ref())?,
-                    inputs: n.inputs.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(GraphSpec {
-            inputs: self.inputs.clone(),
-            nodes,
-            output: self.output,
-        })
+            .map(|n| (n.layer.as_ref(), n.inputs.as_slice()));
+        graph_spec(&self.inputs, layers, self.output)
     }
 
     /// A second model of the same graph whose layers are made anew from their configurations
