@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::InferenceSession;
+use super::{InferenceSession, Predictions};
 use crate::error::{Error, Result};
 
 /// How a [`Batcher`] groups requests. [`Batcher::new`] checks every field against the ranges
@@ -122,11 +122,13 @@ pub struct BatcherStats {
     pub batch_sizes: BTreeMap<usize, u64>,
 }
 
+/// One submission: one or more samples, answered together.
 struct Request {
     x: Vec<f32>,
+    rows: usize,
     asked: Instant,
     deadline: Instant,
-    reply: mpsc::Sender<Result<Prediction>>,
+    reply: mpsc::Sender<Result<Vec<Prediction>>>,
 }
 
 struct Record {
@@ -154,8 +156,10 @@ impl Record {
     }
 }
 
-/// Groups single-sample requests from many threads into batched replays of an
-/// [`InferenceSession`], and hands each caller its own result.
+/// Groups requests from many threads into batched replays of an [`InferenceSession`], and hands
+/// each caller its own result. A request of several samples ([`Batcher::predict_rows`]) enters
+/// as one submission: it batches with others, is split only at the session's `max_batch`, and is
+/// answered whole or refused whole.
 ///
 /// Share it between threads with an `Arc`: [`Batcher::predict`] and [`Batcher::shutdown`] take
 /// `&self`.
@@ -197,12 +201,14 @@ impl Batcher {
                     worker_waiting.fetch_sub(1, Ordering::AcqRel);
                     // max_wait is at most MAX_WAIT: the sum cannot overflow an Instant.
                     let until = first.asked + config.max_wait;
+                    let mut rows = first.rows;
                     let mut group = vec![first];
-                    while group.len() < max_batch {
+                    while rows < max_batch {
                         let left = until.saturating_duration_since(Instant::now());
                         match receiver.recv_timeout(left) {
                             Ok(r) => {
                                 worker_waiting.fetch_sub(1, Ordering::AcqRel);
+                                rows += r.rows;
                                 group.push(r);
                             }
                             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
@@ -210,7 +216,7 @@ impl Batcher {
                             }
                         }
                     }
-                    serve(&session, group, &worker_record);
+                    serve(&session, group, max_batch, &worker_record);
                 }
             })
             .map_err(|e| Error::Thread {
@@ -250,6 +256,37 @@ impl Batcher {
     /// [`Self::predict`] with this request's own deadline, `timeout` from now (more than 0 and at
     /// most [`BatcherConfig::MAX_REQUEST_TIMEOUT`]).
     pub fn predict_within(&self, x: &[f32], timeout: Duration) -> Result<Prediction> {
+        if x.len() != self.per_sample {
+            self.count(|r| r.refused_shape += 1);
+            return Err(Error::ShapeMismatch {
+                op: "Batcher::predict",
+                details: format!(
+                    "a sample has {} values, the request has {}",
+                    self.per_sample,
+                    x.len()
+                ),
+            });
+        }
+        let mut one = self.predict_rows_within(x, timeout)?;
+        one.pop().ok_or(Error::ShutDown {
+            op: "Batcher: the batcher answered without a prediction",
+        })
+    }
+
+    /// Predicts `x.len() / sample size` samples (1 to [`Batcher::MAX_ROWS`], row-major) as one
+    /// submission: it shares replays with other requests, is split only at the session's
+    /// `max_batch`, and is answered whole (a prediction per sample, in order) or refused whole.
+    /// It counts as one request against `queue_capacity`. Errors as for [`Self::predict`].
+    pub fn predict_rows(&self, x: &[f32]) -> Result<Vec<Prediction>> {
+        self.predict_rows_within(x, self.config.request_timeout)
+    }
+
+    /// The most samples one [`Self::predict_rows`] request may carry: 2^16.
+    pub const MAX_ROWS: usize = 1 << 16;
+
+    /// [`Self::predict_rows`] with this request's own deadline, `timeout` from now (more than 0
+    /// and at most [`BatcherConfig::MAX_REQUEST_TIMEOUT`]).
+    pub fn predict_rows_within(&self, x: &[f32], timeout: Duration) -> Result<Vec<Prediction>> {
         const OP: &str = "Batcher::predict";
         super::check_timeout(
             OP,
@@ -257,14 +294,16 @@ impl Batcher {
             timeout,
             BatcherConfig::MAX_REQUEST_TIMEOUT,
         )?;
-        if x.len() != self.per_sample {
+        let rows = x.len() / self.per_sample.max(1);
+        if x.is_empty() || rows * self.per_sample != x.len() || rows > Self::MAX_ROWS {
             self.count(|r| r.refused_shape += 1);
             return Err(Error::ShapeMismatch {
                 op: OP,
                 details: format!(
-                    "a sample has {} values, the request has {}",
-                    self.per_sample,
-                    x.len()
+                    "{} values are not 1 to {} samples of {} values",
+                    x.len(),
+                    Self::MAX_ROWS,
+                    self.per_sample
                 ),
             });
         }
@@ -285,6 +324,7 @@ impl Batcher {
         let asked = Instant::now();
         let request = Request {
             x: x.to_vec(),
+            rows,
             asked,
             // timeout is at most an hour: no overflow.
             deadline: asked + timeout,
@@ -365,7 +405,12 @@ impl Drop for Batcher {
     }
 }
 
-fn serve(session: &InferenceSession, group: Vec<Request>, record: &Mutex<Record>) {
+fn serve(
+    session: &InferenceSession,
+    group: Vec<Request>,
+    max_batch: usize,
+    record: &Mutex<Record>,
+) {
     // Requests whose caller stopped waiting are answered without being computed.
     let now = Instant::now();
     let (group, late): (Vec<Request>, Vec<Request>) =
@@ -380,12 +425,36 @@ fn serve(session: &InferenceSession, group: Vec<Request>, record: &Mutex<Record>
         return;
     };
     let x: Vec<f32> = group.iter().flat_map(|r| r.x.iter().copied()).collect();
+    let rows: usize = group.iter().map(|r| r.rows).sum();
     let started = Instant::now();
-    let result = session.predict_until(&x, last_deadline);
+    // Replays of at most max_batch rows (no more than the session's), in order; one failure
+    // refuses the whole group.
+    let per_sample = x.len() / rows;
+    let mut sizes = Vec::new();
+    let result = x
+        .chunks(max_batch * per_sample)
+        .try_fold(Vec::new(), |mut all: Vec<Predictions>, chunk| {
+            sizes.push(chunk.len() / per_sample);
+            all.push(session.predict_until(chunk, last_deadline)?);
+            Ok::<_, Error>(all)
+        })
+        .map(|parts| Predictions {
+            outputs: parts
+                .iter()
+                .flat_map(|p| p.outputs.iter().copied())
+                .collect(),
+            classes: parts
+                .iter()
+                .flat_map(|p| p.classes.iter().copied())
+                .collect(),
+            top_k: parts.into_iter().flat_map(|p| p.top_k).collect(),
+        });
     let classes = session.classes();
     let now = Instant::now();
     if let Ok(mut r) = record.lock() {
-        *r.batch_sizes.entry(group.len()).or_default() += 1;
+        for size in sizes {
+            *r.batch_sizes.entry(size).or_default() += 1;
+        }
         if result.is_ok() {
             r.requests += group.len() as u64;
             for req in &group {
@@ -396,14 +465,19 @@ fn serve(session: &InferenceSession, group: Vec<Request>, record: &Mutex<Record>
     }
     match result {
         Ok(p) => {
-            for (i, req) in group.into_iter().enumerate() {
-                let _ = req.reply.send(Ok(Prediction {
-                    outputs: p.outputs[i * classes..(i + 1) * classes].to_vec(),
-                    class: p.classes.get(i).copied(),
-                    top_k: p.top_k.get(i).cloned().unwrap_or_default(),
-                    queued: started - req.asked,
-                    computed: now - started,
-                }));
+            let mut row = 0;
+            for req in group {
+                let answers = (row..row + req.rows)
+                    .map(|i| Prediction {
+                        outputs: p.outputs[i * classes..(i + 1) * classes].to_vec(),
+                        class: p.classes.get(i).copied(),
+                        top_k: p.top_k.get(i).cloned().unwrap_or_default(),
+                        queued: started - req.asked,
+                        computed: now - started,
+                    })
+                    .collect();
+                row += req.rows;
+                let _ = req.reply.send(Ok(answers));
             }
         }
         Err(e) => {
