@@ -1,12 +1,13 @@
-//! `wgnn-serve`: a model repository behind HTTP in the Open Inference Protocol (KServe v2 REST),
-//! with Triton's generate extension for language models and Prometheus metrics at `/metrics`.
+//! `wgnn-serve`: a model repository behind HTTP in the Open Inference Protocol (KServe v2 REST)
+//! with its binary tensor extension, Triton's model configuration and generate extensions, and
+//! Prometheus metrics at `/metrics`.
 //!
 //! ```sh
 //! cargo run --release --features serve --bin wgnn-serve -- --model-repository models
 //! ```
 //!
 //! Binds to 127.0.0.1:8000 unless `--bind` says otherwise; SIGTERM or Ctrl-C stops accepting,
-//! lets the requests in flight finish, and exits.
+//! answers every request of every accepted connection, and exits.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,11 +21,12 @@ struct Args {
     options: ServerOptions,
 }
 
-fn usage() -> ! {
-    eprintln!(
-        "wgnn-serve --model-repository DIR [--bind ADDR:PORT] [--max-body-bytes N] \
-         [--request-timeout-ms N]"
-    );
+const USAGE: &str = "wgnn-serve --model-repository DIR [--bind ADDR:PORT] [--max-body-bytes N] \
+[--request-timeout-ms N] [--header-timeout-ms N] [--body-timeout-ms N] [--idle-timeout-ms N] \
+[--discard-after-refusal-bytes N]";
+
+fn fail(message: &str) -> ! {
+    eprintln!("wgnn-serve: {message}\nusage: {USAGE}");
     std::process::exit(2)
 }
 
@@ -34,27 +36,45 @@ fn parse_args() -> Args {
     let mut options = ServerOptions::default();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| usage());
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| fail(&format!("{arg} needs a value")))
+        };
+        let mut number = |what: &str| -> u64 {
+            let v = value();
+            v.parse()
+                .unwrap_or_else(|_| fail(&format!("{what} must be a whole number, got {v:?}")))
+        };
+        let ms = |n: u64| Duration::from_millis(n);
         match arg.as_str() {
             "--model-repository" => repository = Some(PathBuf::from(value())),
             "--bind" => bind = value(),
             "--max-body-bytes" => {
-                options.max_body_bytes = value().parse().unwrap_or_else(|_| usage())
+                options.max_body_bytes = usize::try_from(number("--max-body-bytes"))
+                    .unwrap_or_else(|_| fail("--max-body-bytes is too large"))
             }
-            "--request-timeout-ms" => {
-                let ms: u64 = value().parse().unwrap_or_else(|_| usage());
-                options.request_timeout = Duration::from_millis(ms);
+            "--discard-after-refusal-bytes" => {
+                options.discard_after_refusal_bytes =
+                    usize::try_from(number("--discard-after-refusal-bytes"))
+                        .unwrap_or_else(|_| fail("--discard-after-refusal-bytes is too large"))
             }
-            "-h" | "--help" => usage(),
-            other => {
-                eprintln!("unknown argument {other:?}");
-                usage()
+            "--request-timeout-ms" => options.request_timeout = ms(number(&arg)),
+            "--header-timeout-ms" => options.header_timeout = ms(number(&arg)),
+            "--body-timeout-ms" => options.body_timeout = ms(number(&arg)),
+            "--idle-timeout-ms" => options.idle_timeout = ms(number(&arg)),
+            "-h" | "--help" => {
+                println!("usage: {USAGE}");
+                std::process::exit(0)
             }
+            other => fail(&format!("unknown argument {other:?}")),
         }
     }
     let Some(repository) = repository else {
-        usage()
+        fail("--model-repository is needed")
     };
+    if let Err(e) = options.validate() {
+        fail(&e.to_string())
+    }
     Args {
         repository,
         bind,
@@ -81,10 +101,18 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    eprintln!("wgnn-serve: shutting down (draining requests in flight)");
+    eprintln!("wgnn-serve: shutting down (answering every accepted request)");
 }
 
 fn main() {
+    // Mesa's device-select layer prints an error where there is no Wayland display; wgnn picks
+    // its adapter itself. Set before any thread starts (the library never changes the
+    // environment).
+    if std::env::var_os("WAYLAND_DISPLAY").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let args = parse_args();
     let gpu = match wgnn::Gpu::new() {
         Ok(g) => g,
@@ -100,6 +128,16 @@ fn main() {
             std::process::exit(1);
         }
     };
+    for line in state.describe() {
+        eprintln!("wgnn-serve: {line}");
+    }
+    if state.is_empty() {
+        eprintln!(
+            "wgnn-serve: warning: {} holds no model directory (<name>/<version>/model.safetensors): \
+             nothing is served and /v2/health/ready answers 503",
+            args.repository.display()
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| {
         eprintln!("wgnn-serve: tokio: {e}");
         std::process::exit(1);
@@ -107,9 +145,10 @@ fn main() {
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.bind).await?;
         eprintln!(
-            "wgnn-serve: {:?} on http://{}",
-            state,
-            listener.local_addr()?
+            "wgnn-serve: listening on http://{} ({} on {})",
+            listener.local_addr()?,
+            gpu.adapter_info().name,
+            format!("{:?}", gpu.adapter_info().backend).to_lowercase()
         );
         wgnn::serve::serve(listener, state, shutdown_signal()).await
     });
