@@ -6,8 +6,8 @@
 //! [--top-k N] [--top-p X] [--seed N] [--precision f32|f16|int8] [--model PATH]
 //! [--compare-precisions [--windows N]]`
 //!
-//! The model is `train_shakespeare`'s saved one; where there is none, a small one is trained
-//! first (a few minutes on a CPU). `--compare-precisions` prints, for f32, f16 and int8 weights,
+//! The model is `--model`'s (which must exist), else `train_shakespeare`'s saved one; where there
+//! is none, a small one is trained first (a few minutes on a CPU). `--compare-precisions` prints, for f32, f16 and int8 weights,
 //! the bytes of the weights, the validation loss on the held-out 10% of the plays (or `--windows`
 //! windows of it) and the batch-1 decode speed.
 
@@ -72,7 +72,19 @@ fn parse_args() -> Result<Args> {
             "--top-p" => args.sampling.top_p = value()?.parse()?,
             "--seed" => args.sampling.seed = value()?.parse()?,
             "--precision" => args.precision = parse_precision(&value()?)?,
-            "--model" => args.model = PathBuf::from(value()?),
+            "--model" => {
+                let path = PathBuf::from(value()?);
+                // A model named but missing is an error, not a reason to train a new one.
+                if !path.is_file() {
+                    bail!(
+                        "--model {}: no such model file (train one with `cargo run --release \
+                         --example train_shakespeare`, or leave --model out to train a small \
+                         one here)",
+                        path.display()
+                    );
+                }
+                args.model = path;
+            }
             "--compare-precisions" => args.compare = true,
             "--windows" => args.windows = Some(value()?.parse()?),
             "-h" | "--help" => {
