@@ -192,6 +192,68 @@ fn the_batcher_groups_requests_and_answers_each_caller() {
     assert!(stats.latency_ms.0 <= stats.latency_ms.2, "{stats:?}");
 }
 
+/// A request of many samples is one submission: its rows batch with single-sample requests, are
+/// split only at max_batch, and come back in order, each equal to the CPU reference.
+#[test]
+fn a_request_of_many_rows_is_one_submission_answered_in_order() {
+    let (_, seed) = rng();
+    let session = Arc::new(session(seed, Precision::F32));
+    let config = BatcherConfig {
+        max_batch: 8,
+        max_wait: Duration::from_millis(5),
+        queue_capacity: 64,
+        ..BatcherConfig::default()
+    };
+    let batcher = Arc::new(Batcher::new(session, config).unwrap());
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let many = random(&mut rng, 37 * 64);
+    let singles: Vec<Vec<f32>> = (0..4).map(|_| random(&mut rng, 64)).collect();
+    std::thread::scope(|s| {
+        let b = &batcher;
+        let others: Vec<_> = singles
+            .iter()
+            .map(|x| s.spawn(move || b.predict(x).unwrap()))
+            .collect();
+        let got = batcher.predict_rows(&many).unwrap();
+        assert_eq!(got.len(), 37);
+        for (i, p) in got.iter().enumerate() {
+            let want = reference_probs(&cnn(), seed, &many[i * 64..(i + 1) * 64]);
+            assert_close(
+                &p.outputs,
+                &want.data,
+                1e-5,
+                &format!("row {i} seed {seed}"),
+            );
+        }
+        for (o, x) in others.into_iter().zip(&singles) {
+            let want = reference_probs(&cnn(), seed, x);
+            assert_close(
+                &o.join().unwrap().outputs,
+                &want.data,
+                1e-5,
+                &format!("seed {seed}"),
+            );
+        }
+    });
+    // Ragged and empty requests are refused whole.
+    assert!(matches!(
+        batcher.predict_rows(&many[..100]),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        batcher.predict_rows(&[]),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let stats = batcher.shutdown();
+    assert_eq!(stats.requests, 5, "five submissions: {stats:?}");
+    let rows: usize = stats.batch_sizes.iter().map(|(s, n)| s * *n as usize).sum();
+    assert_eq!(rows, 41, "{stats:?}");
+    assert!(
+        stats.batch_sizes.keys().all(|&b| (1..=8).contains(&b)),
+        "{stats:?}"
+    );
+}
+
 #[test]
 fn bad_requests_and_options_give_typed_errors() {
     let gpu = gpu();

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # wgnn-serve end to end: a model repository (the digits CNN trained for 2 epochs, and a language
 # model if one is given), the server started on a loopback port, tritonclient's HTTP client against
-# it, then SIGTERM: the server must drain and exit 0. Run from the repository root after
-# `pip install "tritonclient[http]"`. Builds with the test profile, so after `cargo test` and
+# it (binary tensors and JSON), its /metrics parsed by `prometheus_client`, then SIGTERM: the server
+# must drain and exit 0. Run from the repository root after
+# `pip install "tritonclient[http]" prometheus_client`. Builds with the test profile, so after `cargo test` and
 # `cargo test --features serve` nothing is compiled again.
 #   bash tests/oip/run.sh WORKDIR [LANGUAGE_MODEL.safetensors]
 set -euo pipefail
@@ -34,7 +35,10 @@ if [ -n "$lm" ]; then
     -d '{"text_input": "ROMEO.\n", "parameters": {"max_tokens": 40, "temperature": 0.8, "seed": 1}}'
   echo
 fi
-curl -sf "http://127.0.0.1:$port/metrics" | grep -E '^wgnn_requests_total' | head -5
+# The metrics as a Prometheus client library parses them: no untyped series.
+curl -sf "http://127.0.0.1:$port/metrics" > "$work/metrics.txt"
+python3 tests/oip/metrics_check.py "$work/metrics.txt"
+grep -E '^wgnn_requests_total' "$work/metrics.txt" | head -5
 kill -TERM "$server"
 wait "$server"
 trap - EXIT
