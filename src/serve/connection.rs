@@ -22,8 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
-use super::routes::{self, Shared};
-use super::ServerOptions;
+use super::options::ServerOptions;
 
 /// What a connection's next read waits for, and so which deadline applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,16 +344,15 @@ fn refuse_new_handshakes(listener: &std::net::TcpListener) {
     let _ = listener;
 }
 
-/// Serves `state` on `listener` until `shutdown` completes; then stops accepting, takes every
-/// connection the kernel had accepted, answers every request they carry (an idle kept-alive
-/// connection is closed), and stops the models.
-pub async fn serve(
+/// Serves `app` on `listener` until `shutdown` completes; then stops accepting, takes every
+/// connection the kernel had accepted, and answers every request they carry (an idle kept-alive
+/// connection is closed) before it returns.
+pub(crate) async fn serve_connections(
     listener: TcpListener,
-    state: Shared,
+    app: Router,
+    o: &ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let app = routes::router(state.clone());
-    let o: &ServerOptions = &state.options;
     let limits = Limits {
         header: o.header_timeout,
         idle: o.idle_timeout,
@@ -418,7 +416,5 @@ pub async fn serve(
     if drained.is_err() {
         connections.abort_all();
     }
-    let s = state.clone();
-    let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
     Ok(())
 }

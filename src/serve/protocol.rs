@@ -354,7 +354,7 @@ mod tests {
             br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "dat": [1]}]}"#,
         )
         .unwrap_err();
-        assert!(e.starts_with("inputs[0]: unknown field `dat`"), "{e}");
+        assert!(e.starts_with("inputs[0].dat: unknown field `dat`"), "{e}");
         let e = parse::<GenerateRequest>(br#"{"text_input": "a"} x"#).unwrap_err();
         assert!(e.starts_with("malformed JSON"), "{e}");
     }

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::Metrics;
-use super::ServerOptions;
+use super::options::ServerOptions;
 use crate::dtype::Precision;
 use crate::error::{Cause, Error, Result};
 use crate::generate::{Decoder, DecoderOptions, Engine, EngineOptions};
@@ -158,22 +157,6 @@ impl ServedModel {
     }
 }
 
-/// The models and the server's settings: what every handler reads.
-pub struct ServerState {
-    pub(crate) models: BTreeMap<String, ServedModel>,
-    pub(crate) options: ServerOptions,
-    pub(crate) metrics: Metrics,
-}
-
-impl std::fmt::Debug for ServerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerState")
-            .field("models", &self.models.keys().collect::<Vec<_>>())
-            .field("options", &self.options)
-            .finish()
-    }
-}
-
 fn invalid(details: String) -> Error {
     Error::InvalidArgument {
         op: "model repository",
@@ -305,69 +288,38 @@ fn serve_language_model(
     })
 }
 
-impl ServerState {
-    /// Loads every model of the repository at `dir` on `gpu` (checked, warmed), ready to serve.
-    /// An error names the model and its file. A repository with no model directory loads (and
-    /// is never ready); [`Self::is_empty`] says so.
-    pub fn load(gpu: &Gpu, dir: &Path, options: ServerOptions) -> Result<Self> {
-        options.validate()?;
-        let io = |e: std::io::Error| Error::io(dir.display().to_string(), e);
-        let mut models = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            if !entry.path().is_dir() {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let (version, vdir) =
-                latest_version(&entry.path()).map_err(|e| of_model(&name, &entry.path(), e))?;
-            let config_file = vdir.join("config.json");
-            let config = read_config(&config_file).map_err(|e| of_model(&name, &config_file, e))?;
-            let file = vdir.join("model.safetensors");
-            let served =
-                serve_file(gpu, &file, &config, &options).map_err(|e| of_model(&name, &file, e))?;
-            models.insert(
-                name.clone(),
-                ServedModel {
-                    name,
-                    version,
-                    file,
-                    config,
-                    served,
-                },
-            );
+/// Every model of the repository at `dir` on `gpu` (checked, warmed), ready to serve, by
+/// name. An error names the model and its file.
+pub(crate) fn load_repository(
+    gpu: &Gpu,
+    dir: &Path,
+    options: &ServerOptions,
+) -> Result<BTreeMap<String, ServedModel>> {
+    let io = |e: std::io::Error| Error::io(dir.display().to_string(), e);
+    let mut models = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if !entry.path().is_dir() {
+            continue;
         }
-        Ok(ServerState {
-            metrics: Metrics::new(&models)?,
-            models,
-            options,
-        })
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let (version, vdir) =
+            latest_version(&entry.path()).map_err(|e| of_model(&name, &entry.path(), e))?;
+        let config_file = vdir.join("config.json");
+        let config = read_config(&config_file).map_err(|e| of_model(&name, &config_file, e))?;
+        let file = vdir.join("model.safetensors");
+        let served =
+            serve_file(gpu, &file, &config, options).map_err(|e| of_model(&name, &file, e))?;
+        models.insert(
+            name.clone(),
+            ServedModel {
+                name,
+                version,
+                file,
+                config,
+                served,
+            },
+        );
     }
-
-    /// Whether the repository held no model (such a server is never ready).
-    pub fn is_empty(&self) -> bool {
-        self.models.is_empty()
-    }
-
-    /// One line per model: its name, version, kind, shapes, serving settings and file.
-    pub fn describe(&self) -> Vec<String> {
-        self.models.values().map(ServedModel::describe).collect()
-    }
-
-    /// The settings the server runs with.
-    pub fn options(&self) -> &ServerOptions {
-        &self.options
-    }
-
-    /// Stops every model's batcher and engine: requests they hold are answered or refused.
-    pub fn shutdown(&self) {
-        for m in self.models.values() {
-            match &m.served {
-                Served::Classifier { batcher, .. } => {
-                    batcher.shutdown();
-                }
-                Served::Language { engine, .. } => engine.shutdown(),
-            }
-        }
-    }
+    Ok(models)
 }

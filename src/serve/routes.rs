@@ -1,5 +1,6 @@
-//! The protocol's routes: health, server and model metadata, Triton's model configuration,
-//! `infer` (JSON or binary tensors), metrics; the answers to refused requests.
+//! The protocol's endpoints: health, server and model metadata, Triton's model configuration,
+//! `infer` (JSON or binary tensors), metrics; the answers to refused requests and the body reader
+//! the endpoints share.
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -10,14 +11,12 @@ use axum::body::Body;
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use serde_json::json;
 
 use super::connection::ConnectionHandle;
-use super::generation;
 use super::protocol::{self, InferRequest, InferResponse, OutputTensor, TensorData};
-use super::repository::{Served, ServedModel, ServerState};
+use super::repository::{Served, ServedModel};
+use super::state::ServerState;
 use super::MAX_INFER_SAMPLES;
 use crate::error::Error;
 use crate::infer::Prediction;
@@ -107,39 +106,7 @@ pub(crate) fn find<'a>(
     }
 }
 
-/// The protocol's routes over `state`.
-pub fn router(state: Shared) -> Router {
-    let mut router = Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/metrics", get(metrics));
-    // Each model route with and without `/versions/{version}`.
-    for base in ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"] {
-        router = router
-            .route(base, get(model_metadata))
-            .route(&format!("{base}/ready"), get(model_ready))
-            .route(&format!("{base}/config"), get(model_config))
-            .route(&format!("{base}/infer"), post(infer))
-            .route(&format!("{base}/generate"), post(generation::generate))
-            .route(
-                &format!("{base}/generate_stream"),
-                post(generation::generate_stream),
-            );
-    }
-    router
-        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "this endpoint does not take that method",
-            )
-        })
-        .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state(state)
-}
-
-async fn server_metadata() -> Response {
+pub(crate) async fn server_metadata() -> Response {
     axum::Json(json!({
         "name": "wgnn",
         "version": env!("CARGO_PKG_VERSION"),
@@ -148,11 +115,11 @@ async fn server_metadata() -> Response {
     .into_response()
 }
 
-async fn live() -> StatusCode {
+pub(crate) async fn live() -> StatusCode {
     StatusCode::OK
 }
 
-async fn ready(State(state): State<Shared>) -> StatusCode {
+pub(crate) async fn ready(State(state): State<Shared>) -> StatusCode {
     if state.models.is_empty() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -160,7 +127,7 @@ async fn ready(State(state): State<Shared>) -> StatusCode {
     }
 }
 
-async fn model_ready(
+pub(crate) async fn model_ready(
     State(state): State<Shared>,
     UrlPath(path): UrlPath<HashMap<String, String>>,
 ) -> Response {
@@ -177,7 +144,7 @@ fn dims(shape: &[usize]) -> Vec<i64> {
         .collect()
 }
 
-async fn model_metadata(
+pub(crate) async fn model_metadata(
     State(state): State<Shared>,
     UrlPath(path): UrlPath<HashMap<String, String>>,
 ) -> Response {
@@ -213,7 +180,7 @@ async fn model_metadata(
 }
 
 /// The model's configuration in the shape of Triton's `model_config` (as far as it applies).
-async fn model_config(
+pub(crate) async fn model_config(
     State(state): State<Shared>,
     UrlPath(path): UrlPath<HashMap<String, String>>,
 ) -> Response {
@@ -266,7 +233,7 @@ async fn model_config(
     axum::Json(config).into_response()
 }
 
-async fn metrics(State(state): State<Shared>) -> Response {
+pub(crate) async fn metrics(State(state): State<Shared>) -> Response {
     match state.metrics.render(&state.models) {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -384,7 +351,7 @@ fn decode_content(headers: &HeaderMap, bytes: Vec<u8>, limit: usize) -> Result<V
     Ok(out)
 }
 
-async fn infer(
+pub(crate) async fn infer(
     State(state): State<Shared>,
     UrlPath(path): UrlPath<HashMap<String, String>>,
     request: Request,
