@@ -97,7 +97,7 @@ impl Metrics {
         let metrics = Metrics {
             requests: counter(
                 "wgnn_requests_total",
-                "Requests answered, by model, endpoint and outcome (ok, bad_request, overloaded, error)",
+                "Requests answered, by model, endpoint and outcome (ok, bad_request, overloaded, error; a stream the client left: cancelled)",
                 &["model", "endpoint", "outcome"],
             )?,
             latency: histogram(

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// How the server runs. [`ServerState::load`] checks each field against its range.
+/// How the server runs. [`super::ServerState::load`] checks each field against its range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerOptions {
     /// The largest request body, in bytes (1 to 1 GiB); past it, 413 (a declared length past it

@@ -232,7 +232,8 @@ pub(crate) fn fp32_values(
                 .collect::<Vec<f32>>()
         }
         (None, Some(data)) => {
-            let mut out = Vec::with_capacity(expected);
+            // Grown by what the data holds, not reserved for what the shape claims.
+            let mut out = Vec::with_capacity(expected.min(1 << 16));
             flatten(data, &mut out, expected)?;
             if out.len() != expected {
                 return Err(format!(

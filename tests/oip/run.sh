@@ -3,8 +3,8 @@
 # model if one is given), the server started on a loopback port, tritonclient's HTTP client against
 # it (binary tensors and JSON), its /metrics parsed by `prometheus_client`, then SIGTERM: the server
 # must drain and exit 0. Run from the repository root after
-# `pip install "tritonclient[http]" prometheus_client`. Builds with the test profile, so after `cargo test` and
-# `cargo test --features serve` nothing is compiled again.
+# `pip install "tritonclient[http]" prometheus_client`. Builds with the test profile, so after
+# `cargo test` and `cargo test --features serve` nothing is compiled again.
 #   bash tests/oip/run.sh WORKDIR [LANGUAGE_MODEL.safetensors]
 set -euo pipefail
 work="$1"
