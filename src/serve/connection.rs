@@ -330,18 +330,62 @@ async fn connection(
         .await;
 }
 
-/// Stops the kernel from completing new handshakes on `listener` (Linux: a socket filter that
-/// drops every packet sent to the listening socket), so that the connections it already
-/// completed can be taken and no new one slips in before it closes. Elsewhere: nothing.
+/// Stops the kernel from starting new handshakes on `listener` (Linux: a socket filter that
+/// drops every new connection's SYN, while the ACKs that complete handshakes already begun still
+/// pass), so that every connection it completes can be taken and no new one slips in before it
+/// closes. Elsewhere: nothing.
 fn refuse_new_handshakes(listener: &std::net::TcpListener) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
-        // BPF_RET | BPF_K with 0: keep no byte of any packet.
-        const DROP_ALL: [socket2::SockFilter; 1] = [socket2::SockFilter::new(0x06, 0, 0, 0)];
-        let _ = socket2::SockRef::from(listener).attach_filter(&DROP_ALL);
+        use socket2::SockFilter;
+        // The filter sees the TCP header; byte 13 holds its flags (SYN 0x02, ACK 0x10).
+        const DROP_NEW_SYNS: [SockFilter; 5] = [
+            SockFilter::new(0x30, 0, 0, 13),       // ldb [13]
+            SockFilter::new(0x54, 0, 0, 0x12),     // and #(SYN | ACK)
+            SockFilter::new(0x15, 0, 1, 0x02),     // jeq #SYN (a SYN alone): drop, else keep
+            SockFilter::new(0x06, 0, 0, 0),        // ret #0: drop
+            SockFilter::new(0x06, 0, 0, u32::MAX), // ret: keep the whole packet
+        ];
+        let _ = socket2::SockRef::from(listener).attach_filter(&DROP_NEW_SYNS);
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let _ = listener;
+}
+
+/// Takes every connection `listener` has completed, until two rounds 25 ms apart find none (a
+/// handshake under way when new ones were refused completes within them).
+fn take_backlog(listener: &std::net::TcpListener) -> io::Result<Vec<std::net::TcpStream>> {
+    let mut taken = Vec::new();
+    let mut empty_rounds = 0;
+    while empty_rounds < 2 {
+        let before = taken.len();
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(true)?;
+                    taken.push(stream);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        empty_rounds = if taken.len() == before {
+            empty_rounds + 1
+        } else {
+            0
+        };
+        if empty_rounds < 2 {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    Ok(taken)
 }
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting, takes every
@@ -389,23 +433,16 @@ pub(crate) async fn serve_connections(
     }
     let listener = listener.into_std()?;
     refuse_new_handshakes(&listener);
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(true)?;
-                let stream = TcpStream::from_std(stream)?;
-                connections.spawn(connection(stream, app.clone(), limits, closing.clone()));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => break,
-        }
+    // Blocking sleeps between rounds: a few tens of ms once, off the connections' tasks.
+    let (listener, backlog) = tokio::task::spawn_blocking(move || {
+        let backlog = take_backlog(&listener);
+        (listener, backlog)
+    })
+    .await
+    .map_err(io::Error::other)?;
+    for stream in backlog? {
+        let stream = TcpStream::from_std(stream)?;
+        connections.spawn(connection(stream, app.clone(), limits, closing.clone()));
     }
     drop(listener);
     let _ = closing_tx.send(true);

@@ -45,9 +45,9 @@ pub fn router(state: Arc<ServerState>) -> Router {
 }
 
 /// Serves `state` on `listener` until `shutdown` completes: then stops accepting, takes every
-/// connection the kernel had accepted (on Linux the listening socket first stops completing
-/// handshakes), answers every request they carry (an idle kept-alive connection is closed), and
-/// stops the models.
+/// connection the kernel accepted (on Linux a socket filter first drops new connections' SYNs
+/// while handshakes under way complete), answers every request they carry (an idle kept-alive
+/// connection is closed), and stops the models.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ServerState>,
