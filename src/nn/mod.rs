@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod gguf;
 mod gpt;
 pub(crate) mod io;
 mod language_model;
