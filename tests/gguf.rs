@@ -266,20 +266,9 @@ fn as_json(v: &MetadataValue) -> Value {
 
 #[test]
 fn smollm2_reads_as_ggufs_python_package_reads_it() {
-    let path = std::env::var_os("WGNN_SMOLLM2_GGUF")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if !path.is_file() {
-        common::skip(
-            "smollm2_reads_as_ggufs_python_package_reads_it",
-            "no SmolLM2 file: `bash tests/fixtures/gguf/fetch_smollm2.sh` fetches it",
-        );
+    let Some(file) = smollm2("smollm2_reads_as_ggufs_python_package_reads_it") else {
         return;
-    }
-    let file = GgufFile::read(&path).unwrap();
+    };
     let want = json("smollm2.json");
     assert_eq!(file.alignment, want["alignment"].as_u64().unwrap());
     assert_eq!(file.data_offset, want["data_offset"].as_u64().unwrap());
@@ -344,4 +333,64 @@ fn smollm2_reads_as_ggufs_python_package_reads_it() {
         file.tensor("output.weight").is_err(),
         "the output is tied to token_embd"
     );
+}
+
+/// The SmolLM2 file, or `None` with a recorded skip.
+fn smollm2(test: &str) -> Option<GgufFile> {
+    let path = std::env::var_os("WGNN_SMOLLM2_GGUF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if !path.is_file() {
+        common::skip(
+            test,
+            "no SmolLM2 file: `bash tests/fixtures/gguf/fetch_smollm2.sh` fetches it",
+        );
+        return None;
+    }
+    Some(GgufFile::read(&path).unwrap())
+}
+
+/// The CPU reference's forward (every weight dequantized, f64 sums) continues "The capital of
+/// France is" with " Paris": the rotary pairing GGUF's permuted Q and K expect, grouped-query
+/// attention, the SwiGLU MLP and the tied output all have to be right for that.
+#[test]
+fn the_reference_llama_forward_knows_the_capital_of_france() {
+    let Some(file) = smollm2("the_reference_llama_forward_knows_the_capital_of_france") else {
+        return;
+    };
+    let model = wgnn::reference::llama::LlamaReference::from_gguf(&file).unwrap();
+    let c = &model.config;
+    assert_eq!(
+        (
+            c.vocab,
+            c.dim,
+            c.hidden,
+            c.layers,
+            c.heads,
+            c.kv_heads,
+            c.rope_dims
+        ),
+        (49152, 576, 1536, 30, 9, 3, 64)
+    );
+    let vocabulary: Vec<&str> = file
+        .value("tokenizer.ggml.tokens")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let id = |piece: &str| vocabulary.iter().position(|t| *t == piece).unwrap() as u32;
+    let prompt: Vec<u32> = ["The", "Ġcapital", "Ġof", "ĠFrance", "Ġis"]
+        .iter()
+        .map(|p| id(p))
+        .collect();
+    let logits = model.logits(&prompt).unwrap();
+    let best = |l: &[f32]| (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap();
+    assert_eq!(vocabulary[best(&logits[4])], "ĠParis");
+    assert_eq!(vocabulary[best(&logits[1])], "Ġof");
+    assert_eq!(vocabulary[best(&logits[3])], "Ġis");
 }

@@ -7,6 +7,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod layer_norm;
+pub mod llama;
 pub mod loss;
 pub mod matmul;
 pub mod nn;
