@@ -394,3 +394,89 @@ fn the_reference_llama_forward_knows_the_capital_of_france() {
     assert_eq!(vocabulary[best(&logits[1])], "Ġof");
     assert_eq!(vocabulary[best(&logits[3])], "Ġis");
 }
+
+/// The tokenizer built from the file's vocabulary and merges tokenizes as llama.cpp does
+/// (`record_llamacpp.py`) 240 strings of ASCII, whitespace runs, digits, accents, CJK, emoji,
+/// code and control tokens, with control tokens parsed and not; decoding gives the text back.
+#[test]
+fn the_tokenizer_matches_llama_cpp_on_240_strings() {
+    let Some(file) = smollm2("the_tokenizer_matches_llama_cpp_on_240_strings") else {
+        return;
+    };
+    let tokenizer = wgnn::nn::tokenizer::BpeTokenizer::from_gguf(&file).unwrap();
+    assert_eq!((tokenizer.bos, tokenizer.eos), (Some(1), Some(2)));
+    let want = json("llamacpp.json");
+    let strings = want["strings"].as_array().unwrap();
+    assert_eq!(strings.len(), 240);
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect()
+    };
+    for s in strings {
+        let text = s["text"].as_str().unwrap();
+        let plain = tokenizer.encode(text, false).unwrap();
+        assert_eq!(plain, ids(&s["plain"]), "{text:?}");
+        let special = tokenizer.encode(text, true).unwrap();
+        assert_eq!(special, ids(&s["special"]), "{text:?} with control tokens");
+        assert_eq!(tokenizer.decode(&plain).unwrap(), text);
+        assert_eq!(tokenizer.decode(&special).unwrap(), text);
+    }
+    let passage = tokenizer
+        .encode(want["passage"].as_str().unwrap(), false)
+        .unwrap();
+    assert_eq!(passage, ids(&want["tokens"]));
+    assert!(tokenizer.decode(&[49152]).is_err());
+}
+
+/// Teacher-forced over 64 positions of real text, the CPU reference's top token agrees with
+/// llama.cpp's wherever llama.cpp's own top two are not a near-tie (it quantizes activations
+/// for its dot products, so near-ties may flip).
+#[test]
+fn the_reference_forward_agrees_with_llama_cpp_teacher_forced() {
+    let Some(file) = smollm2("the_reference_forward_agrees_with_llama_cpp_teacher_forced") else {
+        return;
+    };
+    let model = wgnn::reference::llama::LlamaReference::from_gguf(&file).unwrap();
+    let want = json("llamacpp.json");
+    let tokens: Vec<u32> = want["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(64)
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    let logits = model.logits(&tokens).unwrap();
+    let (mut agree, mut near_ties) = (0, 0);
+    for (i, (l, p)) in logits
+        .iter()
+        .zip(want["positions"].as_array().unwrap())
+        .enumerate()
+    {
+        let best = (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap();
+        let top = p["top"][0].as_u64().unwrap() as usize;
+        let margin = p["logits"][0].as_f64().unwrap() - p["logits"][1].as_f64().unwrap();
+        if best == top {
+            agree += 1;
+        } else {
+            assert!(
+                margin < 0.1,
+                "position {i}: {best} against llama.cpp's {top}, whose margin is {margin}"
+            );
+            near_ties += 1;
+        }
+        // The logits themselves are close: llama.cpp's top logit within 2% of the range.
+        let range =
+            l.iter().cloned().fold(f32::MIN, f32::max) - l.iter().cloned().fold(f32::MAX, f32::min);
+        let theirs = p["logits"][0].as_f64().unwrap() as f32;
+        assert!(
+            (l[top] - theirs).abs() <= 0.02 * range,
+            "position {i}: logit {} against llama.cpp's {theirs} (range {range})",
+            l[top]
+        );
+    }
+    eprintln!("{agree} of 64 positions agree with llama.cpp, {near_ties} near-ties flipped");
+    assert!(agree >= 62, "{agree} of 64 agree, {near_ties} near-ties");
+}

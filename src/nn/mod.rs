@@ -37,6 +37,7 @@ mod params;
 pub mod prune;
 mod registry;
 mod spec;
+pub mod tokenizer;
 mod trainer;
 mod transformer;
 
