@@ -480,3 +480,39 @@ fn the_reference_forward_agrees_with_llama_cpp_teacher_forced() {
     eprintln!("{agree} of 64 positions agree with llama.cpp, {near_ties} near-ties flipped");
     assert!(agree >= 62, "{agree} of 64 agree, {near_ties} near-ties");
 }
+
+/// The file's chat template rendered with minijinja gives what Hugging Face's jinja2 rendering
+/// gives (`record_chat.py`) for 8 conversations, and its tokens (control tokens parsed) are
+/// llama.cpp's.
+#[test]
+fn the_chat_template_renders_as_transformers_does() {
+    let Some(file) = smollm2("the_chat_template_renders_as_transformers_does") else {
+        return;
+    };
+    let template = wgnn::nn::chat::ChatTemplate::from_gguf(&file).unwrap();
+    let tokenizer = wgnn::nn::tokenizer::BpeTokenizer::from_gguf(&file).unwrap();
+    let cases = json("chat.json");
+    assert_eq!(cases.as_array().unwrap().len(), 8);
+    for case in cases.as_array().unwrap() {
+        let messages: Vec<wgnn::nn::chat::ChatMessage> =
+            serde_json::from_value(case["messages"].clone()).unwrap();
+        let text = template
+            .render(&messages, case["add_generation_prompt"].as_bool().unwrap())
+            .unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap());
+        let tokens: Vec<u32> = case["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tokenizer.encode(&text, true).unwrap(), tokens, "{text:?}");
+    }
+    // A template that does not parse, and one that raises, are errors.
+    assert!(wgnn::nn::chat::ChatTemplate::new("{% for %}", "", "").is_err());
+    let raising =
+        wgnn::nn::chat::ChatTemplate::new("{{ raise_exception('no system role') }}", "", "")
+            .unwrap();
+    let e = raising.render(&[], true).unwrap_err().to_string();
+    assert!(e.contains("no system role"), "{e}");
+}

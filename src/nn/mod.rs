@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chat;
 pub mod gguf;
 mod gpt;
 pub(crate) mod io;
