@@ -8,6 +8,7 @@ pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod gguf_matmul;
 pub mod kv_cache;
 pub mod layer_norm;
 pub mod loss;
@@ -33,6 +34,7 @@ pub use elementwise::{
     activation, activation_backward, axpy, bias_add, mul_in_place, scale_add, scale_in_place,
 };
 pub use embedding::{check_ids, embedding, embedding_backward};
+pub use gguf_matmul::{gguf_matmul, GgufWeights};
 pub use kv_cache::{cache_append, decode_attention, embed_at, gather_rows};
 pub use layer_norm::{layer_norm, layer_norm_backward, NormGrads, NormKind, Normalized};
 pub use loss::{cross_entropy, regression, soft_cross_entropy, Loss, Regression, IGNORE_INDEX};
@@ -70,4 +72,5 @@ pub const KERNELS: &[&KernelSpec] = &[
     &dropout::KERNEL,
     &sampling::KERNEL,
     &kv_cache::KERNEL,
+    &gguf_matmul::KERNEL,
 ];
