@@ -8,10 +8,18 @@
 //   FORMAT 6 Q4_K, 7 Q5_K (QK 256: f16 d, f16 dmin, 12 bytes of 6-bit sub-block scales and
 //            minimums, [Q5_K: 32 bytes of fifth bits], 128 bytes of nibbles);
 //   FORMAT 8 Q6_K (QK 256: 128 bytes of low nibbles, 64 of high pairs, 16 int8 scales, f16 d).
-// One thread per output element, 64 per workgroup, grid folded into y past 65,535. Each thread
-// walks its row's blocks (at most K / QK iterations, ops keep K <= 65,536) and each block's values.
-//   main  x [rows, K] f32 -> y [rows, N] f32.
-// Bindings: 0 params, 1 x (read), 2 y (read_write), 3 weights (read u32). Accumulation is f32.
+//
+//   main    one thread per (weight row n, tile of ROWS rows of x), a workgroup per 64 weight rows
+//           and one tile (so x's reads are uniform across it): the thread walks row n's blocks
+//           once (at most K / QK iterations, ops keep K / QK <= 65,535), reads each block's
+//           quants four at a time from whole words, and applies them to the tile's ROWS rows, so
+//           a prefill reads each block once per ROWS tokens. x [rows, K] f32 -> y rows of
+//           `out_stride`, the product written at columns out_offset.. (a slice of a wider
+//           output: q, k and v side by side).
+//   gather  one thread per output element: out[r, c] = dequant(W)[ids[r], c] (an embedding
+//           table kept in its blocks); an id past N gives zeros.
+// 64 threads per workgroup, grid folded into y past 65,535. Accumulation is f32.
+// Bindings: 0 params, 1 x (read), 2 y (read_write), 3 weights (read u32), 4 ids (read u32).
 
 struct Params {
     rows: u32,
@@ -19,20 +27,34 @@ struct Params {
     k: u32,
     row_bytes: u32,     // bytes of one weight row: K / QK · block bytes
     groups_x: u32,
+    out_stride: u32,    // y's row length
+    out_offset: u32,    // the first column written
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 override FORMAT: u32 = 0u;
+// Rows of x one thread applies each block to: 1, 2, 4 or 8.
+override ROWS: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read> w: array<u32>;
+@group(0) @binding(4) var<storage, read> ids: array<u32>;
+
+// main: each tile row's offset into x.
+var<private> xr: array<u32, 8>;
 
 fn byte_at(i: u32) -> u32 {
     return (w[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
+}
+
+// The four bytes at byte offset i (any alignment) as one little-endian word.
+fn word_at(i: u32) -> u32 {
+    let s = (i & 3u) * 8u;
+    let lo = w[i >> 2u];
+    if (s == 0u) { return lo; }
+    return (lo >> s) | (w[(i >> 2u) + 1u] << (32u - s));
 }
 
 fn half_at(i: u32) -> f32 {
@@ -41,6 +63,24 @@ fn half_at(i: u32) -> f32 {
 
 fn int8_of(b: u32) -> f32 {
     return f32(bitcast<i32>(b << 24u) >> 24u);
+}
+
+// The four bytes of q as unsigned values.
+fn bytes4(q: u32) -> vec4<u32> {
+    return (vec4<u32>(q, q >> 8u, q >> 16u, q >> 24u)) & vec4<u32>(0xffu);
+}
+
+// The four bytes of q as signed values.
+fn ibytes4(q: u32) -> vec4<f32> {
+    let s = bitcast<vec4<i32>>(vec4<u32>(q << 24u, q << 16u, q << 8u, q)) >> vec4<u32>(24u);
+    return vec4<f32>(s);
+}
+
+// The low (hi = false) or high nibbles of q's four bytes.
+fn nibbles4(q: u32, hi: bool) -> vec4<f32> {
+    let b = bytes4(q);
+    if (hi) { return vec4<f32>(b >> vec4<u32>(4u)); }
+    return vec4<f32>(b & vec4<u32>(15u));
 }
 
 // The 6-bit scale and minimum of sub-block j (0..8) of a Q4_K / Q5_K block's 12 bytes at s.
@@ -53,74 +93,10 @@ fn scale_min(j: u32, s: u32) -> vec2<f32> {
     return vec2<f32>(f32(d), f32(m));
 }
 
-// Σ over one block (its bytes at b) of x[xo + e] · dequant(block)[e].
-fn block_dot(b: u32, xo: u32) -> f32 {
-    var acc = 0.0;
-    if (FORMAT == 0u) {
-        acc = x[xo] * bitcast<f32>(byte_at(b) | (byte_at(b + 1u) << 8u) | (byte_at(b + 2u) << 16u) | (byte_at(b + 3u) << 24u));
-    } else if (FORMAT == 1u) {
-        acc = x[xo] * half_at(b);
-    } else if (FORMAT == 2u) {
-        acc = x[xo] * bitcast<f32>((byte_at(b) | (byte_at(b + 1u) << 8u)) << 16u);
-    } else if (FORMAT == 3u) {
-        let d = half_at(b);
-        for (var j = 0u; j < 16u; j++) {
-            let q = byte_at(b + 2u + j);
-            acc += x[xo + j] * (d * (f32(q & 15u) - 8.0)) + x[xo + j + 16u] * (d * (f32(q >> 4u) - 8.0));
-        }
-    } else if (FORMAT == 4u) {
-        let d = half_at(b);
-        let m = half_at(b + 2u);
-        for (var j = 0u; j < 16u; j++) {
-            let q = byte_at(b + 4u + j);
-            acc += x[xo + j] * (d * f32(q & 15u) + m) + x[xo + j + 16u] * (d * f32(q >> 4u) + m);
-        }
-    } else if (FORMAT == 5u) {
-        let d = half_at(b);
-        for (var j = 0u; j < 32u; j++) {
-            acc += x[xo + j] * (d * int8_of(byte_at(b + 2u + j)));
-        }
-    } else if (FORMAT == 6u || FORMAT == 7u) {
-        let d = half_at(b);
-        let dmin = half_at(b + 2u);
-        var qs = b + 16u;
-        if (FORMAT == 7u) { qs = b + 48u; }
-        for (var sub = 0u; sub < 8u; sub++) {
-            let chunk = sub / 2u;
-            let sm = scale_min(sub, b + 4u);
-            let scale = d * sm.x;
-            let mn = dmin * sm.y;
-            for (var l = 0u; l < 32u; l++) {
-                let q = byte_at(qs + chunk * 32u + l);
-                var v = q & 15u;
-                if ((sub & 1u) == 1u) { v = q >> 4u; }
-                if (FORMAT == 7u) { v |= ((byte_at(b + 16u + l) >> sub) & 1u) << 4u; }
-                acc += x[xo + sub * 32u + l] * (scale * f32(v) - mn);
-            }
-        }
-    } else {
-        let d = half_at(b + 208u);
-        for (var h = 0u; h < 2u; h++) {
-            let ql = b + h * 64u;
-            let qh = b + 128u + h * 32u;
-            for (var l = 0u; l < 32u; l++) {
-                let lo = byte_at(ql + l);
-                let lo2 = byte_at(ql + l + 32u);
-                let hi = byte_at(qh + l);
-                let q = vec4<u32>(
-                    (lo & 15u) | ((hi & 3u) << 4u),
-                    (lo2 & 15u) | (((hi >> 2u) & 3u) << 4u),
-                    (lo >> 4u) | (((hi >> 4u) & 3u) << 4u),
-                    (lo2 >> 4u) | (((hi >> 6u) & 3u) << 4u),
-                );
-                for (var r = 0u; r < 4u; r++) {
-                    let s = int8_of(byte_at(b + 192u + h * 8u + r * 2u + l / 16u));
-                    acc += x[xo + h * 128u + r * 32u + l] * (d * s * (f32(i32(q[r]) - 32)));
-                }
-            }
-        }
-    }
-    return acc;
+// x's values e..e+4 of tile row r (rows past the last repeat the last: their sums are dropped).
+fn x4(r: u32, e: u32) -> vec4<f32> {
+    let o = xr[r] + e;
+    return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
 }
 
 fn block_values() -> u32 {
@@ -131,16 +107,175 @@ fn block_values() -> u32 {
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let i = (wid.y * params.groups_x + wid.x) * 64u + l;
-    if (i >= params.rows * params.n) { return; }
-    let row = i / params.n;
-    let col = i % params.n;
+    // A workgroup takes 64 weight rows and one tile of x's rows: the tile, and so every read of
+    // x, is the same for all its threads (uniform), only the weight reads differ.
+    let g = wid.y * params.groups_x + wid.x;
+    let col_groups = (params.n + 63u) / 64u;
+    let col = (g % col_groups) * 64u + l;
+    let row0 = (g / col_groups) * ROWS;
+    if (col >= params.n || row0 >= params.rows) { return; }
+    for (var r = 0u; r < ROWS; r++) { xr[r] = min(row0 + r, params.rows - 1u) * params.k; }
     let qk = block_values();
     let blocks = params.k / qk;
     let block_bytes = params.row_bytes / blocks;
-    var acc = 0.0;
+    var acc: array<f32, 8>;
     for (var blk = 0u; blk < blocks; blk++) {
-        acc += block_dot(col * params.row_bytes + blk * block_bytes, row * params.k + blk * qk);
+        let b = col * params.row_bytes + blk * block_bytes;
+        let e = blk * qk;
+        if (FORMAT == 0u) {
+            let v = bitcast<f32>(word_at(b));
+            for (var r = 0u; r < ROWS; r++) { acc[r] += x[xr[r] + e] * v; }
+        } else if (FORMAT == 1u) {
+            let v = half_at(b);
+            for (var r = 0u; r < ROWS; r++) { acc[r] += x[xr[r] + e] * v; }
+        } else if (FORMAT == 2u) {
+            let v = bitcast<f32>((byte_at(b) | (byte_at(b + 1u) << 8u)) << 16u);
+            for (var r = 0u; r < ROWS; r++) { acc[r] += x[xr[r] + e] * v; }
+        } else if (FORMAT == 3u || FORMAT == 4u) {
+            // Q4_0: d · (q - 8); Q4_1: d · q + m (the minimum times Σ x).
+            var d: f32;
+            var m: f32;
+            var qs: u32;
+            if (FORMAT == 3u) {
+                d = half_at(b);
+                m = -8.0 * d;
+                qs = b + 2u;
+            } else {
+                let dm = unpack2x16float(word_at(b));
+                d = dm.x;
+                m = dm.y;
+                qs = b + 4u;
+            }
+            var dq: array<f32, 8>;
+            var sum: array<f32, 8>;
+            for (var j = 0u; j < 4u; j++) {
+                let q = word_at(qs + 4u * j);
+                let lo = nibbles4(q, false);
+                let hi = nibbles4(q, true);
+                for (var r = 0u; r < ROWS; r++) {
+                    let a = x4(r, e + 4u * j);
+                    let c = x4(r, e + 16u + 4u * j);
+                    dq[r] += dot(a, lo) + dot(c, hi);
+                    sum[r] += dot(a + c, vec4<f32>(1.0));
+                }
+            }
+            for (var r = 0u; r < ROWS; r++) { acc[r] += d * dq[r] + m * sum[r]; }
+        } else if (FORMAT == 5u) {
+            let d = half_at(b);
+            var dq: array<f32, 8>;
+            for (var j = 0u; j < 8u; j++) {
+                let q = ibytes4(word_at(b + 2u + 4u * j));
+                for (var r = 0u; r < ROWS; r++) { dq[r] += dot(x4(r, e + 4u * j), q); }
+            }
+            for (var r = 0u; r < ROWS; r++) { acc[r] += d * dq[r]; }
+        } else if (FORMAT == 6u || FORMAT == 7u) {
+            let dm = unpack2x16float(word_at(b));
+            var qs = b + 16u;
+            if (FORMAT == 7u) { qs = b + 48u; }
+            for (var sub = 0u; sub < 8u; sub++) {
+                let sm = scale_min(sub, b + 4u);
+                let scale = dm.x * sm.x;
+                let mn = dm.y * sm.y;
+                let hi = (sub & 1u) == 1u;
+                var dq: array<f32, 8>;
+                var sum: array<f32, 8>;
+                for (var j = 0u; j < 8u; j++) {
+                    var q = nibbles4(word_at(qs + (sub / 2u) * 32u + 4u * j), hi);
+                    if (FORMAT == 7u) {
+                        let h = bytes4(word_at(b + 16u + 4u * j));
+                        q += vec4<f32>(((h >> vec4<u32>(sub)) & vec4<u32>(1u)) * 16u);
+                    }
+                    for (var r = 0u; r < ROWS; r++) {
+                        let a = x4(r, e + sub * 32u + 4u * j);
+                        dq[r] += dot(a, q);
+                        sum[r] += dot(a, vec4<f32>(1.0));
+                    }
+                }
+                for (var r = 0u; r < ROWS; r++) { acc[r] += scale * dq[r] - mn * sum[r]; }
+            }
+        } else {
+            let d = half_at(b + 208u);
+            for (var h = 0u; h < 2u; h++) {
+                let ql = b + h * 64u;
+                let qh = b + 128u + h * 32u;
+                for (var j = 0u; j < 8u; j++) {
+                    let lo = bytes4(word_at(ql + 4u * j));
+                    let lo2 = bytes4(word_at(ql + 32u + 4u * j));
+                    let hb = bytes4(word_at(qh + 4u * j));
+                    let q = array<vec4<f32>, 4>(
+                        vec4<f32>((lo & vec4<u32>(15u)) | ((hb & vec4<u32>(3u)) << vec4<u32>(4u))),
+                        vec4<f32>((lo2 & vec4<u32>(15u)) | (((hb >> vec4<u32>(2u)) & vec4<u32>(3u)) << vec4<u32>(4u))),
+                        vec4<f32>((lo >> vec4<u32>(4u)) | (((hb >> vec4<u32>(4u)) & vec4<u32>(3u)) << vec4<u32>(4u))),
+                        vec4<f32>((lo2 >> vec4<u32>(4u)) | (((hb >> vec4<u32>(6u)) & vec4<u32>(3u)) << vec4<u32>(4u))),
+                    );
+                    for (var part = 0u; part < 4u; part++) {
+                        let s = d * int8_of(byte_at(b + 192u + h * 8u + part * 2u + j / 4u));
+                        let v = q[part] - vec4<f32>(32.0);
+                        for (var r = 0u; r < ROWS; r++) {
+                            acc[r] += s * dot(x4(r, e + h * 128u + part * 32u + 4u * j), v);
+                        }
+                    }
+                }
+            }
+        }
     }
-    y[i] = acc;
+    for (var r = 0u; r < ROWS; r++) {
+        if (row0 + r < params.rows) {
+            y[(row0 + r) * params.out_stride + params.out_offset + col] = acc[r];
+        }
+    }
+}
+
+// Value e of the block whose bytes start at b.
+fn value_at(b: u32, e: u32) -> f32 {
+    if (FORMAT == 0u) { return bitcast<f32>(word_at(b)); }
+    if (FORMAT == 1u) { return half_at(b); }
+    if (FORMAT == 2u) { return bitcast<f32>((byte_at(b) | (byte_at(b + 1u) << 8u)) << 16u); }
+    if (FORMAT == 3u || FORMAT == 4u) {
+        var qs = b + 2u;
+        if (FORMAT == 4u) { qs = b + 4u; }
+        let q = byte_at(qs + e % 16u);
+        var v = f32(q & 15u);
+        if (e >= 16u) { v = f32(q >> 4u); }
+        if (FORMAT == 3u) { return half_at(b) * (v - 8.0); }
+        return half_at(b) * v + half_at(b + 2u);
+    }
+    if (FORMAT == 5u) { return half_at(b) * int8_of(byte_at(b + 2u + e)); }
+    if (FORMAT == 6u || FORMAT == 7u) {
+        let sub = e / 32u;
+        let l = e % 32u;
+        var qs = b + 16u;
+        if (FORMAT == 7u) { qs = b + 48u; }
+        let q = byte_at(qs + (sub / 2u) * 32u + l);
+        var v = q & 15u;
+        if ((sub & 1u) == 1u) { v = q >> 4u; }
+        if (FORMAT == 7u) { v |= ((byte_at(b + 16u + l) >> sub) & 1u) << 4u; }
+        let sm = scale_min(sub, b + 4u);
+        return half_at(b) * sm.x * f32(v) - half_at(b + 2u) * sm.y;
+    }
+    let h = e / 128u;
+    let part = (e % 128u) / 32u;
+    let l = e % 32u;
+    let lo = byte_at(b + h * 64u + (part & 1u) * 32u + l);
+    var q = lo & 15u;
+    if (part >= 2u) { q = lo >> 4u; }
+    q |= ((byte_at(b + 128u + h * 32u + l) >> (2u * part)) & 3u) << 4u;
+    let s = int8_of(byte_at(b + 192u + h * 8u + part * 2u + l / 16u));
+    return half_at(b + 208u) * s * f32(i32(q) - 32);
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = (wid.y * params.groups_x + wid.x) * 64u + l;
+    if (i >= params.rows * params.k) { return; }
+    let r = i / params.k;
+    let c = i % params.k;
+    let id = ids[r];
+    var v = 0.0;
+    if (id < params.n) {
+        let qk = block_values();
+        let block_bytes = params.row_bytes / (params.k / qk);
+        v = value_at(id * params.row_bytes + (c / qk) * block_bytes, c % qk);
+    }
+    y[i] = v;
 }

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use rand::{RngExt, SeedableRng};
 use wgnn::nn::gguf::{dequantize, GgmlType};
-use wgnn::ops::{gguf_matmul, GgufWeights};
+use wgnn::ops::{gguf_gather, gguf_matmul, gguf_matmul_into, GgufWeights};
 use wgnn::{Batch, Error, Tensor};
 
 const TYPES: [GgmlType; 9] = [
@@ -94,6 +94,65 @@ fn every_storage_type_matches_the_cpu_dequantization_and_an_f64_product() {
     }
 }
 
+/// Two products written side by side into one wider output (as q, k and v are), the columns
+/// around them left as they were; and rows of a table gathered from its blocks.
+#[test]
+fn products_land_in_their_columns_and_gathers_dequantize_rows() {
+    let gpu = gpu();
+    let (_, seed) = rng();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for t in TYPES {
+        let per_block = t.block_values();
+        let (rows, k) = (6, 2 * per_block.max(16));
+        let (n1, n2, width) = (5, 7, 15);
+        let b1 = random_blocks(&mut rng, t, n1 * k / per_block);
+        let b2 = random_blocks(&mut rng, t, n2 * k / per_block);
+        let (w1, w2) = (dequantize(t, &b1).unwrap(), dequantize(t, &b2).unwrap());
+        let x: Vec<f32> = (0..rows * k)
+            .map(|_| rng.random_range(-1f32..1.0))
+            .collect();
+        let marker = 1234.5f32;
+        let mut want = vec![marker; rows * width];
+        for r in 0..rows {
+            for (w, n, at) in [(&w1, n1, 1), (&w2, n2, 1 + n1)] {
+                for c in 0..n {
+                    want[r * width + at + c] = (0..k)
+                        .map(|j| f64::from(x[r * k + j]) * f64::from(w[c * k + j]))
+                        .sum::<f64>() as f32;
+                }
+            }
+        }
+        let tx = Tensor::from_slice(&gpu, &x, &[rows, k]).unwrap();
+        let y = Tensor::from_slice(&gpu, &vec![marker; rows * width], &[rows, width]).unwrap();
+        let g1 = GgufWeights::new(&gpu, t, &b1, n1, k).unwrap();
+        let g2 = GgufWeights::new(&gpu, t, &b2, n2, k).unwrap();
+        let mut batch = Batch::new(&gpu);
+        gguf_matmul_into(&mut batch, &tx, &g1, &y, 1).unwrap();
+        gguf_matmul_into(&mut batch, &tx, &g2, &y, 1 + n1).unwrap();
+        // An id past the table gives zeros.
+        let ids = [4u32, 0, 2, 4, n2 as u32 + 3, 1];
+        let tids = Tensor::from_slice(&gpu, &ids, &[ids.len()]).unwrap();
+        let rows_of = gguf_gather(&mut batch, &g2, &tids).unwrap();
+        batch.submit().unwrap();
+        let context = format!("{} seed {seed}", t.name());
+        assert_close(&y.to_vec_f32().unwrap(), &want, 1e-4, &context);
+        let gathered: Vec<f32> = ids
+            .iter()
+            .flat_map(|&id| match w2.get(id as usize * k..(id as usize + 1) * k) {
+                Some(row) => row.to_vec(),
+                None => vec![0.0; k],
+            })
+            .collect();
+        assert_eq!(rows_of.to_vec_f32().unwrap(), gathered, "{context}");
+        // A slice past y's width is refused.
+        let mut batch = Batch::new(&gpu);
+        assert!(matches!(
+            gguf_matmul_into(&mut batch, &tx, &g2, &y, width - n2 + 1),
+            Err(Error::ShapeMismatch { .. })
+        ));
+    }
+}
+
 #[test]
 fn bad_weights_and_inputs_are_refused() {
     let gpu = gpu();
@@ -151,7 +210,11 @@ fn smollm2_weights_multiply_in_their_file_blocks() {
         let bytes = file.tensor_bytes(name).unwrap();
         let w = file.tensor_f32(name).unwrap();
         let weights = GgufWeights::new(&gpu, info.ggml_type, bytes, n, k).unwrap();
-        assert_eq!(weights.size_bytes(), info.bytes.div_ceil(4) * 4, "{name}");
+        assert_eq!(
+            weights.size_bytes(),
+            info.bytes.div_ceil(4) * 4 + 4,
+            "{name}"
+        );
         assert!(
             weights.size_bytes() * 3 < (n * k * 4) as u64,
             "{name}: not compact"

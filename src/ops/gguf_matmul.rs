@@ -17,9 +17,9 @@ crate::shaders::shader_params! {
         k: u32,
         row_bytes: u32,
         groups_x: u32,
+        out_stride: u32,
+        out_offset: u32,
         _pad0: u32,
-        _pad1: u32,
-        _pad2: u32,
     }
 }
 
@@ -27,6 +27,7 @@ entry_points! {
     /// The entry points of `shaders/gguf_matmul.wgsl`.
     enum Entry {
         Main = "main": Params,
+        Gather = "gather": Params,
     }
 }
 
@@ -38,10 +39,16 @@ pub(crate) static KERNEL: KernelSpec = KernelSpec {
     subgroup_preludes: None,
     dtypes: &[DType::F32],
     entries: ENTRY_POINTS,
-    overrides: &[Override {
-        name: "FORMAT",
-        values: &[0, 1, 2, 3, 4, 5, 6, 7, 8],
-    }],
+    overrides: &[
+        Override {
+            name: "FORMAT",
+            values: &[0, 1, 2, 3, 4, 5, 6, 7, 8],
+        },
+        Override {
+            name: "ROWS",
+            values: &[1, 2, 4, 8],
+        },
+    ],
     override_sets: None,
     writes: &[2],
 };
@@ -68,7 +75,8 @@ fn format_code(t: GgmlType) -> u32 {
 /// A weight matrix `[n, k]` on the GPU in its GGUF blocks.
 #[derive(Debug, Clone)]
 pub struct GgufWeights {
-    /// The blocks, packed into U32 words (the last word zero-padded).
+    /// The blocks, packed into U32 words (the last word zero-padded, and one word of zeros past
+    /// it, which the kernels' unaligned word reads may touch).
     pub data: Tensor,
     /// Their storage type.
     pub ggml_type: GgmlType,
@@ -113,7 +121,7 @@ impl GgufWeights {
             });
         }
         to_u32(OP, "weight bytes", expected)?;
-        let mut words = vec![0u32; expected.div_ceil(4)];
+        let mut words = vec![0u32; expected.div_ceil(4) + 1];
         for (i, chunk) in bytes.chunks(4).enumerate() {
             let mut b = [0u8; 4];
             b[..chunk.len()].copy_from_slice(chunk);
@@ -139,52 +147,167 @@ impl GgufWeights {
     }
 }
 
+/// Rows of x one thread of the kernel applies each block to: the most of 1, 2, 4 and 8 that
+/// `rows` fills.
+fn tile_rows(rows: usize) -> usize {
+    match rows {
+        0..=1 => 1,
+        2..=3 => 2,
+        4..=7 => 4,
+        _ => 8,
+    }
+}
+
 /// y = x · dequant(W)ᵀ: x `[rows, k]` f32, y `[rows, n]` f32.
 pub fn gguf_matmul(batch: &mut Batch, x: &Tensor, w: &GgufWeights) -> Result<Tensor> {
-    const OP: &str = "gguf_matmul";
+    let rows = check_x("gguf_matmul", x, w)?;
+    let y = Tensor::uninit(batch.gpu(), &[rows, w.n], DType::F32)?;
+    record(batch, x, w, &y, 0)?;
+    Ok(y)
+}
+
+/// x · dequant(W)ᵀ written into columns `column..column + n` of `y` (`[rows, width]` f32), the
+/// rest of `y` left as it is: the products of several weights side by side in one tensor.
+pub fn gguf_matmul_into(
+    batch: &mut Batch,
+    x: &Tensor,
+    w: &GgufWeights,
+    y: &Tensor,
+    column: usize,
+) -> Result<()> {
+    const OP: &str = "gguf_matmul_into";
+    let rows = check_x(OP, x, w)?;
+    let fits = match *y.shape() {
+        [r, width] => r == rows && column.checked_add(w.n).is_some_and(|end| end <= width),
+        _ => false,
+    };
+    if y.dtype() != DType::F32 || !fits {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: format!(
+                "y must be f32 [{rows}, at least {column} + {}], got {:?} {:?}",
+                w.n,
+                y.dtype(),
+                y.shape()
+            ),
+        });
+    }
+    same_gpu(OP, batch, &[y])?;
+    record(batch, x, w, y, column)
+}
+
+/// Checks x (f32 `[rows, k]`) against the weights; returns its rows.
+fn check_x(op: &'static str, x: &Tensor, w: &GgufWeights) -> Result<usize> {
     if x.dtype() != DType::F32 {
         return Err(Error::DtypeMismatch {
-            op: OP,
+            op,
             details: format!("x must be f32, got {:?}", x.dtype()),
         });
     }
     let &[rows, k] = x.shape() else {
         return Err(Error::ShapeMismatch {
-            op: OP,
+            op,
             details: format!("x must be [rows, {}], got {:?}", w.k, x.shape()),
         });
     };
     if k != w.k {
         return Err(Error::ShapeMismatch {
-            op: OP,
+            op,
             details: format!("x has {k} inputs, the weights {}", w.k),
         });
     }
+    if rows == 0 {
+        return Err(Error::EmptyTensor { op });
+    }
+    Ok(rows)
+}
+
+fn record(batch: &mut Batch, x: &Tensor, w: &GgufWeights, y: &Tensor, column: usize) -> Result<()> {
+    const OP: &str = "gguf_matmul";
     same_gpu(OP, batch, &[x, &w.data])?;
-    let outputs = rows.checked_mul(w.n).ok_or(Error::LimitExceeded {
-        what: format!("{OP}: outputs"),
-        requested: u64::MAX,
-        limit: u64::from(u32::MAX),
-    })?;
-    let y = Tensor::uninit(batch.gpu(), &[rows, w.n], DType::F32)?;
-    let (grid, groups_x) = fold_grid(batch.gpu(), outputs.div_ceil(64))?;
+    let rows = x.shape()[0];
+    let tile = tile_rows(rows);
+    // A workgroup per (64 weight rows, tile of x's rows).
+    let groups = rows
+        .div_ceil(tile)
+        .checked_mul(w.n.div_ceil(64))
+        .filter(|_| rows.checked_mul(y.shape()[1]).is_some())
+        .ok_or(Error::LimitExceeded {
+            what: format!("{OP}: workgroups"),
+            requested: u64::MAX,
+            limit: u64::from(u32::MAX),
+        })?;
+    to_u32(OP, "output elements", rows * y.shape()[1])?;
+    let (grid, groups_x) = fold_grid(batch.gpu(), groups)?;
     let params = Params {
         rows: to_u32(OP, "rows", rows)?,
         n: to_u32(OP, "outputs", w.n)?,
-        k: to_u32(OP, "inputs", k)?,
+        k: to_u32(OP, "inputs", w.k)?,
         row_bytes: to_u32(OP, "row bytes", w.row_bytes())?,
         groups_x,
+        out_stride: to_u32(OP, "output width", y.shape()[1])?,
+        out_offset: to_u32(OP, "output column", column)?,
         ..Default::default()
     };
     let pipeline = batch.gpu().pipeline(KERNEL.pipeline(
         Entry::Main,
+        DType::F32,
+        vec![("FORMAT", format_code(w.ggml_type)), ("ROWS", tile as u32)],
+    ))?;
+    batch.dispatch_bound(
+        &pipeline,
+        bytemuck::bytes_of(&params),
+        &[(1, x), (2, y), (3, &w.data)],
+        grid,
+    )
+}
+
+/// Rows of dequant(W) picked by `ids` (U32 `[rows]`): `[rows, k]` f32, an embedding lookup in a
+/// table kept in its blocks. An id past the table's `n` rows gives zeros (check ids on the host:
+/// [`crate::ops::check_ids`]).
+pub fn gguf_gather(batch: &mut Batch, w: &GgufWeights, ids: &Tensor) -> Result<Tensor> {
+    const OP: &str = "gguf_gather";
+    same_gpu(OP, batch, &[ids, &w.data])?;
+    if ids.dtype() != DType::U32 || ids.shape().len() != 1 {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            details: format!(
+                "ids must be U32 [rows], got {:?} {:?}",
+                ids.dtype(),
+                ids.shape()
+            ),
+        });
+    }
+    let rows = ids.shape()[0];
+    if rows == 0 {
+        return Err(Error::EmptyTensor { op: OP });
+    }
+    let outputs = rows.checked_mul(w.k).ok_or(Error::LimitExceeded {
+        what: format!("{OP}: outputs"),
+        requested: u64::MAX,
+        limit: u64::from(u32::MAX),
+    })?;
+    to_u32(OP, "outputs", outputs)?;
+    let y = Tensor::uninit(batch.gpu(), &[rows, w.k], DType::F32)?;
+    let (grid, groups_x) = fold_grid(batch.gpu(), outputs.div_ceil(64))?;
+    let params = Params {
+        rows: rows as u32,
+        n: to_u32(OP, "table rows", w.n)?,
+        k: to_u32(OP, "table width", w.k)?,
+        row_bytes: to_u32(OP, "row bytes", w.row_bytes())?,
+        groups_x,
+        out_stride: w.k as u32,
+        ..Default::default()
+    };
+    let pipeline = batch.gpu().pipeline(KERNEL.pipeline(
+        Entry::Gather,
         DType::F32,
         vec![("FORMAT", format_code(w.ggml_type))],
     ))?;
     batch.dispatch_bound(
         &pipeline,
         bytemuck::bytes_of(&params),
-        &[(1, x), (2, &y), (3, &w.data)],
+        &[(2, &y), (3, &w.data), (4, ids)],
         grid,
     )?;
     Ok(y)
