@@ -14,6 +14,7 @@ mod common;
 
 use common::random;
 use wgnn::nn::gguf::GgufFile;
+use wgnn::nn::llama::{Llama, LlamaOptions};
 use wgnn::ops::{gguf_matmul, GgufWeights};
 use wgnn::{Gpu, GpuTimer, Tensor};
 
@@ -94,6 +95,44 @@ fn bench(c: &mut Criterion) {
                             .expect("timed")
                     })
                     .sum()
+            })
+        });
+    }
+    group.finish();
+    model(c, &gpu, &file);
+}
+
+/// The whole model ([`Llama`]): a 64-token prefill into one slot, and decode steps of 1 and 8
+/// sequences, each step's logits read back (what sampling on the host needs).
+fn model(c: &mut Criterion, gpu: &Gpu, file: &GgufFile) {
+    let options = LlamaOptions {
+        max_sequences: 8,
+        context: 1024,
+    };
+    let mut llama = Llama::from_gguf(gpu, file, options).expect("model");
+    let prompt: Vec<u32> = (0..64).map(|i| 100 + 37 * i).collect();
+    let mut group = c.benchmark_group("smollm2");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(8));
+    group.throughput(Throughput::Elements(prompt.len() as u64));
+    group.bench_function("prefill_64_tokens", |b| {
+        b.iter(|| llama.prefill(0, &prompt, false).expect("prefill"))
+    });
+    for rows in [1usize, 8] {
+        for slot in 0..rows {
+            llama.prefill(slot, &prompt, false).expect("prefill");
+        }
+        group.throughput(Throughput::Elements(rows as u64));
+        group.bench_function(BenchmarkId::new("decode_step", rows), |b| {
+            b.iter(|| {
+                if llama.length(0) + 1 >= llama.context() {
+                    for slot in 0..rows {
+                        llama.prefill(slot, &prompt, false).expect("prefill");
+                    }
+                }
+                let steps: Vec<(usize, u32)> = (0..rows).map(|s| (s, 500 + s as u32)).collect();
+                llama.decode(&steps).expect("decode")
             })
         });
     }

@@ -1,19 +1,21 @@
 // kv_cache.wgsl: decoding with a key/value cache. Each row is one token of one sequence, placed by
 // its cursor (slot, position): the sequence's slot in the cache and the token's position in it.
 //
-// Caches are [slots, context, dim] (dim = heads · head_dim); qkv rows are [rows, 3 · dim] laid out
-// as attention.wgsl's ([3, heads, head_dim]). A row at position p attends to keys 0..=p of its
-// slot: the cache must already hold them (append first).
+// Caches are [slots, context, dim] (dim = kv_heads · head_dim); qkv rows are [rows, q_dim + 2 · dim]:
+// the query heads (q_dim = heads · head_dim), then the keys and the values (attention.wgsl's
+// [3, heads, head_dim] when kv_heads = heads). Grouped queries: query head h reads key/value head
+// h / (heads / kv_heads). A row at position p attends to keys 0..=p of its slot: the cache must
+// already hold them (append first).
 //
 // Bindings: 0 params, 1 cursor (u32 [rows, 2]: slot, position), 2 ids (u32 [rows]), 3 table
 // [vocab, dim], 4 positions [context, dim], 5 qkv / x (read), 6 k_cache, 7 v_cache, 8 partials
 // (f32), 9 out.
 //   embed_at        one thread per output element: table[id] + positions[position]
-//   append          one thread per (row, feature): the row's key and value into its cache slot
-//   decode_partial  one 64-thread workgroup per (row, head, split): the split's 64 keys at most,
+//   append          one thread per (row, cache feature): the row's key and value into its slot
+//   decode_partial  one 64-thread workgroup per (row, query head, split): the split's 64 keys at most,
 //                   one per thread; writes (max, Σ exp, Σ exp · v) unnormalized; a split with no
 //                   key (past the row's position, or a padding row) returns before any barrier
-//   decode_combine  one thread per output element: merges the row's splits in order
+//   decode_combine  one thread per output element ([rows, q_dim]): merges the row's splits in order
 //   gather_rows     one thread per output element: out[i] = x[ids[i]] (rows of `dim`)
 // Rows whose cursor is outside the cache write nothing to it and attend to nothing (zeros).
 // Loops per thread: head_dim (≤ 128) + 2 · 64 in decode_partial, `splits` (≤ 1,024) twice in
@@ -36,8 +38,8 @@ struct Params {
     groups_x: u32,
     total: u32,        // threads (or workgroups, decode_partial) with work
     src_rows: u32,     // gather_rows: rows of x
-    _pad0: u32,
-    _pad1: u32,
+    q_dim: u32,        // query features per qkv row
+    kv_heads: u32,
     _pad2: u32,
     _pad3: u32,
 }
@@ -92,9 +94,9 @@ fn append(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     let pos = cursor[2u * row + 1u];
     if (!in_cache(slot, pos)) { return; }
     let at = (slot * params.context + pos) * params.dim + c;
-    let src = row * 3u * params.dim + c;
-    k_cache[at] = qkv[src + params.dim];
-    v_cache[at] = qkv[src + 2u * params.dim];
+    let src = row * (params.q_dim + 2u * params.dim) + params.q_dim + c;
+    k_cache[at] = qkv[src];
+    v_cache[at] = qkv[src + params.dim];
 }
 
 @compute @workgroup_size(64, 1, 1)
@@ -127,10 +129,11 @@ fn decode_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         if (live && l < d) { partials[at + 2u + l] = 0.0; }
         return;
     }
-    let base = (slot * params.context + first) * params.dim + head * d;
+    let kv_head = head / (params.heads / params.kv_heads);
+    let base = (slot * params.context + first) * params.dim + kv_head * d;
     var score = neg_inf();
     if (l < keys) {
-        let q = row * 3u * params.dim + head * d;
+        let q = row * (params.q_dim + 2u * params.dim) + head * d;
         let k = base + l * params.dim;
         var dot = 0.0;
         for (var j = 0u; j < d; j++) { dot += f32(qkv[q + j]) * f32(k_cache[k + j]); }
@@ -164,8 +167,8 @@ fn decode_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 fn decode_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let i = thread_index(wid, l, 64u);
     if (i >= params.total) { return; }
-    let row = i / params.dim;
-    let c = i % params.dim;
+    let row = i / params.q_dim;
+    let c = i % params.q_dim;
     let d = params.head_dim;
     let head = c / d;
     let slot = cursor[2u * row];

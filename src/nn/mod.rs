@@ -32,6 +32,7 @@ pub(crate) mod io;
 mod language_model;
 mod layer;
 mod layers;
+pub mod llama;
 mod model;
 mod optimizer;
 mod params;

@@ -36,8 +36,8 @@ shader_params! {
         groups_x: u32,
         total: u32,
         src_rows: u32,
-        _pad0: u32,
-        _pad1: u32,
+        q_dim: u32,
+        kv_heads: u32,
         _pad2: u32,
         _pad3: u32,
     }
@@ -134,19 +134,21 @@ fn cache_dims(op: &'static str, k: &Tensor, v: &Tensor) -> Result<(usize, usize,
     }
 }
 
-/// Checks `qkv` (`[rows, 3 · dim]`) against the cursor's rows and the cache width.
-fn check_qkv(op: &'static str, qkv: &Tensor, rows: usize, dim: usize) -> Result<()> {
-    if qkv.shape() != [rows, 3 * dim] {
-        return Err(Error::ShapeMismatch {
+/// Checks `qkv` (`[rows, q_dim + 2 · dim]`: queries, then keys and values as wide as the caches)
+/// against the cursor's rows and the cache width; returns q_dim.
+fn check_qkv(op: &'static str, qkv: &Tensor, rows: usize, dim: usize) -> Result<usize> {
+    match *qkv.shape() {
+        [r, width] if r == rows && width > 2 * dim => Ok(width - 2 * dim),
+        _ => Err(Error::ShapeMismatch {
             op,
             details: format!(
-                "qkv must be [{rows}, {}] for {rows} cursor rows and caches {dim} wide, got {:?}",
-                3 * dim,
+                "qkv must be [{rows}, queries + {}] for {rows} cursor rows and caches {dim} wide, \
+                 got {:?}",
+                2 * dim,
                 qkv.shape()
             ),
-        });
+        }),
     }
-    Ok(())
 }
 
 fn elementwise_grid(
@@ -223,8 +225,8 @@ pub fn embed_at(
     Ok(out)
 }
 
-/// Writes each row's key and value (from `qkv`, `[rows, 3 · dim]`) into `k_cache` and `v_cache`
-/// (`[slots, context, dim]`) at the row's cursor, in place.
+/// Writes each row's key and value (from `qkv`, `[rows, q_dim + 2 · dim]`: queries, keys,
+/// values) into `k_cache` and `v_cache` (`[slots, context, dim]`) at the row's cursor, in place.
 pub fn cache_append(
     batch: &mut Batch,
     qkv: &Tensor,
@@ -238,13 +240,14 @@ pub fn cache_append(
     same_dtype(OP, &[qkv, k_cache])?;
     let rows = cursor_rows(OP, cursor)?;
     let (slots, context, dim) = cache_dims(OP, k_cache, v_cache)?;
-    check_qkv(OP, qkv, rows, dim)?;
+    let q_dim = check_qkv(OP, qkv, rows, dim)?;
     let (grid, groups_x, total) = elementwise_grid(OP, batch, rows, dim)?;
     let params = Params {
         rows: rows as u32,
         dim: dim as u32,
         context: context as u32,
         slots: to_u32(OP, "slots", slots)?,
+        q_dim: to_u32(OP, "query features", q_dim)?,
         groups_x,
         total,
         ..Default::default()
@@ -259,8 +262,10 @@ pub fn cache_append(
     )
 }
 
-/// Attention of each row's query (`qkv`'s first third, `heads` heads) to the keys and values its
-/// slot holds at positions `0..=position`: `[rows, dim]`, scaled by 1/√D. Rows may belong to
+/// Attention of each row's query (`qkv`'s first `q_dim` columns, `heads` heads) to the keys and
+/// values its slot holds at positions `0..=position`: `[rows, q_dim]`, scaled by 1/√D. Grouped
+/// queries: the caches may hold fewer key/value heads (their width over the head width) than
+/// there are query heads, each shared by `heads / kv_heads` of them. Rows may belong to
 /// different sequences of different lengths; the cache must already hold each row's own key
 /// ([`cache_append`] first).
 pub fn decode_attention(
@@ -277,17 +282,25 @@ pub fn decode_attention(
     same_dtype(OP, &[qkv, k_cache])?;
     let rows = cursor_rows(OP, cursor)?;
     let (slots, context, dim) = cache_dims(OP, k_cache, v_cache)?;
-    check_qkv(OP, qkv, rows, dim)?;
-    if heads == 0 || !dim.is_multiple_of(heads) || dim / heads > super::attention::MAX_HEAD_DIM {
+    let q_dim = check_qkv(OP, qkv, rows, dim)?;
+    let head_dim = q_dim.checked_div(heads).unwrap_or(0);
+    let kv_heads = dim.checked_div(head_dim).unwrap_or(0);
+    let fits = heads > 0
+        && head_dim > 0
+        && q_dim == heads * head_dim
+        && dim == kv_heads * head_dim
+        && heads.is_multiple_of(kv_heads)
+        && head_dim <= super::attention::MAX_HEAD_DIM;
+    if !fits {
         return Err(Error::InvalidArgument {
             op: OP,
             details: format!(
-                "{dim} features must split into {heads} heads of at most {}",
+                "{q_dim} query features must split into {heads} heads of at most {}, and the \
+                 caches' {dim} into key/value heads as wide, {heads} a multiple of their number",
                 super::attention::MAX_HEAD_DIM
             ),
         });
     }
-    let head_dim = dim / heads;
     let splits = context.div_ceil(DECODE_SPLIT);
     // rows · heads · splits workgroups, each writing head_dim + 2 partial values.
     let groups = rows
@@ -309,7 +322,7 @@ pub fn decode_attention(
     to_u32(OP, "partials", partial_len)?;
     let gpu = batch.gpu().clone();
     let partials = Tensor::uninit(&gpu, &[partial_len], DType::F32)?;
-    let out = Tensor::uninit(&gpu, &[rows, dim], dtype)?;
+    let out = Tensor::uninit(&gpu, &[rows, q_dim], dtype)?;
     let (grid, groups_x) = fold_grid(&gpu, groups)?;
     let mut params = Params {
         rows: rows as u32,
@@ -322,6 +335,8 @@ pub fn decode_attention(
         scale: 1.0 / (head_dim as f32).sqrt(),
         groups_x,
         total: groups_u32,
+        q_dim: q_dim as u32,
+        kv_heads: kv_heads as u32,
         ..Default::default()
     };
     let bound = [
@@ -332,7 +347,7 @@ pub fn decode_attention(
         (8, &partials),
     ];
     dispatch(batch, Entry::DecodePartial, dtype, &params, &bound, grid)?;
-    let (grid, groups_x, total) = elementwise_grid(OP, batch, rows, dim)?;
+    let (grid, groups_x, total) = elementwise_grid(OP, batch, rows, q_dim)?;
     params.groups_x = groups_x;
     params.total = total;
     let bound = [(1, cursor), (8, &partials), (9, &out)];

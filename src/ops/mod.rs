@@ -18,6 +18,7 @@ pub(crate) mod output_check;
 pub mod pool;
 pub mod quantized_linear;
 pub mod reduce;
+pub mod rotary;
 pub mod sampling;
 pub mod softmax;
 
@@ -34,7 +35,7 @@ pub use elementwise::{
     activation, activation_backward, axpy, bias_add, mul_in_place, scale_add, scale_in_place,
 };
 pub use embedding::{check_ids, embedding, embedding_backward};
-pub use gguf_matmul::{gguf_matmul, GgufWeights};
+pub use gguf_matmul::{gguf_gather, gguf_matmul, gguf_matmul_into, GgufWeights};
 pub use kv_cache::{cache_append, decode_attention, embed_at, gather_rows};
 pub use layer_norm::{layer_norm, layer_norm_backward, NormGrads, NormKind, Normalized};
 pub use loss::{cross_entropy, regression, soft_cross_entropy, Loss, Regression, IGNORE_INDEX};
@@ -45,6 +46,7 @@ pub use optim::{adam_step, clip_grad_norm, sgd_step, AdamConfig, Momentum, SgdCo
 pub use pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, Pool2dParams};
 pub use quantized_linear::{quantize_int8, quantized_linear, QuantizedWeights};
 pub use reduce::{channel_sum, mean, row_max_argmax, sum, sum_squares, top_k};
+pub use rotary::{rope, swiglu, swiglu_backward, Rotary};
 pub use sampling::{sample_tokens, sample_tokens_with_table, SamplingSettings};
 pub use softmax::{
     log_softmax, log_softmax_backward, softmax, softmax_backward, softmax_into, SoftmaxKind,
@@ -73,4 +75,5 @@ pub const KERNELS: &[&KernelSpec] = &[
     &sampling::KERNEL,
     &kv_cache::KERNEL,
     &gguf_matmul::KERNEL,
+    &rotary::KERNEL,
 ];

@@ -9,102 +9,11 @@
 use crate::error::{Error, Result};
 use crate::nn::gguf::GgufFile;
 
-/// The architecture's numbers, from a GGUF file's `llama.*` metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
-    /// Tokens.
-    pub vocab: usize,
-    /// The residual width.
-    pub dim: usize,
-    /// The MLP's hidden width.
-    pub hidden: usize,
-    /// Blocks.
-    pub layers: usize,
-    /// Query heads.
-    pub heads: usize,
-    /// Key/value heads (`heads` is a multiple of it).
-    pub kv_heads: usize,
-    /// Dimensions rotated in each head (the first `rope_dims` of `dim / heads`).
-    pub rope_dims: usize,
-    /// The rotary base.
-    pub rope_base: f64,
-    /// RMSNorm's epsilon.
-    pub eps: f64,
-    /// The longest sequence.
-    pub context: usize,
-}
+pub use crate::nn::llama::LlamaConfig;
 
 fn bad(details: String) -> Error {
     Error::ModelFile {
         details: format!("llama GGUF: {details}"),
-    }
-}
-
-impl LlamaConfig {
-    /// The configuration in `file`'s metadata, checked (an architecture other than `llama`, a
-    /// missing key, or numbers that do not fit together are refused).
-    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        let arch = file.str("general.architecture")?;
-        if arch != "llama" {
-            return Err(bad(format!("architecture {arch:?}, not \"llama\"")));
-        }
-        let count = |key: &str, max: u64| -> Result<usize> {
-            let v = file.u64(key)?;
-            if v == 0 || v > max {
-                return Err(bad(format!("{key} is {v}, not in 1..={max}")));
-            }
-            Ok(v as usize)
-        };
-        let dim = count("llama.embedding_length", 1 << 16)?;
-        let heads = count("llama.attention.head_count", 1 << 10)?;
-        let kv_heads = count("llama.attention.head_count_kv", 1 << 10)?;
-        let vocab = match file.u64("llama.vocab_size") {
-            Ok(_) => count("llama.vocab_size", 1 << 20)?,
-            // Older files: the vocabulary's length.
-            Err(_) => file
-                .value("tokenizer.ggml.tokens")?
-                .as_array()
-                .map(|a| a.len())
-                .ok_or_else(|| bad("tokenizer.ggml.tokens is not an array".into()))?,
-        };
-        let config = LlamaConfig {
-            vocab,
-            dim,
-            hidden: count("llama.feed_forward_length", 1 << 18)?,
-            layers: count("llama.block_count", 1 << 10)?,
-            heads,
-            kv_heads,
-            rope_dims: match file.u64("llama.rope.dimension_count") {
-                Ok(_) => count("llama.rope.dimension_count", 1 << 12)?,
-                Err(_) => dim / heads,
-            },
-            rope_base: file.f64("llama.rope.freq_base").unwrap_or(10_000.0),
-            eps: file.f64("llama.attention.layer_norm_rms_epsilon")?,
-            context: count("llama.context_length", 1 << 20)?,
-        };
-        let head_dim = dim / heads;
-        if !dim.is_multiple_of(heads)
-            || heads % kv_heads != 0
-            || config.rope_dims > head_dim
-            || !config.rope_dims.is_multiple_of(2)
-        {
-            return Err(bad(format!(
-                "{dim} wide, {heads} heads, {kv_heads} key/value heads, {} rotary dimensions do not fit together",
-                config.rope_dims
-            )));
-        }
-        if !(config.rope_base > 0.0 && config.eps > 0.0 && config.eps < 1.0) {
-            return Err(bad(format!(
-                "rope base {} and RMS epsilon {} must be positive (epsilon below 1)",
-                config.rope_base, config.eps
-            )));
-        }
-        Ok(config)
-    }
-
-    /// Each head's width.
-    pub fn head_dim(&self) -> usize {
-        self.dim / self.heads
     }
 }
 
@@ -319,4 +228,63 @@ impl LlamaReference {
             })
             .collect())
     }
+}
+
+/// Rotary embeddings on packed qkv rows (`[rows, (heads + 2 · kv_heads) · head_dim]`), row r at
+/// `positions[r]`: adjacent pairs of the first `rope_dims` dimensions of each query and key head
+/// turned by `position · base^(-2i / rope_dims)` (back with `inverse`); values stay.
+pub fn rope(
+    qkv: &[f32],
+    positions: &[usize],
+    (heads, kv_heads, head_dim, rope_dims): (usize, usize, usize, usize),
+    base: f64,
+    inverse: bool,
+) -> Vec<f32> {
+    let width = (heads + 2 * kv_heads) * head_dim;
+    let mut out = qkv.to_vec();
+    for (r, &position) in positions.iter().enumerate() {
+        for head in 0..heads + kv_heads {
+            let at = r * width + head * head_dim;
+            for i in 0..rope_dims / 2 {
+                let theta = position as f64 * base.powf(-2.0 * i as f64 / rope_dims as f64);
+                let (mut sin, cos) = theta.sin_cos();
+                if inverse {
+                    sin = -sin;
+                }
+                let (a, b) = (f64::from(qkv[at + 2 * i]), f64::from(qkv[at + 2 * i + 1]));
+                out[at + 2 * i] = (a * cos - b * sin) as f32;
+                out[at + 2 * i + 1] = (a * sin + b * cos) as f32;
+            }
+        }
+    }
+    out
+}
+
+fn silu(g: f64) -> f64 {
+    g / (1.0 + (-g).exp())
+}
+
+/// silu(gate) · up from rows of `[gate (hidden), up (hidden)]`.
+pub fn swiglu(gate_up: &[f32], hidden: usize) -> Vec<f32> {
+    gate_up
+        .chunks(2 * hidden)
+        .flat_map(|row| {
+            (0..hidden).map(|j| (silu(f64::from(row[j])) * f64::from(row[hidden + j])) as f32)
+        })
+        .collect()
+}
+
+/// dL/d(gate, up) of [`swiglu`] from dL/d(out).
+pub fn swiglu_backward(gate_up: &[f32], grad_out: &[f32], hidden: usize) -> Vec<f32> {
+    let mut grad = vec![0f32; gate_up.len()];
+    for (r, row) in gate_up.chunks(2 * hidden).enumerate() {
+        for j in 0..hidden {
+            let (g, u) = (f64::from(row[j]), f64::from(row[hidden + j]));
+            let d = f64::from(grad_out[r * hidden + j]);
+            let sig = 1.0 / (1.0 + (-g).exp());
+            grad[r * 2 * hidden + j] = (d * u * sig * (1.0 + g * (1.0 - sig))) as f32;
+            grad[r * 2 * hidden + hidden + j] = (d * silu(g)) as f32;
+        }
+    }
+    grad
 }
