@@ -9,11 +9,12 @@
 //            minimums, [Q5_K: 32 bytes of fifth bits], 128 bytes of nibbles);
 //   FORMAT 8 Q6_K (QK 256: 128 bytes of low nibbles, 64 of high pairs, 16 int8 scales, f16 d).
 //
-//   main    one thread per (weight row n, tile of ROWS rows of x), a workgroup per 64 weight rows
-//           and one tile (so x's reads are uniform across it): the thread walks row n's blocks
-//           once (at most K / QK iterations, ops keep K / QK <= 65,535), reads each block's
-//           quants four at a time from whole words, and applies them to the tile's ROWS rows, so
-//           a prefill reads each block once per ROWS tokens. x [rows, K] f32 -> y rows of
+//   main    one thread per (weight row n, tile of ROWS (1 or 4) rows of x), a workgroup per 64
+//           weight rows and one tile (so x's reads are uniform across it): the thread walks row
+//           n's blocks once (at most K / QK iterations, ops keep K / QK <= 65,535), reads each
+//           block's quants four at a time from whole words, and applies them to the tile's rows
+//           as one vector-matrix product (the rows' sums in one vector's lanes: no arrays, no
+//           dynamic indexing), so a prefill reads each block once per four tokens. x [rows, K] f32 -> y rows of
 //           `out_stride`, the product written at columns out_offset.. (a slice of a wider
 //           output: q, k and v side by side).
 //   gather  one thread per output element: out[r, c] = dequant(W)[ids[r], c] (an embedding
@@ -33,7 +34,7 @@ struct Params {
 }
 
 override FORMAT: u32 = 0u;
-// Rows of x one thread applies each block to: 1, 2, 4 or 8.
+// Rows of x one thread applies each block to: 1 or 4.
 override ROWS: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -41,9 +42,6 @@ override ROWS: u32 = 1u;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read> w: array<u32>;
 @group(0) @binding(4) var<storage, read> ids: array<u32>;
-
-// main: each tile row's offset into x.
-var<private> xr: array<u32, 8>;
 
 fn byte_at(i: u32) -> u32 {
     return (w[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
@@ -93,10 +91,44 @@ fn scale_min(j: u32, s: u32) -> vec2<f32> {
     return vec2<f32>(f32(d), f32(m));
 }
 
-// x's values e..e+4 of tile row r (rows past the last repeat the last: their sums are dropped).
-fn x4(r: u32, e: u32) -> vec4<f32> {
-    let o = xr[r] + e;
-    return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
+// main: the offsets into x of the tile's first row and of its row stride (rows past the last
+// repeat the last: their sums are dropped). Uniform across a workgroup.
+var<private> x_first: u32;
+var<private> x_rows: vec4<u32>;
+
+// x's values e..e+4 of the tile's rows as a matrix's columns (ROWS 4), or of its one row in
+// the first column (ROWS 1).
+fn xs(e: u32) -> mat4x4<f32> {
+    let o = x_rows + vec4<u32>(e);
+    let c0 = vec4<f32>(x[o.x], x[o.x + 1u], x[o.x + 2u], x[o.x + 3u]);
+    if (ROWS == 1u) { return mat4x4<f32>(c0, vec4<f32>(), vec4<f32>(), vec4<f32>()); }
+    return mat4x4<f32>(
+        c0,
+        vec4<f32>(x[o.y], x[o.y + 1u], x[o.y + 2u], x[o.y + 3u]),
+        vec4<f32>(x[o.z], x[o.z + 1u], x[o.z + 2u], x[o.z + 3u]),
+        vec4<f32>(x[o.w], x[o.w + 1u], x[o.w + 2u], x[o.w + 3u]),
+    );
+}
+
+// Each tile row's dot product of four weights q with its values at e..e+4.
+fn dots(q: vec4<f32>, e: u32) -> vec4<f32> {
+    if (ROWS == 1u) {
+        let o = x_rows.x + e;
+        return vec4<f32>(dot(q, vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u])), 0.0, 0.0, 0.0);
+    }
+    return q * xs(e);
+}
+
+// Each tile row's sum of its values at e..e+4.
+fn sums(e: u32) -> vec4<f32> {
+    return dots(vec4<f32>(1.0), e);
+}
+
+// Each tile row's value at e.
+fn x_at(e: u32) -> vec4<f32> {
+    let o = x_rows + vec4<u32>(e);
+    if (ROWS == 1u) { return vec4<f32>(x[o.x], 0.0, 0.0, 0.0); }
+    return vec4<f32>(x[o.x], x[o.y], x[o.z], x[o.w]);
 }
 
 fn block_values() -> u32 {
@@ -114,23 +146,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let col = (g % col_groups) * 64u + l;
     let row0 = (g / col_groups) * ROWS;
     if (col >= params.n || row0 >= params.rows) { return; }
-    for (var r = 0u; r < ROWS; r++) { xr[r] = min(row0 + r, params.rows - 1u) * params.k; }
+    let last = params.rows - 1u;
+    x_rows = vec4<u32>(row0, min(row0 + 1u, last), min(row0 + 2u, last), min(row0 + 3u, last))
+        * params.k;
     let qk = block_values();
     let blocks = params.k / qk;
     let block_bytes = params.row_bytes / blocks;
-    var acc: array<f32, 8>;
+    // Each tile row's sum, in the lanes of one vector.
+    var acc = vec4<f32>();
     for (var blk = 0u; blk < blocks; blk++) {
         let b = col * params.row_bytes + blk * block_bytes;
         let e = blk * qk;
         if (FORMAT == 0u) {
-            let v = bitcast<f32>(word_at(b));
-            for (var r = 0u; r < ROWS; r++) { acc[r] += x[xr[r] + e] * v; }
+            acc += bitcast<f32>(word_at(b)) * x_at(e);
         } else if (FORMAT == 1u) {
-            let v = half_at(b);
-            for (var r = 0u; r < ROWS; r++) { acc[r] += x[xr[r] + e] * v; }
+            acc += half_at(b) * x_at(e);
         } else if (FORMAT == 2u) {
-            let v = bitcast<f32>((byte_at(b) | (byte_at(b + 1u) << 8u)) << 16u);
-            for (var r = 0u; r < ROWS; r++) { acc[r] += x[xr[r] + e] * v; }
+            acc += bitcast<f32>((byte_at(b) | (byte_at(b + 1u) << 8u)) << 16u) * x_at(e);
         } else if (FORMAT == 3u || FORMAT == 4u) {
             // Q4_0: d · (q - 8); Q4_1: d · q + m (the minimum times Σ x).
             var d: f32;
@@ -146,52 +178,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 m = dm.y;
                 qs = b + 4u;
             }
-            var dq: array<f32, 8>;
-            var sum: array<f32, 8>;
+            var dq = vec4<f32>();
+            var sum = vec4<f32>();
             for (var j = 0u; j < 4u; j++) {
                 let q = word_at(qs + 4u * j);
-                let lo = nibbles4(q, false);
-                let hi = nibbles4(q, true);
-                for (var r = 0u; r < ROWS; r++) {
-                    let a = x4(r, e + 4u * j);
-                    let c = x4(r, e + 16u + 4u * j);
-                    dq[r] += dot(a, lo) + dot(c, hi);
-                    sum[r] += dot(a + c, vec4<f32>(1.0));
-                }
+                dq += dots(nibbles4(q, false), e + 4u * j) + dots(nibbles4(q, true), e + 16u + 4u * j);
+                sum += sums(e + 4u * j) + sums(e + 16u + 4u * j);
             }
-            for (var r = 0u; r < ROWS; r++) { acc[r] += d * dq[r] + m * sum[r]; }
+            acc += d * dq + m * sum;
         } else if (FORMAT == 5u) {
-            let d = half_at(b);
-            var dq: array<f32, 8>;
+            var dq = vec4<f32>();
             for (var j = 0u; j < 8u; j++) {
-                let q = ibytes4(word_at(b + 2u + 4u * j));
-                for (var r = 0u; r < ROWS; r++) { dq[r] += dot(x4(r, e + 4u * j), q); }
+                dq += dots(ibytes4(word_at(b + 2u + 4u * j)), e + 4u * j);
             }
-            for (var r = 0u; r < ROWS; r++) { acc[r] += d * dq[r]; }
+            acc += half_at(b) * dq;
         } else if (FORMAT == 6u || FORMAT == 7u) {
             let dm = unpack2x16float(word_at(b));
             var qs = b + 16u;
             if (FORMAT == 7u) { qs = b + 48u; }
             for (var sub = 0u; sub < 8u; sub++) {
                 let sm = scale_min(sub, b + 4u);
-                let scale = dm.x * sm.x;
-                let mn = dm.y * sm.y;
                 let hi = (sub & 1u) == 1u;
-                var dq: array<f32, 8>;
-                var sum: array<f32, 8>;
+                var dq = vec4<f32>();
+                var sum = vec4<f32>();
                 for (var j = 0u; j < 8u; j++) {
                     var q = nibbles4(word_at(qs + (sub / 2u) * 32u + 4u * j), hi);
                     if (FORMAT == 7u) {
                         let h = bytes4(word_at(b + 16u + 4u * j));
                         q += vec4<f32>(((h >> vec4<u32>(sub)) & vec4<u32>(1u)) * 16u);
                     }
-                    for (var r = 0u; r < ROWS; r++) {
-                        let a = x4(r, e + sub * 32u + 4u * j);
-                        dq[r] += dot(a, q);
-                        sum[r] += dot(a, vec4<f32>(1.0));
-                    }
+                    let at = e + sub * 32u + 4u * j;
+                    dq += dots(q, at);
+                    sum += sums(at);
                 }
-                for (var r = 0u; r < ROWS; r++) { acc[r] += scale * dq[r] - mn * sum[r]; }
+                acc += (dm.x * sm.x) * dq - (dm.y * sm.y) * sum;
             }
         } else {
             let d = half_at(b + 208u);
@@ -202,27 +222,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     let lo = bytes4(word_at(ql + 4u * j));
                     let lo2 = bytes4(word_at(ql + 32u + 4u * j));
                     let hb = bytes4(word_at(qh + 4u * j));
-                    let q = array<vec4<f32>, 4>(
-                        vec4<f32>((lo & vec4<u32>(15u)) | ((hb & vec4<u32>(3u)) << vec4<u32>(4u))),
-                        vec4<f32>((lo2 & vec4<u32>(15u)) | (((hb >> vec4<u32>(2u)) & vec4<u32>(3u)) << vec4<u32>(4u))),
-                        vec4<f32>((lo >> vec4<u32>(4u)) | (((hb >> vec4<u32>(4u)) & vec4<u32>(3u)) << vec4<u32>(4u))),
-                        vec4<f32>((lo2 >> vec4<u32>(4u)) | (((hb >> vec4<u32>(6u)) & vec4<u32>(3u)) << vec4<u32>(4u))),
-                    );
-                    for (var part = 0u; part < 4u; part++) {
-                        let s = d * int8_of(byte_at(b + 192u + h * 8u + part * 2u + j / 4u));
-                        let v = q[part] - vec4<f32>(32.0);
-                        for (var r = 0u; r < ROWS; r++) {
-                            acc[r] += s * dot(x4(r, e + h * 128u + part * 32u + 4u * j), v);
-                        }
-                    }
+                    let three = vec4<u32>(3u);
+                    let four = vec4<u32>(4u);
+                    let fifteen = vec4<u32>(15u);
+                    let q0 = vec4<f32>((lo & fifteen) | ((hb & three) << four));
+                    let q1 = vec4<f32>((lo2 & fifteen) | (((hb >> vec4<u32>(2u)) & three) << four));
+                    let q2 = vec4<f32>((lo >> four) | (((hb >> four) & three) << four));
+                    let q3 = vec4<f32>((lo2 >> four) | (((hb >> vec4<u32>(6u)) & three) << four));
+                    let s = b + 192u + h * 8u + j / 4u;
+                    let at = e + h * 128u + 4u * j;
+                    let c = vec4<f32>(32.0);
+                    acc += (d * int8_of(byte_at(s))) * dots(q0 - c, at)
+                        + (d * int8_of(byte_at(s + 2u))) * dots(q1 - c, at + 32u)
+                        + (d * int8_of(byte_at(s + 4u))) * dots(q2 - c, at + 64u)
+                        + (d * int8_of(byte_at(s + 6u))) * dots(q3 - c, at + 96u);
                 }
             }
         }
     }
-    for (var r = 0u; r < ROWS; r++) {
-        if (row0 + r < params.rows) {
-            y[(row0 + r) * params.out_stride + params.out_offset + col] = acc[r];
-        }
+    let out = row0 * params.out_stride + params.out_offset + col;
+    y[out] = acc.x;
+    if (ROWS == 4u) {
+        if (row0 + 1u < params.rows) { y[out + params.out_stride] = acc.y; }
+        if (row0 + 2u < params.rows) { y[out + 2u * params.out_stride] = acc.z; }
+        if (row0 + 3u < params.rows) { y[out + 3u * params.out_stride] = acc.w; }
     }
 }
 

@@ -46,7 +46,7 @@ pub(crate) static KERNEL: KernelSpec = KernelSpec {
         },
         Override {
             name: "ROWS",
-            values: &[1, 2, 4, 8],
+            values: &[1, 4],
         },
     ],
     override_sets: None,
@@ -147,14 +147,13 @@ impl GgufWeights {
     }
 }
 
-/// Rows of x one thread of the kernel applies each block to: the most of 1, 2, 4 and 8 that
-/// `rows` fills.
+/// Rows of x one thread of the kernel applies each block to: 4 where there are more than one
+/// (the four rows' sums in the lanes of one vector), else 1.
 fn tile_rows(rows: usize) -> usize {
-    match rows {
-        0..=1 => 1,
-        2..=3 => 2,
-        4..=7 => 4,
-        _ => 8,
+    if rows > 1 {
+        4
+    } else {
+        1
     }
 }
 
