@@ -2,7 +2,8 @@
 //! embedding as the tied head): every matrix a decode step multiplies by (30 blocks × q, k, v, o,
 //! gate, up, down, and the 49,152-token head), for 1 and 8 rows, recorded in one batch. GPU time
 //! from timestamp queries; throughput is the weights' bytes (each read once per product), the
-//! figure a memory-bound decode is judged by.
+//! figure a memory-bound decode is judged by. Then the whole model (`nn::llama::Llama`): a
+//! 64-token prefill and decode steps of 1 and 8 sequences, host time with the logits read back.
 //!
 //! `bash tests/fixtures/gguf/fetch_smollm2.sh && cargo bench --bench gguf`; the llama.cpp peer is
 //! `python3 benches/llamacpp_smollm2.py` (pip install llama-cpp-python).
